@@ -1,0 +1,299 @@
+"""Typed configuration of a KCDP model and its training run.
+
+One architecture, three presets (`sd15`, `mini`, `tiny`) that differ only in these values.
+The whole config is written as config.json into every checkpoint and read back identically.
+Torch-free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from kcdp_core.labels import EMOJI7
+
+# Where the `mini` foundation lives inside the package (pretrained by kcdp-pretrain).
+MINI_FOUNDATION = "kcdp:foundation/mini"
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+OFFICIAL_INSTRUCTBLIP_PROMPT = (
+    "What is the information of subject in the picture? What is the facial expression and the body "
+    "movement of the subject in the picture? What is the emotional meaning of the image? Please answer "
+    "these question with a descriptive sentence."
+)
+
+
+@dataclass
+class Source:
+    """A pretrained component: a Hugging Face id, a local folder, or `kcdp:<path>` inside the package."""
+
+    path: str
+    subfolder: str | None = None
+
+
+@dataclass
+class FoundationConfig:
+    """The frozen foundation: VAE, UNet, text encoder (+ tokenizer) and, for `mini`, the aligned image encoder."""
+
+    vae: Source
+    unet: Source
+    text_encoder: Source
+    tokenizer: Source
+    # The retrieval captioner's image encoder and caption bank (`mini`, `tiny`); None for `sd15`.
+    image_encoder: Source | None = None
+    image_size: int = 64
+
+
+@dataclass
+class KnowledgeConfig:
+    """Captioning, triplet parsing and the knowledge sequence k = concat(T(c), sum_i T(t_i))."""
+
+    captioner: Literal["instructblip", "retrieval", "csv"] = "retrieval"
+    captioner_source: Source | None = None  # InstructBLIP weights; retrieval uses foundation.image_encoder
+    captions_csv: str | None = None  # for captioner == "csv": path,caption
+    prompt: str = OFFICIAL_INSTRUCTBLIP_PROMPT
+    num_beams: int = 5
+    repetition_penalty: float = 5.0
+    min_new_tokens: int = 30
+    max_new_tokens: int = 50
+    retrieval_top_k: int = 1  # captions joined from the k best bank entries
+    parser_model: str = "en_core_web_sm"
+    max_triplets: int = 8
+    # Token length of each half of k (caption half, triplet half): k has 2 * text_length tokens.
+    text_length: int = 77
+
+
+@dataclass
+class PerceptionConfig:
+    """KADAP: one UNet pass at a fixed timestep, guided by k, features fused by an FPN."""
+
+    timestep: int = 1
+    add_noise: bool = False  # official code: no noise
+    finetune: Literal["frozen", "kv", "lora", "full"] = "lora"
+    lora_rank: int = 8
+    lora_alpha: float = 8.0
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ("attn2.to_k", "attn2.to_v")
+    # UNet up-block indices whose outputs (and cross-attention maps) feed the FPN.
+    feature_levels: tuple[int, ...] = (0, 1, 2, 3)
+    use_attention_maps: bool = True
+    fpn_dim: int = 256
+    feature_dim: int = 512  # size of the pooled visual feature v
+
+
+@dataclass
+class HeadConfig:
+    """Prediction head: a = Linear(v ⊕ pool(k)); MoE (paper) or one global classifier (Table 4 ablation)."""
+
+    classifier: Literal["moe", "linear"] = "moe"
+    use_knowledge: bool = True  # feed v ⊕ pool(k) (True) or v alone
+    fused_dim: int = 512
+    num_experts: int = 4
+    top_k: int = 2
+    expert_hidden: int = 128
+    dropout: float = 0.1
+
+
+@dataclass
+class CLIEAConfig:
+    """Counterfactual-enhanced language-image emotional alignment (pseudo-labels)."""
+
+    enabled: bool = True
+    prompt_template: str = "A {} photo of"
+    tau: float = 0.07
+    num_heads: int = 8
+    dim: int = 512
+    # "ce": cross-entropy over the K prompts (authors' code); "paper": Eq. 10, positive left out of the denominator.
+    ccl: Literal["ce", "paper"] = "ce"
+    threshold: float | None = None  # keep target pseudo-labels whose softmax confidence reaches this
+
+
+@dataclass
+class TrainConfig:
+    setting: Literal["da", "uc"] = "da"
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-5
+    head_lr: float | None = None  # None: same as lr
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    lambda1: float = 1.0
+    lambda2: float = 1.0
+    balance_weight: float = 0.01
+    pseudo_labels: Literal["batch", "epoch"] = "batch"
+    grad_accum: int = 1
+    val_fraction: float = 0.15
+    seed: int = 0
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    augment: bool = True
+    num_workers: int = 0
+
+
+@dataclass
+class KCDPConfig:
+    preset: str
+    labels: tuple[str, ...]
+    foundation: FoundationConfig
+    knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
+    perception: PerceptionConfig = field(default_factory=PerceptionConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    cliea: CLIEAConfig = field(default_factory=CLIEAConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    version: str = "0.1.0"
+
+    # -- serialisation ------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> KCDPConfig:
+        return _build(cls, data)
+
+    @classmethod
+    def from_json(cls, text: str) -> KCDPConfig:
+        return cls.from_dict(json.loads(text))
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / "config.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_json() + "\n")
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path) -> KCDPConfig:
+        path = Path(folder)
+        path = path / "config.json" if path.is_dir() else path
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no KCDP config.json here")
+        return cls.from_json(path.read_text())
+
+    def replace(self, **sections: Any) -> KCDPConfig:
+        """A copy with whole sections or section fields replaced: replace(train={"lr": 1e-4})."""
+        data = self.to_dict()
+        for key, value in sections.items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                unknown = set(value) - set(data[key])
+                if unknown:
+                    raise KeyError(f"unknown {key} option(s): {sorted(unknown)}")
+                data[key].update(value)
+            else:
+                data[key] = value
+        return KCDPConfig.from_dict(data)
+
+
+def _build(cls: type, data: Any) -> Any:
+    """Rebuild nested dataclasses (and tuples) from plain JSON data."""
+    if not dataclasses.is_dataclass(cls) or data is None:
+        return data
+    hints = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(hints)
+    if unknown:
+        raise KeyError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}")
+    kwargs = {}
+    for name, value in data.items():
+        ftype = str(hints[name].type)
+        sub = _NESTED.get(ftype.replace(" | None", ""))
+        if sub is not None:
+            kwargs[name] = _build(sub, value)
+        elif ftype.startswith("tuple") and value is not None:
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+_NESTED: dict[str, type] = {
+    "Source": Source,
+    "FoundationConfig": FoundationConfig,
+    "KnowledgeConfig": KnowledgeConfig,
+    "PerceptionConfig": PerceptionConfig,
+    "HeadConfig": HeadConfig,
+    "CLIEAConfig": CLIEAConfig,
+    "TrainConfig": TrainConfig,
+}
+
+
+# -- presets ------------------------------------------------------------------------------
+
+
+def sd15(labels: tuple[str, ...] = EMOJI7) -> KCDPConfig:
+    """The paper: SD 1.5 (512 px), its CLIP ViT-L/14 text encoder, InstructBLIP flan-t5-xl."""
+    return KCDPConfig(
+        preset="sd15",
+        labels=tuple(labels),
+        foundation=FoundationConfig(
+            vae=Source(SD15, "vae"),
+            unet=Source(SD15, "unet"),
+            text_encoder=Source(SD15, "text_encoder"),
+            tokenizer=Source(SD15, "tokenizer"),
+            image_encoder=None,
+            image_size=512,
+        ),
+        knowledge=KnowledgeConfig(
+            captioner="instructblip",
+            captioner_source=Source("Salesforce/instructblip-flan-t5-xl"),
+            text_length=77,
+        ),
+        perception=PerceptionConfig(fpn_dim=256, feature_dim=512),
+    )
+
+
+def mini(labels: tuple[str, ...] = EMOJI7) -> KCDPConfig:
+    """The embedded default: a 64 px foundation pretrained by kcdp-pretrain, MiniLM text encoder."""
+    return KCDPConfig(
+        preset="mini",
+        labels=tuple(labels),
+        foundation=FoundationConfig(
+            vae=Source(MINI_FOUNDATION, "vae"),
+            unet=Source(MINI_FOUNDATION, "unet"),
+            text_encoder=Source(MINILM),
+            tokenizer=Source(MINILM),
+            image_encoder=Source(MINI_FOUNDATION, "image_encoder"),
+            image_size=64,
+        ),
+        knowledge=KnowledgeConfig(captioner="retrieval", retrieval_top_k=1, text_length=16),
+        perception=PerceptionConfig(fpn_dim=64, feature_dim=128, lora_rank=8, lora_alpha=8.0),
+        head=HeadConfig(fused_dim=128, expert_hidden=128),
+        cliea=CLIEAConfig(dim=128, num_heads=4),
+        train=TrainConfig(lr=1e-4, epochs=10, batch_size=16),
+    )
+
+
+def tiny(labels: tuple[str, ...] = EMOJI7, foundation: str = "kcdp:tiny") -> KCDPConfig:
+    """Tests: every component with random weights, built in seconds by kcdp_core.model.foundation.
+
+    `foundation` is a folder written by `build_tiny_foundation` (tests create one in a temp dir).
+    """
+    return KCDPConfig(
+        preset="tiny",
+        labels=tuple(labels),
+        foundation=FoundationConfig(
+            vae=Source(foundation, "vae"),
+            unet=Source(foundation, "unet"),
+            text_encoder=Source(foundation, "text_encoder"),
+            tokenizer=Source(foundation, "tokenizer"),
+            image_encoder=Source(foundation, "image_encoder"),
+            image_size=64,
+        ),
+        knowledge=KnowledgeConfig(captioner="retrieval", text_length=8, max_triplets=4),
+        perception=PerceptionConfig(fpn_dim=16, feature_dim=32, lora_rank=4, lora_alpha=4.0),
+        head=HeadConfig(fused_dim=32, expert_hidden=16),
+        cliea=CLIEAConfig(dim=32, num_heads=2),
+        train=TrainConfig(lr=1e-3, epochs=2, batch_size=4, val_fraction=0.25),
+    )
+
+
+PRESETS = {"sd15": sd15, "mini": mini, "tiny": tiny}
+
+
+def preset(name: str, **kwargs: Any) -> KCDPConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name](**kwargs)

@@ -1,0 +1,44 @@
+"""Emotion label sets. Torch-free: shared by training, export and runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# The 7 classes of the emoji benchmark and of SER30K, in this fixed order.
+EMOJI7: tuple[str, ...] = ("anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise")
+SER30K = EMOJI7
+# The authors' code trains on these 6 (official repository order).
+OFFICIAL6: tuple[str, ...] = ("surprise", "happy", "disgust", "fear", "sad", "anger")
+# Mikels' 8 categories (EmoSet, FI, Emo8, ArtPhoto, Abstract).
+MIKELS8: tuple[str, ...] = (
+    "amusement", "anger", "awe", "contentment", "disgust", "excitement", "fear", "sadness",
+)
+
+LABEL_SETS: dict[str, tuple[str, ...]] = {
+    "emoji7": EMOJI7,
+    "ser30k": SER30K,
+    "official6": OFFICIAL6,
+    "mikels8": MIKELS8,
+}
+
+
+def resolve_labels(spec: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """A named set ("emoji7", "mikels8", ...), a comma list, or a sequence of names."""
+    if isinstance(spec, (list, tuple)):
+        labels = tuple(spec)
+    elif spec in LABEL_SETS:
+        labels = LABEL_SETS[spec]
+    else:
+        labels = tuple(s.strip() for s in spec.split(",") if s.strip())
+    if len(labels) < 2 or len(set(labels)) != len(labels):
+        raise ValueError(f"a label set needs at least two distinct names, got {labels!r}")
+    return labels
+
+
+def labels_from_folder(root: str | Path) -> tuple[str, ...]:
+    """The label set a class-folder dataset defines: its subfolder names, sorted."""
+    root = Path(root)
+    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not names:
+        raise ValueError(f"{root}: no class subfolders (expected DIR/<label>/<image>)")
+    return resolve_labels(names)
