@@ -17,8 +17,11 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 # Refuse decompression bombs outright instead of warning: 8k x 8k is ample for emotion recognition.
 MAX_PIXELS = 8192 * 8192
 RESIZE_FILTER = "bicubic"
-_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
-            "lanczos": Image.Resampling.LANCZOS}
+_FILTERS = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "lanczos": Image.Resampling.LANCZOS,
+}
 
 
 class ImageError(ValueError):
@@ -49,7 +52,9 @@ def load_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
             ImageFile.LOAD_TRUNCATED_IMAGES = False
             img = Image.open(io.BytesIO(data))
             if img.width * img.height > MAX_PIXELS:
-                raise ImageError(f"{label}: {img.width}x{img.height} pixels exceeds the limit of {MAX_PIXELS}")
+                raise ImageError(
+                    f"{label}: {img.width}x{img.height} pixels exceeds the limit of {MAX_PIXELS}"
+                )
             img.seek(0)  # animated GIF/WebP/PNG: the first frame
             img.load()
     except ImageError:

@@ -11,7 +11,14 @@ SER30K = EMOJI7
 OFFICIAL6: tuple[str, ...] = ("surprise", "happy", "disgust", "fear", "sad", "anger")
 # Mikels' 8 categories (EmoSet, FI, Emo8, ArtPhoto, Abstract).
 MIKELS8: tuple[str, ...] = (
-    "amusement", "anger", "awe", "contentment", "disgust", "excitement", "fear", "sadness",
+    "amusement",
+    "anger",
+    "awe",
+    "contentment",
+    "disgust",
+    "excitement",
+    "fear",
+    "sadness",
 )
 
 LABEL_SETS: dict[str, tuple[str, ...]] = {

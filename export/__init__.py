@@ -1,0 +1,1 @@
+"""kcdp_export: LoRA merge, ONNX/TensorRT export, parity checks, manifest."""

@@ -1,0 +1,1 @@
+"""Datasets: the emoji cross-style benchmark builder, the pretraining corpus, dataset loaders."""

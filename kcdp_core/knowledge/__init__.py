@@ -1,0 +1,1 @@
+"""The knowledge branch: captions, knowledge triplets and their text encoding."""

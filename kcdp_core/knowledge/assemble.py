@@ -1,0 +1,37 @@
+"""k = concat(T(c), sum_i T(t_i)): the knowledge sequence, in numpy so that training and the
+torch-free runtime assemble it with the same code. Torch-free."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def assemble_knowledge(
+    caption_states: np.ndarray,
+    caption_mask: np.ndarray,
+    triplet_states: np.ndarray,
+    triplet_mask: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One image: caption [L, D] + mask [L], its triplets [M, L, D] + masks [M, L] (M may be 0).
+
+    Returns k [2L, D] float32 and its mask [2L] float32. The triplet half is the token-wise sum of
+    the triplet encodings (paper: t = sum_i T(t_i)); with no triplet it is zeros, masked out, so the
+    caption alone carries the knowledge.
+    """
+    length, dim = caption_states.shape
+    if len(triplet_states):
+        tri_mask = triplet_mask.astype(np.float32)
+        tri = (triplet_states * tri_mask[..., None]).sum(axis=0)
+        tri_mask = tri_mask.max(axis=0)
+    else:
+        tri = np.zeros((length, dim), np.float32)
+        tri_mask = np.zeros(length, np.float32)
+    k = np.concatenate([caption_states, tri], axis=0).astype(np.float32)
+    mask = np.concatenate([caption_mask.astype(np.float32), tri_mask], axis=0)
+    return k, mask
+
+
+def pool_knowledge(k: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Masked mean over tokens: [B, S, D], [B, S] -> [B, D] (numpy twin of the model's pool(k))."""
+    weights = mask[..., None]
+    return (k * weights).sum(1) / np.maximum(weights.sum(1), 1.0)

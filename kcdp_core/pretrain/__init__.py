@@ -1,0 +1,1 @@
+"""kcdp-pretrain: the `mini` foundation (aligned image encoder, VAE, text-conditioned UNet)."""

@@ -1,0 +1,1 @@
+"""kcdp-train and kcdp-eval: DA and UC training, evaluation, plots."""

@@ -1,0 +1,1 @@
+"""kcdp_runtime: torch-free inference from an export folder (onnxruntime)."""
