@@ -65,6 +65,9 @@ class KnowledgeConfig:
     max_triplets: int = 8
     # Token length of each half of k (caption half, triplet half): k has 2 * text_length tokens.
     text_length: int = 77
+    # Table 4 ablations: leave the caption half (encoded as "") or the triplet half out of k.
+    use_caption: bool = True
+    use_triplets: bool = True
 
 
 @dataclass
@@ -124,7 +127,8 @@ class TrainConfig:
     lambda1: float = 1.0
     lambda2: float = 1.0
     balance_weight: float = 0.01
-    pseudo_labels: Literal["batch", "epoch"] = "batch"
+    # CLIEA per batch (authors), CLIEA refreshed per epoch, or the aligned encoder's zero-shot (Table 3).
+    pseudo_labels: Literal["batch", "epoch", "zeroshot"] = "batch"
     grad_accum: int = 1
     val_fraction: float = 0.15
     seed: int = 0
