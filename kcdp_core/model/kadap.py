@@ -59,6 +59,7 @@ class KADAP(nn.Module):
         self.channels = [
             reversed_channels[i] + (knowledge_tokens if self.has_maps[i] else 0) for i in self.levels
         ]
+        self.upsamples = {i: getattr(unet.up_blocks[i], "upsamplers", None) is not None for i in self.levels}
         self._features: dict[int, torch.Tensor] = {}
         for i in self.levels:
             unet.up_blocks[i].register_forward_hook(self._make_hook(i))
@@ -88,9 +89,11 @@ class KADAP(nn.Module):
             feat = self._features[i]
             maps = self.store.mean(i) if self.has_maps[i] else None
             if maps is not None:
-                # [B, N, T] over the block's input grid (square latents) -> [B, T, side, side] -> F_i's grid.
-                side = int(round(maps.shape[1] ** 0.5))
-                grid = maps.transpose(1, 2).unflatten(2, (side, side))
+                # [B, N, T] over the block's input grid: F_i's grid, halved when the block upsamples.
+                h, w = feat.shape[-2:]
+                if self.upsamples[i]:
+                    h, w = h // 2, w // 2
+                grid = maps.transpose(1, 2).unflatten(2, (h, w))
                 grid = F.interpolate(grid, size=feat.shape[-2:], mode="bilinear", align_corners=False)
                 feat = torch.cat([feat, grid], dim=1)
             outs.append(feat)
