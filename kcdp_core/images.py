@@ -73,10 +73,15 @@ def load_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """RGB on a white background, whatever the mode (palette+transparency, LA, RGBA, CMYK, 16-bit)."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if img.mode.startswith("I;16"):
+        # 16-bit samples: scale by the type's range, not by the image's maximum (a dark image stays dark).
+        arr = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(np.round(arr / 257.0), 0, 255).astype(np.uint8))
+    elif img.mode in ("I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         img = Image.fromarray(np.clip(arr / (257.0 if arr.max() > 255 else 1.0), 0, 255).astype(np.uint8))
-    if img.mode == "P" and "transparency" in img.info:
+    if img.mode in ("P", "L", "RGB") and "transparency" in img.info:
+        # a palette index or colour key marked transparent (GIF, PNG tRNS): composite it like alpha
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA"):
         img = img.convert("RGBA")

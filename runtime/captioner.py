@@ -1,0 +1,123 @@
+"""Captioners of the runtime: retrieval (image_encoder.onnx + caption bank), InstructBLIP (sd15), given.
+
+`mini`/`tiny` caption by retrieval: the image encoder embeds the image in the text encoder's
+sentence space and the nearest bank captions (cosine) are the caption. The bank may carry each
+caption's triplets, parsed offline with the same parser; then the runtime never loads spaCy for
+them (spaCy's load alone costs seconds of cold start). `sd15` captions with InstructBLIP, which
+stays a transformers stage: it is imported only when such an export is loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from kcdp_core.knowledge.caption_bank import CaptionBank
+from kcdp_runtime.manifest import Manifest, ModelError
+
+Triplet = tuple[str, str, str]
+# Retrieved captions (top-k > 1) are joined with this separator, as kcdp_core's RetrievalCaptioner does.
+CAPTION_JOIN = ". "
+
+
+@dataclass
+class Caption:
+    text: str
+    # Triplets known without parsing (from the bank), or None: the pipeline parses the text.
+    triplets: list[Triplet] | None = None
+
+
+class Captioner(Protocol):
+    name: str
+
+    def caption(self, images: Sequence[Image.Image], pixels: np.ndarray) -> list[Caption]: ...
+
+
+def load_bank(manifest: Manifest) -> tuple[CaptionBank, bool]:
+    """The caption bank, and whether its triplets may stand in for the parser.
+
+    Training parses the retrieved caption with TripletParser; bank triplets are used instead only
+    when the manifest says the same parser version wrote them (caption_bank.triplets_parser).
+    """
+    spec = manifest.caption_bank
+    if not spec:
+        raise ModelError(f"{manifest.folder}: the retrieval captioner needs a caption_bank in manifest.json")
+    folder = manifest.path(spec["captions"]).parent
+    try:
+        bank = CaptionBank.load(folder)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"{folder}: unreadable caption bank ({exc})") from None
+    parser_version = (manifest.knowledge.get("parser") or {}).get("version")
+    trusted = bool(parser_version) and spec.get("triplets_parser") == parser_version
+    return bank, trusted
+
+
+class RetrievalCaptioner:
+    name = "retrieval"
+
+    def __init__(self, session: Any, bank: CaptionBank, top_k: int = 1, bank_triplets: bool = False):
+        self.session = session
+        self.bank = bank
+        self.top_k = max(1, min(int(top_k), len(bank)))
+        self.bank_triplets = bank_triplets
+        self.input_name = session.get_inputs()[0].name
+        self.input_type = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
+
+    def embed(self, pixels: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: pixels.astype(self.input_type)})[0].astype(np.float32)
+
+    def caption(self, images: Sequence[Image.Image], pixels: np.ndarray) -> list[Caption]:
+        indices, _ = self.bank.search(self.embed(pixels), self.top_k)  # kcdp_core's search: same ties
+        out = []
+        for row in indices:
+            text = CAPTION_JOIN.join(self.bank.captions[i] for i in row)
+            known = self.bank.triplets[row[0]] if self.bank_triplets and len(row) == 1 else None
+            out.append(Caption(text, [tuple(t) for t in known] if known is not None else None))
+        return out
+
+
+class GivenCaptioner:
+    """captioner == "csv": captions come with the images (Pipeline.run(..., captions=[...]))."""
+
+    name = "csv"
+
+    def caption(self, images: Sequence[Image.Image], pixels: np.ndarray) -> list[Caption]:
+        raise ModelError(
+            "this export was trained with captions from a CSV (captioner 'csv'): pass the captions "
+            "with the images (Pipeline.run(images, captions=[...]))"
+        )
+
+
+class InstructBlipCaptioner:
+    """sd15: InstructBLIP via transformers (a GPU-sized model; the only non-ONNX stage)."""
+
+    name = "instructblip"
+
+    def __init__(self, spec: dict[str, Any]):
+        try:
+            from transformers import InstructBlipForConditionalGeneration, InstructBlipProcessor
+        except ImportError:
+            raise ModelError(
+                "this export captions with InstructBLIP (preset sd15), which runs in transformers: "
+                "install it with `pip install kcdp[train]` (it needs torch), or export a `mini` model"
+            ) from None
+        source = spec.get("source") or spec.get("path") or "Salesforce/instructblip-flan-t5-xl"
+        self.processor = InstructBlipProcessor.from_pretrained(source)
+        self.model = InstructBlipForConditionalGeneration.from_pretrained(source).eval()
+        self.prompt = spec.get("prompt", "")
+        self.generate_kwargs = {
+            k: spec[k]
+            for k in ("num_beams", "repetition_penalty", "min_new_tokens", "max_new_tokens")
+            if k in spec
+        }
+
+    def caption(self, images: Sequence[Image.Image], pixels: np.ndarray) -> list[Caption]:
+        inputs = self.processor(images=list(images), text=[self.prompt] * len(images), return_tensors="pt")
+        inputs = inputs.to(self.model.device)
+        ids = self.model.generate(**inputs, **self.generate_kwargs)
+        texts = self.processor.batch_decode(ids, skip_special_tokens=True)
+        return [Caption(t.strip()) for t in texts]

@@ -1,0 +1,147 @@
+"""kcdp-infer IMAGE... [--model CKPT_OR_EXPORT] [--json] [--batch-size N]: classify images, no torch.
+
+Arguments may be files, directories (searched recursively for images) or glob patterns. With
+--json, one JSON object per image and line: {"image", "label", "scores", "caption", "triplets",
+"latency_ms"} or {"image", "error"}. Exit status 0 if every image succeeded, 1 if any failed,
+2 for usage errors (including a model that cannot be loaded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from kcdp_runtime.manifest import ModelError
+
+DEFAULT_MODEL = Path(__file__).parent / "default_model"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+def expand_inputs(args: list[str]) -> Iterator[tuple[str, str | None]]:
+    """(name, error or None) per image: directories are walked, globs expanded, order kept."""
+    for arg in args:
+        path = Path(arg)
+        if path.is_dir():
+            yield from _walk(path)
+        elif path.exists() or not glob.has_magic(arg):
+            yield arg, None  # a missing plain path gets its "no such file" from the loader
+        else:
+            matches = sorted(glob.glob(arg, recursive=True))
+            if not matches:
+                yield arg, f"{arg}: no file matches this pattern"
+            for match in matches:
+                if Path(match).is_dir():
+                    yield from _walk(Path(match))
+                else:
+                    yield match, None
+
+
+def _walk(folder: Path) -> Iterator[tuple[str, str | None]]:
+    found = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        yield str(folder), f"{folder}: directory holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
+    for p in found:
+        yield str(p), None
+
+
+def resolve_model(model: str | None) -> Path:
+    if model is not None:
+        return Path(model)
+    if not (DEFAULT_MODEL / "manifest.json").is_file():
+        raise ModelError(
+            f"no default model in this installation ({DEFAULT_MODEL} has no manifest.json); "
+            "pass --model EXPORT_FOLDER"
+        )
+    return DEFAULT_MODEL
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kcdp-infer", description="Classify the emotion of images (torch-free, onnxruntime)."
+    )
+    parser.add_argument(
+        "images", nargs="+", metavar="IMAGE", help="image files, directories or glob patterns"
+    )
+    parser.add_argument(
+        "--model", help="export folder (default: the embedded model); checkpoints need kcdp-export"
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object per image and line")
+    parser.add_argument("--batch-size", type=_positive, default=8, help="images per batch in every stage")
+    parser.add_argument(
+        "--providers", help="comma list of execution providers (tensorrt,cuda,cpu); default: best"
+    )
+    parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: auto)")
+    parser.add_argument("--quiet", action="store_true", help="no log line on stderr")
+    return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="kcdp-infer: %(message)s",
+        stream=sys.stderr,
+    )
+    from kcdp_runtime.pipeline import Pipeline  # after argparse: --help stays instant
+    from kcdp_runtime.sessions import SessionConfig
+
+    config = SessionConfig(
+        providers=args.providers.split(",") if args.providers else None, intra_op_threads=args.threads
+    )
+    try:
+        pipe = Pipeline.from_pretrained(resolve_model(args.model), session_config=config)
+    except ModelError as exc:
+        print(f"kcdp-infer: error: {exc}", file=sys.stderr)
+        return 2
+    failed = False
+    pending: list[str] = []
+
+    def flush() -> None:
+        nonlocal failed
+        if pending:
+            for result in pipe.run(pending, batch_size=args.batch_size):
+                failed |= _emit(result, args.json)
+            pending.clear()
+
+    for name, error in expand_inputs(args.images):
+        if error is not None:
+            flush()  # keep output in argument order
+            failed |= _emit({"image": name, "error": error}, args.json)
+        else:
+            pending.append(name)
+            if len(pending) >= args.batch_size:
+                flush()
+    flush()
+    return 1 if failed else 0
+
+
+def _emit(result: dict, as_json: bool) -> bool:
+    """Print one result; True if it is an error."""
+    if as_json:
+        print(json.dumps(result, ensure_ascii=False), flush=True)
+    elif "error" in result:
+        print(f"error: {result['error']}", file=sys.stderr, flush=True)
+    else:
+        score = result["scores"][result["label"]]
+        print(
+            f"{result['image']}: {result['label']} ({score:.2f})  "
+            f"caption: {result['caption']!r}  {result['latency_ms']['total']:.1f} ms",
+            flush=True,
+        )
+    return "error" in result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,381 @@
+"""The torch-free inference pipeline: an export folder in, emotion labels out.
+
+Per image: load + preprocess (kcdp_core.images, the training code) -> captioner -> triplet parser ->
+tokenizer -> text_encoder.onnx (caption and each triplet) -> assemble_knowledge (kcdp_core, the
+training code) -> perception.onnx -> label = argmax probs. Every stage runs batched over the images
+of a chunk; an image that cannot be read gets an error entry and leaves the rest of its batch alone.
+
+The knowledge k of an image depends only on its caption, and a retrieval captioner only ever
+returns bank captions, so k is memoised per caption text (LRU, `knowledge_cache_size`): after
+warm-up the parser and the text encoder cost nothing. Set the size to 0 to time them every call.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+from tokenizers import Tokenizer
+
+from kcdp_core.images import ImageError, load_image, preprocess
+from kcdp_core.knowledge.assemble import assemble_knowledge
+from kcdp_runtime.captioner import (
+    Caption,
+    Captioner,
+    GivenCaptioner,
+    InstructBlipCaptioner,
+    RetrievalCaptioner,
+    load_bank,
+)
+from kcdp_runtime.manifest import Manifest, ModelError, load_manifest
+from kcdp_runtime.sessions import SessionConfig, create_session, describe
+
+log = logging.getLogger("kcdp_runtime")
+
+STAGES = ("preprocess", "caption", "parse", "text_encoder", "assemble", "perception")
+ImageInput = str | Path | bytes
+Triplet = tuple[str, str, str]
+_NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+             "tensor(int32)": np.int32, "tensor(double)": np.float64}  # fmt: skip
+
+
+def triplet_text(triplet: Sequence[str]) -> str:
+    """How a triplet is written before encoding (as kcdp_core.knowledge.text_encoder.triplet_text)."""
+    return " ".join(part for part in triplet if part)
+
+
+@dataclass
+class _Knowledge:
+    triplets: list[Triplet]
+    k: np.ndarray  # [2L, D]
+    mask: np.ndarray  # [2L]
+
+
+@dataclass
+class _Item:
+    """One image on its way through the stages."""
+
+    name: str
+    image: Image.Image | None = None
+    pixels: np.ndarray | None = None
+    caption: Caption | None = None
+    knowledge: _Knowledge | None = None
+    error: str | None = None
+    probs: np.ndarray | None = None
+    latency: dict[str, float] = field(default_factory=dict)
+
+
+class TextEncoderStage:
+    """tokenizer.json (tokenizers library) + text_encoder.onnx: texts -> token states [N, L, D]."""
+
+    def __init__(self, session: Any, tokenizer: Tokenizer, length: int):
+        self.session = session
+        self.length = length
+        self.tokenizer = tokenizer
+        self.inputs = {i.name: _NP_TYPES.get(i.type, np.int64) for i in session.get_inputs()}
+
+    @classmethod
+    def load(cls, manifest: Manifest, session: Any) -> TextEncoderStage:
+        spec = manifest.tokenizer
+        length = int(spec.get("max_length") or manifest.knowledge["text_length"])
+        tokenizer = Tokenizer.from_file(str(manifest.path(spec["file"])))
+        tokenizer.enable_truncation(max_length=length)
+        pad_token = _pad_token(manifest, spec, tokenizer)
+        pad_id = tokenizer.token_to_id(pad_token) if pad_token is not None else None
+        tokenizer.enable_padding(length=length, pad_id=pad_id or 0, pad_token=pad_token or "[PAD]")
+        return cls(session, tokenizer, length)
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        enc = self.tokenizer.encode_batch(list(texts))
+        ids = np.array([e.ids for e in enc], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
+        return ids, mask
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """Token states [N, L, D] float32 and the float mask [N, L]."""
+        states, masks = [], []
+        for start in range(0, len(texts), batch_size):
+            ids, mask = self.tokenize(texts[start : start + batch_size])
+            feed = {}
+            for name, dtype in self.inputs.items():
+                source = mask if name == "attention_mask" else np.zeros_like(ids) if "type" in name else ids
+                feed[name] = source.astype(dtype)
+            states.append(self.session.run(None, feed)[0].astype(np.float32))
+            masks.append(mask.astype(np.float32))
+        return np.concatenate(states), np.concatenate(masks)
+
+
+def _pad_token(manifest: Manifest, spec: dict[str, Any], tokenizer: Tokenizer) -> str | None:
+    """The padding token, as transformers would pick it: tokenizer.json's, then tokenizer_config.json's."""
+    padding = json.loads(tokenizer.to_str()).get("padding") or {}
+    if padding.get("pad_token"):
+        return padding["pad_token"]
+    config = manifest.path(spec.get("folder", "tokenizer")) / "tokenizer_config.json"
+    if config.is_file():
+        value = json.loads(config.read_text()).get("pad_token")
+        if isinstance(value, dict):
+            value = value.get("content")
+        if value:
+            return str(value)
+    for candidate in ("[PAD]", "<pad>", "<|endoftext|>"):
+        if tokenizer.token_to_id(candidate) is not None:
+            return candidate
+    return None
+
+
+class Pipeline:
+    """An export folder loaded for inference. `run(images)` -> one result dict per image."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        sessions: dict[str, Any],
+        text: TextEncoderStage,
+        captioner: Captioner,
+        session_config: SessionConfig,
+        knowledge_cache_size: int = 4096,
+    ):
+        self.manifest = manifest
+        self.sessions = sessions
+        self.text = text
+        self.captioner = captioner
+        self.session_config = session_config
+        self.labels = manifest.labels
+        prep = manifest.preprocessing
+        self.image_size = int(prep.get("image_size", 64))
+        self.resize_filter = str(prep.get("resize_filter", "bicubic"))
+        know = manifest.knowledge
+        self.max_triplets = int(know.get("max_triplets", 8))
+        self.parser_model = str((know.get("parser") or {}).get("model", "en_core_web_sm"))
+        # Knowledge ablations the model was trained with (config.knowledge.use_caption / use_triplets).
+        self.use_caption = bool(know.get("use_caption", True))
+        self.use_triplets = bool(know.get("use_triplets", True))
+        self.knowledge_cache_size = knowledge_cache_size
+        self._knowledge_cache: OrderedDict[str, _Knowledge] = OrderedDict()
+        self._parser: Any = None
+        perception = sessions["perception"]
+        self._perception_inputs = {i.name: _NP_TYPES.get(i.type, np.float32) for i in perception.get_inputs()}
+        self._perception_outputs = [o.name for o in perception.get_outputs()]
+        self.provider_line = describe(sessions, session_config)
+
+    # -- loading ----------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | Path,
+        session_config: SessionConfig | None = None,
+        verify: Literal["sha256", "presence", "none"] = "sha256",
+        knowledge_cache_size: int = 4096,
+    ) -> Pipeline:
+        """Load an export folder (manifest.json + ONNX graphs); see kcdp_runtime.manifest for checks."""
+        config = session_config or SessionConfig()
+        manifest = load_manifest(folder, verify=verify)
+        sessions = {}
+        for name in ("image_encoder", "text_encoder", "perception"):
+            spec = manifest.graph(name)
+            if spec:
+                sessions[name] = create_session(manifest.path(spec["file"]), config)
+        text = TextEncoderStage.load(manifest, sessions["text_encoder"])
+        know = manifest.knowledge
+        kind = know.get("captioner", "retrieval")
+        captioner: Captioner
+        if kind == "retrieval":
+            if "image_encoder" not in sessions:
+                raise ModelError(f"{folder}: captioner 'retrieval' needs graphs.image_encoder")
+            bank, trusted = load_bank(manifest)
+            top_k = int(know.get("retrieval_top_k", 1))
+            captioner = RetrievalCaptioner(sessions["image_encoder"], bank, top_k, bank_triplets=trusted)
+        elif kind == "instructblip":
+            captioner = InstructBlipCaptioner(know.get("instructblip") or {})
+        elif kind == "csv":
+            captioner = GivenCaptioner()
+        else:
+            raise ModelError(f"{folder}: unknown captioner {kind!r} in manifest.json")
+        pipe = cls(manifest, sessions, text, captioner, config, knowledge_cache_size)
+        log.info("%s: %s", manifest.folder.name, pipe.provider_line)
+        return pipe
+
+    @property
+    def parser(self) -> Any:
+        """The spaCy triplet parser, loaded on first need (bank triplets usually make it unnecessary)."""
+        if self._parser is None:
+            from kcdp_core.knowledge.triplets import TripletParser
+
+            self._parser = TripletParser(model=self.parser_model)
+        return self._parser
+
+    # -- inference --------------------------------------------------------------------------------
+    def classify(self, image: ImageInput, name: str | None = None) -> dict[str, Any]:
+        return self.run([image], names=[name] if name else None)[0]
+
+    def run(
+        self,
+        images: Sequence[ImageInput],
+        names: Sequence[str] | None = None,
+        batch_size: int = 8,
+        captions: Sequence[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """One dict per image, in order: {"image", "label", "scores", "caption", "triplets",
+        "latency_ms"} or {"image", "error"} (DESIGN.md section 4)."""
+        if names is None:
+            names = [str(i) if not isinstance(i, bytes) else f"<bytes {n}>" for n, i in enumerate(images)]
+        results: list[dict[str, Any]] = []
+        for start in range(0, len(images), max(1, batch_size)):
+            chunk = slice(start, start + max(1, batch_size))
+            given = list(captions[chunk]) if captions is not None else None
+            results.extend(self._run_batch(list(images[chunk]), list(names[chunk]), given))
+        return results
+
+    def _run_batch(
+        self, images: list[ImageInput], names: list[str], captions: list[str] | None
+    ) -> list[dict[str, Any]]:
+        items = [_Item(name) for name in names]
+        for item, source in zip(items, images, strict=True):
+            t0 = time.perf_counter()
+            try:
+                item.image = load_image(source, name=item.name)
+                item.pixels = preprocess(item.image, self.image_size, self.resize_filter)
+            except ImageError as exc:
+                item.error = str(exc)
+            except Exception as exc:  # noqa: BLE001 - any decoder failure is this image's problem only
+                item.error = f"{item.name}: could not read image ({type(exc).__name__}: {exc})"
+            item.latency["preprocess"] = _ms(t0)
+        ok = [i for i in items if i.error is None]
+        if ok:
+            self._caption(ok, [captions[items.index(i)] for i in ok] if captions is not None else None)
+            self._knowledge(ok)
+            self._perceive(ok)
+        return [self._result(i) for i in items]
+
+    def _caption(self, items: list[_Item], given: list[str] | None) -> None:
+        t0 = time.perf_counter()
+        if given is not None:
+            caps = [Caption(str(c)) for c in given]
+        else:
+            pixels = np.stack([i.pixels for i in items])
+            caps = self.captioner.caption([i.image for i in items], pixels)
+        _share(items, "caption", t0)
+        for item, cap in zip(items, caps, strict=True):
+            item.caption = cap
+
+    def _knowledge(self, items: list[_Item]) -> None:
+        """Parse, encode and assemble k for the captions not memoised yet (each distinct text once)."""
+        todo: dict[str, Caption] = {}
+        for item in items:
+            assert item.caption is not None
+            hit = self._cache_get(item.caption.text)
+            if hit is not None:
+                item.knowledge = hit
+            else:
+                todo.setdefault(item.caption.text, item.caption)
+        t0 = time.perf_counter()
+        triplets: dict[str, list[Triplet]] = {}
+        unparsed = [text for text, cap in todo.items() if cap.triplets is None and self.use_triplets]
+        if unparsed:
+            for text, parsed in zip(unparsed, self.parser.parse_many(unparsed), strict=True):
+                triplets[text] = [tuple(t) for t in parsed]
+        for text, cap in todo.items():
+            if not self.use_triplets:
+                triplets[text] = []
+            elif cap.triplets is not None:
+                triplets[text] = [tuple(t) for t in cap.triplets]
+            triplets[text] = triplets[text][: self.max_triplets]
+        _share(items, "parse", t0)
+
+        t0 = time.perf_counter()
+        encoded = [text if self.use_caption else "" for text in todo]  # as training's KnowledgeTable
+        texts = encoded + [triplet_text(t) for text in todo for t in triplets[text]]
+        states, masks = self.text.encode(texts) if texts else (None, None)
+        _share(items, "text_encoder", t0)
+
+        t0 = time.perf_counter()
+        offset = len(todo)
+        fresh: dict[str, _Knowledge] = {}
+        for n, text in enumerate(todo):
+            m = len(triplets[text])
+            assert states is not None and masks is not None
+            k, mask = assemble_knowledge(
+                states[n], masks[n], states[offset : offset + m], masks[offset : offset + m]
+            )
+            offset += m
+            fresh[text] = _Knowledge(triplets[text], k, mask)
+            self._cache_put(text, fresh[text])
+        for item in items:
+            if item.knowledge is None:
+                assert item.caption is not None
+                item.knowledge = fresh[item.caption.text]
+        _share(items, "assemble", t0)
+
+    def _perceive(self, items: list[_Item]) -> None:
+        t0 = time.perf_counter()
+        arrays = {
+            "pixels": np.stack([i.pixels for i in items]),
+            "knowledge": np.stack([i.knowledge.k for i in items]),
+            "knowledge_mask": np.stack([i.knowledge.mask for i in items]),
+        }
+        feed = {name: arrays[name].astype(dtype) for name, dtype in self._perception_inputs.items()}
+        wanted = "probs" if "probs" in self._perception_outputs else "logits"
+        out = self.sessions["perception"].run([wanted], feed)[0].astype(np.float64)
+        if wanted == "logits":
+            out = np.exp(out - out.max(axis=1, keepdims=True))
+            out /= out.sum(axis=1, keepdims=True)
+        _share(items, "perception", t0)
+        for item, probs in zip(items, out, strict=True):
+            item.probs = probs
+
+    def _result(self, item: _Item) -> dict[str, Any]:
+        if item.error is not None:
+            return {"image": item.name, "error": item.error}
+        probs = item.probs
+        assert probs is not None and item.caption is not None and item.knowledge is not None
+        latency = {stage: round(item.latency.get(stage, 0.0), 3) for stage in STAGES}
+        latency["total"] = round(sum(latency.values()), 3)
+        return {
+            "image": item.name,
+            "label": self.labels[int(np.argmax(probs))],
+            "scores": {label: round(float(p), 6) for label, p in zip(self.labels, probs, strict=True)},
+            "caption": item.caption.text,
+            "triplets": [list(t) for t in item.knowledge.triplets],
+            "latency_ms": latency,
+        }
+
+    # -- knowledge memo ---------------------------------------------------------------------------
+    def _cache_get(self, text: str) -> _Knowledge | None:
+        hit = self._knowledge_cache.get(text)
+        if hit is not None:
+            self._knowledge_cache.move_to_end(text)
+        return hit
+
+    def _cache_put(self, text: str, value: _Knowledge) -> None:
+        if self.knowledge_cache_size <= 0:
+            return
+        self._knowledge_cache[text] = value
+        while len(self._knowledge_cache) > self.knowledge_cache_size:
+            self._knowledge_cache.popitem(last=False)
+
+    def warmup(self) -> None:
+        """One white image through every stage: first-call allocations happen before real traffic."""
+        buf = Image.new("RGB", (self.image_size, self.image_size), "white")
+        data = io.BytesIO()
+        buf.save(data, format="PNG")
+        self.run([data.getvalue()], names=["warmup"])
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0
+
+
+def _share(items: list[_Item], stage: str, t0: float) -> None:
+    """A batched stage's time, split evenly over its images: ms per image."""
+    per = _ms(t0) / max(1, len(items))
+    for item in items:
+        item.latency[stage] = per

@@ -1,0 +1,114 @@
+"""kcdp_runtime.Pipeline on a tiny export: stages, batching, knowledge memo, manifest checks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from runtime_export import BANK, build_fake_export
+from runtime_images import BLUE, RED, YELLOW, png_bytes
+
+from kcdp_runtime.manifest import ModelError, load_manifest
+from kcdp_runtime.pipeline import STAGES, Pipeline
+from kcdp_runtime.sessions import SessionConfig, candidate_providers
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    return build_fake_export(tmp_path_factory.mktemp("export") / "fake")
+
+
+@pytest.fixture(scope="module")
+def pipe(export):
+    return Pipeline.from_pretrained(export)
+
+
+def _img(colour, size=(40, 30)) -> bytes:
+    return png_bytes(Image.new("RGB", size, colour))
+
+
+def test_labels_captions_and_result_contract(pipe):
+    out = pipe.run([_img(RED), _img(BLUE), _img(YELLOW)], names=["r", "b", "y"])
+    assert [r["label"] for r in out] == ["anger", "sadness", "happiness"]
+    bank = {c for c, _ in BANK}
+    for r in out:
+        assert set(r) == {"image", "label", "scores", "caption", "triplets", "latency_ms"}
+        assert list(r["scores"]) == list(pipe.labels)
+        assert sum(r["scores"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert r["caption"] in bank
+        assert set(r["latency_ms"]) == {*STAGES, "total"}
+        assert r["latency_ms"]["total"] == pytest.approx(sum(r["latency_ms"][s] for s in STAGES), abs=0.01)
+        json.dumps(r)  # JSON-serialisable as is
+
+
+def test_batching_gives_the_same_scores_as_one_by_one(pipe):
+    images = [_img(c) for c in (RED, BLUE, YELLOW, (90, 200, 90), (10, 10, 10))]
+    batched = pipe.run(images, batch_size=8)
+    single = [pipe.run([im], batch_size=1)[0] for im in images]
+    for a, b in zip(batched, single, strict=True):
+        assert a["label"] == b["label"]
+        for label in pipe.labels:
+            assert a["scores"][label] == pytest.approx(b["scores"][label], abs=1e-5)
+
+
+def test_bad_image_in_a_batch_leaves_the_others(pipe):
+    out = pipe.run([_img(RED), b"not an image", _img(BLUE)], names=["a", "bad", "c"])
+    assert out[1] == {"image": "bad", "error": "bad: not an image (unrecognised format)"}
+    assert out[0]["label"] == "anger" and out[2]["label"] == "sadness"
+
+
+def test_bank_triplets_or_parser(pipe):
+    """Bank triplets are used when the manifest vouches for them; a bank line without any is parsed."""
+    out = pipe.run([_img(RED)], captions=["an angry red face"])[0]
+    assert out["triplets"] == [["face", "is", "angry"], ["face", "is", "red"]]  # given caption: parsed
+    caps = pipe.captioner.caption([], np.zeros((1, 3, pipe.image_size, pipe.image_size), np.float32))
+    assert caps[0].text in {c for c, _ in BANK}
+    known = dict(BANK)[caps[0].text]
+    assert caps[0].triplets == ([tuple(t) for t in known] if known is not None else None)
+
+
+def test_knowledge_memo_skips_parser_and_text_encoder(export):
+    pipe = Pipeline.from_pretrained(export, knowledge_cache_size=16)
+    calls = []
+    encode = pipe.text.encode
+    pipe.text.encode = lambda texts, **kw: calls.append(list(texts)) or encode(texts, **kw)
+    first = pipe.run([_img(RED), _img(RED)])
+    assert len(calls) == 1 and len(calls[0]) == 1 + len(first[0]["triplets"])  # one distinct caption
+    second = pipe.run([_img(RED)])
+    assert len(calls) == 1  # memo hit
+    assert second[0]["scores"] == first[0]["scores"]
+    nomemo = Pipeline.from_pretrained(export, knowledge_cache_size=0)
+    assert nomemo.run([_img(RED)])[0]["scores"] == first[0]["scores"]
+
+
+def test_manifest_checks(export, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(export, broken)
+    (broken / "perception.onnx").write_bytes(b"tampered")
+    with pytest.raises(ModelError, match="perception.onnx does not match its sha256"):
+        load_manifest(broken)
+    (broken / "perception.onnx").unlink()
+    with pytest.raises(ModelError, match="perception.onnx is missing"):
+        load_manifest(broken, verify="presence")
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    with pytest.raises(ModelError, match="kcdp-export --ckpt"):
+        Pipeline.from_pretrained(ckpt)
+    newer = tmp_path / "newer"
+    shutil.copytree(export, newer)
+    data = json.loads((newer / "manifest.json").read_text())
+    data["format_version"] = 99
+    (newer / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ModelError, match="newer than this runtime"):
+        load_manifest(newer)
+
+
+def test_providers_fall_back_to_cpu(export):
+    assert candidate_providers(SessionConfig(providers=["tensorrt", "cuda"]))[-1] == "CPUExecutionProvider"
+    pipe = Pipeline.from_pretrained(export, session_config=SessionConfig(providers=["tensorrt", "cuda"]))
+    assert all(s.get_providers()[0] == "CPUExecutionProvider" for s in pipe.sessions.values())
+    assert pipe.provider_line.startswith("execution provider: cpu")
