@@ -1,0 +1,226 @@
+"""kcdp-train and kcdp-eval command lines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from kcdp_core.config import KCDPConfig, Source, preset
+
+
+def _config_from_args(args: argparse.Namespace) -> KCDPConfig:
+    from kcdp_core.labels import resolve_labels
+
+    kwargs = {}
+    if args.labels:
+        kwargs["labels"] = resolve_labels(args.labels)
+    if args.foundation and args.preset == "tiny":
+        kwargs["foundation"] = args.foundation
+    config = KCDPConfig.load(args.config) if args.config else preset(args.preset, **kwargs)
+    if args.foundation and args.preset != "tiny":
+        f = config.foundation
+        for name in ("vae", "unet", "image_encoder"):
+            src = getattr(f, name)
+            if src is not None:
+                setattr(f, name, Source(args.foundation, src.subfolder))
+    train: dict = {"setting": args.setting}
+    for flag, key in (
+        ("epochs", "epochs"),
+        ("batch_size", "batch_size"),
+        ("lr", "lr"),
+        ("head_lr", "head_lr"),
+        ("seed", "seed"),
+        ("grad_accum", "grad_accum"),
+        ("val_fraction", "val_fraction"),
+        ("lambda1", "lambda1"),
+        ("lambda2", "lambda2"),
+        ("pseudo_labels", "pseudo_labels"),
+        ("warmup_ratio", "warmup_ratio"),
+        ("weight_decay", "weight_decay"),
+        ("num_workers", "num_workers"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            train[key] = value
+    if args.no_augment:
+        train["augment"] = False
+    if args.balanced:
+        train["balanced_sampling"] = True
+    train["mixed_precision"] = _mixed_precision(args.mixed_precision)
+    sections: dict = {"train": train}
+    if args.finetune:
+        sections["perception"] = {"finetune": args.finetune}
+    head: dict = {}
+    if args.classifier:
+        head["classifier"] = args.classifier
+    if args.no_knowledge_head:
+        head["use_knowledge"] = False
+    if head:
+        sections["head"] = head
+    knowledge: dict = {}
+    if args.no_triplets:
+        knowledge["use_triplets"] = False
+    if args.no_caption:
+        knowledge["use_caption"] = False
+    if knowledge:
+        sections["knowledge"] = knowledge
+    cliea: dict = {}
+    if args.threshold is not None:
+        cliea["threshold"] = args.threshold
+    if args.ccl:
+        cliea["ccl"] = args.ccl
+    if args.no_cliea:
+        cliea["enabled"] = False
+    if cliea:
+        sections["cliea"] = cliea
+    return config.replace(**sections)
+
+
+def _mixed_precision(choice: str) -> str:
+    """auto: bf16 on GPUs that support it, else fp16 on CUDA, else none (CPU)."""
+    if choice != "auto":
+        return choice
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kcdp-train",
+        description="Train KCDP: DA (labelled source + unlabelled target) or UC (source only).",
+    )
+    p.add_argument("--preset", default="mini", choices=["tiny", "mini", "sd15"])
+    p.add_argument("--config", help="start from this config.json instead of the preset")
+    p.add_argument("--source", required=True, help="labelled source: DIR/<label>/<image> or CSV path,label")
+    p.add_argument("--target", help="unlabelled target (DA): folder or CSV; its labels are never read")
+    p.add_argument("--setting", choices=["da", "uc"], default=None, help="default: da with --target, else uc")
+    p.add_argument("--out", required=True, help="checkpoint folder")
+    p.add_argument("--foundation", help="foundation folder (overrides the preset's)")
+    p.add_argument("--labels", help="label set: emoji7, official6, mikels8 or a comma list")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--head-lr", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--warmup-ratio", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--grad-accum", type=int)
+    p.add_argument("--val-fraction", type=float)
+    p.add_argument("--lambda1", type=float)
+    p.add_argument("--lambda2", type=float)
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "fp16", "bf16"])
+    p.add_argument("--finetune", choices=["frozen", "kv", "lora", "full"])
+    p.add_argument("--classifier", choices=["moe", "linear"])
+    p.add_argument("--no-knowledge-head", action="store_true", help="the head sees v alone, not v + pool(k)")
+    p.add_argument("--no-triplets", action="store_true", help="k from the caption alone")
+    p.add_argument("--no-caption", action="store_true", help="k from the triplets alone")
+    p.add_argument("--pseudo-labels", choices=["batch", "epoch", "zeroshot"])
+    p.add_argument("--threshold", type=float, help="keep target pseudo-labels with confidence >= this")
+    p.add_argument("--ccl", choices=["ce", "paper"])
+    p.add_argument("--no-cliea", action="store_true")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--balanced", action="store_true", help="class-balanced source batches")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    args = train_parser().parse_args(argv)
+    if args.setting is None:
+        args.setting = "da" if args.target else "uc"
+    out = Path(args.out)
+    try:
+        if args.resume and (out / "train_state.json").exists():
+            config = KCDPConfig.load(out)
+            print(f"--resume: using the config saved in {out / 'config.json'}", file=sys.stderr)
+        else:
+            config = _config_from_args(args)
+    except (KeyError, ValueError, FileNotFoundError) as exc:
+        print(f"kcdp-train: {exc}", file=sys.stderr)
+        return 2
+    print(config.to_json(), flush=True)
+
+    from kcdp_core.train.trainer import Trainer
+
+    try:
+        trainer = Trainer(
+            config,
+            args.source,
+            out,
+            target=args.target,
+            progress=not args.quiet,
+            log=lambda msg: print(msg, file=sys.stderr, flush=True),
+        )
+        result = trainer.run(resume=args.resume)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"kcdp-train: {exc}", file=sys.stderr)
+        return 1
+    print(
+        json.dumps(
+            {
+                "checkpoint": str(result.out),
+                "best": str(result.out / "best"),
+                "best_epoch": result.best_epoch,
+                "best_source_val_macro_f1": result.best_val_macro_f1,
+            }
+        )
+    )
+    return 0
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kcdp-eval", description="Evaluate a KCDP checkpoint on labelled data.")
+    p.add_argument("--ckpt", required=True, help="checkpoint folder (its best/ is used when present)")
+    p.add_argument("--last", action="store_true", help="evaluate the last epoch, not best/")
+    p.add_argument("--data", required=True, help="labelled data: DIR/<label>/<image> or CSV path,label")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    p.add_argument("--confusion", help="write a confusion-matrix plot (PNG)")
+    p.add_argument("--tsne", help="write a t-SNE plot of --source vs --data features (PNG)")
+    p.add_argument("--source", help="source-domain data for --tsne")
+    p.add_argument("--batch-size", type=int, default=32)
+    return p
+
+
+def checkpoint_model_dir(ckpt: Path, last: bool = False) -> Path:
+    best = ckpt / "best"
+    return best if not last and (best / "model.safetensors").exists() else ckpt
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    args = eval_parser().parse_args(argv)
+    if args.tsne and not args.source:
+        print("kcdp-eval: --tsne needs --source (the source-domain data)", file=sys.stderr)
+        return 2
+    from kcdp_core.train.evaluate import evaluate_checkpoint
+
+    try:
+        report = evaluate_checkpoint(
+            checkpoint_model_dir(Path(args.ckpt), args.last),
+            args.data,
+            batch_size=args.batch_size,
+            confusion=args.confusion,
+            tsne=args.tsne,
+            tsne_source=args.source,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"kcdp-eval: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{report['data']}  ({report['n']} images, checkpoint {report['checkpoint']})")
+        print(f"accuracy  {report['accuracy']:.4f}")
+        print(f"macro-F1  {report['macro_f1']:.4f}")
+        for name, value in report["per_class_recall"].items():
+            print(f"  recall {name:<12} {'-' if value is None else f'{value:.3f}'}")
+        for key in ("confusion_png", "tsne_png"):
+            if key in report:
+                print(f"wrote {report[key]}")
+    return 0

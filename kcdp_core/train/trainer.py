@@ -1,0 +1,530 @@
+"""The KCDP training loop (DA and UC settings) on accelerate, with exact resume.
+
+- DA: labelled source + unlabelled target. The target is loaded without labels (image paths only);
+  its pseudo-labels come from CLIEA per batch (the authors' way), from CLIEA refreshed once per
+  epoch, or from the aligned encoder's zero-shot (the Table 3 comparison); an optional confidence
+  threshold keeps only confident ones.
+- UC: the source alone.
+- Model selection on a stratified validation split of the SOURCE (macro-F1), never the target.
+- A checkpoint every epoch: model.safetensors (trained tensors) + train_state.safetensors/.json
+  (optimizer, scheduler, RNG states, epoch, metrics offset). Data order and augmentation are pure
+  functions of (seed, epoch), so resuming at an epoch boundary replays exactly what an
+  uninterrupted run does; a run killed mid-epoch restarts that epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from kcdp_core.config import KCDPConfig
+from kcdp_core.train.datasets import (
+    AugmentConfig,
+    EpochSampler,
+    ImageKnowledgeDataset,
+    Record,
+    load_records,
+    split_validation,
+)
+from kcdp_core.train.evaluate import classification_metrics, predict
+from kcdp_core.train.knowledge import Describe, KnowledgeTable
+
+STATE_JSON = "train_state.json"
+STATE_TENSORS = "train_state.safetensors"
+METRICS = "metrics.jsonl"
+WEIGHTS = "model.safetensors"
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    best_epoch: int
+    best_val_macro_f1: float
+    epochs_run: int
+
+
+class CyclicBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Exactly `num_batches` target batches per epoch, cycling through a (seed, epoch) permutation."""
+
+    def __init__(self, n: int, batch_size: int, num_batches: int, seed: int):
+        self.n, self.batch_size, self.num_batches, self.seed, self.epoch = n, batch_size, num_batches, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch + 17)
+        order: list[int] = []
+        for _ in range(self.num_batches):
+            while len(order) < self.batch_size:
+                order += torch.randperm(self.n, generator=g).tolist()
+            yield order[: self.batch_size]
+            order = order[self.batch_size :]
+
+
+class BalancedSampler(EpochSampler):
+    """Class-balanced sampling with replacement, one epoch = n draws; a function of (seed, epoch)."""
+
+    def __init__(self, labels: list[int], seed: int):
+        super().__init__(len(labels), seed)
+        counts = np.bincount(labels)
+        self.weights = torch.tensor([1.0 / counts[y] for y in labels], dtype=torch.double)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch + 31)
+        return iter(torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist())
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    np_state = np.random.get_state()
+    tensors["rng.numpy.keys"] = torch.from_numpy(np_state[1].astype(np.int64))
+    meta = {
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
+    return tensors, meta
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(t for t in tensors if t.startswith("rng.cuda."))]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((name, tensors["rng.numpy.keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+def _optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, entry in sd["state"].items():
+        for key, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"opt.{idx}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{idx}.{key}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _load_optimizer_state(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict
+) -> None:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        if name.startswith("opt."):
+            _, idx, key = name.split(".", 2)
+            state.setdefault(int(idx), {})[key] = value
+    for name, value in meta["scalars"].items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    groups = meta["param_groups"]
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def lr_lambda(warmup: int, total: int):
+    """Linear warm-up, then cosine decay to 0 (a picklable callable is not needed: state is epochs)."""
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: KCDPConfig,
+        source: str | Path,
+        out: str | Path,
+        target: str | Path | None = None,
+        describe: Describe | None = None,
+        progress: bool = True,
+        log=print,
+    ):
+        self.config = config
+        self.tc = config.train
+        if self.tc.setting == "da" and target is None:
+            raise ValueError("the DA setting needs --target (unlabelled target images)")
+        if self.tc.setting == "uc" and target is not None:
+            raise ValueError("the UC setting trains on the source alone: drop --target or use --setting da")
+        if self.tc.pseudo_labels == "zeroshot" and config.foundation.image_encoder is None:
+            raise ValueError("--pseudo-labels zeroshot needs a foundation with an aligned image encoder")
+        if self.tc.setting == "da" and self.tc.pseudo_labels != "zeroshot" and not config.cliea.enabled:
+            raise ValueError("CLIEA pseudo-labels need cliea.enabled (or use --pseudo-labels zeroshot)")
+        self.source, self.target, self.out = Path(source), (Path(target) if target else None), Path(out)
+        self.describe = describe
+        self.progress = progress
+        self.log = log
+
+    # -- setup ---------------------------------------------------------------------------
+    def _build(self) -> None:
+        from accelerate import Accelerator
+
+        from kcdp_core.model.kcdp import KCDPModel
+
+        tc, cfg = self.tc, self.config
+        self.accelerator = Accelerator(
+            mixed_precision=tc.mixed_precision,
+            gradient_accumulation_steps=tc.grad_accum,
+            cpu=not torch.cuda.is_available(),
+        )
+        seed_everything(tc.seed)
+        model = KCDPModel.from_config(cfg)
+        self.raw_model = model
+        labels = cfg.labels
+
+        records = load_records(self.source, labels, with_labels=True)
+        train_idx, val_idx = split_validation(records, tc.val_fraction, tc.seed)
+        self.train_records = [records[i] for i in train_idx]
+        self.val_records = [records[i] for i in val_idx]
+        # The target's labels are never read: paths only.
+        self.target_records: list[Record] = (
+            load_records(self.target, labels, with_labels=False) if self.target else []
+        )
+
+        table = KnowledgeTable(cfg, model.text_encoder, self.describe)
+        all_paths = [r.path for r in records] + [r.path for r in self.target_records]
+        k, mask = table.knowledge(all_paths)
+        n_src = len(records)
+        ks, ms = k[:n_src], mask[:n_src]
+        kt, mt = k[n_src:], mask[n_src:]
+        size = cfg.foundation.image_size
+        aug = AugmentConfig() if tc.augment else None
+        self.train_ds = ImageKnowledgeDataset(
+            self.train_records, ks[train_idx], ms[train_idx], size, aug, tc.seed
+        )
+        self.val_ds = (
+            ImageKnowledgeDataset(self.val_records, ks[val_idx], ms[val_idx], size, None) if val_idx else None
+        )
+        if self.target_records:
+            self.target_ds = ImageKnowledgeDataset(self.target_records, kt, mt, size, aug, tc.seed + 1)
+            self.target_plain = ImageKnowledgeDataset(self.target_records, kt, mt, size, None)
+
+        bs = tc.batch_size
+        if tc.balanced_sampling:
+            self.sampler = BalancedSampler([r.label for r in self.train_records], tc.seed)
+        else:
+            self.sampler = EpochSampler(len(self.train_ds), tc.seed)
+        loader_kw = {"num_workers": tc.num_workers}
+        train_loader = torch.utils.data.DataLoader(
+            self.train_ds, batch_size=bs, sampler=self.sampler, drop_last=len(self.train_ds) > bs, **loader_kw
+        )
+        self.steps_per_epoch = len(train_loader)
+        self.target_sampler = None
+        target_loader = None
+        if self.target_records:
+            self.target_sampler = CyclicBatchSampler(
+                len(self.target_ds), bs, self.steps_per_epoch, tc.seed + 1
+            )
+            target_loader = torch.utils.data.DataLoader(
+                self.target_ds, batch_sampler=self.target_sampler, **loader_kw
+            )
+
+        head_lr = tc.head_lr if tc.head_lr is not None else tc.lr
+        unet_params, other = [], []
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                (unet_params if name.startswith("kadap.") else other).append(p)
+        groups = [
+            g for g in ({"params": unet_params, "lr": tc.lr}, {"params": other, "lr": head_lr}) if g["params"]
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay)
+        self.total_steps = tc.epochs * math.ceil(self.steps_per_epoch / tc.grad_accum)
+        warmup = int(round(tc.warmup_ratio * self.total_steps))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, self.total_steps))
+
+        acc = self.accelerator
+        if target_loader is not None:
+            self.model, self.optimizer, self.train_loader, self.target_loader, self.scheduler = acc.prepare(
+                model, optimizer, train_loader, target_loader, scheduler
+            )
+        else:
+            self.model, self.optimizer, self.train_loader, self.scheduler = acc.prepare(
+                model, optimizer, train_loader, scheduler
+            )
+            self.target_loader = None
+        self.zeroshot_labels: torch.Tensor | None = None
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def _metrics_path(self) -> Path:
+        return self.out / METRICS
+
+    def _append_metrics(self, row: dict) -> None:
+        if self.accelerator.is_main_process:
+            with self._metrics_path().open("a") as f:
+                f.write(json.dumps(row, sort_keys=True) + "\n")
+
+    def _save_checkpoint(self, epoch: int, best: dict) -> None:
+        """Atomic per file; train_state.json is written last and names the hashes of the others."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if not acc.is_main_process:
+            return
+        staging = self.out / ".staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        model = acc.unwrap_model(self.model)
+        model.save_pretrained(staging)
+        opt_tensors, opt_meta = _optimizer_state(
+            self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
+        )
+        rng_tensors, rng_meta = _rng_state()
+        save_file({**opt_tensors, **rng_tensors}, str(staging / STATE_TENSORS))
+        sched = self.scheduler.scheduler if hasattr(self.scheduler, "scheduler") else self.scheduler
+        sched_state = {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"}
+        state = {
+            "epoch": epoch,  # epochs completed
+            "step": self.global_step,
+            "total_steps": self.total_steps,
+            "scheduler": sched_state,
+            "optimizer": opt_meta,
+            "rng": rng_meta,
+            "best": best,
+            "metrics_bytes": self._metrics_path().stat().st_size if self._metrics_path().exists() else 0,
+            "files": {WEIGHTS: _sha(staging / WEIGHTS), STATE_TENSORS: _sha(staging / STATE_TENSORS)},
+        }
+        (staging / STATE_JSON).write_text(json.dumps(state) + "\n")
+        for name in ("config.json", WEIGHTS, STATE_TENSORS, STATE_JSON):
+            os.replace(staging / name, self.out / name)
+        shutil.rmtree(staging, ignore_errors=True)
+
+    def _load_checkpoint(self) -> dict:
+        state_file = self.out / STATE_JSON
+        if not state_file.exists():
+            raise FileNotFoundError(f"{state_file}: nothing to resume (no checkpoint in {self.out})")
+        state = json.loads(state_file.read_text())
+        for name, sha in state["files"].items():
+            if _sha(self.out / name) != sha:
+                raise ValueError(
+                    f"{self.out / name}: does not match {STATE_JSON} (interrupted while saving?)"
+                )
+        model = self.accelerator.unwrap_model(self.model)
+        weights = load_file(str(self.out / WEIGHTS))
+        expected = set(model.trained_state_dict())
+        if set(weights) != expected:
+            raise ValueError(f"{self.out / WEIGHTS}: holds other tensors than this config trains")
+        model.load_state_dict(weights, strict=False)
+        tensors = load_file(str(self.out / STATE_TENSORS))
+        opt = self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
+        _load_optimizer_state(opt, tensors, state["optimizer"])
+        sched = self.scheduler.scheduler if hasattr(self.scheduler, "scheduler") else self.scheduler
+        sched.load_state_dict({**state["scheduler"], "lr_lambdas": [None] * len(sched.lr_lambdas)})
+        _set_rng_state(tensors, state["rng"])
+        # Rows a killed run logged after its last checkpoint are replayed: drop them.
+        metrics = self._metrics_path()
+        if metrics.exists():
+            with metrics.open("r+b") as f:
+                f.truncate(state["metrics_bytes"])
+        return state
+
+    # -- pseudo-labels -------------------------------------------------------------------
+    @torch.no_grad()
+    def _epoch_pseudo_labels(self, model) -> tuple[torch.Tensor, torch.Tensor]:
+        """CLIEA argmax over the whole (un-augmented) target with the current model."""
+        loader = torch.utils.data.DataLoader(self.target_plain, batch_size=self.tc.batch_size)
+        labels, keeps = [], []
+        was = model.training
+        model.eval()
+        device = self.accelerator.device
+        for batch in loader:
+            k, m = batch["k"].to(device), batch["k_mask"].to(device)
+            with self.accelerator.autocast():
+                out = model(batch["pixels"].to(device), k, m)
+                scores = model.cliea_scores(out.features, k, m)
+            y, keep = model.cliea.pseudo_labels(scores.float())
+            labels.append(y.cpu())
+            keeps.append(keep.cpu())
+        model.train(was)
+        return torch.cat(labels), torch.cat(keeps)
+
+    @torch.no_grad()
+    def _zeroshot_pseudo_labels(self, model) -> tuple[torch.Tensor, torch.Tensor]:
+        from kcdp_core.train.zeroshot import ZeroShotClassifier, prompt_embeddings
+
+        zs = ZeroShotClassifier(
+            model.image_encoder, prompt_embeddings(model.text_encoder, self.config.labels)
+        )
+        loader = torch.utils.data.DataLoader(self.target_plain, batch_size=self.tc.batch_size)
+        probs, _ = zs.predict(loader)
+        probs = torch.from_numpy(probs)
+        conf, labels = probs.max(dim=1)
+        thr = self.config.cliea.threshold
+        keep = conf >= thr if thr is not None else torch.ones_like(labels, dtype=torch.bool)
+        return labels, keep
+
+    # -- the loop ------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        from kcdp_core.model.losses import total_loss
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._build()
+        acc, tc, cfg = self.accelerator, self.tc, self.config
+        self.global_step = 0
+        start_epoch = 0
+        best = {"epoch": -1, "val_macro_f1": -1.0, "val_accuracy": 0.0}
+        if resume and (self.out / STATE_JSON).exists():
+            state = self._load_checkpoint()
+            start_epoch, self.global_step, best = state["epoch"], state["step"], state["best"]
+            self.log(f"resuming {self.out} after epoch {start_epoch} (step {self.global_step})")
+        elif resume:
+            self.log(f"--resume: no checkpoint in {self.out} yet, starting from scratch")
+            if self._metrics_path().exists():
+                self._metrics_path().unlink()
+        elif self._metrics_path().exists():
+            self._metrics_path().unlink()  # a fresh run owns its log
+        if not (self.out / "config.json").exists():
+            cfg.save(self.out)
+
+        model = self.model
+        raw = acc.unwrap_model(model)
+        if tc.setting == "da" and tc.pseudo_labels == "zeroshot":
+            self.zeroshot_labels = self._zeroshot_pseudo_labels(raw)
+        device = acc.device
+        for epoch in range(start_epoch, tc.epochs):
+            t0 = time.time()
+            for obj in (self.train_ds, self.sampler, self.target_sampler, getattr(self, "target_ds", None)):
+                if obj is not None:
+                    obj.set_epoch(epoch)
+            epoch_labels = None
+            if tc.setting == "da":
+                if tc.pseudo_labels == "epoch":
+                    epoch_labels = self._epoch_pseudo_labels(raw)
+                elif tc.pseudo_labels == "zeroshot":
+                    epoch_labels = self.zeroshot_labels
+            model.train()
+            sums: dict[str, float] = {}
+            hist = torch.zeros(len(cfg.labels), dtype=torch.long)
+            target_iter = iter(self.target_loader) if self.target_loader is not None else None
+            bar = tqdm(
+                self.train_loader,
+                desc=f"epoch {epoch + 1}/{tc.epochs}",
+                disable=not (self.progress and acc.is_local_main_process),
+                leave=False,
+            )
+            for batch in bar:
+                with acc.accumulate(model):
+                    with acc.autocast():
+                        out_s = model(batch["pixels"], batch["k"], batch["k_mask"])
+                        scores_s = (
+                            raw.cliea_scores(out_s.features, batch["k"], batch["k_mask"])
+                            if raw.cliea
+                            else None
+                        )
+                        out_t = pseudo = keep = None
+                        if target_iter is not None:
+                            tb = next(target_iter)
+                            out_t = model(tb["pixels"], tb["k"], tb["k_mask"])
+                            if epoch_labels is not None:
+                                idx = tb["index"].cpu()
+                                pseudo, keep = (
+                                    epoch_labels[0][idx].to(device),
+                                    epoch_labels[1][idx].to(device),
+                                )
+                            else:
+                                with torch.no_grad():
+                                    scores_t = raw.cliea_scores(
+                                        out_t.features.detach(), tb["k"], tb["k_mask"]
+                                    )
+                                pseudo, keep = raw.cliea.pseudo_labels(scores_t.float())
+                            hist += torch.bincount(pseudo[keep].cpu(), minlength=len(cfg.labels))
+                        loss, parts = total_loss(cfg, out_s, batch["label"], scores_s, out_t, pseudo, keep)
+                    acc.backward(loss)
+                    if acc.sync_gradients:
+                        acc.clip_grad_norm_(raw.trainable_parameters(), 1.0)
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.optimizer.zero_grad()
+                self.global_step += 1
+                for key, value in parts.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                row = {
+                    "kind": "step",
+                    "epoch": epoch + 1,
+                    "step": self.global_step,
+                    "lr": self.scheduler.get_last_lr()[0],
+                }
+                row.update({k: round(v, 6) for k, v in parts.items()})
+                self._append_metrics(row)
+                bar.set_postfix(loss=f"{parts['loss']:.3f}")
+            bar.close()
+            n = max(1, self.steps_per_epoch)
+            row = {"kind": "epoch", "epoch": epoch + 1, "step": self.global_step}
+            row.update({f"train_{k}": round(v / n, 6) for k, v in sums.items()})
+            if tc.setting == "da":
+                row["pseudo_label_counts"] = dict(zip(cfg.labels, hist.tolist(), strict=True))
+            if self.val_ds is not None:
+                preds = predict(
+                    raw, torch.utils.data.DataLoader(self.val_ds, batch_size=tc.batch_size), device
+                )
+                m = classification_metrics(preds.labels, preds.predicted, cfg.labels)
+                row["val_accuracy"] = round(m["accuracy"], 6)
+                row["val_macro_f1"] = round(m["macro_f1"], 6)
+                score = m["macro_f1"]
+            else:
+                score = -float(row.get("train_loss", 0.0))  # no validation split: lowest training loss
+            improved = score > best["val_macro_f1"]
+            if improved:
+                best = {
+                    "epoch": epoch + 1,
+                    "val_macro_f1": score,
+                    "val_accuracy": row.get("val_accuracy", 0.0),
+                }
+                if acc.is_main_process:
+                    staging = self.out / ".best-staging"
+                    shutil.rmtree(staging, ignore_errors=True)
+                    raw.save_pretrained(staging)
+                    shutil.rmtree(self.out / "best", ignore_errors=True)
+                    os.replace(staging, self.out / "best")
+            row["best_epoch"] = best["epoch"]
+            self._append_metrics(row)
+            self.log(
+                f"epoch {epoch + 1}/{tc.epochs}: loss {row.get('train_loss', float('nan')):.4f}"
+                + (
+                    f", source-val acc {row['val_accuracy']:.3f} macro-F1 {row['val_macro_f1']:.3f}"
+                    if "val_accuracy" in row
+                    else ""
+                )
+                + (f", pseudo-labels {row['pseudo_label_counts']}" if "pseudo_label_counts" in row else "")
+                + f" ({time.time() - t0:.1f}s)"
+            )
+            self._save_checkpoint(epoch + 1, best)
+        acc.end_training()
+        return TrainResult(self.out, best["epoch"], best["val_macro_f1"], tc.epochs)
