@@ -1,0 +1,166 @@
+"""kcdp-serve: endpoints, micro-batching, limits, metrics; and a loopback load test on real uvicorn."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from runtime_export import build_fake_export
+from runtime_images import BLUE, RED, png_bytes
+
+from kcdp_runtime.metrics import resident_bytes
+from kcdp_runtime.pipeline import Pipeline
+from kcdp_runtime.serve import ServeConfig, create_app
+
+RED_PNG = png_bytes(Image.new("RGB", (24, 24), RED))
+BLUE_PNG = png_bytes(Image.new("RGB", (24, 24), BLUE))
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    return build_fake_export(tmp_path_factory.mktemp("export") / "fake")
+
+
+@pytest.fixture(scope="module")
+def pipe(export):
+    return Pipeline.from_pretrained(export)
+
+
+def test_classify_batch_health_metrics_openapi(pipe):
+    with TestClient(create_app(pipe)) as client:
+        r = client.post("/v1/classify", files={"image": ("red.png", RED_PNG, "image/png")})
+        assert r.status_code == 200 and r.json()["label"] == "anger" and r.json()["image"] == "red.png"
+        r = client.post("/v1/classify", files={"image": ("junk.png", b"junk", "image/png")})
+        assert r.status_code == 422 and r.json() == {
+            "image": "junk.png",
+            "error": "junk.png: not an image (unrecognised format)",
+        }
+        files = [("images", ("a.png", RED_PNG, "image/png")), ("images", ("b.png", b"", "image/png")),
+                 ("images", ("c.png", BLUE_PNG, "image/png"))]  # fmt: skip
+        r = client.post("/v1/batch", files=files)
+        results = r.json()["results"]
+        assert r.status_code == 200 and [x["image"] for x in results] == ["a.png", "b.png", "c.png"]
+        assert (
+            results[0]["label"] == "anger"
+            and "empty file" in results[1]["error"]
+            and results[2]["label"] == "sadness"
+        )
+        health = client.get("/health").json()
+        assert (
+            health["status"] == "ok"
+            and health["labels"] == list(pipe.labels)
+            and "cpu" in health["providers"]
+        )
+        text = client.get("/metrics").text
+        assert 'kcdp_requests_total{endpoint="/v1/classify",code="200"} 1' in text
+        assert 'kcdp_requests_total{endpoint="/v1/classify",code="422"} 1' in text
+        assert 'kcdp_images_total{outcome="ok"} 3' in text and 'kcdp_images_total{outcome="error"} 2' in text
+        assert "kcdp_batch_size_count" in text and 'kcdp_stage_milliseconds_total{stage="perception"}' in text
+        schema = client.get("/openapi.json").json()
+        assert {"/v1/classify", "/v1/batch", "/health", "/metrics"} <= set(schema["paths"])
+        assert "Result" in schema["components"]["schemas"]
+
+
+def test_request_size_limit_and_timeout(pipe):
+    config = ServeConfig(max_body_bytes=2000, max_images=2, timeout_s=0.001, max_wait_ms=50)
+    with TestClient(create_app(pipe, config)) as client:
+        big = png_bytes(Image.effect_noise((64, 64), 50).convert("RGB"))
+        assert len(big) > 2000
+        r = client.post("/v1/classify", files={"image": ("big.png", big, "image/png")})
+        assert r.status_code == 413 and "exceeds 2000 bytes" in r.json()["detail"]
+        r = client.post("/v1/batch", files=[("images", (f"{i}.png", RED_PNG, "image/png")) for i in range(3)])
+        assert r.status_code == 413
+        # 1 ms timeout but a 50 ms batching window: the request times out
+        r = client.post("/v1/classify", files={"image": ("red.png", RED_PNG, "image/png")})
+        assert r.status_code == 504
+
+
+def test_micro_batching_batches_concurrent_requests(pipe):
+    app = create_app(pipe, ServeConfig(max_batch=8, max_wait_ms=100))
+    with TestClient(app) as client:
+
+        def one(i: int) -> int:
+            r = client.post("/v1/classify", files={"image": (f"{i}.png", RED_PNG, "image/png")})
+            return r.status_code
+
+        with ThreadPoolExecutor(16) as pool:
+            codes = list(pool.map(one, range(32)))
+        assert codes == [200] * 32
+        sizes = app.state.batcher.batch_sizes
+        assert sum(sizes) == 32 and max(sizes) > 1 and len(sizes) < 32
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_loopback_load_no_errors_no_memory_growth(export):
+    port = _free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "kcdp_runtime.serve",
+        "--model",
+        str(export),
+        "--port",
+        str(port),
+        "--max-wait-ms",
+        "2",
+    ]
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ))
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            pytest.fail(
+                f"server did not start: {server.stderr.read().decode() if server.poll() is not None else ''}"
+            )
+
+        def run(n: int) -> list[int]:
+            codes: list[int] = []
+
+            def client(k: int) -> None:
+                with httpx.Client(base_url=base, timeout=30) as c:
+                    for i in range(k):
+                        png = RED_PNG if i % 2 else BLUE_PNG
+                        codes.append(
+                            c.post("/v1/classify", files={"image": ("x.png", png, "image/png")}).status_code
+                        )
+
+            per = [n // 16 + (1 if i < n % 16 else 0) for i in range(16)]
+            with ThreadPoolExecutor(16) as pool:
+                list(pool.map(client, per))
+            return codes
+
+        assert run(160) == [200] * 160  # warm-up: allocator arenas, caches, connection pools
+        rss_warm = resident_bytes(server.pid)
+        t0 = time.perf_counter()
+        codes = run(500)
+        elapsed = time.perf_counter() - t0
+        rss_end = resident_bytes(server.pid)
+        assert codes == [200] * 500
+        growth = rss_end - rss_warm
+        print(
+            f"500 requests, 16 clients: {elapsed:.2f} s ({500 / elapsed:.0f} req/s); RSS {rss_warm / 2**20:.1f} -> {rss_end / 2**20:.1f} MiB"
+        )
+        assert rss_warm > 0 and growth < 8 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB after warm-up"
+        metrics = httpx.get(f"{base}/metrics").text
+        assert 'kcdp_requests_total{endpoint="/v1/classify",code="200"} 660' in metrics
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
