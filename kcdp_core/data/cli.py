@@ -1,0 +1,83 @@
+"""`kcdp-data`: build the emoji benchmark and pretraining corpus.
+
+    kcdp-data emoji --out DIR [--size 64] [--domains apple,google,...] [--cache DIR] [--no-corpus]
+                    [--workers N] [--offline]
+
+Exit status: 0 built, 1 a package could not be fetched/verified or images failed, 2 usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from kcdp_core.data.emoji_sources import DOMAINS
+from kcdp_core.data.npm_cache import FetchError
+from kcdp_core.data.tarball import TarballError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kcdp-data", description="Build KCDP datasets from npm emoji packages.")
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("emoji", help="the emoji cross-style benchmark + pretraining corpus (DESIGN.md s.6)")
+    e.add_argument("--out", required=True, type=Path, help="output folder")
+    e.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    e.add_argument(
+        "--domains",
+        default=None,
+        help=f"comma list of domains (default all): {','.join(DOMAINS)}",
+    )
+    e.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="tarball cache (default $KCDP_CACHE/npm or ~/.cache/kcdp/npm)",
+    )
+    e.add_argument("--no-corpus", action="store_true", help="build the benchmark only")
+    e.add_argument("--workers", type=int, default=None, help="render processes (default min(2, cores))")
+    e.add_argument("--offline", action="store_true", help="never run npm; use the cache only")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from kcdp_core.data.emoji_build import build_emoji  # heavy imports only once arguments are valid
+
+    domains = [d.strip() for d in args.domains.split(",") if d.strip()] if args.domains else None
+    t0 = time.perf_counter()
+    try:
+        res = build_emoji(
+            args.out,
+            domains=domains,
+            size=args.size,
+            cache_dir=args.cache,
+            corpus=not args.no_corpus,
+            workers=args.workers,
+            offline=args.offline,
+        )
+    except ValueError as e:
+        if isinstance(e, TarballError):
+            print(f"kcdp-data: error: {e}", file=sys.stderr)
+            return 1
+        print(f"kcdp-data: error: {e}", file=sys.stderr)
+        return 2
+    except FetchError as e:
+        print(f"kcdp-data: error: {e}", file=sys.stderr)
+        return 1
+    for d, n in res.domain_counts.items():
+        miss = res.missing.get(d) or []
+        extra = f" (missing {len(miss)}: {' '.join(miss)})" if miss else ""
+        print(f"{d:15s} {n:3d} benchmark images{extra}")
+    print(f"corpus: {res.corpus_size} captioned images from {len(res.corpus_counts)} domains")
+    if res.reused:
+        print(f"reused from the previous build: {', '.join(res.reused)}")
+    for err in res.errors:
+        print(f"error: {err}", file=sys.stderr)
+    print(f"built {args.out} in {time.perf_counter() - t0:.1f} s")
+    return 1 if res.errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""The emoji builder on fixture tarballs: domains, corpus, index, families, splits, cache reuse."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+
+import numpy as np
+import pytest
+from data_fixtures import KEY, build_fixture_cache
+from PIL import Image
+
+from kcdp_core.data.datasets import load_emoji_corpus, load_emoji_domain, load_emoji_family
+from kcdp_core.data.emoji_build import build_emoji
+from kcdp_core.data.emoji_catalog import norm_hex
+
+
+@pytest.fixture()
+def built(tmp_path):
+    packages, sources = build_fixture_cache(tmp_path / "cache")
+    out = tmp_path / "out"
+    res = build_emoji(
+        out,
+        size=32,
+        cache_dir=tmp_path / "cache",
+        offline=True,
+        packages=packages,
+        sources=sources,
+        label_key=KEY,
+        workers=1,
+        log=lambda s: None,
+    )
+    return out, res, packages, sources, tmp_path
+
+
+def test_domains_have_the_key_emojis_as_white_rgb_squares(built):
+    out, res, *_ = built
+    assert res.errors == []
+    # rast lacks 1F621 (reported missing); vec lacks 1F622 and 263A; icons has 1F600 and 263A.
+    assert res.domain_counts == {"rast": 3, "closed": 4, "vec": 2, "icons": 2}
+    assert res.missing["rast"] == ["1F621"]
+    assert sorted(res.missing["vec"]) == ["1F622", "263A-FE0F"]
+    files = sorted(p.relative_to(out / "domains").as_posix() for p in (out / "domains").rglob("*.png"))
+    assert "rast/happiness/263A-FE0F.png" in files and "closed/anger/1F621.png" in files
+    assert len(files) == 11
+    img = Image.open(out / "domains/rast/sadness/1F622.png")
+    assert img.mode == "RGB" and img.size == (32, 32)
+    px = np.asarray(img)
+    # Cropped to the disc and centred: corners are white, the centre is the disc's blue.
+    assert tuple(px[0, 0]) == (255, 255, 255) and tuple(px[16, 16]) == (0, 100, 250)
+    # The disc touches both sides after cropping (it was a 20-px disc in a 40-px canvas).
+    assert px[16, 0].tolist() != [255, 255, 255] or px[16, 1].tolist() != [255, 255, 255]
+    # currentColor in an Iconify body draws black.
+    g = np.asarray(Image.open(out / "domains/icons/happiness/1F600.png"))
+    assert g[16, 16].tolist() == [0, 0, 0]
+
+
+def test_corpus_is_open_art_only_without_the_benchmark(built):
+    out, res, *_ = built
+    rows = [json.loads(line) for line in (out / "corpus/captions.jsonl").read_text().splitlines()]
+    keys = {norm_hex(r["codepoint"]) for r in rows}
+    assert not keys & {e.key for e in KEY}  # none of the benchmark emojis
+    assert {r["domain"] for r in rows} == {"rast", "vec", "icons"}  # the closed licence stays out
+    by = {(r["domain"], r["codepoint"]): r for r in rows}
+    # rast: wink + dark thumbs up (private-use E000 has no CLDR entry); vec: dog + wink;
+    # icons: dog (named by its Unicode short name) + thumbs up + its flipped dark-skin alias.
+    assert set(by) == {
+        ("rast", "1F609"),
+        ("rast", "1F44D-1F3FF"),
+        ("vec", "1F436"),
+        ("vec", "1F609"),
+        ("icons", "1F436"),
+        ("icons", "1F44D"),
+        ("icons", "1F44D-1F3FF"),
+    }
+    assert res.corpus_size == 7 and res.corpus_counts == {"rast": 2, "vec": 2, "icons": 3}
+    wink = by[("rast", "1F609")]
+    assert wink["caption"] == "winking face: face, wink"
+    assert wink["group"] == "Smileys & Emotion" and wink["subgroup"] == "face-smiling"
+    assert wink["license"] == "fixture licence"
+    assert by[("icons", "1F44D-1F3FF")]["caption"] == "thumbs up: dark skin tone: hand, up"
+    for r in rows:
+        assert (out / "corpus" / r["path"]).is_file()
+    assert len(load_emoji_corpus(out)) == 7
+
+
+def test_index_records_provenance_of_every_image(built):
+    out, res, packages, *_ = built
+    with open(out / "index.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    on_disk = {p.relative_to(out).as_posix() for p in out.glob("domains/**/*.png")} | {
+        p.relative_to(out).as_posix() for p in out.glob("corpus/**/*.png")
+    }
+    assert {r["path"] for r in rows} == on_disk and len(rows) == 18
+    r = next(r for r in rows if r["path"] == "domains/icons/happiness/263A-FE0F.png")
+    assert r["package"] == "iconify-open" and r["version"] == "1.0.0"
+    assert r["member"] == "package/icons.json#white-smiling-face" and r["label"] == "happiness"
+    r = next(r for r in rows if r["path"] == "domains/rast/happiness/1F600.png")
+    assert r["member"] == "package/img/x/64/1f600.png"  # not the _alt variant
+
+
+def test_families_and_disjoint_folds(built):
+    out, *_ = built
+    fam = load_emoji_family(out, "flat")
+    assert sorted(s.path.name for s in fam) == ["rast_1F600.png", "rast_1F622.png", "rast_263A-FE0F.png"]
+    assert {s.domain for s in fam} == {"rast"}
+    assert len(load_emoji_family(out, "glossy")) == 4
+    f0 = list(csv.DictReader(open(out / "splits/disjoint_fold0.csv")))
+    f1 = list(csv.DictReader(open(out / "splits/disjoint_fold1.csv")))
+    c0, c1 = {r["codepoint"] for r in f0}, {r["codepoint"] for r in f1}
+    assert not c0 & c1 and c0 | c1 == {e.unified for e in KEY}
+    # Stratified: the two happiness emojis go to different folds.
+    assert {r["label"] for r in f0 if r["label"] == "happiness"} == {"happiness"}
+    assert {r["label"] for r in f1 if r["label"] == "happiness"} == {"happiness"}
+    d0 = load_emoji_domain(out, "closed", fold=0)
+    d1 = load_emoji_domain(out, "closed", fold=1)
+    assert len(d0) + len(d1) == 4 and not {s.path.stem for s in d0} & {s.path.stem for s in d1}
+
+
+def test_second_run_reuses_every_domain(built):
+    out, res, packages, sources, tmp = built
+    first = {p: p.stat().st_mtime_ns for p in out.glob("domains/**/*.png")}
+    t0 = time.perf_counter()
+    res2 = build_emoji(
+        out,
+        size=32,
+        cache_dir=tmp / "cache",
+        offline=True,
+        packages=packages,
+        sources=sources,
+        label_key=KEY,
+        workers=1,
+        log=lambda s: None,
+    )
+    assert time.perf_counter() - t0 < 5
+    assert sorted(res2.reused) == sorted(sources)
+    assert res2.domain_counts == res.domain_counts and res2.corpus_size == res.corpus_size
+    assert {p: p.stat().st_mtime_ns for p in out.glob("domains/**/*.png")} == first
+    # A deleted image invalidates its domain only.
+    (out / "domains/vec/happiness/1F600.png").unlink()
+    res3 = build_emoji(
+        out,
+        size=32,
+        cache_dir=tmp / "cache",
+        offline=True,
+        packages=packages,
+        sources=sources,
+        label_key=KEY,
+        workers=1,
+        log=lambda s: None,
+    )
+    assert "vec" not in res3.reused and (out / "domains/vec/happiness/1F600.png").is_file()
+    # A new size rebuilds.
+    res4 = build_emoji(
+        out,
+        size=16,
+        cache_dir=tmp / "cache",
+        offline=True,
+        packages=packages,
+        sources=sources,
+        label_key=KEY,
+        workers=1,
+        log=lambda s: None,
+    )
+    assert res4.reused == [] and Image.open(out / "domains/rast/sadness/1F622.png").size == (16, 16)
+
+
+def test_multiprocess_render_matches_single(built, tmp_path):
+    out, res, packages, sources, tmp = built
+    out2 = tmp_path / "out2"
+    build_emoji(
+        out2,
+        size=32,
+        cache_dir=tmp / "cache",
+        offline=True,
+        packages=packages,
+        sources=sources,
+        label_key=KEY,
+        workers=2,
+        log=lambda s: None,
+    )
+    a = np.asarray(Image.open(out / "domains/vec/anger/1F621.png"))
+    b = np.asarray(Image.open(out2 / "domains/vec/anger/1F621.png"))
+    assert np.array_equal(a, b)
+
+
+def test_unknown_domain_and_bad_size_are_usage_errors(tmp_path):
+    from kcdp_core.data.cli import main
+
+    assert main(["emoji", "--out", str(tmp_path / "o"), "--domains", "nope", "--offline"]) == 2
+    assert main(["emoji", "--out", str(tmp_path / "o"), "--size", "2", "--offline"]) == 2
