@@ -109,3 +109,13 @@ def test_speed_per_short_sentence(parser: TripletParser) -> None:
     ms = (time.perf_counter() - start) * 1000 / len(texts)
     print(f"uncached parse: {ms:.2f} ms/sentence")
     assert ms < 50  # generous: a shared 2-core CPU; measured figure is in the report
+
+
+def test_joined_fragments_each_parsed(parser: TripletParser) -> None:
+    # The retrieval captioner joins its top-k captions with ". ": every fragment keeps its triplets.
+    got = parser.parse("grinning face. face with tears of joy")
+    assert got == [("face", "is", "grinning"), ("face", "with", "tears"), ("tears", "of", "joy")]
+    assert parser.parse("the girl is smiling. pouting face") == [
+        ("girl", "is", "smiling"),
+        ("face", "is", "pouting"),
+    ]

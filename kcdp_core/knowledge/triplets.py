@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 # Bump whenever the rules or the pipeline change: cached triplets are keyed by it.
-PARSER_VERSION = "spacy-rules-1"
+PARSER_VERSION = "spacy-rules-2"
 
 Triplet = tuple[str, str, str]
 
@@ -79,8 +79,9 @@ class TripletParser:
 
     @property
     def version(self) -> str:
-        """PARSER_VERSION plus the spaCy model, for cache keys."""
-        return f"{PARSER_VERSION}/{self.model}"
+        """PARSER_VERSION plus the spaCy model's name and version, for cache keys."""
+        meta = self.nlp.meta
+        return f"{PARSER_VERSION}/{meta.get('lang')}_{meta.get('name')}-{meta.get('version')}"
 
     def parse(self, text: str) -> list[Triplet]:
         text = " ".join(text.split())
@@ -109,13 +110,15 @@ class TripletParser:
         if not text:
             return ()
         doc = doc if doc is not None else self.nlp(text)
-        if _is_fragment(doc):
-            doc = self.nlp("the " + text)
-        return tuple(extract_triplets(doc))
+        found: list[Triplet] = []
+        for sent in doc.sents:
+            # A verbless fragment ("grinning face. face with tears of joy") is reparsed behind "the".
+            found += extract_triplets(self.nlp("the " + sent.text) if _is_fragment(sent) else sent)
+        return tuple(dict.fromkeys(found))
 
 
 def _is_fragment(doc: Any) -> bool:
-    """A verbless noun phrase (emoji name, keyword list) that does not start with a determiner."""
+    """A subjectless noun phrase (emoji name, keyword list) that does not start with a determiner."""
     if not len(doc) or doc[0].tag_ in _DETERMINERS or doc[0].tag_ in ("PRP", "EX"):
         return False
     return not any(t.dep_ in _SUBJECTS or t.dep_ == "expl" for t in doc)
@@ -173,7 +176,7 @@ def _subjects(verb: Any) -> tuple[list[Any], bool]:
             if subj.lower_ in _RELATIVE and verb.dep_ == "relcl":
                 subj = verb.head
             return _with_conj(subj), child.dep_ == "nsubjpass"
-    if verb.dep_ in ("acl", "relcl") and verb.head.pos_ in ("NOUN", "PROPN", "PRON"):
+    if verb.dep_ in ("acl", "relcl", "advcl") and verb.head.pos_ in ("NOUN", "PROPN", "PRON"):
         return [verb.head], verb.tag_ == "VBN" and verb.dep_ == "acl"
     if verb.dep_ in ("conj", "xcomp", "advcl") and verb.head is not verb:
         return _subjects(verb.head)
