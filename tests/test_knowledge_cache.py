@@ -132,10 +132,11 @@ def test_cli_usage_errors(tmp_path: Path) -> None:
 
 
 def _cli(data: Path, csv_file: Path, cache: Path) -> list[str]:
+    # The installed console script, as users run it (module fallback for a non-installed checkout).
+    script = Path(sys.executable).parent / "kcdp-knowledge"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "kcdp_core.knowledge.cli"]
     return [
-        sys.executable,
-        "-m",
-        "kcdp_core.knowledge.cli",
+        *command,
         str(data),
         "--preset",
         "tiny",

