@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 # Bump whenever the rules or the pipeline change: cached triplets are keyed by it.
-PARSER_VERSION = "spacy-rules-2"
+PARSER_VERSION = "spacy-rules-3"
 
 Triplet = tuple[str, str, str]
 
@@ -112,16 +112,23 @@ class TripletParser:
         doc = doc if doc is not None else self.nlp(text)
         found: list[Triplet] = []
         for sent in doc.sents:
-            # A verbless fragment ("grinning face. face with tears of joy") is reparsed behind "the".
-            found += extract_triplets(self.nlp("the " + sent.text) if _is_fragment(sent) else sent)
+            # A verbless fragment ("grinning face. face with tears of joy") is reparsed behind "the";
+            # so is a determiner-less phrase that gave nothing ("crying cat face", read as a clause).
+            fragment = _is_fragment(sent)
+            got = extract_triplets(self.nlp("the " + sent.text) if fragment else sent)
+            if not got and not fragment and _no_determiner(sent):
+                got = extract_triplets(self.nlp("the " + sent.text))
+            found += got
         return tuple(dict.fromkeys(found))
+
+
+def _no_determiner(doc: Any) -> bool:
+    return bool(len(doc)) and doc[0].tag_ not in _DETERMINERS and doc[0].tag_ not in ("PRP", "EX")
 
 
 def _is_fragment(doc: Any) -> bool:
     """A subjectless noun phrase (emoji name, keyword list) that does not start with a determiner."""
-    if not len(doc) or doc[0].tag_ in _DETERMINERS or doc[0].tag_ in ("PRP", "EX"):
-        return False
-    return not any(t.dep_ in _SUBJECTS or t.dep_ == "expl" for t in doc)
+    return _no_determiner(doc) and not any(t.dep_ in _SUBJECTS or t.dep_ == "expl" for t in doc)
 
 
 # -- rules over a parsed Doc -------------------------------------------------------------------------
@@ -253,11 +260,13 @@ def _noun_triplets(noun: Any) -> list[Triplet]:
         if child.dep_ == "amod" or (child.dep_ == "compound" and _is_attribute_compound(child)):
             out.extend((s, "is", m.lower_) for m in _with_conj(child) if m.pos_ != "NOUN" or m is child)
         elif child.dep_ == "prep":
+            # Conjuncts of the object that are not nouns are parse slips ("mouth and smiling eyes").
             out.extend(
                 (s, child.lower_, _phrase(p))
                 for c in child.children
                 if c.dep_ == "pobj"
                 for p in _with_conj(c)
+                if p is c or p.pos_ in ("NOUN", "PROPN", "PRON")
             )
     return out
 
