@@ -190,3 +190,43 @@ def test_unknown_domain_and_bad_size_are_usage_errors(tmp_path):
 
     assert main(["emoji", "--out", str(tmp_path / "o"), "--domains", "nope", "--offline"]) == 2
     assert main(["emoji", "--out", str(tmp_path / "o"), "--size", "2", "--offline"]) == 2
+
+
+def test_licences_file_marks_closed_art(built):
+    out, *_ = built
+    text = (out / "LICENSES.md").read_text()
+    assert "| closed | raster-closed@1.0.0 | fixture licence — *not redistributable* |" in text
+    assert "| rast | raster-open@1.0.0 | fixture licence |" in text
+    report = json.loads((out / "report.json").read_text())
+    assert report["corpus_total"] == 7 and report["missing"]["rast"] == ["1F621"]
+
+
+def test_missing_svg_renderer_is_a_clear_error(tmp_path, monkeypatch):
+    import sys
+
+    packages, sources = build_fixture_cache(tmp_path / "cache")
+    monkeypatch.setitem(sys.modules, "resvg_py", None)  # import now raises ImportError
+    with pytest.raises(RuntimeError, match="pip install resvg-py"):
+        build_emoji(
+            tmp_path / "o",
+            cache_dir=tmp_path / "cache",
+            offline=True,
+            packages=packages,
+            sources=sources,
+            label_key=KEY,
+            workers=1,
+            log=lambda s: None,
+        )
+    # Raster-only domains still build without it.
+    res = build_emoji(
+        tmp_path / "o",
+        domains=["rast"],
+        cache_dir=tmp_path / "cache",
+        offline=True,
+        packages=packages,
+        sources=sources,
+        label_key=KEY,
+        workers=1,
+        log=lambda s: None,
+    )
+    assert res.domain_counts == {"rast": 3}

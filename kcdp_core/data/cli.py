@@ -57,15 +57,13 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             offline=args.offline,
         )
-    except ValueError as e:
-        if isinstance(e, TarballError):
-            print(f"kcdp-data: error: {e}", file=sys.stderr)
-            return 1
-        print(f"kcdp-data: error: {e}", file=sys.stderr)
-        return 2
-    except FetchError as e:
+    except (TarballError, FetchError, RuntimeError, OSError) as e:
+        # A package that cannot be fetched/verified/read, a missing renderer, a disk problem.
         print(f"kcdp-data: error: {e}", file=sys.stderr)
         return 1
+    except ValueError as e:  # bad arguments (unknown domain, size)
+        print(f"kcdp-data: error: {e}", file=sys.stderr)
+        return 2
     for d, n in res.domain_counts.items():
         miss = res.missing.get(d) or []
         extra = f" (missing {len(miss)}: {' '.join(miss)})" if miss else ""

@@ -213,6 +213,8 @@ def build_emoji(
     result = BuildResult(out)
     out.mkdir(parents=True, exist_ok=True)
 
+    if any(sources[d].layout in ("svg_files", "iconify") for d in names):
+        _require_resvg()
     needed = list(CATALOG_PACKAGES) + sorted({sources[d].package for d in names})
     tarballs: dict[str, Path] = {}
     for name in needed:
@@ -251,6 +253,7 @@ def build_emoji(
     _write_splits(out, key)
     _write_captions(out, records, catalog)
     _write_csv(out / "index.csv", INDEX_FIELDS, sorted(records, key=lambda r: r["path"]))
+    _write_licences(out, [packages[n] for n in needed], names, sources)
     result.seconds = time.perf_counter() - t0
     report = {
         "size": size,
@@ -264,6 +267,41 @@ def build_emoji(
     }
     (out / "report.json").write_text(json.dumps(report, indent=1))
     return result
+
+
+def _require_resvg() -> None:
+    try:
+        import resvg_py  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError(
+            "SVG domains need the resvg renderer: pip install resvg-py (part of kcdp[train])"
+        ) from e
+
+
+def _write_licences(
+    out: Path, pkgs: list[NpmPackage], names: list[str], sources: dict[str, DomainSource]
+) -> None:
+    """LICENSES.md: the art's source and licence per domain (CC-BY needs this credit when shared)."""
+    lines = [
+        "# Sources and licences of the images in this folder",
+        "",
+        "Built by `kcdp-data emoji` from npm packages at pinned versions (integrity-checked).",
+        "Domains marked *not redistributable* must not be shared or committed; the corpus holds",
+        "openly licensed art only.",
+        "",
+        "| domain | package | licence |",
+        "|---|---|---|",
+    ]
+    by_name = {p.name: p for p in pkgs}
+    for d in names:
+        p = by_name[sources[d].package]
+        flag = "" if p.open_licence else " — *not redistributable*"
+        lines.append(f"| {d} | {p.spec} | {p.licence}{flag} |")
+    lines += [
+        "",
+        "Captions: CLDR annotations via emojibase-data (Unicode licence), names via emoji-datasource.",
+    ]
+    (out / "LICENSES.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def _write_families(out: Path, records: list[dict], sources: dict[str, DomainSource]) -> None:
