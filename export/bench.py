@@ -1,0 +1,497 @@
+"""kcdp-bench latency: the same stages timed on PyTorch eager, ONNX fp32 and ONNX int8.
+
+    kcdp-bench latency --model EXPORT [--ckpt CKPT] [--int8 EXPORT_INT8] --images DIR
+
+Per engine and batch size (1 and 8): p50/p95 per stage in ms per image (a batched stage's time is
+split evenly over its images) and images/s over the whole timed run. Cold start is process start to
+the first printed result of a fresh `kcdp-infer` (or the eager twin), peak memory that process's
+ru_maxrss (os.wait4), so the figures of one engine never include the other's libraries. A plot of
+the per-stage p50 goes to benchmarks/figures/, a table with command, machine and date is appended
+to benchmarks/RESULTS.md.
+
+The ONNX engines run with the knowledge memo off (every stage computed for every image); the row
+"onnx-fp32+memo" is the steady state of a served model, where k is memoised per retrieved caption.
+It lives in kcdp_export (not the torch-free runtime) because the eager engine needs torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kcdp_runtime.cli import IMAGE_SUFFIXES
+from kcdp_runtime.pipeline import STAGES, Pipeline
+
+RESULTS = Path("benchmarks/RESULTS.md")
+FIGURES = Path("benchmarks/figures")
+
+
+# -- the PyTorch eager twin of kcdp_runtime.Pipeline --------------------------------------------------
+class EagerPipeline:
+    """The runtime's stages with the torch modules: ImageEncoder, TextEncoder, KCDPModel."""
+
+    def __init__(self, ckpt: str | Path, parser_bank_triplets: bool = False):
+        import torch
+
+        from kcdp_core.knowledge.caption_bank import CaptionBank
+        from kcdp_core.model.kcdp import KCDPModel
+
+        self.torch = torch
+        self.model = KCDPModel.from_pretrained(_checkpoint_dir(Path(ckpt))).eval()
+        self.config = self.model.config
+        self.labels = tuple(self.model.labels)
+        kc = self.config.knowledge
+        if (
+            kc.captioner != "retrieval"
+            or self.model.image_encoder is None
+            or self.model.caption_bank_dir is None
+        ):
+            raise SystemExit("kcdp-bench: the eager engine covers the retrieval captioner (mini/tiny) only")
+        self.bank = CaptionBank.load(self.model.caption_bank_dir)
+        self.size = int(self.config.foundation.image_size)
+        self.top_k = kc.retrieval_top_k
+        self.max_triplets = kc.max_triplets
+        self.use_caption = getattr(kc, "use_caption", True)
+        self.use_triplets = getattr(kc, "use_triplets", True)
+        self._parser: Any = None
+
+    @property
+    def parser(self) -> Any:
+        if self._parser is None:
+            from kcdp_core.knowledge.triplets import TripletParser
+
+            self._parser = TripletParser(self.config.knowledge.parser_model)
+        return self._parser
+
+    def run(self, images: Sequence[str], batch_size: int = 8) -> list[dict[str, Any]]:
+        out = []
+        for start in range(0, len(images), batch_size):
+            out.extend(self._batch(list(images[start : start + batch_size])))
+        return out
+
+    def _batch(self, paths: list[str]) -> list[dict[str, Any]]:
+        from kcdp_core.images import ImageError, load_image, preprocess
+        from kcdp_core.knowledge.assemble import assemble_knowledge
+        from kcdp_core.knowledge.text_encoder import triplet_text
+
+        torch = self.torch
+        lat: list[dict[str, float]] = [{} for _ in paths]
+        pixels, ok, errors = [], [], {}
+        for i, path in enumerate(paths):
+            t0 = time.perf_counter()
+            try:
+                pixels.append(preprocess(load_image(path), self.size))
+                ok.append(i)
+            except ImageError as exc:
+                errors[i] = str(exc)
+            lat[i]["preprocess"] = _ms(t0)
+        n = max(1, len(ok))
+        results: list[dict[str, Any]] = [
+            {"image": p, "error": errors[i]} for i, p in enumerate(paths) if i in errors
+        ]
+        if not ok:
+            return results
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            x = torch.from_numpy(np.stack(pixels))
+            emb = self.model.image_encoder(x).numpy()
+            idx, _ = self.bank.search(emb, self.top_k)
+            captions = [". ".join(self.bank.captions[j] for j in row) for row in idx]
+            _share(lat, ok, "caption", _ms(t0) / n)
+            t0 = time.perf_counter()
+            trips = self.parser.parse_many(captions) if self.use_triplets else [[] for _ in captions]
+            trips = [list(t)[: self.max_triplets] for t in trips]
+            _share(lat, ok, "parse", _ms(t0) / n)
+            t0 = time.perf_counter()
+            texts = [c if self.use_caption else "" for c in captions] + [
+                triplet_text(t) for ts in trips for t in ts
+            ]
+            states, masks = (a.numpy() for a in self.model.text_encoder.token_states(texts))
+            _share(lat, ok, "text_encoder", _ms(t0) / n)
+            t0 = time.perf_counter()
+            ks, kms, offset = [], [], len(captions)
+            for i, ts in enumerate(trips):
+                k, m = assemble_knowledge(
+                    states[i], masks[i], states[offset : offset + len(ts)], masks[offset : offset + len(ts)]
+                )
+                offset += len(ts)
+                ks.append(k)
+                kms.append(m)
+            _share(lat, ok, "assemble", _ms(t0) / n)
+            t0 = time.perf_counter()
+            probs = self.model(
+                x, torch.from_numpy(np.stack(ks)), torch.from_numpy(np.stack(kms))
+            ).probs.numpy()
+            _share(lat, ok, "perception", _ms(t0) / n)
+        for j, i in enumerate(ok):
+            latency = {s: lat[i].get(s, 0.0) for s in STAGES}
+            latency["total"] = sum(latency.values())
+            results.append({"image": paths[i], "label": self.labels[int(probs[j].argmax())],
+                            "scores": dict(zip(self.labels, map(float, probs[j]), strict=True)),
+                            "caption": captions[j], "triplets": [list(t) for t in trips[j]], "latency_ms": latency})  # fmt: skip
+        order = {p: n for n, p in enumerate(paths)}
+        return sorted(results, key=lambda r: order[r["image"]])
+
+
+def _checkpoint_dir(ckpt: Path) -> Path:
+    best = ckpt / "best"
+    return best if (best / "config.json").exists() and (best / "model.safetensors").exists() else ckpt
+
+
+def _share(lat: list[dict[str, float]], ok: list[int], stage: str, ms: float) -> None:
+    for i in ok:
+        lat[i][stage] = ms
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0
+
+
+# -- measuring -----------------------------------------------------------------------------------------
+def find_images(folder: Path, limit: int) -> list[str]:
+    found = sorted(str(p) for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise SystemExit(f"kcdp-bench: {folder}: no images")
+    return found[:limit]
+
+
+def time_engine(engine: Any, images: list[str], batch: int, count: int) -> dict[str, Any]:
+    """Warm up, then time `count` images in batches of `batch` (images cycled as needed)."""
+    engine.run(images[: max(batch, 2)], batch_size=batch)  # warm-up: allocations, spaCy, caches
+    stream = [images[i % len(images)] for i in range(count)]
+    per_image: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    for start in range(0, len(stream), batch):
+        for r in engine.run(stream[start : start + batch], batch_size=batch):
+            if "error" in r:
+                raise SystemExit(f"kcdp-bench: {r['error']}")
+            per_image.append(r["latency_ms"])
+    wall = time.perf_counter() - t0
+    stats = {}
+    for stage in (*STAGES, "total"):
+        values = np.array([lat[stage] for lat in per_image])
+        stats[stage] = {"p50": float(np.percentile(values, 50)), "p95": float(np.percentile(values, 95))}
+    return {"batch": batch, "images": len(per_image), "images_per_s": len(per_image) / wall, "stages": stats}
+
+
+def cold_start(cmd: list[str], repeats: int = 3) -> dict[str, float]:
+    """Process start -> first result line (s, median of repeats) and the process's peak RSS (MiB)."""
+    firsts, peaks = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        first = time.perf_counter() - t0
+        proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if not line.strip():
+            raise SystemExit(f"kcdp-bench: no result from {shlex.join(cmd)} (exit {proc.returncode})")
+        firsts.append(first)
+        peaks.append(usage.ru_maxrss / 1024.0)  # Linux reports KiB
+    return {"first_result_s": statistics.median(firsts), "peak_rss_mib": max(peaks)}
+
+
+def int8_export(model: Path, ckpt: Path | None, images: Path, work: Path) -> tuple[Path, str]:
+    """An int8 export to compare: kcdp-export's calibrated int8 when a checkpoint is given, else
+    onnxruntime's dynamic int8 of the fp32 graphs (weights only, no calibration)."""
+    out = work / "int8"
+    if ckpt is not None:
+        from kcdp_export.exporter import ExportOptions, export_checkpoint
+
+        export_checkpoint(ckpt, out, ExportOptions(precision="int8", calibration=images, overwrite=True))
+        return out, "int8 (kcdp-export, calibrated)"
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from kcdp_runtime.manifest import sha256
+
+    shutil.copytree(model, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for spec in manifest["graphs"].values():
+        path = out / spec["file"]
+        quantize_dynamic(str(path), str(path), weight_type=QuantType.QInt8)
+    manifest["precision"] = "int8"
+    manifest["files"] = {rel: sha256(out / rel) for rel in manifest.get("files", {}) if (out / rel).exists()}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return out, "int8 (dynamic, made by kcdp-bench)"
+
+
+def machine() -> str:
+    model, cores = platform.processor() or "?", os.cpu_count()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "Model name":
+                model = value.strip()
+            elif key.strip() == "CPU(s)":
+                cores = int(value.strip())
+    except (OSError, subprocess.SubprocessError, ValueError):
+        pass
+    import onnxruntime
+
+    return (
+        f"{model}, {cores} cores, Python {platform.python_version()}, onnxruntime {onnxruntime.__version__}"
+    )
+
+
+# -- reporting -----------------------------------------------------------------------------------------
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"### Latency: `{report['preset']}` export, {report['date']}",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {report['machine']}  ",
+        f"Images: {report['images']} from {report['images_dir']}; ms per image, p50 / p95; ONNX rows without the knowledge memo "
+        "unless marked +memo.",
+        "",
+        "| engine | batch | " + " | ".join(STAGES) + " | total | images/s |",
+        "|---|---:|" + "---:|" * (len(STAGES) + 2),
+    ]
+    for name, engine in report["engines"].items():
+        for run in engine["runs"]:
+            cells = [
+                f"{run['stages'][s]['p50']:.2f} / {run['stages'][s]['p95']:.2f}" for s in (*STAGES, "total")
+            ]
+            lines.append(
+                f"| {name} | {run['batch']} | " + " | ".join(cells) + f" | {run['images_per_s']:.1f} |"
+            )
+    lines.append("")
+    for name, engine in report["engines"].items():
+        if "cold" in engine:
+            cold = engine["cold"]
+            lines.append(f"- {name}: cold start {cold['first_result_s']:.2f} s (process start to first result, median of "
+                         f"{report['cold_repeats']}), peak RSS {cold['peak_rss_mib']:.0f} MiB")  # fmt: skip
+        if engine.get("note"):
+            lines.append(f"- {name}: {engine['note']}")
+    for key, value in report.get("speedups", {}).items():
+        lines.append(f"- speed-up, total p50 at batch 1, {key}: {value:.1f}x")
+    if report.get("figure"):
+        lines.append(f"- figure: {report['figure']}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict[str, Any], path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    batches = sorted({run["batch"] for e in report["engines"].values() for run in e["runs"]})
+    fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 4), squeeze=False)
+    names = list(report["engines"])
+    width = 0.8 / max(1, len(names))
+    for ax, batch in zip(axes[0], batches, strict=True):
+        for n, name in enumerate(names):
+            run = next((r for r in report["engines"][name]["runs"] if r["batch"] == batch), None)
+            if run is None:
+                continue
+            values = [max(run["stages"][s]["p50"], 1e-3) for s in STAGES]
+            ax.bar(np.arange(len(STAGES)) + n * width, values, width, label=name)
+        ax.set_xticks(np.arange(len(STAGES)) + width * (len(names) - 1) / 2, STAGES, rotation=30)
+        ax.set_yscale("log")
+        ax.set_ylabel("ms per image (p50)")
+        ax.set_title(f"{report['preset']}: batch {batch}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# -- commands ------------------------------------------------------------------------------------------
+def latency(args: argparse.Namespace) -> int:
+    from kcdp_runtime.sessions import SessionConfig
+
+    model = Path(args.model)
+    images = find_images(Path(args.images), args.limit)
+    config = SessionConfig(intra_op_threads=args.threads)
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    fp32 = Pipeline.from_pretrained(model, session_config=config, knowledge_cache_size=0)
+    report: dict[str, Any] = {
+        "command": shlex.join(["kcdp-bench", *sys.argv[1:]])
+        if args.argv is None
+        else shlex.join(["kcdp-bench", *args.argv]),
+        "machine": machine(),
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "preset": fp32.manifest.preset,
+        "images": len(images),
+        "images_dir": args.images,
+        "cold_repeats": args.cold_repeats,
+        "engines": {},
+    }
+    engines: dict[str, tuple[Any, str]] = {"onnx-fp32": (fp32, "")}
+    memo = Pipeline.from_pretrained(model, session_config=config)
+    engines["onnx-fp32+memo"] = (memo, "")
+    work = Path(tempfile.mkdtemp(prefix="kcdp-bench-"))
+    try:
+        if not args.no_int8:
+            if args.int8:
+                int8_dir, note = Path(args.int8), "int8 (given export)"
+            else:
+                int8_dir, note = int8_export(
+                    model, Path(args.ckpt) if args.ckpt else None, Path(args.images), work
+                )
+            engines["onnx-int8"] = (
+                Pipeline.from_pretrained(int8_dir, session_config=config, knowledge_cache_size=0),
+                note,
+            )
+        if args.ckpt:
+            if args.threads:
+                import torch
+
+                torch.set_num_threads(args.threads)
+            engines["torch-eager"] = (EagerPipeline(args.ckpt), "")
+        for name, (engine, note) in engines.items():
+            runs = []
+            for batch in batches:
+                count = max(args.count, batch * 4)
+                runs.append(time_engine(engine, images, batch, count))
+                print(f"kcdp-bench: {name} batch {batch}: total p50 {runs[-1]['stages']['total']['p50']:.2f} ms, "
+                      f"{runs[-1]['images_per_s']:.1f} images/s", file=sys.stderr, flush=True)  # fmt: skip
+            report["engines"][name] = {"runs": runs, "note": note}
+        # cold start + peak memory in fresh processes, one engine each
+        infer = [sys.executable, "-m", "kcdp_runtime.cli", *images, "--json", "--quiet", "--batch-size", "8"]
+        if args.threads:
+            infer += ["--threads", str(args.threads)]
+        report["engines"]["onnx-fp32"]["cold"] = cold_start(
+            [*infer, "--model", str(model)], args.cold_repeats
+        )
+        if "onnx-int8" in engines:
+            report["engines"]["onnx-int8"]["cold"] = cold_start(
+                [*infer, "--model", str(int8_dir)], args.cold_repeats
+            )
+        if args.ckpt:
+            eager = [sys.executable, "-m", "kcdp_export.bench", "_eager-infer", "--ckpt", args.ckpt, *images]
+            report["engines"]["torch-eager"]["cold"] = cold_start(eager, args.cold_repeats)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    total = {
+        n: e["runs"][0]["stages"]["total"]["p50"]
+        for n, e in report["engines"].items()
+        if e["runs"][0]["batch"] == 1
+    }
+    if "torch-eager" in total:
+        report["speedups"] = {
+            f"{n} vs torch-eager": total["torch-eager"] / total[n]
+            for n in total
+            if n != "torch-eager" and total[n] > 0
+        }
+    figure = Path(args.figure) if args.figure else FIGURES / f"latency_{report['preset']}.png"
+    saved = plot(report, figure)
+    report["figure"] = str(saved) if saved else None
+    text = markdown(report)
+    if args.results != "-":
+        results = Path(args.results)
+        results.parent.mkdir(parents=True, exist_ok=True)
+        if not results.exists():
+            results.write_text("# Benchmark results\n\nMeasured tables, appended by kcdp-bench.\n\n")
+        with results.open("a") as fh:
+            fh.write("\n" + text)
+    print(json.dumps(report, indent=1) if args.json else text)
+    return 0
+
+
+def eager_infer(args: argparse.Namespace) -> int:
+    """The eager engine as a process of its own, for cold start and peak memory (JSON lines)."""
+    engine = EagerPipeline(args.ckpt)
+    for start in range(0, len(args.images), 8):
+        for r in engine.run(args.images[start : start + 8], batch_size=8):
+            print(json.dumps(r), flush=True)
+    return 0
+
+
+def accuracy(args: argparse.Namespace) -> int:
+    """Accuracy and macro-F1 of an export on DIR/<label>/<image> (the deployed pipeline, end to end)."""
+    folder = Path(args.data)
+    pipe = Pipeline.from_pretrained(args.model)
+    paths, truth = [], []
+    for label_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if label_dir.name not in pipe.labels:
+            print(f"kcdp-bench: skipping {label_dir} (not a label of the model)", file=sys.stderr)
+            continue
+        for p in sorted(label_dir.rglob("*")):
+            if p.suffix.lower() in IMAGE_SUFFIXES:
+                paths.append(str(p))
+                truth.append(label_dir.name)
+    if not paths:
+        raise SystemExit(f"kcdp-bench: {folder}: no DIR/<label>/<image> files")
+    results = pipe.run(paths, batch_size=args.batch_size)
+    pred = [r.get("label") for r in results]
+    acc = float(np.mean([p == t for p, t in zip(pred, truth, strict=True)]))
+    f1s = []
+    for label in sorted(set(truth)):
+        tp = sum(p == label and t == label for p, t in zip(pred, truth, strict=True))
+        fp = sum(p == label and t != label for p, t in zip(pred, truth, strict=True))
+        fn = sum(p != label and t == label for p, t in zip(pred, truth, strict=True))
+        f1s.append(2 * tp / max(1, 2 * tp + fp + fn))
+    out = {"model": str(args.model), "images": len(paths), "accuracy": acc, "macro_f1": float(np.mean(f1s)),
+           "errors": sum(1 for r in results if "error" in r)}  # fmt: skip
+    print(json.dumps(out))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kcdp-bench", description="Latency and accuracy benchmarks of kcdp exports."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    lat = sub.add_parser("latency", help="per-stage latency: PyTorch eager vs ONNX fp32 vs ONNX int8")
+    lat.add_argument("--model", required=True, help="fp32 export folder")
+    lat.add_argument("--ckpt", help="the checkpoint it came from (enables torch-eager and calibrated int8)")
+    lat.add_argument("--int8", help="an int8 export folder to use instead of making one")
+    lat.add_argument("--no-int8", action="store_true", help="skip the int8 engine")
+    lat.add_argument("--images", required=True, help="folder of images (searched recursively)")
+    lat.add_argument("--limit", type=int, default=64, help="distinct images used")
+    lat.add_argument("--count", type=int, default=64, help="images timed per engine and batch size")
+    lat.add_argument("--batch-sizes", default="1,8")
+    lat.add_argument(
+        "--threads", type=int, default=0, help="intra-op threads for onnxruntime and torch (0: default)"
+    )
+    lat.add_argument("--cold-repeats", type=int, default=3)
+    lat.add_argument(
+        "--results", default=str(RESULTS), help="markdown file the table is appended to ('-': none)"
+    )
+    lat.add_argument("--figure", help=f"plot path (default {FIGURES}/latency_<preset>.png)")
+    lat.add_argument("--json", action="store_true", help="print the full report as JSON")
+    acc = sub.add_parser("accuracy", help="accuracy and macro-F1 of an export on DIR/<label>/<image>")
+    acc.add_argument("--model", required=True)
+    acc.add_argument("--data", required=True)
+    acc.add_argument("--batch-size", type=int, default=8)
+    eager = sub.add_parser("_eager-infer", help=argparse.SUPPRESS)
+    eager.add_argument("--ckpt", required=True)
+    eager.add_argument("images", nargs="+")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    if args.command == "latency":
+        return latency(args)
+    if args.command == "accuracy":
+        return accuracy(args)
+    return eager_infer(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,490 @@
+"""export_checkpoint: checkpoint folder -> validated export folder (notes/MANIFEST.md).
+
+Order: load the checkpoint, caption real images and compute their k with PyTorch, merge LoRA (checked),
+trace each graph to fp32 ONNX and hold it to parity (refused otherwise), derive fp16/int8 variants and
+measure them against the same PyTorch reference, check the whole pipeline end to end on the real
+images, then write tokenizer, caption bank, manifest and optionally Triton/TensorRT. Everything is
+built in a hidden scratch folder next to EXPORT and moved into place only when every check passed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kcdp_export import validate
+from kcdp_export.graphs import GraphConfig, image_encoder_graph, perception_graph, text_encoder_graph
+from kcdp_export.manifest import write_manifest
+from kcdp_export.onnx_export import DEFAULT_OPSET, convert_fp16, export_graph
+from kcdp_export.tokenizer import check_tokenizer, encode, export_tokenizer
+
+PRECISIONS = ("fp32", "fp16", "int8")
+RETRIEVAL_SEPARATOR = ". "  # kcdp_core.knowledge.captioners.RetrievalCaptioner's default
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+@dataclass
+class ExportOptions:
+    precision: str = "fp32"
+    calibration: Path | None = None  # real images (recursively); labelled when under <label>/ folders
+    calibration_limit: int = 64
+    captions_csv: str | None = None
+    opset: int = DEFAULT_OPSET
+    use_last: bool = False  # CKPT/ itself even when CKPT/best/ exists
+    min_agreement: float = 0.9  # fp16/int8 label agreement floor against PyTorch
+    int8_max_drop: float = 1.0  # accuracy points int8 may lose (labelled calibration images only)
+    tensorrt: bool = False
+    triton: bool = False
+    max_batch: int = 32
+    overwrite: bool = False
+    seed: int = 0
+    log: Any = field(default=None, repr=False)
+
+
+def _log(options: ExportOptions, message: str) -> None:
+    print(f"kcdp-export: {message}", file=options.log or sys.stderr, flush=True)
+
+
+def resolve_checkpoint(ckpt: Path, use_last: bool = False) -> tuple[Path, str]:
+    ckpt = Path(ckpt)
+    if not ckpt.is_dir():
+        raise ExportError(f"{ckpt}: checkpoint folder does not exist")
+    best = ckpt / "best"
+    if not use_last and (best / "config.json").exists() and (best / "model.safetensors").exists():
+        return best, "best"
+    if not (ckpt / "config.json").exists():
+        raise ExportError(f"{ckpt}: not a checkpoint (config.json missing)")
+    return ckpt, "last"
+
+
+def export_checkpoint(ckpt: Path, out: Path, options: ExportOptions | None = None) -> dict:
+    """Export and validate; returns the manifest. Raises ParityError / ExportError, leaving `out` untouched."""
+    options = options or ExportOptions()
+    if options.precision not in PRECISIONS:
+        raise ExportError(f"precision {options.precision!r}: choose one of {PRECISIONS}")
+    if options.precision == "int8" and options.calibration is None:
+        raise ExportError("int8 needs --calibration DIR (real images to calibrate and measure accuracy on)")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not options.overwrite:
+        raise ExportError(f"{out}: exists and is not empty (pass --overwrite to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    try:
+        manifest = _export(ckpt, scratch, options)
+        if out.exists():
+            shutil.rmtree(out)
+        scratch.chmod(0o755)  # mkdtemp made it private
+        scratch.rename(out)
+        return manifest
+    finally:
+        if scratch.exists():
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _export(ckpt: Path, work: Path, options: ExportOptions) -> dict:
+    import torch
+
+    from kcdp_core.model.kcdp import KCDPModel
+
+    torch.manual_seed(options.seed)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 3)
+        clock = now
+
+    ckpt_dir, selected = resolve_checkpoint(ckpt, options.use_last)
+    _log(options, f"loading {ckpt_dir} ({selected})")
+    model = KCDPModel.from_pretrained(ckpt_dir).eval()
+    config = model.config
+    kc = config.knowledge
+    size, length, dim = int(config.foundation.image_size), int(kc.text_length), int(model.text_encoder.dim)
+    lap("load")
+
+    real = None
+    if options.calibration is not None:
+        from kcdp_export.calibration import load_real_set
+
+        real = load_real_set(
+            model, Path(options.calibration), options.calibration_limit, options.captions_csv
+        )
+        _log(options, f"{len(real)} real images from {options.calibration} ({real.captioner})")
+    lap("real_images")
+
+    graphs: list[GraphConfig] = [text_encoder_graph(model.text_encoder, length)]
+    if model.image_encoder is not None and kc.captioner == "retrieval":
+        graphs.append(image_encoder_graph(model.image_encoder, size))
+
+    # LoRA merge, checked on random and real inputs before anything is traced.
+    from kcdp_export.merge import merge_lora
+
+    probe = perception_graph(model, size, length, dim, len(model.labels))
+    check = validate.random_feeds(probe, seed=options.seed + 7)
+    if real is not None:
+        check += list(validate.batched(real.perception_feeds(), 16))
+    merge = merge_lora(model, check)
+    _log(options, f"LoRA merge: {merge.lora_layers} layers, max abs logit diff {merge.max_abs_diff:.3g}")
+    graphs.append(probe)  # wraps the same (now merged) model
+    lap("merge")
+
+    # Tokenizer first: the text encoder's real inputs come from the exported tokenizer.json.
+    tokenizer_json = export_tokenizer(model.text_encoder.tokenizer, work / "tokenizer", length)
+    prompts = [config.cliea.prompt_template.format(label) for label in model.labels]
+    bank = None
+    if model.caption_bank_dir is not None and kc.captioner == "retrieval":
+        from kcdp_core.knowledge.caption_bank import CaptionBank
+
+        bank = CaptionBank.load(model.caption_bank_dir)
+    token_texts = list(
+        dict.fromkeys([*(real.texts if real else []), *prompts, *(bank.captions[:256] if bank else [])])
+    )
+    check_tokenizer(tokenizer_json, model.text_encoder, token_texts)
+    lap("tokenizer")
+
+    real_feeds = _real_feeds(graphs, real, tokenizer_json)
+    fp32_dir = work / ".fp32"
+    parity: dict[str, dict] = {}
+    sessions: dict[str, Any] = {}
+    for graph in graphs:
+        t0 = time.perf_counter()
+        path = fp32_dir / graph.file
+        export_graph(graph, path, options.opset, options.seed)
+        validate.check_model(path)
+        sess = validate.session(path)
+        result = validate.measure(
+            graph, sess, validate.random_feeds(graph, options.seed + 1), real_feeds[graph.name]
+        )
+        _log(options, result.summary())
+        validate.enforce(result, graph.label_output)  # fp32: refuse on any miss
+        parity[graph.name] = {"fp32": result.manifest()}
+        sessions[graph.name] = sess
+        timings[f"export_{graph.name}"] = round(time.perf_counter() - t0, 3)
+    clock = time.perf_counter()
+
+    # End-to-end on real images: the ONNX pipeline (its own captions, tokenizer, k) vs PyTorch.
+    end_to_end: dict[str, Any] = {}
+    parser = None
+    if real is not None:
+        from kcdp_core.knowledge.triplets import TripletParser
+
+        parser = TripletParser(kc.parser_model)
+        torch_probs = probe.run_torch(real.perception_feeds())["probs"]
+        pipe = _pipeline(sessions, tokenizer_json, bank, parser, config)
+        result = pipe(real.pixels, None if bank is not None else real.captions)
+        end_to_end["fp32"] = _agreement(result.labels, torch_probs.argmax(-1), real.labels)
+        end_to_end["fp32"]["caption_agreement"] = float(
+            np.mean([a == b for a, b in zip(result.captions, real.captions, strict=True)])
+        )
+        _log(options, f"end to end fp32 vs PyTorch: {end_to_end['fp32']}")
+    lap("end_to_end_fp32")
+
+    # The requested precision.
+    files_for: dict[str, str] = {}
+    for graph in graphs:
+        src, dst = fp32_dir / graph.file, work / graph.file
+        if options.precision == "fp32":
+            shutil.move(str(src), dst)
+            data = src.with_name(src.name + ".data")
+            if data.exists():
+                shutil.move(str(data), work / data.name)
+        elif options.precision == "fp16":
+            convert_fp16(src, dst)
+        else:
+            from kcdp_export.quantize import quantize_graph
+
+            calib = real_feeds[graph.name]
+            calib_arrays = {k: np.concatenate([f[k] for f in calib]) for k in calib[0]} if calib else None
+            quantize_graph(src, dst, graph.quantization, calib_arrays)
+        files_for[graph.name] = graph.file
+        if options.precision != "fp32":
+            validate.check_model(dst)
+            variant = _measure_variant(graph, dst, options, real_feeds[graph.name])
+            parity[graph.name][options.precision] = variant
+    lap(f"precision_{options.precision}")
+
+    int8_change = None
+    if options.precision != "fp32" and real is not None and _can_run(work, graphs):
+        variant_sessions = {g.name: validate.session(work / g.file) for g in graphs}
+        pipe = _pipeline(variant_sessions, tokenizer_json, bank, parser, config)
+        result = pipe(real.pixels, None if bank is not None else real.captions)
+        torch_labels = probe.run_torch(real.perception_feeds())["probs"].argmax(-1)
+        figures = _agreement(result.labels, torch_labels, real.labels)
+        end_to_end[options.precision] = figures
+        _log(options, f"end to end {options.precision} vs PyTorch: {figures}")
+        if options.precision == "int8":
+            int8_change = _int8_change(figures, end_to_end["fp32"], len(real))
+            if (
+                int8_change["change_points"] is not None
+                and -int8_change["change_points"] > options.int8_max_drop
+            ):
+                raise ExportError(
+                    f"int8 refused: accuracy {int8_change['int8_accuracy']:.4f} vs fp32 {int8_change['fp32_accuracy']:.4f} "
+                    f"({int8_change['change_points']:+.2f} points; limit -{options.int8_max_drop:g})"
+                )
+            if figures["label_agreement"] < options.min_agreement:
+                raise ExportError(
+                    f"int8 refused: end-to-end label agreement with PyTorch {figures['label_agreement']:.4f} "
+                    f"< {options.min_agreement:g}"
+                )
+    lap("end_to_end_variant")
+    shutil.rmtree(fp32_dir, ignore_errors=True)
+
+    # Caption bank: copied as is (runtime retrieval uses these embeddings).
+    caption_bank = None
+    if bank is not None:
+        (work / "caption_bank").mkdir()
+        for name in ("captions.jsonl", "embeddings.safetensors"):
+            shutil.copy2(model.caption_bank_dir / name, work / "caption_bank" / name)
+        caption_bank = {
+            "captions": "caption_bank/captions.jsonl",
+            "embeddings": "caption_bank/embeddings.safetensors",
+            "size": len(bank),
+            "separator": RETRIEVAL_SEPARATOR,
+        }
+
+    body = _manifest_body(
+        model,
+        config,
+        graphs,
+        parity,
+        end_to_end,
+        int8_change,
+        caption_bank,
+        options,
+        merge,
+        selected,
+        ckpt_dir,
+        real,
+    )
+
+    if options.triton:
+        from kcdp_export.triton import write_repository
+
+        write_repository(work, graphs, options.max_batch, options.precision)
+        body["triton"] = {
+            "repository": "triton",
+            "models": [g.name for g in graphs],
+            "max_batch_size": options.max_batch,
+        }
+    if options.tensorrt:
+        body["tensorrt"] = _tensorrt(work, graphs, options, real_feeds)
+    lap("assets")
+    # Torch-free reload of the finished folder before it is declared done.
+    for graph in graphs:
+        sess = validate.session(work / graph.file)
+        validate.run_onnx(sess, graph.dummy(1, np.random.default_rng(options.seed + 3)))
+    lap("reload")
+    body["timings_s"] = timings
+    write_manifest(work, body)
+    return json.loads((work / "manifest.json").read_text())
+
+
+def _real_feeds(
+    graphs: list[GraphConfig], real, tokenizer_json: Path
+) -> dict[str, list[dict[str, np.ndarray]]]:
+    feeds: dict[str, list[dict[str, np.ndarray]]] = {g.name: [] for g in graphs}
+    if real is None:
+        return feeds
+    ids, mask = encode(tokenizer_json, real.texts)
+    feeds["text_encoder"] = list(validate.batched({"input_ids": ids, "attention_mask": mask}, 32))
+    feeds["image_encoder"] = list(validate.batched({"pixels": real.pixels}, 16))
+    feeds["perception"] = list(validate.batched(real.perception_feeds(), 16))
+    return {g.name: feeds[g.name] for g in graphs}
+
+
+def _measure_variant(graph: GraphConfig, path: Path, options: ExportOptions, real: list) -> dict:
+    try:
+        sess = validate.session(path)
+        result = validate.measure(
+            graph, sess, validate.random_feeds(graph, options.seed + 1), real, options.precision
+        )
+    except Exception as exc:  # noqa: BLE001 - e.g. fp16 kernels missing on this CPU build
+        if options.precision == "fp16":
+            return {
+                "measured": False,
+                "reason": f"onnxruntime on this machine cannot run the fp16 graph: {exc}"[:300],
+            }
+        raise
+    _log(options, result.summary())
+    validate.enforce(result, graph.label_output, options.min_agreement)
+    return result.manifest()
+
+
+def _can_run(work: Path, graphs: list[GraphConfig]) -> bool:
+    try:
+        for g in graphs:
+            validate.session(work / g.file)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _pipeline(sessions, tokenizer_json, bank, parser, config):
+    from kcdp_export.onnx_pipeline import OnnxPipeline
+
+    kc = config.knowledge
+    return OnnxPipeline(
+        sessions,
+        tokenizer_json,
+        bank=bank,
+        parser=parser,
+        top_k=kc.retrieval_top_k,
+        separator=RETRIEVAL_SEPARATOR,
+        max_triplets=kc.max_triplets,
+        use_caption=getattr(kc, "use_caption", True),
+        use_triplets=getattr(kc, "use_triplets", True),
+    )
+
+
+def _agreement(labels: np.ndarray, reference: np.ndarray, truth: np.ndarray | None) -> dict:
+    figures = {"label_agreement": float(np.mean(labels == reference)), "n": int(len(labels))}
+    if truth is not None:
+        figures["accuracy"] = float(np.mean(labels == truth))
+        figures["pytorch_accuracy"] = float(np.mean(reference == truth))
+    return figures
+
+
+def _int8_change(int8: dict, fp32: dict, n: int) -> dict:
+    labelled = "accuracy" in int8
+    return {
+        "fp32_accuracy": fp32.get("accuracy"),
+        "int8_accuracy": int8.get("accuracy"),
+        "change_points": round(100 * (int8["accuracy"] - fp32["accuracy"]), 4) if labelled else None,
+        "label_agreement_with_fp32": int8["label_agreement"],
+        "n_images": n,
+        "measured_on": "calibration images, end-to-end pipeline"
+        + ("" if labelled else " (unlabelled: agreement only)"),
+    }
+
+
+def _tensorrt(work: Path, graphs, options: ExportOptions, real_feeds) -> dict:
+    from dataclasses import asdict
+
+    from kcdp_export.tensorrt import TensorRTUnavailable, build_engines
+
+    check = {g.name: validate.random_feeds(g, options.seed + 1) + real_feeds[g.name] for g in graphs}
+    try:
+        reports = build_engines(work, graphs, options.precision, check, options.max_batch)
+    except TensorRTUnavailable as exc:
+        _log(options, f"{exc}; the ONNX export is complete without them")
+        return {"built": False, "reason": str(exc)}
+    return {"built": True, "engines": [asdict(r) for r in reports]}
+
+
+def _manifest_body(
+    model,
+    config,
+    graphs,
+    parity,
+    end_to_end,
+    int8_change,
+    caption_bank,
+    options,
+    merge,
+    selected,
+    ckpt_dir,
+    real,
+) -> dict:
+    from kcdp_core.images import RESIZE_FILTER
+
+    kc = config.knowledge
+    try:
+        from kcdp_core.knowledge.triplets import PARSER_VERSION
+    except ImportError:  # pragma: no cover
+        PARSER_VERSION = None
+    knowledge: dict[str, Any] = {
+        "captioner": kc.captioner,
+        "text_length": kc.text_length,
+        "max_triplets": kc.max_triplets,
+        "retrieval_top_k": kc.retrieval_top_k,
+        "parser": {"model": kc.parser_model, "version": PARSER_VERSION},
+        "use_caption": getattr(kc, "use_caption", True),
+        "use_triplets": getattr(kc, "use_triplets", True),
+        "triplet_text": "subject verb object joined by spaces",
+        "knowledge_layout": "k = concat(T(caption), sum_i T(triplet_i)) via kcdp_core.knowledge.assemble",
+    }
+    if kc.captioner == "retrieval":
+        knowledge["retrieval_separator"] = RETRIEVAL_SEPARATOR
+    if kc.captioner == "instructblip":
+        src = kc.captioner_source
+        knowledge["instructblip"] = {
+            "source": None if src is None else {"path": src.path, "subfolder": src.subfolder},
+            "stage": "transformers",
+            "why": "optimum's ONNX exporter (optimum-onnx) has no InstructBLIP config; it runs as a transformers stage",
+            "prompt": kc.prompt,
+            "generation": {
+                "num_beams": kc.num_beams,
+                "repetition_penalty": kc.repetition_penalty,
+                "min_new_tokens": kc.min_new_tokens,
+                "max_new_tokens": kc.max_new_tokens,
+                "do_sample": False,
+            },
+        }
+    return {
+        "preset": config.preset,
+        "labels": list(model.labels),
+        "precision": options.precision,
+        "preprocessing": {
+            "image_size": int(config.foundation.image_size),
+            "resize_filter": RESIZE_FILTER,
+            "pixel_range": [0, 1],
+            "layout": "NCHW",
+            "pad_to_square": "white",
+            "alpha": "composite on white",
+            "normalisation": "inside each graph",
+        },
+        "knowledge": knowledge,
+        "tokenizer": {
+            "folder": "tokenizer",
+            "file": "tokenizer/tokenizer.json",
+            "max_length": int(kc.text_length),
+        },
+        "caption_bank": caption_bank,
+        "prompts": {
+            "template": config.cliea.prompt_template,
+            "per_label": [config.cliea.prompt_template.format(label) for label in model.labels],
+            "used_by": "CLIEA pseudo-labels at training time; not needed for inference",
+        },
+        "graphs": {g.name: g.manifest() for g in graphs},
+        "opset": options.opset,
+        "parity": {name: _flat_parity(p, options.precision) for name, p in parity.items()},
+        "end_to_end": end_to_end,
+        "int8_accuracy_change": int8_change,
+        "lora_merge": merge.manifest(),
+        "checkpoint": {
+            "path": str(Path(ckpt_dir).resolve()),
+            "selected": selected,
+            "finetune": config.perception.finetune,
+        },
+        "calibration": None
+        if real is None
+        else {
+            "folder": str(Path(options.calibration).resolve()),
+            "images": len(real),
+            "labelled": real.labels is not None,
+            "skipped": real.skipped,
+        },
+        "config": config.to_dict(),
+    }
+
+
+def _flat_parity(per_precision: dict, precision: str) -> dict:
+    """parity[graph] = the figures of the shipped precision, with the fp32 figures alongside."""
+    shipped = dict(per_precision.get(precision, per_precision["fp32"]))
+    if precision != "fp32":
+        shipped["fp32"] = per_precision["fp32"]
+    return shipped

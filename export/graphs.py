@@ -1,0 +1,209 @@
+"""The exported graphs, one config each (after optimum's OnnxConfig): the torch module to trace, its
+named inputs and outputs with their dynamic batch axis, a generator of dummy inputs, the output whose
+argmax is a label, and the tolerance parity is held to.
+
+Three graphs: text_encoder (token ids + mask -> token states), image_encoder (pixels -> retrieval
+embedding; absent for sd15), perception (pixels + knowledge -> logits, probs, features v).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+BATCH = "batch"
+Dim = int | str
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[Dim, ...]  # BATCH marks the dynamic axis
+    dtype: Literal["float32", "int64"] = "float32"
+
+    def manifest(self) -> list[Dim]:
+        return [*self.shape, self.dtype]
+
+    def concrete(self, batch: int) -> tuple[int, ...]:
+        return tuple(batch if d == BATCH else int(d) for d in self.shape)
+
+
+DummyFn = Callable[[int, np.random.Generator], dict[str, np.ndarray]]
+
+
+@dataclass
+class GraphConfig:
+    name: str
+    module: nn.Module  # forward(*inputs in order) -> tuple of outputs in order
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    dummy: DummyFn  # fresh random inputs for tracing and parity
+    label_output: str | None = None  # argmax of this output is the prediction (label agreement)
+    atol: float = 1e-4  # fp32 max abs difference allowed on every output
+    quantization: Literal["static", "dynamic"] = "static"
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def file(self) -> str:
+        return f"{self.name}.onnx"
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return {
+            t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)}
+            for t in [*self.inputs, *self.outputs]
+        }
+
+    def manifest(self) -> dict:
+        return {
+            "file": self.file,
+            "inputs": {t.name: t.manifest() for t in self.inputs},
+            "outputs": {t.name: t.manifest() for t in self.outputs},
+        }
+
+    @torch.no_grad()
+    def run_torch(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The PyTorch reference outputs for numpy feeds."""
+        self.module.eval()
+        args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.input_names]
+        out = self.module(*args)
+        out = out if isinstance(out, tuple) else (out,)
+        return {n: o.detach().float().cpu().numpy() for n, o in zip(self.output_names, out, strict=True)}
+
+
+# -- wrappers: plain tensors in, a tuple of tensors out (what the tracer wants) ------------------
+
+
+class TextEncoderModule(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        return out.last_hidden_state.float()
+
+
+class PerceptionModule(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, pixels: torch.Tensor, knowledge: torch.Tensor, knowledge_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.model(pixels, knowledge, knowledge_mask)
+        return out.logits, out.probs, out.features
+
+
+# -- dummy input generators ------------------------------------------------------------------
+
+
+def _prefix_mask(rng: np.random.Generator, batch: int, length: int, allow_empty: bool) -> np.ndarray:
+    """Masks of real tokens first, then padding: random lengths (>= 1 unless allow_empty)."""
+    lengths = rng.integers(0 if allow_empty else 1, length + 1, size=batch)
+    return (np.arange(length)[None, :] < lengths[:, None]).astype(np.int64)
+
+
+def text_dummy(vocab_size: int, length: int) -> DummyFn:
+    def make(batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        mask = _prefix_mask(rng, batch, length, allow_empty=False)
+        ids = rng.integers(0, vocab_size, size=(batch, length)).astype(np.int64) * mask
+        return {"input_ids": ids, "attention_mask": mask}
+
+    return make
+
+
+def image_dummy(size: int) -> DummyFn:
+    def make(batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        return {"pixels": rng.random((batch, 3, size, size), dtype=np.float32)}
+
+    return make
+
+
+def perception_dummy(size: int, length: int, dim: int) -> DummyFn:
+    """Pixels in [0, 1]; k halves with random real-token prefixes; the triplet half may be empty
+    (an image whose caption gave no triplet), as assemble_knowledge produces it."""
+
+    def make(batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        cap = _prefix_mask(rng, batch, length, allow_empty=False)
+        tri = _prefix_mask(rng, batch, length, allow_empty=True)
+        mask = np.concatenate([cap, tri], axis=1).astype(np.float32)
+        k = rng.standard_normal((batch, 2 * length, dim)).astype(np.float32) * mask[..., None]
+        return {
+            "pixels": rng.random((batch, 3, size, size), dtype=np.float32),
+            "knowledge": k,
+            "knowledge_mask": mask,
+        }
+
+    return make
+
+
+# -- the three graph configs -------------------------------------------------------------------
+
+
+def text_encoder_graph(text_encoder: nn.Module, length: int) -> GraphConfig:
+    """`text_encoder` is kcdp_core's TextEncoder (its transformers model is traced)."""
+    model = text_encoder.model
+    dim = int(model.config.hidden_size)
+    return GraphConfig(
+        name="text_encoder",
+        module=TextEncoderModule(model).eval(),
+        inputs=[
+            TensorSpec("input_ids", (BATCH, length), "int64"),
+            TensorSpec("attention_mask", (BATCH, length), "int64"),
+        ],
+        outputs=[TensorSpec("token_states", (BATCH, length, dim))],
+        dummy=text_dummy(int(model.config.vocab_size), length),
+        quantization="dynamic",  # transformer MatMuls: dynamic int8 is the standard recipe
+        meta={"dim": dim},
+    )
+
+
+def image_encoder_graph(image_encoder: nn.Module, size: int) -> GraphConfig:
+    embed = int(image_encoder.config.embed_dim)
+    return GraphConfig(
+        name="image_encoder",
+        module=image_encoder.eval(),
+        inputs=[TensorSpec("pixels", (BATCH, 3, size, size))],
+        outputs=[TensorSpec("embedding", (BATCH, embed))],
+        dummy=image_dummy(size),
+        quantization="static",
+    )
+
+
+def perception_graph(model: nn.Module, size: int, length: int, dim: int, num_labels: int) -> GraphConfig:
+    """`model` is a KCDPModel (LoRA already merged for export)."""
+    probe = PerceptionModule(model).eval()
+    feeds = perception_dummy(size, length, dim)(2, np.random.default_rng(0))
+    with torch.no_grad():
+        features = probe(*(torch.from_numpy(feeds[n]) for n in ("pixels", "knowledge", "knowledge_mask")))[2]
+    return GraphConfig(
+        name="perception",
+        module=probe,
+        inputs=[
+            TensorSpec("pixels", (BATCH, 3, size, size)),
+            TensorSpec("knowledge", (BATCH, 2 * length, dim)),
+            TensorSpec("knowledge_mask", (BATCH, 2 * length)),
+        ],
+        outputs=[
+            TensorSpec("logits", (BATCH, num_labels)),
+            TensorSpec("probs", (BATCH, num_labels)),
+            TensorSpec("features", (BATCH, int(features.shape[1]))),
+        ],
+        dummy=perception_dummy(size, length, dim),
+        label_output="logits",
+        quantization="static",
+    )

@@ -1,0 +1,89 @@
+"""int8 with onnxruntime.quantization: static QDQ (per-channel int8 weights, uint8 activations)
+calibrated on real images for the convolutional graphs (image encoder, perception), dynamic int8 for
+the text encoder's MatMuls (its activations vary with the sentence; dynamic is the standard recipe)."""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
+
+from kcdp_export.onnx_export import EXTERNAL_DATA_THRESHOLD, initializer_bytes, save_model
+
+CALIBRATION_BATCH = 8
+
+
+class FeedsReader(CalibrationDataReader):
+    """Calibration batches for quantize_static from arrays keyed by input name."""
+
+    def __init__(self, feeds: dict[str, np.ndarray], batch: int = CALIBRATION_BATCH):
+        self.feeds = feeds
+        self.batch = batch
+        self._it: Iterator[dict[str, np.ndarray]] = self._batches()
+
+    def _batches(self) -> Iterator[dict[str, np.ndarray]]:
+        n = len(next(iter(self.feeds.values())))
+        for start in range(0, n, self.batch):
+            yield {k: np.ascontiguousarray(v[start : start + self.batch]) for k, v in self.feeds.items()}
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = self._batches()
+
+
+def _large(path: Path) -> bool:
+    return initializer_bytes(onnx.load(str(path), load_external_data=False)) > EXTERNAL_DATA_THRESHOLD
+
+
+def quantize_graph(
+    src: Path, dst: Path, mode: str, calibration: dict[str, np.ndarray] | None = None
+) -> list[Path]:
+    """Write the int8 version of the fp32 graph src to dst; returns the files written."""
+    src, dst = Path(src), Path(dst)
+    large = _large(src)
+    with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".quant-") as scratch:
+        tmp = Path(scratch) / dst.name
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if mode == "dynamic":
+                quantize_dynamic(
+                    str(src),
+                    str(tmp),
+                    weight_type=QuantType.QInt8,
+                    per_channel=False,
+                    use_external_data_format=large,
+                )
+            elif mode == "static":
+                if calibration is None:
+                    raise ValueError(f"{src.name}: static int8 needs calibration inputs (real images)")
+                quantize_static(
+                    str(src),
+                    str(tmp),
+                    FeedsReader(calibration),
+                    quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    per_channel=True,
+                    calibrate_method=CalibrationMethod.MinMax,
+                    use_external_data_format=large,
+                    extra_options={"CalibTensorRangeSymmetric": False},
+                )
+            else:
+                raise ValueError(f"unknown quantization mode {mode!r}")
+        model = onnx.load(str(tmp), load_external_data=True)
+    model.producer_name = "kcdp-export"
+    return save_model(model, dst)
