@@ -295,7 +295,7 @@ def _write_licences(
     by_name = {p.name: p for p in pkgs}
     for d in names:
         p = by_name[sources[d].package]
-        flag = "" if p.open_licence else " — *not redistributable*"
+        flag = "" if p.open_licence or "not redistributable" in p.licence else " — *not redistributable*"
         lines.append(f"| {d} | {p.spec} | {p.licence}{flag} |")
     lines += [
         "",
