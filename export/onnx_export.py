@@ -92,4 +92,34 @@ def convert_fp16(src: Path, dst: Path) -> list[Path]:
 
     model = onnx.load(str(src), load_external_data=True)
     half = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+    topological_sort(half.graph)  # the converter appends its input casts after their consumers
     return save_model(half, dst)
+
+
+def topological_sort(graph: onnx.GraphProto) -> None:
+    """Reorder graph.node so every node comes after the producers of its inputs (Kahn's algorithm)."""
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    nodes = list(graph.node)
+    producer = {out: n for n, node in enumerate(nodes) for out in node.output}
+    pending = {n: {i for i in node.input if i not in available and i in producer} for n, node in enumerate(nodes)}
+    consumers: dict[int, list[int]] = {}
+    for n, deps in pending.items():
+        for name in deps:
+            consumers.setdefault(producer[name], []).append(n)
+    waiting = {n: len({producer[d] for d in deps}) for n, deps in pending.items()}
+    for n in consumers:
+        consumers[n] = sorted(set(consumers[n]))
+    ready = [n for n, count in waiting.items() if count == 0]
+    order: list[int] = []
+    while ready:
+        n = ready.pop(0)
+        order.append(n)
+        for m in consumers.get(n, []):
+            waiting[m] -= 1
+            if waiting[m] == 0:
+                ready.append(m)
+    if len(order) != len(nodes):
+        raise ValueError("graph has a cycle; cannot sort it")
+    sorted_nodes = [nodes[n] for n in order]
+    del graph.node[:]
+    graph.node.extend(sorted_nodes)

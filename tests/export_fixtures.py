@@ -1,0 +1,53 @@
+"""Helpers for the export tests: a tiny checkpoint whose LoRA matters, and a few real PNGs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+CALIBRATION_LABELS = ("anger", "happiness", "sadness", "surprise")
+
+
+def tiny_checkpoint(folder: Path, foundation: Path) -> tuple[Path, float]:
+    """A tiny KCDPModel checkpoint with non-zero LoRA (B is zero at init, which would make the merge
+    check vacuous). Returns (ckpt, max abs logit change the LoRA causes)."""
+    import torch
+
+    from kcdp_core.config import tiny
+    from kcdp_core.model.kcdp import KCDPModel
+
+    model = KCDPModel.from_config(tiny(foundation=str(foundation))).eval()
+    torch.manual_seed(1)
+    pixels = torch.rand(2, 3, 64, 64)
+    k, mask = (
+        torch.from_numpy(a) for a in model.encode_knowledge(["grinning face", "crying face"], [[], []])
+    )
+    with torch.no_grad():
+        before = model(pixels, k, mask).logits
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.3)
+        after = model(pixels, k, mask).logits
+    model.save_pretrained(folder)
+    return folder, float((after - before).abs().max())
+
+
+def calibration_images(folder: Path, per_label: int = 2) -> Path:
+    """Generated face-like PNGs (RGBA, not square) in <label>/ folders, plus one unreadable file."""
+    rng = np.random.default_rng(0)
+    for i, label in enumerate(CALIBRATION_LABELS):
+        sub = folder / label
+        sub.mkdir(parents=True, exist_ok=True)
+        for j in range(per_label):
+            img = Image.new("RGBA", (48, 40), (255, 255, 255, 0))
+            draw = ImageDraw.Draw(img)
+            colour = tuple(int(c) for c in rng.integers(0, 255, 3))
+            draw.ellipse((4, 2, 44, 38), fill=(*colour, 255))
+            draw.arc(
+                (14, 16, 34, 30), 0 if i % 2 else 180, 180 if i % 2 else 360, fill=(0, 0, 0, 255), width=3
+            )
+            img.save(sub / f"face{j}.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    return folder
