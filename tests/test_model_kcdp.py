@@ -1,0 +1,258 @@
+import time
+
+import pytest
+import torch
+from model_tiny import knowledge, tiny_config, tiny_foundation
+from safetensors.torch import load_file
+
+from kcdp_core.config import KCDPConfig
+from kcdp_core.model.kcdp import KCDPModel, KCDPOutput
+from kcdp_core.model.losses import total_loss
+
+
+@pytest.fixture(scope="module")
+def foundation(tmp_path_factory):
+    return tiny_foundation(tmp_path_factory.mktemp("kcdp"))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The tiny model is too small to gain from intra-op threads; on a busy shared CPU they only
+    contend (measured here: ~230 ms per step with 1 thread, 1-3 s with 2 under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make(foundation, **sections) -> KCDPModel:
+    torch.manual_seed(0)
+    return KCDPModel.from_config(tiny_config(foundation, **sections))
+
+
+def randomise_lora(model: KCDPModel, std: float = 0.3) -> None:
+    """LoRA B starts at zero (identity); give it values so LoRA changes the output."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, std)
+
+
+def test_output_shapes_and_attention_maps(foundation):
+    model = make(foundation).eval()
+    k, km = knowledge(model, 3)
+    assert k.shape == (3, 16, 32) and km.shape == (3, 16)
+    with torch.no_grad():
+        out = model(torch.rand(3, 3, 64, 64), k, km)
+        levels = model.kadap(torch.rand(3, 3, 64, 64), k, km)
+    assert isinstance(out, KCDPOutput)
+    assert out.logits.shape == (3, 7) and out.probs.shape == (3, 7)
+    assert out.features.shape == (3, 32) and out.balance_loss.shape == ()
+    assert out.router_probs.shape == (3, 4)
+    torch.testing.assert_close(out.probs.sum(-1), torch.ones(3))
+    # Up block 0 (no cross-attention) gives F_0 only; blocks 1-3 carry 2L = 16 attention-map channels.
+    assert [tuple(h.shape[1:]) for h in levels] == [(32, 2, 2), (48, 4, 4), (32, 8, 8), (32, 8, 8)]
+    maps = levels[2][:, 16:]
+    # Head-averaged attention over the knowledge tokens: sums to 1 per position, ~0 on padding.
+    torch.testing.assert_close(maps.sum(1), torch.ones(3, 8, 8), atol=1e-4, rtol=0)
+    pad = (km == 0)[:, :, None, None].expand_as(maps)
+    assert maps[pad].abs().max() < 1e-4
+
+
+def test_padded_knowledge_tokens_do_not_change_the_output(foundation):
+    model = make(foundation).eval()
+    randomise_lora(model)
+    k, km = knowledge(model, 4)
+    k2 = k.clone()
+    k2[km == 0] = 50.0
+    x = torch.rand(4, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, k, km).logits, model(x, k2, km).logits, atol=1e-5, rtol=1e-5)
+        # ...while the real tokens do.
+        k3 = k.clone()
+        k3[km == 1] += 1.0
+        assert (model(x, k, km).logits - model(x, k3, km).logits).abs().max() > 1e-4
+
+
+def test_lora_mode_trains_only_lora_and_heads(foundation):
+    model = make(foundation)
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    unet_trained = {n for n in names if n.startswith("kadap.")}
+    assert unet_trained and all(
+        ".lora_" in n and (".attn2.to_k." in n or ".attn2.to_v." in n) for n in unet_trained
+    )
+    # Every attn2 K/V of the UNet carries LoRA (down, mid and up blocks).
+    n_attn2 = sum(1 for n, _ in model.kadap.unet.named_modules() if n.endswith(".attn2"))
+    assert len(unet_trained) == n_attn2 * 2 * 2  # to_k/to_v x lora_A/lora_B
+    assert all(n.startswith(("kadap.unet.", "fpn.", "head.", "cliea.")) for n in names)
+
+    base = {n: p.detach().clone() for n, p in model.kadap.unet.named_parameters() if ".lora_" not in n}
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
+    k, km = knowledge(model, 4)
+    y = torch.tensor([0, 1, 2, 3])
+    model.train()
+    for _ in range(2):  # LoRA B is zero at the start: A gets gradient from the second step on
+        out = model(torch.rand(4, 3, 64, 64), k, km)
+        loss, _ = total_loss(model.config, out, y, model.cliea_scores(out.features, k, km))
+        opt.zero_grad()
+        loss.backward()
+        for n, p in model.named_parameters():
+            if not p.requires_grad:
+                assert p.grad is None, n
+        opt.step()
+    lora_grads = [p.grad for n, p in model.named_parameters() if ".lora_" in n]
+    assert all(g is not None and g.abs().sum() > 0 for g in lora_grads)
+    assert all(p.grad is not None for n, p in model.named_parameters() if n.startswith(("fpn.", "head.")))
+    after = dict(model.kadap.unet.named_parameters())
+    assert all(torch.equal(base[n], after[n]) for n in base)
+    assert any(after[n].abs().sum() > 0 for n in after if "lora_B" in n)
+
+
+@pytest.mark.parametrize(
+    ("mode", "expect"),
+    [
+        ("frozen", lambda n: False),
+        ("kv", lambda n: ".attn2.to_k." in n or ".attn2.to_v." in n),
+        ("full", lambda n: True),
+    ],
+)
+def test_finetune_modes(foundation, mode, expect):
+    model = make(foundation, perception={"finetune": mode})
+    for n, p in model.kadap.unet.named_parameters():
+        assert p.requires_grad == expect(n), n
+        assert ".lora_" not in n
+    assert not any(p.requires_grad for p in model.kadap.vae.parameters())
+    assert not any(p.requires_grad for p in model.text_encoder.parameters())
+    assert all(p.requires_grad for p in model.head.parameters())
+
+
+def test_linear_head_and_no_knowledge_ablations(foundation):
+    model = make(foundation, head={"classifier": "linear", "use_knowledge": False}).eval()
+    k, km = knowledge(model, 2)
+    out = model(torch.rand(2, 3, 64, 64), k, km)
+    assert out.logits.shape == (2, 7) and out.router_probs is None and float(out.balance_loss) == 0.0
+
+
+def test_save_load_round_trip_holds_only_trained_tensors(foundation, tmp_path):
+    model = make(foundation)
+    randomise_lora(model)
+    with torch.no_grad():
+        for p in model.head.parameters():
+            p.add_(0.1)
+    model.eval()
+    k, km = knowledge(model, 4)
+    x = torch.rand(4, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x, k, km)
+        ref_scores = model.cliea_scores(ref.features, k, km)
+    model.save_pretrained(tmp_path / "ckpt")
+    assert KCDPConfig.load(tmp_path / "ckpt") == model.config
+    state = load_file(str(tmp_path / "ckpt" / "model.safetensors"))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(state) == trainable
+    assert not any(n.startswith(("text_encoder.", "image_encoder.", "kadap.vae.")) for n in state)
+    assert all(".lora_" in n for n in state if n.startswith("kadap."))
+
+    loaded = KCDPModel.from_pretrained(tmp_path / "ckpt")
+    with torch.no_grad():
+        out = loaded(x, k, km)
+        scores = loaded.cliea_scores(out.features, k, km)
+    assert torch.equal(out.logits, ref.logits) and torch.equal(out.features, ref.features)
+    assert torch.equal(scores, ref_scores)
+
+    # A checkpoint that does not match its config is refused with the file named.
+    other = make(foundation, perception={"finetune": "kv"})
+    other.save_pretrained(tmp_path / "kv")
+    (tmp_path / "kv" / "config.json").write_text((tmp_path / "ckpt" / "config.json").read_text())
+    with pytest.raises(ValueError, match="model.safetensors"):
+        KCDPModel.from_pretrained(tmp_path / "kv")
+
+
+def test_merge_lora_gives_the_same_output(foundation):
+    model = make(foundation).eval()
+    randomise_lora(model)
+    k, km = knowledge(model, 4)
+    x = torch.rand(4, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x, k, km).logits
+        model.merge_lora()
+        merged = model(x, k, km).logits
+    assert (ref - make(foundation).eval()(x, k, km).logits).abs().max() > 1e-3  # LoRA mattered
+    torch.testing.assert_close(merged, ref, atol=1e-5, rtol=0)
+    kinds = {
+        type(m).__name__
+        for n, m in model.kadap.unet.named_modules()
+        if n.endswith(("attn2.to_k", "attn2.to_v"))
+    }
+    assert kinds == {"Linear"}
+    assert not any(".lora_" in n or "base_layer" in n for n, _ in model.named_parameters())
+
+
+def test_forward_backward_under_two_seconds(foundation):
+    model = make(foundation).train()
+    k, km = knowledge(model, 4)
+    x = torch.rand(4, 3, 64, 64)
+    y = torch.tensor([0, 1, 2, 3])
+
+    def step() -> float:
+        start = time.perf_counter()
+        out = model(x, k, km)
+        loss, _ = total_loss(model.config, out, y, model.cliea_scores(out.features, k, km))
+        loss.backward()
+        return time.perf_counter() - start
+
+    step()  # warm-up
+    times = sorted(step() for _ in range(3))
+    print(f"tiny forward+backward, 4 images at 64 px: median {times[1] * 1000:.1f} ms")
+    assert times[1] < 2.0
+
+
+def test_training_loss_falls_on_separable_task(foundation):
+    """Two classes told apart by colour (knowledge identical for all): 40 steps drive the loss down."""
+    model = make(foundation, labels=("anger", "sadness"))
+    torch.manual_seed(0)
+    n = 16
+    y = torch.arange(n) % 2
+    x = torch.rand(n, 3, 64, 64) * 0.1
+    x[y == 0, 0] += 0.7  # red
+    x[y == 1, 2] += 0.7  # blue
+    k, km = knowledge(model, 1)
+    k, km = k.expand(n, -1, -1), km.expand(n, -1)
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-3)
+    model.train()
+    losses = []
+    for _ in range(40):
+        idx = torch.randperm(n)[:8]
+        out = model(x[idx], k[idx], km[idx])
+        loss, parts = total_loss(model.config, out, y[idx], model.cliea_scores(out.features, k[idx], km[idx]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(parts["loss"])
+        assert set(parts) >= {"ce_s", "ccl", "balance", "loss"}
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.5 * first, (first, last)
+    model.eval()
+    with torch.no_grad():
+        assert (model(x, k, km).logits.argmax(-1) == y).float().mean() == 1.0
+
+
+def test_total_loss_combines_terms(foundation):
+    model = make(foundation, train={"lambda1": 2.0, "lambda2": 0.5, "balance_weight": 0.1}).eval()
+    k, km = knowledge(model, 4)
+    with torch.no_grad():
+        out_s = model(torch.rand(4, 3, 64, 64), k, km)
+        out_t = model(torch.rand(4, 3, 64, 64), k, km)
+        scores = model.cliea_scores(out_s.features, k, km)
+    y = torch.tensor([0, 1, 2, 3])
+    pseudo, keep = torch.tensor([1, 1, 2, 2]), torch.tensor([True, False, True, True])
+    loss, parts = total_loss(model.config, out_s, y, scores, out_t, pseudo, keep)
+    ce = torch.nn.functional.cross_entropy
+    expect = (
+        2.0 * ce(out_s.logits, y)
+        + 0.5 * ce(out_t.logits[keep], pseudo[keep])
+        + ce(scores, y)
+        + 0.1 * (out_s.balance_loss + out_t.balance_loss)
+    )
+    torch.testing.assert_close(loss, expect)
+    assert parts["loss"] == pytest.approx(float(expect), rel=1e-5) and parts["kept_t"] == 0.75
