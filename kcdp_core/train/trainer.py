@@ -45,13 +45,15 @@ STATE_JSON = "train_state.json"
 STATE_TENSORS = "train_state.safetensors"
 METRICS = "metrics.jsonl"
 WEIGHTS = "model.safetensors"
+# Seconds to sleep after each step: lets the crash-safety test kill a run mid-epoch reliably.
+_STEP_SLEEP = float(os.environ.get("KCDP_TRAIN_STEP_SLEEP", "0") or 0)
 
 
 @dataclass
 class TrainResult:
     out: Path
     best_epoch: int
-    best_val_macro_f1: float
+    best_val_macro_f1: float | None
     epochs_run: int
 
 
@@ -205,6 +207,10 @@ class Trainer:
             gradient_accumulation_steps=tc.grad_accum,
             cpu=not torch.cuda.is_available(),
         )
+        # Build (or find) the foundation before seeding: building the tiny one reseeds torch.
+        from kcdp_core.sources import resolve
+
+        resolve(cfg.foundation.vae)
         seed_everything(tc.seed)
         model = KCDPModel.from_config(cfg)
         self.raw_model = model
@@ -281,6 +287,8 @@ class Trainer:
             )
             self.target_loader = None
         self.zeroshot_labels: torch.Tensor | None = None
+        # Whether captions were computed now or read from the cache must not change what follows.
+        seed_everything(tc.seed + 1)
 
     # -- checkpoints ---------------------------------------------------------------------
     def _metrics_path(self) -> Path:
@@ -399,7 +407,7 @@ class Trainer:
         acc, tc, cfg = self.accelerator, self.tc, self.config
         self.global_step = 0
         start_epoch = 0
-        best = {"epoch": -1, "val_macro_f1": -1.0, "val_accuracy": 0.0}
+        best: dict = {"epoch": -1, "score": None, "val_macro_f1": None, "val_accuracy": None}
         if resume and (self.out / STATE_JSON).exists():
             state = self._load_checkpoint()
             start_epoch, self.global_step, best = state["epoch"], state["step"], state["best"]
@@ -484,6 +492,8 @@ class Trainer:
                 row.update({k: round(v, 6) for k, v in parts.items()})
                 self._append_metrics(row)
                 bar.set_postfix(loss=f"{parts['loss']:.3f}")
+                if _STEP_SLEEP:
+                    time.sleep(_STEP_SLEEP)
             bar.close()
             n = max(1, self.steps_per_epoch)
             row = {"kind": "epoch", "epoch": epoch + 1, "step": self.global_step}
@@ -500,12 +510,13 @@ class Trainer:
                 score = m["macro_f1"]
             else:
                 score = -float(row.get("train_loss", 0.0))  # no validation split: lowest training loss
-            improved = score > best["val_macro_f1"]
+            improved = best["epoch"] < 0 or score > best["score"]
             if improved:
                 best = {
                     "epoch": epoch + 1,
-                    "val_macro_f1": score,
-                    "val_accuracy": row.get("val_accuracy", 0.0),
+                    "score": score,
+                    "val_macro_f1": row.get("val_macro_f1"),
+                    "val_accuracy": row.get("val_accuracy"),
                 }
                 if acc.is_main_process:
                     staging = self.out / ".best-staging"
