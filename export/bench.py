@@ -189,20 +189,23 @@ def time_engine(engine: Any, images: list[str], batch: int, count: int) -> dict[
     return {"batch": batch, "images": len(per_image), "images_per_s": len(per_image) / wall, "stages": stats}
 
 
-def cold_start(cmd: list[str], repeats: int = 3) -> dict[str, float]:
+def cold_start(cmd: list[str], repeats: int = 3) -> dict[str, Any]:
     """Process start -> first result line (s, median of repeats) and the process's peak RSS (MiB)."""
     firsts, peaks = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        assert proc.stdout is not None
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stderr is not None
         line = proc.stdout.readline()
         first = time.perf_counter() - t0
         proc.stdout.read()
+        err = proc.stderr.read()
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         if not line.strip():
-            raise SystemExit(f"kcdp-bench: no result from {shlex.join(cmd)} (exit {proc.returncode})")
+            tail = err.strip().splitlines()[-1:] or [""]
+            print(f"kcdp-bench: cold start: no result (exit {proc.returncode}): {tail[0]}", file=sys.stderr)
+            return {"error": f"exit {proc.returncode}: {tail[0]}"}
         firsts.append(first)
         peaks.append(usage.ru_maxrss / 1024.0)  # Linux reports KiB
     return {"first_result_s": statistics.median(firsts), "peak_rss_mib": max(peaks)}
@@ -274,7 +277,9 @@ def markdown(report: dict[str, Any]) -> str:
             )
     lines.append("")
     for name, engine in report["engines"].items():
-        if "cold" in engine:
+        if "cold" in engine and "error" in engine["cold"]:
+            lines.append(f"- {name}: cold start failed ({engine['cold']['error']})")
+        elif "cold" in engine:
             cold = engine["cold"]
             lines.append(f"- {name}: cold start {cold['first_result_s']:.2f} s (process start to first result, median of "
                          f"{report['cold_repeats']}), peak RSS {cold['peak_rss_mib']:.0f} MiB")  # fmt: skip

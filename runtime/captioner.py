@@ -59,8 +59,16 @@ def load_bank(manifest: Manifest) -> tuple[CaptionBank, bool]:
 class RetrievalCaptioner:
     name = "retrieval"
 
-    def __init__(self, session: Any, bank: CaptionBank, top_k: int = 1, bank_triplets: bool = False):
+    def __init__(
+        self,
+        session: Any,
+        bank: CaptionBank,
+        top_k: int = 1,
+        bank_triplets: bool = False,
+        separator: str = CAPTION_JOIN,
+    ):
         self.session = session
+        self.separator = separator
         self.bank = bank
         self.top_k = max(1, min(int(top_k), len(bank)))
         self.bank_triplets = bank_triplets
@@ -74,7 +82,7 @@ class RetrievalCaptioner:
         indices, _ = self.bank.search(self.embed(pixels), self.top_k)  # kcdp_core's search: same ties
         out = []
         for row in indices:
-            text = CAPTION_JOIN.join(self.bank.captions[i] for i in row)
+            text = self.separator.join(self.bank.captions[i] for i in row)
             known = self.bank.triplets[row[0]] if self.bank_triplets and len(row) == 1 else None
             out.append(Caption(text, [tuple(t) for t in known] if known is not None else None))
         return out

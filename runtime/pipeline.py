@@ -29,6 +29,7 @@ from tokenizers import Tokenizer
 from kcdp_core.images import ImageError, load_image, preprocess
 from kcdp_core.knowledge.assemble import assemble_knowledge
 from kcdp_runtime.captioner import (
+    CAPTION_JOIN,
     Caption,
     Captioner,
     GivenCaptioner,
@@ -193,7 +194,8 @@ class Pipeline:
                 raise ModelError(f"{folder}: captioner 'retrieval' needs graphs.image_encoder")
             bank, trusted = load_bank(manifest)
             top_k = int(know.get("retrieval_top_k", 1))
-            captioner = RetrievalCaptioner(sessions["image_encoder"], bank, top_k, bank_triplets=trusted)
+            separator = str(know.get("retrieval_separator", CAPTION_JOIN))
+            captioner = RetrievalCaptioner(sessions["image_encoder"], bank, top_k, trusted, separator)
         elif kind == "instructblip":
             captioner = InstructBlipCaptioner(know.get("instructblip") or {})
         elif kind == "csv":
