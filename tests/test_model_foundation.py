@@ -79,3 +79,16 @@ def test_ensure_tiny_foundation_caches(tmp_path, monkeypatch):
     assert ensure_tiny_foundation() == first
     assert (first / "foundation.json").stat().st_mtime_ns == stamp  # not rebuilt
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [first.name]  # no temp folder left
+
+
+def test_build_leaves_the_callers_random_state_alone(tmp_path):
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    build_tiny_foundation(tmp_path / "f", seed=0)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_scheduler_is_loaded_from_the_foundation(foundation):
+    f = load_foundation(tiny_config(foundation))
+    assert f.scheduler is not None and f.scheduler.config.num_train_timesteps == 1000

@@ -256,3 +256,14 @@ def test_total_loss_combines_terms(foundation):
     )
     torch.testing.assert_close(loss, expect)
     assert parts["loss"] == pytest.approx(float(expect), rel=1e-5) and parts["kept_t"] == 0.75
+
+
+def test_one_pass_is_deterministic_and_noise_is_optional(foundation):
+    x = torch.rand(2, 3, 64, 64)
+    model = make(foundation).eval()
+    k, km = knowledge(model, 2)
+    with torch.no_grad():
+        assert torch.equal(model(x, k, km).logits, model(x, k, km).logits)  # t=1, no noise
+        noisy = make(foundation, perception={"add_noise": True, "timestep": 500}).eval()
+        assert int(noisy.kadap.timestep) == 500
+        assert not torch.equal(noisy(x, k, km).logits, noisy(x, k, km).logits)

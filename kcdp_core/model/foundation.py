@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from safetensors.torch import save_file
 
 from kcdp_core.config import KCDPConfig
@@ -24,7 +24,7 @@ from kcdp_core.model.image_encoder import ImageEncoder, ImageEncoderConfig
 from kcdp_core.sources import resolve
 
 # Bump when the tiny foundation's architecture changes so stale caches are rebuilt.
-TINY_VERSION = "1"
+TINY_VERSION = "2"
 TINY_TEXT_DIM = 32
 TINY_IMAGE_SIZE = 64
 
@@ -119,11 +119,18 @@ def _tiny_vocab() -> dict[str, int]:
 
 def build_tiny_foundation(folder: str | Path, seed: int = 0) -> Path:
     """Write a random, deterministic tiny foundation (64 px, 8x8x4 latent, text dim 32) to `folder`."""
-    from transformers import BertConfig, BertModel, BertTokenizer
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
+    # Seed a forked RNG so building (e.g. on first use inside a training run) leaves the caller's
+    # random state untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        _build_tiny(folder)
+    return folder
+
+
+def _build_tiny(folder: Path) -> None:
+    from transformers import BertConfig, BertModel, BertTokenizer
 
     vae = AutoencoderKL(
         in_channels=3,
@@ -158,6 +165,7 @@ def build_tiny_foundation(folder: str | Path, seed: int = 0) -> Path:
         attention_head_dim=4,
     )
     unet.save_pretrained(folder / "unet")
+    DDPMScheduler(num_train_timesteps=1000).save_pretrained(folder / "scheduler")
 
     vocab = _tiny_vocab()
     tokenizer = BertTokenizer(vocab=vocab, do_lower_case=True, model_max_length=64)
@@ -192,7 +200,6 @@ def build_tiny_foundation(folder: str | Path, seed: int = 0) -> Path:
     (folder / "foundation.json").write_text(
         json.dumps({"kind": "kcdp-foundation", "preset": "tiny", "text_encoder": None}, indent=2) + "\n"
     )
-    return folder
 
 
 def cache_dir() -> Path:
@@ -227,15 +234,19 @@ class Foundation:
     text_encoder: TextEncoder
     image_encoder: ImageEncoder | None
     caption_bank_dir: Path | None
+    # The noise schedule for perception with add_noise (the foundation's scheduler/, else DDPM defaults).
+    scheduler: DDPMScheduler | None = None
 
 
 def load_foundation(cfg: KCDPConfig) -> Foundation:
     """Load the frozen components named by `cfg.foundation` (hub ids, folders or `kcdp:` paths)."""
     f = cfg.foundation
     path, sub = resolve(f.vae)
-    vae = AutoencoderKL.from_pretrained(path, subfolder=sub)
+    # float32 whatever the stored dtype (the committed `mini` foundation may be fp16).
+    vae = AutoencoderKL.from_pretrained(path, subfolder=sub).float()
     path, sub = resolve(f.unet)
-    unet = UNet2DConditionModel.from_pretrained(path, subfolder=sub)
+    unet = UNet2DConditionModel.from_pretrained(path, subfolder=sub).float()
+    scheduler = _load_scheduler(path)
     text_encoder = TextEncoder.from_sources(f.text_encoder, f.tokenizer, cfg.knowledge.text_length)
     image_encoder = None
     caption_bank_dir = None
@@ -251,4 +262,16 @@ def load_foundation(cfg: KCDPConfig) -> Foundation:
         )
     for module in (vae, unet):
         module.eval().requires_grad_(False)
-    return Foundation(vae, unet, text_encoder, image_encoder, caption_bank_dir)
+    return Foundation(vae, unet, text_encoder, image_encoder, caption_bank_dir, scheduler)
+
+
+def _load_scheduler(path: str) -> DDPMScheduler | None:
+    """The scheduler/ next to the UNet, read as DDPM (only its noise schedule is used); None if none."""
+    if Path(path).is_dir():
+        if not (Path(path) / "scheduler" / "scheduler_config.json").exists():
+            return None
+        return DDPMScheduler.from_pretrained(path, subfolder="scheduler")
+    try:  # a hub id (sd15): its scheduler when the hub or a local HF cache has it
+        return DDPMScheduler.from_pretrained(path, subfolder="scheduler")
+    except (OSError, ValueError):
+        return None

@@ -69,7 +69,7 @@ class KCDPModel(nn.Module):
         elif p.finetune not in ("frozen", "kv", "full"):
             raise ValueError(f"unknown finetune mode {p.finetune!r} (frozen, kv, lora, full)")
 
-        self.kadap = KADAP(vae, unet, p, knowledge_tokens)
+        self.kadap = KADAP(vae, unet, p, knowledge_tokens, foundation.scheduler)
         self.fpn = FPN(self.kadap.channels, p.fpn_dim, p.feature_dim)
         self.head = PredictionHead(config.head, p.feature_dim, text_dim, len(self.labels))
         self.cliea: CLIEA | None = None
