@@ -8,6 +8,8 @@ of a chunk; an image that cannot be read gets an error entry and leaves the rest
 The knowledge k of an image depends only on its caption, and a retrieval captioner only ever
 returns bank captions, so k is memoised per caption text (LRU, `knowledge_cache_size`): after
 warm-up the parser and the text encoder cost nothing. Set the size to 0 to time them every call.
+Parsed captions also persist on disk (kcdp_runtime.parsed_captions), so a new process loads spaCy
+only for a caption never parsed before (unless the bank carries its triplets already).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from kcdp_runtime.captioner import (
     load_bank,
 )
 from kcdp_runtime.manifest import Manifest, ModelError, load_manifest
+from kcdp_runtime.parsed_captions import ParsedCaptions
 from kcdp_runtime.sessions import SessionConfig, create_session, describe
 
 log = logging.getLogger("kcdp_runtime")
@@ -144,6 +147,7 @@ class Pipeline:
         captioner: Captioner,
         session_config: SessionConfig,
         knowledge_cache_size: int = 4096,
+        parse_cache: bool = True,
     ):
         self.manifest = manifest
         self.sessions = sessions
@@ -163,6 +167,13 @@ class Pipeline:
         self.knowledge_cache_size = knowledge_cache_size
         self._knowledge_cache: OrderedDict[str, _Knowledge] = OrderedDict()
         self._parser: Any = None
+        # Parsed bank captions persist across processes (keyed by parser version): no spaCy at cold start.
+        parser_version = (know.get("parser") or {}).get("version")
+        self.parsed_captions = (
+            ParsedCaptions(f"{parser_version}-{self.parser_model}")
+            if parse_cache and parser_version
+            else None
+        )
         perception = sessions["perception"]
         self._perception_inputs = {i.name: _NP_TYPES.get(i.type, np.float32) for i in perception.get_inputs()}
         self._perception_outputs = [o.name for o in perception.get_outputs()]
@@ -176,6 +187,7 @@ class Pipeline:
         session_config: SessionConfig | None = None,
         verify: Literal["sha256", "presence", "none"] = "sha256",
         knowledge_cache_size: int = 4096,
+        parse_cache: bool = True,
     ) -> Pipeline:
         """Load an export folder (manifest.json + ONNX graphs); see kcdp_runtime.manifest for checks."""
         config = session_config or SessionConfig()
@@ -202,7 +214,7 @@ class Pipeline:
             captioner = GivenCaptioner()
         else:
             raise ModelError(f"{folder}: unknown captioner {kind!r} in manifest.json")
-        pipe = cls(manifest, sessions, text, captioner, config, knowledge_cache_size)
+        pipe = cls(manifest, sessions, text, captioner, config, knowledge_cache_size, parse_cache)
         log.info("%s: %s", manifest.folder.name, pipe.provider_line)
         return pipe
 
@@ -282,9 +294,20 @@ class Pipeline:
         t0 = time.perf_counter()
         triplets: dict[str, list[Triplet]] = {}
         unparsed = [text for text, cap in todo.items() if cap.triplets is None and self.use_triplets]
+        if unparsed and self.parsed_captions is not None:
+            for text in unparsed:
+                known = self.parsed_captions.get(text)
+                if known is not None:
+                    triplets[text] = known
+            unparsed = [text for text in unparsed if text not in triplets]
         if unparsed:
-            for text, parsed in zip(unparsed, self.parser.parse_many(unparsed), strict=True):
-                triplets[text] = [tuple(t) for t in parsed]
+            fresh = {
+                t: [tuple(x) for x in p]
+                for t, p in zip(unparsed, self.parser.parse_many(unparsed), strict=True)
+            }
+            triplets.update(fresh)
+            if self.parsed_captions is not None:
+                self.parsed_captions.put_many(fresh)
         for text, cap in todo.items():
             if not self.use_triplets:
                 triplets[text] = []

@@ -112,3 +112,14 @@ def test_providers_fall_back_to_cpu(export):
     pipe = Pipeline.from_pretrained(export, session_config=SessionConfig(providers=["tensorrt", "cuda"]))
     assert all(s.get_providers()[0] == "CPUExecutionProvider" for s in pipe.sessions.values())
     assert pipe.provider_line.startswith("execution provider: cpu")
+
+
+def test_parsed_captions_persist_so_a_new_process_needs_no_spacy(export, tmp_path, monkeypatch):
+    monkeypatch.setenv("KCDP_CACHE", str(tmp_path / "cache"))
+    first = Pipeline.from_pretrained(export)
+    out = first.run([_img(RED)], captions=["a neutral face"])[0]
+    assert first._parser is not None  # parsed with spaCy
+    second = Pipeline.from_pretrained(export)
+    assert second.run([_img(RED)], captions=["a neutral face"])[0]["triplets"] == out["triplets"]
+    assert second._parser is None  # read from the disk memo: spaCy never loaded
+    assert (tmp_path / "cache" / "parsed_captions").is_dir()

@@ -1,0 +1,63 @@
+"""A persistent memo of parsed captions: caption text -> triplets, one JSONL file per parser version.
+
+spaCy's import and model load cost 1-4 s (far more on a loaded machine), the largest part of a
+cold start. A retrieval captioner only ever returns bank captions, so once a caption has been
+parsed, later processes read its triplets from this file and never load spaCy. (An export whose
+bank already carries triplets from the same parser version, caption_bank.triplets_parser in the
+manifest, needs no parsing at all.) Lines are appended with one write each, so concurrent
+processes at worst parse a caption twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+Triplet = tuple[str, str, str]
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("KCDP_CACHE") or Path.home() / ".cache" / "kcdp")
+
+
+class ParsedCaptions:
+    def __init__(self, parser_id: str, folder: Path | None = None):
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", parser_id)
+        self.path = (folder or cache_root() / "parsed_captions") / f"{safe}.jsonl"
+        self.entries: dict[str, list[Triplet]] = {}
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            return
+        for line in lines:
+            try:
+                row = json.loads(line)
+                self.entries[str(row["caption"])] = [tuple(t) for t in row["triplets"]]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # a torn last line from a killed process: skip it
+
+    def get(self, text: str) -> list[Triplet] | None:
+        return self.entries.get(text)
+
+    def put_many(self, parsed: dict[str, list[Triplet]]) -> None:
+        fresh = {t: v for t, v in parsed.items() if t not in self.entries}
+        if not fresh:
+            return
+        self.entries.update(fresh)
+        data = "".join(
+            json.dumps({"caption": t, "triplets": [list(x) for x in v]}) + "\n" for t, v in fresh.items()
+        )
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                os.write(fd, data.encode("utf-8"))
+            finally:
+                os.close(fd)
+        except OSError:
+            pass  # a read-only home: the memo only saves time
