@@ -428,8 +428,12 @@ class Trainer:
         device = acc.device
         for epoch in range(start_epoch, tc.epochs):
             t0 = time.time()
-            for obj in (self.train_ds, self.sampler, self.target_sampler, getattr(self, "target_ds", None)):
-                if obj is not None:
+            # accelerate's loaders keep their own epoch counter (reset on resume): set it explicitly.
+            for obj in (
+                self.train_loader, self.target_loader, self.train_ds, self.sampler, self.target_sampler,
+                getattr(self, "target_ds", None),
+            ):  # fmt: skip
+                if obj is not None and hasattr(obj, "set_epoch"):
                     obj.set_epoch(epoch)
             epoch_labels = None
             if tc.setting == "da":
