@@ -1,0 +1,31 @@
+"""The caption bank of the retrieval captioner (MODEL_API.md): captions.jsonl + embeddings.safetensors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def write_caption_bank(folder: str | Path, captions: list[str], embeddings: torch.Tensor) -> Path:
+    """One {"caption"} per line and float32 [N, D] L2-normalised embeddings in the same order."""
+    if len(captions) != embeddings.shape[0]:
+        raise ValueError(f"{len(captions)} captions but {embeddings.shape[0]} embeddings")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "captions.jsonl").open("w") as f:
+        for caption in captions:
+            f.write(json.dumps({"caption": caption}, ensure_ascii=False) + "\n")
+    emb = torch.nn.functional.normalize(embeddings.float(), dim=-1).contiguous()
+    save_file({"embeddings": emb}, str(folder / "embeddings.safetensors"))
+    return folder
+
+
+def read_caption_bank(folder: str | Path) -> tuple[list[str], torch.Tensor]:
+    folder = Path(folder)
+    captions = [
+        json.loads(ln)["caption"] for ln in (folder / "captions.jsonl").read_text().splitlines() if ln
+    ]
+    return captions, load_file(str(folder / "embeddings.safetensors"))["embeddings"]

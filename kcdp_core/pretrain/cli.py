@@ -1,0 +1,124 @@
+"""kcdp-pretrain: build (or resume) the `mini` foundation, and evaluate it.
+
+    kcdp-pretrain run  --data DATA --work RUN [--out FOLDER] [--stages encoder,vae,unet,bank]
+                       [--encoder-minutes 20 --vae-minutes 10 --unet-minutes 15] [--encoder-steps N ...]
+    kcdp-pretrain eval --data DATA --work RUN [--out FOLDER] [--json FILE] [--figures DIR]
+
+DATA is the output of `kcdp-data emoji` (corpus/captions.jsonl, domains/). Rerunning `run` after an
+interruption (even kill -9) resumes every stage from its last checkpoint; finished stages are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "assets" / "foundation" / "mini"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kcdp-pretrain", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in ("run", "eval"):
+        s = sub.add_parser(name)
+        s.add_argument("--data", required=True, help="kcdp-data emoji output folder")
+        s.add_argument("--work", required=True, help="run folder: checkpoints, loss logs, caches")
+        s.add_argument("--out", default=str(DEFAULT_OUT), help=f"foundation folder (default {DEFAULT_OUT})")
+        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--limit", type=int, default=None, help="use the first N corpus lines (smoke runs)")
+        s.add_argument("--heldout-fraction", type=float, default=0.05)
+        s.add_argument(
+            "--threads",
+            type=int,
+            default=1,
+            help="torch threads (1 is fastest on a shared, busy CPU: measured)",
+        )
+        s.add_argument("--small", action="store_true", help="tiny models (smoke tests, fixture corpora)")
+        if name == "run":
+            s.add_argument("--stages", default="encoder,vae,unet,bank")
+            for stage, minutes in (("encoder", 20.0), ("vae", 10.0), ("unet", 15.0)):
+                s.add_argument(
+                    f"--{stage}-minutes", type=float, default=minutes, help="time budget (0: use steps)"
+                )
+                s.add_argument(f"--{stage}-steps", type=int, default=None, help="maximum steps")
+                s.add_argument(f"--{stage}-batch-size", type=int, default=None)
+            s.add_argument("--checkpoint-seconds", type=float, default=120.0)
+        else:
+            s.add_argument("--json", default=None, help="write the metrics here")
+            s.add_argument(
+                "--figures", default=None, help="write mini_samples.png and mini_vae_recon.png here"
+            )
+    return p
+
+
+def _recipe(args: argparse.Namespace):
+    from kcdp_core.pretrain.recipe import Recipe
+
+    recipe = Recipe(
+        data=args.data,
+        work=args.work,
+        out=args.out,
+        seed=args.seed,
+        limit=args.limit,
+        heldout_fraction=args.heldout_fraction,
+    )
+    if args.small:
+        recipe.encoder.backbone = "tiny_cnn"
+        recipe.encoder.pretrained_backbone = False
+        recipe.encoder.hidden_dim = 64
+        recipe.vae.block_out_channels = (8, 16, 16, 16)
+        recipe.vae.norm_num_groups = 4
+        recipe.unet.block_out_channels = (16, 16, 32)
+        recipe.unet.norm_num_groups = 8
+        recipe.unet.attention_head_dim = 4
+    for name, opts in (("encoder", recipe.encoder), ("vae", recipe.vae), ("unet", recipe.unet)):
+        opts.stage.seed = args.seed
+        if args.command != "run":
+            continue
+        minutes = getattr(args, f"{name}_minutes")
+        steps = getattr(args, f"{name}_steps")
+        batch = getattr(args, f"{name}_batch_size")
+        opts.stage.budget_minutes = minutes if minutes and minutes > 0 else None
+        if steps is not None:
+            opts.stage.max_steps = steps
+        if batch is not None:
+            opts.batch_size = batch
+        opts.stage.checkpoint_seconds = args.checkpoint_seconds
+        opts.stage.warmup_steps = min(opts.stage.warmup_steps, max(1, opts.stage.max_steps // 10))
+    return recipe
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    recipe = _recipe(args)
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
+    from kcdp_core.pretrain import recipe as recipe_mod
+
+    try:
+        if args.command == "run":
+            stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+            unknown = set(stages) - set(recipe_mod.STAGES)
+            if unknown:
+                print(f"kcdp-pretrain: unknown stage(s) {sorted(unknown)}", file=sys.stderr)
+                return 2
+            summary = recipe_mod.run(recipe, stages)
+            print(json.dumps(summary, indent=2))
+            return 0
+        result = recipe_mod.evaluate(recipe, figures=args.figures)
+        text = json.dumps(result, indent=2)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(text + "\n")
+        print(text)
+        return 0
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"kcdp-pretrain: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
