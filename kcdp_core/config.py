@@ -265,7 +265,10 @@ def mini(labels: tuple[str, ...] = EMOJI7) -> KCDPConfig:
             image_size=64,
         ),
         knowledge=KnowledgeConfig(captioner="retrieval", retrieval_top_k=1, text_length=16),
-        perception=PerceptionConfig(fpn_dim=64, feature_dim=128, lora_rank=8, lora_alpha=8.0),
+        # The mini UNet (kcdp-pretrain) has three up blocks, all with cross-attention (8x8 latent: 2, 4, 8).
+        perception=PerceptionConfig(
+            fpn_dim=64, feature_dim=128, lora_rank=8, lora_alpha=8.0, feature_levels=(0, 1, 2)
+        ),
         head=HeadConfig(fused_dim=128, expert_hidden=128),
         cliea=CLIEAConfig(dim=128, num_heads=4),
         train=TrainConfig(lr=1e-4, epochs=10, batch_size=16),
