@@ -1,0 +1,74 @@
+"""The runtime on a REAL export (tiny KCDP model -> kcdp-export) against the same model in PyTorch eager.
+
+Slow (builds a tiny checkpoint and exports it with parity checks): marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    pytest.importorskip("torch")
+    exporter = pytest.importorskip("kcdp_export.exporter")
+    from kcdp_core.config import tiny
+    from kcdp_core.model.foundation import build_tiny_foundation
+    from kcdp_core.model.kcdp import KCDPModel
+
+    root = tmp_path_factory.mktemp("real")
+    foundation = build_tiny_foundation(root / "foundation")
+    KCDPModel.from_config(tiny(foundation=str(foundation))).save_pretrained(root / "ckpt")
+    exporter.export_checkpoint(root / "ckpt", root / "export")
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(6):
+        path = root / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 255, (40 + 4 * i, 48, 3), dtype=np.uint8)).save(path)
+        images.append(str(path))
+    return root, images
+
+
+def test_runtime_matches_pytorch_eager(real, monkeypatch, tmp_path):
+    monkeypatch.setenv("KCDP_CACHE", str(tmp_path))
+    from kcdp_export.bench import EagerPipeline
+    from kcdp_runtime.pipeline import Pipeline
+
+    root, images = real
+    onnx = Pipeline.from_pretrained(root / "export").run(images, batch_size=4)
+    eager = EagerPipeline(root / "ckpt").run(images, batch_size=4)
+    for a, b in zip(onnx, eager, strict=True):
+        assert a["caption"] == b["caption"] and a["triplets"] == b["triplets"]
+        assert a["label"] == b["label"]
+        diff = max(abs(a["scores"][k] - b["scores"][k]) for k in a["scores"])
+        assert diff < 1e-4, diff
+
+
+NO_TORCH = (
+    "import sys; sys.modules['torch'] = None; from kcdp_runtime.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+def test_kcdp_infer_on_a_real_export_without_torch(real, tmp_path):
+    root, images = real
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, *images[:2], str(Path(images[0]).parent / "missing.png"),
+         "--model", str(root / "export"), "--json"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "KCDP_CACHE": str(tmp_path)},
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    lines = [json.loads(x) for x in proc.stdout.splitlines()]
+    assert [set(x) for x in lines[:2]] == [
+        {"image", "label", "scores", "caption", "triplets", "latency_ms"}
+    ] * 2
+    assert "no such file" in lines[2]["error"]
