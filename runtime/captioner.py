@@ -101,31 +101,41 @@ class GivenCaptioner:
 
 
 class InstructBlipCaptioner:
-    """sd15: InstructBLIP via transformers (a GPU-sized model; the only non-ONNX stage)."""
+    """sd15: InstructBLIP, the training code's own captioner (kcdp_core.knowledge.captioners) on
+    transformers: the one stage that needs torch, imported only when such an export is loaded."""
 
     name = "instructblip"
 
     def __init__(self, spec: dict[str, Any]):
-        try:
-            from transformers import InstructBlipForConditionalGeneration, InstructBlipProcessor
-        except ImportError:
+        import importlib.util
+
+        missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
+        if missing:
             raise ModelError(
-                "this export captions with InstructBLIP (preset sd15), which runs in transformers: "
-                "install it with `pip install kcdp[train]` (it needs torch), or export a `mini` model"
-            ) from None
-        source = spec.get("source") or spec.get("path") or "Salesforce/instructblip-flan-t5-xl"
-        self.processor = InstructBlipProcessor.from_pretrained(source)
-        self.model = InstructBlipForConditionalGeneration.from_pretrained(source).eval()
-        self.prompt = spec.get("prompt", "")
-        self.generate_kwargs = {
-            k: spec[k]
+                "this export captions with InstructBLIP (preset sd15), a transformers stage: "
+                f"{' and '.join(missing)} not installed. Install them (`pip install 'kcdp[train]'`), "
+                "or use a `mini` export, which runs without torch"
+            )
+        from kcdp_core.config import KnowledgeConfig, Source
+        from kcdp_core.knowledge.captioners import InstructBLIPCaptioner
+
+        # manifest: {"source": {"path", "subfolder"} or a str, "prompt", "generation": {...}}
+        source = spec.get("source") or "Salesforce/instructblip-flan-t5-xl"
+        src = (
+            Source(source["path"], source.get("subfolder"))
+            if isinstance(source, dict)
+            else Source(str(source))
+        )
+        gen = dict(spec.get("generation") or {})
+        fields = {
+            k: gen[k]
             for k in ("num_beams", "repetition_penalty", "min_new_tokens", "max_new_tokens")
-            if k in spec
+            if k in gen
         }
+        knowledge = KnowledgeConfig(
+            captioner="instructblip", **({"prompt": spec["prompt"]} if "prompt" in spec else {}), **fields
+        )
+        self.captioner = InstructBLIPCaptioner.from_pretrained(src, knowledge)
 
     def caption(self, images: Sequence[Image.Image], pixels: np.ndarray) -> list[Caption]:
-        inputs = self.processor(images=list(images), text=[self.prompt] * len(images), return_tensors="pt")
-        inputs = inputs.to(self.model.device)
-        ids = self.model.generate(**inputs, **self.generate_kwargs)
-        texts = self.processor.batch_decode(ids, skip_special_tokens=True)
-        return [Caption(t.strip()) for t in texts]
+        return [Caption(text) for text in self.captioner(list(images))]

@@ -151,3 +151,24 @@ def test_console_script(export, images):
     )
     assert proc.returncode == 0, proc.stderr
     assert _lines(proc.stdout)[0]["label"] == "anger" and proc.stderr == ""
+
+
+def test_sd15_export_without_torch_says_what_to_install(export, images, tmp_path):
+    """An InstructBLIP (sd15) export needs transformers + torch for its captioner: a clear exit 2."""
+    import shutil
+
+    sd15 = tmp_path / "sd15"
+    shutil.copytree(export, sd15)
+    manifest = json.loads((sd15 / "manifest.json").read_text())
+    manifest["knowledge"]["captioner"] = "instructblip"
+    manifest["knowledge"]["instructblip"] = {
+        "source": {"path": "Salesforce/instructblip-flan-t5-xl", "subfolder": None}
+    }
+    (sd15 / "manifest.json").write_text(json.dumps(manifest))
+    _, good = images
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, str(good["plain_red"][0]), "--model", str(sd15)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "InstructBLIP" in proc.stderr and "torch not installed" in proc.stderr
