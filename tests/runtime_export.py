@@ -18,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from safetensors.numpy import save_file
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
+from kcdp_core.knowledge.triplets import PARSER_VERSION
 from kcdp_core.labels import EMOJI7
 
 SIZE = 16  # image size of the fake export
@@ -194,10 +195,10 @@ def build_fake_export(folder: str | Path, seed: int = 0) -> Path:
         "preprocessing": {"image_size": SIZE, "resize_filter": "bicubic", "pixel_range": [0, 1],
                           "layout": "NCHW", "pad_to_square": "white", "alpha": "composite on white"},
         "knowledge": {"captioner": "retrieval", "text_length": LENGTH, "max_triplets": 4, "retrieval_top_k": 1,
-                      "parser": {"model": "en_core_web_sm", "version": "spacy-rules-1"}},
+                      "parser": {"model": "en_core_web_sm", "version": PARSER_VERSION}},
         "tokenizer": {"folder": "tokenizer", "file": "tokenizer/tokenizer.json", "max_length": LENGTH},
         "caption_bank": {"captions": "caption_bank/captions.jsonl",
-                         "embeddings": "caption_bank/embeddings.safetensors", "triplets_parser": "spacy-rules-1"},
+                         "embeddings": "caption_bank/embeddings.safetensors", "triplets_parser": PARSER_VERSION},
         "graphs": graphs,
         "files": files,
     }  # fmt: skip
