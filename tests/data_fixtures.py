@@ -73,8 +73,13 @@ def make_tgz(path: Path, files: dict[str, bytes | str]) -> Path:
     return path
 
 
-def build_fixture_cache(cache: Path) -> tuple[dict[str, NpmPackage], dict[str, DomainSource]]:
-    """Write fixture tarballs into cache under npm's names; return matching package/source tables."""
+def build_fixture_cache(
+    cache: Path, *, broken: bool = False
+) -> tuple[dict[str, NpmPackage], dict[str, DomainSource]]:
+    """Write fixture tarballs into cache under npm's names; return matching package/source tables.
+
+    broken=True adds a corrupt PNG (dog, rast) and a blank SVG (thumbs up, vec).
+    """
     cache.mkdir(parents=True, exist_ok=True)
     contents: dict[str, tuple[dict[str, bytes | str], bool]] = {
         "emojibase-data": (
@@ -132,6 +137,11 @@ def build_fixture_cache(cache: Path) -> tuple[dict[str, NpmPackage], dict[str, D
             True,
         ),
     }
+    if broken:
+        contents["raster-open"][0]["package/img/x/64/1f436.png"] = b"\x89PNG junk"
+        contents["svg-open"][0]["package/color/svg/1F44D.svg"] = (
+            '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 8 8"/>'
+        )
     packages: dict[str, NpmPackage] = {}
     for name, (files, open_licence) in contents.items():
         pkg = NpmPackage(name, "1.0.0", "", "fixture licence", open_licence)

@@ -230,3 +230,26 @@ def test_missing_svg_renderer_is_a_clear_error(tmp_path, monkeypatch):
         log=lambda s: None,
     )
     assert res.domain_counts == {"rast": 3}
+
+
+def test_bad_drawings_are_reported_and_the_rest_builds(tmp_path):
+    packages, sources = build_fixture_cache(tmp_path / "cache", broken=True)
+    kw = dict(
+        cache_dir=tmp_path / "cache",
+        offline=True,
+        packages=packages,
+        sources=sources,
+        label_key=KEY,
+        workers=1,
+        log=lambda s: None,
+    )
+    res = build_emoji(tmp_path / "o", size=32, **kw)
+    # The corrupt PNG is an error naming the file; the blank SVG is a skip; all else is built.
+    assert len(res.errors) == 1 and "rast package/img/x/64/1f436.png" in res.errors[0]
+    assert res.skipped == ["vec package/color/svg/1F44D.svg: empty drawing (fully transparent)"]
+    assert res.domain_counts == {"rast": 3, "closed": 4, "vec": 2, "icons": 2}
+    assert res.corpus_counts == {"rast": 2, "vec": 2, "icons": 3}
+    # The domain with an error is not stamped (retried next run); the skip is remembered.
+    res2 = build_emoji(tmp_path / "o", size=32, **kw)
+    assert "rast" not in res2.reused and "vec" in res2.reused
+    assert res2.skipped == res.skipped and len(res2.errors) == 1

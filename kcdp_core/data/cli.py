@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"corpus: {res.corpus_size} captioned images from {len(res.corpus_counts)} domains")
     if res.reused:
         print(f"reused from the previous build: {', '.join(res.reused)}")
+    for skip in res.skipped:
+        print(f"skipped: {skip}")
     for err in res.errors:
         print(f"error: {err}", file=sys.stderr)
     print(f"built {args.out} in {time.perf_counter() - t0:.1f} s")

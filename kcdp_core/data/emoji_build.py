@@ -32,7 +32,7 @@ from pathlib import Path
 
 from kcdp_core.data.emoji_catalog import EmojiCatalog, load_catalog
 from kcdp_core.data.emoji_key import KeyEmoji, load_label_key
-from kcdp_core.data.emoji_render import render_job
+from kcdp_core.data.emoji_render import EMPTY_DRAWING, render_job
 from kcdp_core.data.emoji_sources import DOMAINS, FAMILIES, DomainSource, read_drawings
 from kcdp_core.data.npm_cache import fetch_package
 from kcdp_core.data.packages import CATALOG_PACKAGES, PACKAGES, NpmPackage
@@ -49,6 +49,7 @@ class BuildResult:
     corpus_counts: dict[str, int] = field(default_factory=dict)
     missing: dict[str, list[str]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # blank upstream drawings, left out
     reused: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -69,8 +70,8 @@ def _stamp(source: DomainSource, pkg: NpmPackage, size: int, corpus: bool, key: 
     }
 
 
-def _load_stamped(path: Path, stamp: dict, out: Path) -> list[dict] | None:
-    """The records of a previous build of this domain if its inputs match and its files exist."""
+def _load_stamped(path: Path, stamp: dict, out: Path) -> dict | None:
+    """A previous build of this domain (records, skipped) if its inputs match and its files exist."""
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -80,7 +81,7 @@ def _load_stamped(path: Path, stamp: dict, out: Path) -> list[dict] | None:
     records = saved.get("records", [])
     if not all((out / r["path"]).is_file() for r in records):
         return None
-    return records
+    return saved
 
 
 def _run_jobs(jobs: list[tuple], workers: int) -> list[tuple[str, str | None]]:
@@ -143,6 +144,8 @@ def _build_domain(
         err = failed.get(str(out / rec["path"]))
         if err is None:
             kept.append(rec)
+        elif err == EMPTY_DRAWING:
+            result.skipped.append(f"{source.domain} {rec['member']}: {err}")
         else:
             result.errors.append(f"{source.domain} {rec['member']}: {err}")
     return kept
@@ -231,15 +234,23 @@ def build_emoji(
         in_corpus = corpus and pkg.open_licence
         stamp = _stamp(source, pkg, size, in_corpus, key)
         stamp_path = stamps / f"{d}.json"
-        recs = _load_stamped(stamp_path, stamp, out)
-        if recs is not None:
+        saved = _load_stamped(stamp_path, stamp, out)
+        if saved is not None:
             result.reused.append(d)
+            recs = saved["records"]
+            result.skipped.extend(saved.get("skipped", []))
         else:
             td = time.perf_counter()
+            n_skipped, n_errors = len(result.skipped), len(result.errors)
             recs = _build_domain(
                 source, pkg, tarballs[source.package], catalog, key, out, size, in_corpus, workers, result
             )
-            stamp_path.write_text(json.dumps({"stamp": stamp, "records": recs}))
+            if len(result.errors) == n_errors:  # a domain with failed images is rebuilt next time
+                stamp_path.write_text(
+                    json.dumps({"stamp": stamp, "records": recs, "skipped": result.skipped[n_skipped:]})
+                )
+            else:
+                stamp_path.unlink(missing_ok=True)
             log(f"kcdp-data: {d}: {len(recs)} images in {time.perf_counter() - td:.1f} s")
         records.extend(recs)
         have = {r["codepoint"] for r in recs if r["part"] == "domain"}
@@ -262,6 +273,7 @@ def build_emoji(
         "corpus": result.corpus_counts,
         "corpus_total": result.corpus_size,
         "errors": result.errors,
+        "skipped": result.skipped,
         "reused": result.reused,
         "seconds": round(result.seconds, 1),
     }

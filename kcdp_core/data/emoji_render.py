@@ -13,6 +13,9 @@ from pathlib import Path
 from PIL import Image
 
 ALPHA_THRESHOLD = 8  # ignore near-transparent halo/shadow pixels when finding the drawing
+# What render_to_file returns for a drawing with nothing opaque in it: upstream art that is blank
+# when rendered (a skip, reported as such, not an error of the build).
+EMPTY_DRAWING = "empty drawing (fully transparent)"
 
 
 class RenderError(ValueError):
@@ -45,7 +48,7 @@ def to_square(img: Image.Image, size: int) -> Image.Image:
     alpha = rgba.getchannel("A").point(lambda a: 255 if a > ALPHA_THRESHOLD else 0)
     box = alpha.getbbox()
     if box is None:
-        raise RenderError("the drawing is empty (fully transparent)")
+        raise RenderError(EMPTY_DRAWING)
     rgba = rgba.crop(box)
     w, h = rgba.size
     scale = size / max(w, h)
@@ -75,6 +78,8 @@ def render_to_file(kind: str, payload: bytes | str, out_path: str, size: int) ->
         out.save(tmp, format="PNG")
         tmp.replace(path)  # a killed build never leaves a truncated PNG under the final name
         return None
+    except RenderError as e:
+        return str(e) if str(e) == EMPTY_DRAWING else f"RenderError: {e}"
     except Exception as e:  # noqa: BLE001 - one bad drawing must not stop the batch; reported by caller
         return f"{type(e).__name__}: {e}"
 
