@@ -1,0 +1,111 @@
+"""The recipe of the embedded default model (`kcdp-infer` with no --model).
+
+    python -m kcdp_core.train.default_model --data /work/data/emoji
+
+`mini` KCDP in the UC setting on every openly licensed style of the emoji benchmark pooled
+(Twemoji, OpenMoji colour + black, Noto v1, EmojiOne v1 + monotone, the four Fluent styles); the
+proprietary styles (Apple, Facebook, JoyPixels, EmojiOne 4) are never used. The checkpoint is
+selected on a stratified validation split of that same pooled source (macro-F1). Only the trained
+tensors (LoRA, FPN, head, CLIEA) and config.json are copied into kcdp_core/assets/default_model/,
+the foundation is referenced as `kcdp:foundation/mini`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import shutil
+import sys
+from pathlib import Path
+
+OPEN_DOMAINS: dict[str, str] = {
+    "twitter": "CC-BY-4.0 (Twemoji)",
+    "openmoji": "CC-BY-SA-4.0 (OpenMoji)",
+    "openmoji_black": "CC-BY-SA-4.0 (OpenMoji)",
+    "noto_v1": "Apache-2.0 (Noto Emoji, old design)",
+    "emojione_v1": "CC-BY-SA-4.0 (EmojiOne v1)",
+    "emojione_mono": "CC-BY-4.0 (EmojiOne monotone)",
+    "fluent_color": "MIT (Microsoft Fluent Emoji)",
+    "fluent_flat": "MIT (Microsoft Fluent Emoji)",
+    "fluent_mono": "MIT (Microsoft Fluent Emoji)",
+    "fluent3d": "MIT (Microsoft Fluent Emoji)",
+}
+ASSET = Path(__file__).resolve().parent.parent / "assets" / "default_model"
+
+
+def open_manifest(data: Path, out: Path) -> tuple[Path, dict[str, int]]:
+    rows, counts = [], {}
+    for domain in OPEN_DOMAINS:
+        folder = data / "domains" / domain
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: missing (build it with `kcdp-data emoji --out {data}`)")
+        images = sorted(folder.rglob("*.png"))
+        counts[domain] = len(images)
+        rows += [(str(p), p.parent.name) for p in images]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label"])
+        writer.writerows(rows)
+    return out, counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="/work/data/emoji")
+    p.add_argument("--work", default="runs/default_model", help="training checkpoint folder")
+    p.add_argument("--out", default=str(ASSET))
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--head-lr", type=float, default=1e-3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--foundation", help="foundation folder instead of kcdp:foundation/mini (trials only)")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from kcdp_core.config import Source, mini
+    from kcdp_core.train.trainer import Trainer
+
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    manifest, counts = open_manifest(Path(args.data), work / "open_domains.csv")
+    config = mini().replace(
+        train={
+            "setting": "uc", "epochs": args.epochs, "seed": args.seed, "lr": args.lr,
+            "head_lr": args.head_lr, "balanced_sampling": True,
+        }
+    )  # fmt: skip
+    if args.foundation:
+        f = config.foundation
+        f.vae, f.unet = Source(args.foundation, "vae"), Source(args.foundation, "unet")
+        f.image_encoder = Source(args.foundation, "image_encoder")
+    print(config.to_json(), flush=True)
+    result = Trainer(
+        config, manifest, work / "ckpt", progress=False, log=lambda m: print(m, file=sys.stderr, flush=True)
+    ).run(resume=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copyfile(work / "ckpt" / "best" / name, out / name)
+    card = {
+        "model": "KCDP mini, UC setting",
+        "recipe": "python -m kcdp_core.train.default_model "
+        + " ".join(sys.argv[1:] if argv is None else argv),
+        "trained": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "training_data": {d: {"images": counts[d], "licence": OPEN_DOMAINS[d]} for d in OPEN_DOMAINS},
+        "selection": "best epoch by macro-F1 on a stratified validation split of the pooled source",
+        "best_epoch": result.best_epoch,
+        "source_val_macro_f1": result.best_val_macro_f1,
+        "foundation": config.foundation.unet.path,
+    }
+    (out / "model_card.json").write_text(json.dumps(card, indent=1) + "\n")
+    print(json.dumps(card, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
