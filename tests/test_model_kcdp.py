@@ -267,3 +267,22 @@ def test_one_pass_is_deterministic_and_noise_is_optional(foundation):
         noisy = make(foundation, perception={"add_noise": True, "timestep": 500}).eval()
         assert int(noisy.kadap.timestep) == 500
         assert not torch.equal(noisy(x, k, km).logits, noisy(x, k, km).logits)
+
+
+def test_deep_copy_captures_into_its_own_store(foundation):
+    import copy
+
+    model = make(foundation).eval()
+    randomise_lora(model)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in twin.head.parameters():
+            p.add_(0.5)
+    k, km = knowledge(model, 2)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x, k, km)
+        out = twin(x, k, km)
+    assert twin.kadap.store is not model.kadap.store
+    torch.testing.assert_close(out.features, ref.features)  # same perception, own capture
+    assert not torch.equal(out.logits, ref.logits)

@@ -13,13 +13,17 @@ from diffusers.models.attention_processor import Attention
 
 
 class AttentionStore:
-    """Head-averaged cross-attention maps of one forward pass, grouped by a key (the UNet level)."""
+    """What one forward pass captured, keyed by UNet level: head-averaged cross-attention maps and
+    block outputs. Processors and hooks hold this object (not the module), so a deep copy of the
+    model gets its own store."""
 
     def __init__(self) -> None:
         self.maps: dict[int, list[torch.Tensor]] = {}
+        self.outputs: dict[int, torch.Tensor] = {}
 
     def clear(self) -> None:
         self.maps = {}
+        self.outputs = {}
 
     def add(self, key: int, probs: torch.Tensor) -> None:
         self.maps.setdefault(key, []).append(probs)
@@ -30,6 +34,17 @@ class AttentionStore:
         if not maps:
             return None
         return torch.stack(maps).mean(0)
+
+
+class OutputCaptureHook:
+    """A forward hook storing a block's output (the first element of a tuple output)."""
+
+    def __init__(self, store: AttentionStore, key: int):
+        self.store = store
+        self.key = key
+
+    def __call__(self, module: torch.nn.Module, args, output) -> None:
+        self.store.outputs[self.key] = output[0] if isinstance(output, tuple) else output
 
 
 class CrossAttentionCaptureProcessor:

@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from kcdp_core.config import PerceptionConfig
-from kcdp_core.model.attention import AttentionStore, install_capture
+from kcdp_core.model.attention import AttentionStore, OutputCaptureHook, install_capture
 
 
 class KADAP(nn.Module):
@@ -60,15 +60,8 @@ class KADAP(nn.Module):
             reversed_channels[i] + (knowledge_tokens if self.has_maps[i] else 0) for i in self.levels
         ]
         self.upsamples = {i: getattr(unet.up_blocks[i], "upsamplers", None) is not None for i in self.levels}
-        self._features: dict[int, torch.Tensor] = {}
         for i in self.levels:
-            unet.up_blocks[i].register_forward_hook(self._make_hook(i))
-
-    def _make_hook(self, level: int):
-        def hook(module: nn.Module, args, output) -> None:
-            self._features[level] = output[0] if isinstance(output, tuple) else output
-
-        return hook
+            unet.up_blocks[i].register_forward_hook(OutputCaptureHook(self.store, i))
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels [B,3,S,S] in [0,1] -> scaled latents (the distribution's mean: deterministic)."""
@@ -82,11 +75,10 @@ class KADAP(nn.Module):
             noise = torch.randn_like(latents)
             latents = self.scheduler.add_noise(latents, noise, self.timestep.expand(latents.shape[0]))
         self.store.clear()
-        self._features = {}
         self.unet(latents, self.timestep, encoder_hidden_states=k, encoder_attention_mask=k_mask)
         outs = []
         for i in self.levels:
-            feat = self._features[i]
+            feat = self.store.outputs[i]
             maps = self.store.mean(i) if self.has_maps[i] else None
             if maps is not None:
                 # [B, N, T] over the block's input grid: F_i's grid, halved when the block upsamples.
@@ -98,5 +90,4 @@ class KADAP(nn.Module):
                 feat = torch.cat([feat, grid], dim=1)
             outs.append(feat)
         self.store.clear()
-        self._features = {}
         return outs
