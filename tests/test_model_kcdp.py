@@ -124,6 +124,10 @@ def test_finetune_modes(foundation, mode, expect):
     assert not any(p.requires_grad for p in model.kadap.vae.parameters())
     assert not any(p.requires_grad for p in model.text_encoder.parameters())
     assert all(p.requires_grad for p in model.head.parameters())
+    saved = set(model.trained_state_dict())
+    assert saved == {n for n, p in model.named_parameters() if p.requires_grad}
+    unet_saved = {n for n in saved if n.startswith("kadap.")}
+    assert unet_saved == {f"kadap.unet.{n}" for n, p in model.kadap.unet.named_parameters() if expect(n)}
 
 
 def test_linear_head_and_no_knowledge_ablations(foundation):
