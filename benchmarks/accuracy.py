@@ -175,7 +175,14 @@ def config_for(variant: str, args: argparse.Namespace, seed: int):
     if args.balanced:
         train["balanced_sampling"] = True
     extra = {k: v for k, v in sections.items() if k != "train"}
-    return config.replace(train=train, **extra)
+    config = config.replace(train=train, **extra)
+    if args.foundation:  # trials on another foundation folder
+        from kcdp_core.config import Source
+
+        f = config.foundation
+        f.vae, f.unet = Source(args.foundation, "vae"), Source(args.foundation, "unet")
+        f.image_encoder = Source(args.foundation, "image_encoder")
+    return config
 
 
 def run_one(
@@ -224,12 +231,11 @@ _ZS: dict = {}
 def zeroshot(eval_data: Path, args) -> dict:
     import torch
 
-    from kcdp_core.config import preset
     from kcdp_core.train.datasets import ImageKnowledgeDataset, load_records
     from kcdp_core.train.evaluate import classification_metrics
     from kcdp_core.train.zeroshot import ZeroShotClassifier
 
-    config = preset(args.preset)
+    config = config_for("kcdp_uc", args, 0)
     if "clf" not in _ZS:
         _ZS["clf"] = ZeroShotClassifier.from_config(config)
     records = load_records(eval_data, config.labels)
@@ -257,6 +263,8 @@ def build_table(table: str, args: argparse.Namespace) -> str:
     labels = preset(args.preset).labels
     data, runs = Path(args.data), Path(args.runs)
     title, rows = TABLES[table]
+    if args.variants:
+        rows = [r for r in rows if r[0] in args.variants]
     tasks = [tuple(t.split(":")) for t in args.tasks]
     # (task key, source, target for training, labelled target for scoring)
     jobs: list[tuple[str, Path, Path, Path]] = []
@@ -359,14 +367,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--head-lr", type=float)
     p.add_argument("--balanced", action="store_true")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--foundation", help="another foundation folder (trials; the tables use the preset's)")
     p.add_argument("--no-write", action="store_true", help="print the table, leave RESULTS.md alone")
+    p.add_argument(
+        "--variants", nargs="+", help="run only these rows (e.g. to split a table over processes; no write)"
+    )
     args = p.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
     body = build_table(args.table, args)
     print(body)
-    if not args.no_write:
+    if not args.no_write and not args.variants:
         write_section(args.table, body)
         print(f"wrote the '{args.table}' table into {RESULTS}", file=sys.stderr)
     return 0

@@ -72,7 +72,9 @@ def captioner_id(config: KCDPConfig) -> str:
     return f"instructblip:{src.path if src else None}:{k.num_beams}:{k.max_new_tokens}:{k.prompt}"
 
 
-def describe_with_knowledge_cache(config: KCDPConfig, folder: Path | None = None) -> Describe:
+def describe_with_knowledge_cache(
+    config: KCDPConfig, folder: Path | None = None, progress: bool = True
+) -> Describe:
     """Captions + triplets through kcdp_core.knowledge (cache filled on demand, resumable)."""
     from kcdp_core.knowledge.cache import KnowledgeCache
     from kcdp_core.knowledge.captioners import build_captioner
@@ -85,7 +87,7 @@ def describe_with_knowledge_cache(config: KCDPConfig, folder: Path | None = None
         if "captioner" not in state:
             state["captioner"] = build_captioner(config)
             state["parser"] = TripletParser(config.knowledge.parser_model)
-        report = cache.fill(list(paths), state["captioner"], state["parser"])
+        report = cache.fill(list(paths), state["captioner"], state["parser"], progress=progress)
         if report.errors:
             raise ValueError("; ".join(msg for _, msg in report.errors[:5]))
         out = []
@@ -108,10 +110,11 @@ class KnowledgeTable:
         text_encoder: TextEncoder,
         describe: Describe | None = None,
         folder: Path | None = None,
+        progress: bool = True,
     ):
         self.config = config
         self.encoder = text_encoder
-        self.describe = describe or describe_with_knowledge_cache(config)
+        self.describe = describe or describe_with_knowledge_cache(config, progress=progress)
         key = {
             "encoder": text_encoder_fingerprint(text_encoder),
             "captioner": captioner_id(config),

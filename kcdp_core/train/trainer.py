@@ -225,7 +225,7 @@ class Trainer:
             load_records(self.target, labels, with_labels=False) if self.target else []
         )
 
-        table = KnowledgeTable(cfg, model.text_encoder, self.describe)
+        table = KnowledgeTable(cfg, model.text_encoder, self.describe, progress=self.progress)
         all_paths = [r.path for r in records] + [r.path for r in self.target_records]
         k, mask = table.knowledge(all_paths)
         n_src = len(records)
