@@ -4,8 +4,8 @@
 
 Per engine and batch size (1 and 8): p50/p95 per stage in ms per image (a batched stage's time is
 split evenly over its images) and images/s over the whole timed run. Cold start is process start to
-the first printed result of a fresh `kcdp-infer` (or the eager twin), peak memory that process's
-ru_maxrss (os.wait4), so the figures of one engine never include the other's libraries. A plot of
+the first printed result of a fresh `kcdp-infer --batch-size 1` over the images (or the eager twin),
+peak memory that process's own VmHWM, so one engine's figures never include the other's libraries. A plot of
 the per-stage p50 goes to benchmarks/figures/, a table with command, machine and date is appended
 to benchmarks/RESULTS.md.
 
@@ -191,8 +191,24 @@ def time_engine(engine: Any, images: list[str], batch: int, count: int) -> dict[
     return {"batch": batch, "images": len(per_image), "images_per_s": len(per_image) / wall, "stages": stats}
 
 
-def cold_start(cmd: list[str], repeats: int = 3) -> dict[str, Any]:
-    """Process start -> first result line (s, median of repeats) and the process's peak RSS (MiB)."""
+# Runs a module as __main__ and reports the process's own peak RSS (VmHWM) at exit. ru_maxrss of a
+# child is useless here: Linux carries the parent's high-water mark across fork + exec.
+_PEAK_WRAPPER = """
+import atexit, runpy, sys
+def _peak():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmHWM:'):
+            sys.stderr.write('KCDP_PEAK_RSS_KB=' + line.split()[1] + chr(10))
+atexit.register(_peak)
+sys.argv = sys.argv[1:]
+runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)
+"""
+
+
+def cold_start(module_args: list[str], repeats: int = 3) -> dict[str, Any]:
+    """`python -m MODULE ARGS` in fresh processes: start -> first result line (s, median of repeats)
+    and the peak RSS (MiB) of the process itself."""
+    cmd = [sys.executable, "-c", _PEAK_WRAPPER, *module_args]
     firsts, peaks = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -202,15 +218,19 @@ def cold_start(cmd: list[str], repeats: int = 3) -> dict[str, Any]:
         first = time.perf_counter() - t0
         proc.stdout.read()
         err = proc.stderr.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        proc.wait()
         if not line.strip():
             tail = err.strip().splitlines()[-1:] or [""]
             print(f"kcdp-bench: cold start: no result (exit {proc.returncode}): {tail[0]}", file=sys.stderr)
             return {"error": f"exit {proc.returncode}: {tail[0]}"}
         firsts.append(first)
-        peaks.append(usage.ru_maxrss / 1024.0)  # Linux reports KiB
-    return {"first_result_s": statistics.median(firsts), "peak_rss_mib": max(peaks)}
+        peak = [int(x.split("=")[1]) for x in err.splitlines() if x.startswith("KCDP_PEAK_RSS_KB=")]
+        if peak:
+            peaks.append(peak[-1] / 1024.0)
+    return {
+        "first_result_s": statistics.median(firsts),
+        "peak_rss_mib": max(peaks) if peaks else float("nan"),
+    }
 
 
 def int8_export(model: Path, ckpt: Path | None, images: Path, work: Path) -> tuple[Path, str]:
@@ -284,7 +304,7 @@ def markdown(report: dict[str, Any]) -> str:
         elif "cold" in engine:
             cold = engine["cold"]
             lines.append(f"- {name}: cold start {cold['first_result_s']:.2f} s (process start to first result, median of "
-                         f"{report['cold_repeats']}), peak RSS {cold['peak_rss_mib']:.0f} MiB")  # fmt: skip
+                         f"{report['cold_repeats']}), peak RSS {cold['peak_rss_mib']:.0f} MiB (batch 1, all images)")  # fmt: skip
         if engine.get("note"):
             lines.append(f"- {name}: {engine['note']}")
     for key, value in report.get("speedups", {}).items():
@@ -379,7 +399,8 @@ def latency(args: argparse.Namespace) -> int:
                       f"{runs[-1]['images_per_s']:.1f} images/s", file=sys.stderr, flush=True)  # fmt: skip
             report["engines"][name] = {"runs": runs, "note": note}
         # cold start + peak memory in fresh processes, one engine each
-        infer = [sys.executable, "-m", "kcdp_runtime.cli", *images, "--json", "--quiet", "--batch-size", "8"]
+        # batch 1 so that the first image is printed as soon as it is classified
+        infer = ["kcdp_runtime.cli", *images, "--json", "--quiet", "--batch-size", "1"]
         if args.threads:
             infer += ["--threads", str(args.threads)]
         report["engines"]["onnx-fp32"]["cold"] = cold_start(
@@ -390,7 +411,7 @@ def latency(args: argparse.Namespace) -> int:
                 [*infer, "--model", str(int8_dir)], args.cold_repeats
             )
         if args.ckpt:
-            eager = [sys.executable, "-m", "kcdp_export.bench", "_eager-infer", "--ckpt", args.ckpt, *images]
+            eager = ["kcdp_export.bench", "_eager-infer", "--ckpt", args.ckpt, *images]
             report["engines"]["torch-eager"]["cold"] = cold_start(eager, args.cold_repeats)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -423,8 +444,8 @@ def latency(args: argparse.Namespace) -> int:
 def eager_infer(args: argparse.Namespace) -> int:
     """The eager engine as a process of its own, for cold start and peak memory (JSON lines)."""
     engine = EagerPipeline(args.ckpt)
-    for start in range(0, len(args.images), 8):
-        for r in engine.run(args.images[start : start + 8], batch_size=8):
+    for path in args.images:  # one by one, like the ONNX cold start (kcdp-infer --batch-size 1)
+        for r in engine.run([path], batch_size=1):
             print(json.dumps(r), flush=True)
     return 0
 

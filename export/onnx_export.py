@@ -101,7 +101,9 @@ def topological_sort(graph: onnx.GraphProto) -> None:
     available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
     nodes = list(graph.node)
     producer = {out: n for n, node in enumerate(nodes) for out in node.output}
-    pending = {n: {i for i in node.input if i not in available and i in producer} for n, node in enumerate(nodes)}
+    pending = {
+        n: {i for i in node.input if i not in available and i in producer} for n, node in enumerate(nodes)
+    }
     consumers: dict[int, list[int]] = {}
     for n, deps in pending.items():
         for name in deps:

@@ -1,0 +1,160 @@
+"""kcdp-export building blocks: parity refusal, external data, fp16 graph order, tokenizer, CLI errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from kcdp_export import validate  # noqa: E402
+from kcdp_export.graphs import BATCH, GraphConfig, TensorSpec, image_dummy  # noqa: E402
+from kcdp_export.onnx_export import export_graph  # noqa: E402
+
+
+class SmallNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 32, 3, padding=1)
+        self.fc = torch.nn.Linear(32, 5)
+
+    def forward(self, pixels):
+        logits = self.fc(self.conv(pixels).relu().mean((2, 3)))
+        return logits, logits.softmax(-1)
+
+
+def small_graph() -> GraphConfig:
+    return GraphConfig(
+        name="small",
+        module=SmallNet().eval(),
+        inputs=[TensorSpec("pixels", (BATCH, 3, 16, 16))],
+        outputs=[TensorSpec("logits", (BATCH, 5)), TensorSpec("probs", (BATCH, 5))],
+        dummy=image_dummy(16),
+        label_output="logits",
+    )
+
+
+def test_parity_passes_then_refuses_a_corrupted_graph(tmp_path):
+    graph = small_graph()
+    path = tmp_path / "small.onnx"
+    export_graph(graph, path)
+    validate.check_model(path)
+    real = [graph.dummy(4, np.random.default_rng(9))]
+    ok = validate.enforce(
+        validate.measure(graph, validate.session(path), validate.random_feeds(graph), real), "logits"
+    )
+    assert (
+        ok.passed
+        and ok.max_abs_diff <= 1e-5
+        and ok.label_agreement == 1.0
+        and ok.n_random == 4
+        and ok.n_real == 4
+    )
+
+    model = onnx.load(str(path))
+    weight = next(t for t in model.graph.initializer if t.name.endswith("fc.weight"))
+    arr = onnx.numpy_helper.to_array(weight).copy()
+    arr[0] += 0.5  # a wrong weight, as a broken export would have
+    weight.CopyFrom(onnx.numpy_helper.from_array(arr, weight.name))
+    onnx.save(model, str(path))
+    result = validate.measure(graph, validate.session(path), validate.random_feeds(graph), real)
+    with pytest.raises(validate.ParityError, match=r"export refused.*logits: max abs diff") as err:
+        validate.enforce(result, "logits")
+    assert err.value.parity.max_abs_diff > 1e-3 and not err.value.parity.passed
+
+
+def test_external_data_past_the_threshold(tmp_path, monkeypatch):
+    import kcdp_export.onnx_export as ox
+
+    monkeypatch.setattr(ox, "EXTERNAL_DATA_THRESHOLD", 100)  # bytes: stands in for 2 GB
+    graph = small_graph()
+    path = tmp_path / "small.onnx"
+    files = export_graph(graph, path)
+    assert files == [path, tmp_path / "small.onnx.data"] and files[1].stat().st_size > 100
+    validate.check_model(path)
+    feeds = graph.dummy(2, np.random.default_rng(0))
+    got = validate.run_onnx(validate.session(path), feeds)
+    np.testing.assert_allclose(got["logits"], graph.run_torch(feeds)["logits"], atol=1e-5)
+
+
+def test_fp16_variant_is_valid_and_close(tmp_path):
+    from kcdp_export.onnx_export import convert_fp16
+
+    graph = small_graph()
+    export_graph(graph, tmp_path / "small.onnx")
+    convert_fp16(tmp_path / "small.onnx", tmp_path / "half.onnx")
+    validate.check_model(tmp_path / "half.onnx")  # topologically sorted, types consistent
+    sess = validate.session(tmp_path / "half.onnx")
+    assert sess.get_inputs()[0].type == "tensor(float)"  # io stays float32
+    result = validate.measure(graph, sess, validate.random_feeds(graph), [], precision="fp16")
+    assert result.max_abs_diff < 1e-2
+
+
+def test_exported_tokenizer_matches_transformers(tmp_path):
+    from transformers import BertTokenizer
+
+    from kcdp_core.knowledge.text_encoder import TextEncoder
+    from kcdp_export.tokenizer import check_tokenizer, encode, export_tokenizer
+
+    vocab = {
+        w: i
+        for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "happy", "face", "sad"])
+    }
+    tok = BertTokenizer(vocab=vocab, do_lower_case=True)
+    enc = TextEncoder(torch.nn.Identity(), tok, length=6)
+    enc.model.config = None  # unused here
+    path = export_tokenizer(tok, tmp_path / "tokenizer", 6)
+    texts = ["a happy face", "A SAD face a happy face a sad face", "zebra", ""]
+    assert check_tokenizer(path, enc, texts) == 4
+    ids, mask = encode(path, texts)
+    assert ids.shape == (4, 6) and mask[2].tolist() == [1, 1, 1, 0, 0, 0] and mask[1].sum() == 6
+
+
+def test_cli_refuses_bad_requests_and_writes_nothing(tmp_path, capsys):
+    from kcdp_export.cli import main
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    out = tmp_path / "out"
+    assert main(["--ckpt", str(ckpt), "--out", str(out)]) == 1
+    assert "config.json missing" in capsys.readouterr().err
+    assert main(["--ckpt", str(ckpt), "--out", str(out), "--precision", "int8"]) == 1
+    assert "int8 needs --calibration" in capsys.readouterr().err
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    (ckpt / "config.json").write_text("{}")
+    assert main(["--ckpt", str(ckpt), "--out", str(out)]) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(out)])
+    assert exc.value.code == 2
+
+
+def test_triton_config_and_tensorrt_message(tmp_path):
+    from kcdp_export.tensorrt import tensorrt_status
+    from kcdp_export.triton import config_pbtxt
+
+    text = config_pbtxt(small_graph(), max_batch_size=8, precision="fp16")
+    assert "max_batch_size: 8" in text and "dims: [ 3, 16, 16 ]" in text and "TYPE_FP32" in text
+    assert '"precision_mode" value: "FP16"' in text
+    ok, reason = tensorrt_status()
+    if not torch.cuda.is_available():
+        assert not ok and ("tensorrt" in reason or "CUDA" in reason)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="TensorRT needs a CUDA GPU")
+def test_tensorrt_engine_matches_pytorch(tmp_path):
+    pytest.importorskip("tensorrt")
+    from kcdp_export.tensorrt import build_engines
+
+    graph = small_graph()
+    export_graph(graph, tmp_path / graph.file)
+    reports = build_engines(tmp_path, [graph], "fp32", {"small": validate.random_feeds(graph)}, max_batch=4)
+    assert reports[0].max_abs_diff < 1e-3 and reports[0].label_agreement == 1.0
+    assert json.dumps(reports[0].__dict__)
