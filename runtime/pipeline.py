@@ -64,7 +64,7 @@ class _Knowledge:
     mask: np.ndarray  # [2L]
 
 
-@dataclass
+@dataclass(eq=False)
 class _Item:
     """One image on its way through the stages."""
 
@@ -263,9 +263,10 @@ class Pipeline:
             except Exception as exc:  # noqa: BLE001 - any decoder failure is this image's problem only
                 item.error = f"{item.name}: could not read image ({type(exc).__name__}: {exc})"
             item.latency["preprocess"] = _ms(t0)
-        ok = [i for i in items if i.error is None]
+        good = [n for n, item in enumerate(items) if item.error is None]
+        ok = [items[n] for n in good]
         if ok:
-            self._caption(ok, [captions[items.index(i)] for i in ok] if captions is not None else None)
+            self._caption(ok, [captions[n] for n in good] if captions is not None else None)
             self._knowledge(ok)
             self._perceive(ok)
         return [self._result(i) for i in items]
