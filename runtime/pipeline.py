@@ -196,7 +196,8 @@ class Pipeline:
         for name in ("image_encoder", "text_encoder", "perception"):
             spec = manifest.graph(name)
             if spec:
-                sessions[name] = create_session(manifest.path(spec["file"]), config)
+                digest = manifest.data.get("files", {}).get(spec["file"]) if verify == "sha256" else None
+                sessions[name] = create_session(manifest.path(spec["file"]), config, digest)
         text = TextEncoderStage.load(manifest, sessions["text_encoder"])
         know = manifest.knowledge
         kind = know.get("captioner", "retrieval")

@@ -142,3 +142,17 @@ def test_bank_triplets_added_at_export_time_spare_the_parser(export, tmp_path, m
     assert pipe._parser is None
     rows = [json.loads(x) for x in (folder / "caption_bank" / "captions.jsonl").read_text().splitlines()]
     assert all("triplets" in r for r in rows) and ["face", "is", "angry"] in rows[0]["triplets"]
+
+
+def test_preoptimised_graph_cache_gives_identical_results(export, tmp_path, monkeypatch):
+    monkeypatch.setenv("KCDP_CACHE", str(tmp_path / "cache"))
+    images = [_img(RED), _img(BLUE), _img((30, 160, 90))]
+    plain = Pipeline.from_pretrained(export, session_config=SessionConfig(graph_cache=False)).run(images)
+    assert not (tmp_path / "cache" / "ort").exists()
+    first = Pipeline.from_pretrained(export).run(images)  # writes the ORT-format copies
+    cached = sorted((tmp_path / "cache" / "ort").glob("*.ort"))
+    assert len(cached) == 3
+    second = Pipeline.from_pretrained(export).run(images)  # loads them
+    assert sorted((tmp_path / "cache" / "ort").glob("*.ort")) == cached
+    for a, b, c in zip(plain, first, second, strict=True):
+        assert a["scores"] == b["scores"] == c["scores"]
