@@ -125,9 +125,16 @@ def _export(ckpt: Path, work: Path, options: ExportOptions) -> dict:
         _log(options, f"{len(real)} real images from {options.calibration} ({real.captioner})")
     lap("real_images")
 
+    bank = None
+    if model.caption_bank_dir is not None and kc.captioner == "retrieval":
+        from kcdp_core.knowledge.caption_bank import CaptionBank
+
+        bank = CaptionBank.load(model.caption_bank_dir)
     graphs: list[GraphConfig] = [text_encoder_graph(model.text_encoder, length)]
     if model.image_encoder is not None and kc.captioner == "retrieval":
-        graphs.append(image_encoder_graph(model.image_encoder, size))
+        graphs.append(
+            image_encoder_graph(model.image_encoder, size, None if bank is None else bank.embeddings)
+        )
 
     # LoRA merge, checked on random and real inputs before anything is traced.
     from kcdp_export.merge import merge_lora
@@ -144,11 +151,6 @@ def _export(ckpt: Path, work: Path, options: ExportOptions) -> dict:
     # Tokenizer first: the text encoder's real inputs come from the exported tokenizer.json.
     tokenizer_json = export_tokenizer(model.text_encoder.tokenizer, work / "tokenizer", length)
     prompts = [config.cliea.prompt_template.format(label) for label in model.labels]
-    bank = None
-    if model.caption_bank_dir is not None and kc.captioner == "retrieval":
-        from kcdp_core.knowledge.caption_bank import CaptionBank
-
-        bank = CaptionBank.load(model.caption_bank_dir)
     token_texts = list(
         dict.fromkeys([*(real.texts if real else []), *prompts, *(bank.captions[:256] if bank else [])])
     )
@@ -193,15 +195,14 @@ def _export(ckpt: Path, work: Path, options: ExportOptions) -> dict:
     lap("end_to_end_fp32")
 
     # The requested precision.
-    files_for: dict[str, str] = {}
+    graph_precision: dict[str, str] = {}
     for graph in graphs:
         src, dst = fp32_dir / graph.file, work / graph.file
+        graph_precision[graph.name] = options.precision
         if options.precision == "fp32":
-            shutil.move(str(src), dst)
-            data = src.with_name(src.name + ".data")
-            if data.exists():
-                shutil.move(str(data), work / data.name)
-        elif options.precision == "fp16":
+            _move_graph(src, dst)
+            continue
+        if options.precision == "fp16":
             convert_fp16(src, dst)
         else:
             from kcdp_export.quantize import quantize_graph
@@ -209,11 +210,17 @@ def _export(ckpt: Path, work: Path, options: ExportOptions) -> dict:
             calib = real_feeds[graph.name]
             calib_arrays = {k: np.concatenate([f[k] for f in calib]) for k in calib[0]} if calib else None
             quantize_graph(src, dst, graph.quantization, calib_arrays)
-        files_for[graph.name] = graph.file
-        if options.precision != "fp32":
-            validate.check_model(dst)
-            variant = _measure_variant(graph, dst, options, real_feeds[graph.name])
-            parity[graph.name][options.precision] = variant
+        validate.check_model(dst)
+        try:
+            parity[graph.name][options.precision] = _measure_variant(
+                graph, dst, options, real_feeds[graph.name]
+            )
+        except validate.ParityError as exc:
+            # One graph that does not survive reduced precision stays fp32; the rest keep theirs.
+            _log(options, f"{graph.name}: {exc}; keeping this graph in fp32")
+            parity[graph.name][f"{options.precision}_rejected"] = exc.parity.manifest()
+            graph_precision[graph.name] = "fp32"
+            _move_graph(src, dst)
     lap(f"precision_{options.precision}")
 
     int8_change = None
@@ -223,6 +230,7 @@ def _export(ckpt: Path, work: Path, options: ExportOptions) -> dict:
         result = pipe(real.pixels, None if bank is not None else real.captions)
         torch_labels = probe.run_torch(real.perception_feeds())["probs"].argmax(-1)
         figures = _agreement(result.labels, torch_labels, real.labels)
+        figures["caption_agreement"] = _same(result.captions, real.captions)
         end_to_end[options.precision] = figures
         _log(options, f"end to end {options.precision} vs PyTorch: {figures}")
         if options.precision == "int8":
@@ -291,6 +299,19 @@ def _export(ckpt: Path, work: Path, options: ExportOptions) -> dict:
     body["timings_s"] = timings
     write_manifest(work, body)
     return json.loads((work / "manifest.json").read_text())
+
+
+def _same(a: list[str], b: list[str]) -> float:
+    return float(np.mean([x == y for x, y in zip(a, b, strict=True)])) if a else 1.0
+
+
+def _move_graph(src: Path, dst: Path) -> None:
+    """Move a graph (and its external data file) from the scratch fp32 folder into place."""
+    dst.unlink(missing_ok=True)
+    shutil.move(str(src), dst)
+    data = src.with_name(src.name + ".data")
+    if data.exists():
+        shutil.move(str(data), dst.with_name(data.name))
 
 
 def _real_feeds(
@@ -487,4 +508,7 @@ def _flat_parity(per_precision: dict, precision: str) -> dict:
     shipped = dict(per_precision.get(precision, per_precision["fp32"]))
     if precision != "fp32":
         shipped["fp32"] = per_precision["fp32"]
+    for key, value in per_precision.items():
+        if key.endswith("_rejected"):
+            shipped[key] = value  # a reduced-precision graph that was refused (this graph ships fp32)
     return shipped

@@ -44,6 +44,9 @@ class GraphConfig:
     outputs: list[TensorSpec]
     dummy: DummyFn  # fresh random inputs for tracing and parity
     label_output: str | None = None  # argmax of this output is the prediction (label agreement)
+    # Projection before the argmax: the caption bank's embeddings [E, N] for the image encoder, so its
+    # "label" is the retrieved caption.
+    label_matrix: np.ndarray | None = None
     atol: float = 1e-4  # fp32 max abs difference allowed on every output
     quantization: Literal["static", "dynamic"] = "static"
     meta: dict = field(default_factory=dict)
@@ -72,6 +75,10 @@ class GraphConfig:
             "inputs": {t.name: t.manifest() for t in self.inputs},
             "outputs": {t.name: t.manifest() for t in self.outputs},
         }
+
+    def labels(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        out = outputs[self.label_output]
+        return (out @ self.label_matrix if self.label_matrix is not None else out).argmax(-1)
 
     @torch.no_grad()
     def run_torch(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -172,7 +179,8 @@ def text_encoder_graph(text_encoder: nn.Module, length: int) -> GraphConfig:
     )
 
 
-def image_encoder_graph(image_encoder: nn.Module, size: int) -> GraphConfig:
+def image_encoder_graph(image_encoder: nn.Module, size: int, bank: np.ndarray | None = None) -> GraphConfig:
+    """`bank`: the caption bank's embeddings [N, E]; label agreement is then retrieval agreement."""
     embed = int(image_encoder.config.embed_dim)
     return GraphConfig(
         name="image_encoder",
@@ -180,6 +188,8 @@ def image_encoder_graph(image_encoder: nn.Module, size: int) -> GraphConfig:
         inputs=[TensorSpec("pixels", (BATCH, 3, size, size))],
         outputs=[TensorSpec("embedding", (BATCH, embed))],
         dummy=image_dummy(size),
+        label_output=None if bank is None else "embedding",
+        label_matrix=None if bank is None else np.ascontiguousarray(bank.T),
         quantization="static",
     )
 

@@ -92,7 +92,7 @@ def quantize_graph(
                     str(src),
                     str(tmp),
                     weight_type=QuantType.QInt8,
-                    per_channel=False,
+                    per_channel=True,  # MiniLM: sentence cosine .987 vs .949 per-tensor
                     use_external_data_format=large,
                 )
             elif mode == "static":

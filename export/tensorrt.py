@@ -144,7 +144,7 @@ def build_engines(
             got, ref = run_engine(engine, graph, feeds), graph.run_torch(feeds)
             diff = max(diff, max(float(np.abs(got[n] - ref[n]).max()) for n in graph.output_names))
             if graph.label_output:
-                agree += int((got[graph.label_output].argmax(-1) == ref[graph.label_output].argmax(-1)).sum())
+                agree += int((graph.labels(got) == graph.labels(ref)).sum())
                 total += len(ref[graph.label_output])
         reports.append(
             EngineReport(

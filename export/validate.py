@@ -119,7 +119,7 @@ def measure(
                 bound = graph.atol + REL_TOL * np.abs(ref[name])
                 excess[name] = max(excess[name], float((d - bound).max(initial=-np.inf)))
             if graph.label_output:
-                agree += int((got[graph.label_output].argmax(-1) == ref[graph.label_output].argmax(-1)).sum())
+                agree += int((graph.labels(got) == graph.labels(ref)).sum())
                 total += len(ref[graph.label_output])
     head = graph.label_output or max(diffs, key=diffs.get)
     parity = Parity(
