@@ -28,7 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
         "images under <label>/ subfolders also give the int8 accuracy change. Required for int8.",
     )
     p.add_argument(
-        "--calibration-limit", type=int, default=64, help="at most this many real images (default 64)"
+        "--max-images",
+        type=int,
+        default=256,
+        help="real images used for parity and accuracy (default 256; 0: all)",
+    )
+    p.add_argument(
+        "--calibration-images", type=int, default=64, help="of those, how many calibrate int8 (default 64)"
     )
     p.add_argument(
         "--captions-csv", default=None, help="path,caption CSV for the real images (non-retrieval captioners)"
@@ -64,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     options = ExportOptions(
         precision=args.precision,
         calibration=args.calibration,
-        calibration_limit=args.calibration_limit,
+        max_images=args.max_images,
+        calibration_images=args.calibration_images,
         captions_csv=args.captions_csv,
         opset=args.opset,
         use_last=args.last,

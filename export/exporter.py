@@ -38,7 +38,8 @@ class ExportError(RuntimeError):
 class ExportOptions:
     precision: str = "fp32"
     calibration: Path | None = None  # real images (recursively); labelled when under <label>/ folders
-    calibration_limit: int = 64
+    max_images: int = 256  # real images for parity and accuracy (0: all)
+    calibration_images: int = 64  # of those, how many calibrate int8 (the quantizer holds activations of all)
     captions_csv: str | None = None
     opset: int = DEFAULT_OPSET
     use_last: bool = False  # CKPT/ itself even when CKPT/best/ exists
@@ -120,7 +121,7 @@ def _export(ckpt: Path, work: Path, options: ExportOptions) -> dict:
         from kcdp_export.calibration import load_real_set
 
         real = load_real_set(
-            model, Path(options.calibration), options.calibration_limit, options.captions_csv
+            model, Path(options.calibration), options.max_images or None, options.captions_csv
         )
         _log(options, f"{len(real)} real images from {options.calibration} ({real.captioner})")
     lap("real_images")
@@ -142,7 +143,7 @@ def _export(ckpt: Path, work: Path, options: ExportOptions) -> dict:
     probe = perception_graph(model, size, length, dim, len(model.labels))
     check = validate.random_feeds(probe, seed=options.seed + 7)
     if real is not None:
-        check += list(validate.batched(real.perception_feeds(), 16))
+        check += list(validate.batched({k: v[:32] for k, v in real.perception_feeds().items()}, 16))
     merge = merge_lora(model, check)
     _log(options, f"LoRA merge: {merge.lora_layers} layers, max abs logit diff {merge.max_abs_diff:.3g}")
     graphs.append(probe)  # wraps the same (now merged) model
@@ -184,7 +185,7 @@ def _export(ckpt: Path, work: Path, options: ExportOptions) -> dict:
         from kcdp_core.knowledge.triplets import TripletParser
 
         parser = TripletParser(kc.parser_model)
-        torch_probs = probe.run_torch(real.perception_feeds())["probs"]
+        torch_probs = np.concatenate([probe.run_torch(f)["probs"] for f in real_feeds["perception"]])
         pipe = _pipeline(sessions, tokenizer_json, bank, parser, config)
         result = pipe(real.pixels, None if bank is not None else real.captions)
         end_to_end["fp32"] = _agreement(result.labels, torch_probs.argmax(-1), real.labels)
@@ -208,7 +209,14 @@ def _export(ckpt: Path, work: Path, options: ExportOptions) -> dict:
             from kcdp_export.quantize import quantize_graph
 
             calib = real_feeds[graph.name]
-            calib_arrays = {k: np.concatenate([f[k] for f in calib]) for k in calib[0]} if calib else None
+            calib_arrays = (
+                {
+                    k: _spread(np.concatenate([f[k] for f in calib]), options.calibration_images)
+                    for k in calib[0]
+                }
+                if calib
+                else None
+            )
             quantize_graph(src, dst, graph.quantization, calib_arrays)
         validate.check_model(dst)
         try:
@@ -225,44 +233,54 @@ def _export(ckpt: Path, work: Path, options: ExportOptions) -> dict:
 
     int8_change = None
     if options.precision != "fp32" and real is not None and _can_run(work, graphs):
-        variant_sessions = {g.name: validate.session(work / g.file) for g in graphs}
-        pipe = _pipeline(variant_sessions, tokenizer_json, bank, parser, config)
-        result = pipe(real.pixels, None if bank is not None else real.captions)
-        torch_labels = probe.run_torch(real.perception_feeds())["probs"].argmax(-1)
-        figures = _agreement(result.labels, torch_labels, real.labels)
-        figures["caption_agreement"] = _same(result.captions, real.captions)
+        torch_labels = np.concatenate([probe.run_torch(f)["probs"] for f in real_feeds["perception"]]).argmax(
+            -1
+        )
+        # Greedy fallback: while the end-to-end figures miss the floors, put back the fp32 graph that
+        # buys the least speed (text encoder, then image encoder); refuse when the last reduced graph
+        # (the perception UNet, where the time goes) still misses.
+        order = [
+            n
+            for n in ("text_encoder", "image_encoder", "perception")
+            if graph_precision.get(n) == options.precision
+        ]
+        attempts = []
+        while True:
+            sessions_v = {g.name: validate.session(work / g.file) for g in graphs}
+            result = _pipeline(sessions_v, tokenizer_json, bank, parser, config)(
+                real.pixels, None if bank is not None else real.captions
+            )
+            figures = _agreement(result.labels, torch_labels, real.labels)
+            figures["caption_agreement"] = _same(result.captions, real.captions)
+            figures["graphs"] = dict(graph_precision)
+            attempts.append(figures)
+            _log(options, f"end to end {options.precision} vs PyTorch: {figures}")
+            problem = _variant_problem(figures, end_to_end["fp32"], options)
+            if problem is None:
+                break
+            reduced = [n for n in order if graph_precision[n] == options.precision]
+            if len(reduced) <= 1:
+                raise ExportError(f"{options.precision} refused: {problem} (attempts: {attempts})")
+            name = reduced[0]
+            _log(options, f"{problem}: putting back the fp32 {name} graph")
+            _move_graph(fp32_dir / name_file(graphs, name), work / name_file(graphs, name))
+            graph_precision[name] = "fp32"
+            parity[name][f"{options.precision}_rejected"] = parity[name].pop(options.precision, None)
         end_to_end[options.precision] = figures
-        _log(options, f"end to end {options.precision} vs PyTorch: {figures}")
+        if len(attempts) > 1:
+            end_to_end[f"{options.precision}_attempts"] = attempts
         if options.precision == "int8":
             int8_change = _int8_change(figures, end_to_end["fp32"], len(real))
-            if (
-                int8_change["change_points"] is not None
-                and -int8_change["change_points"] > options.int8_max_drop
-            ):
-                raise ExportError(
-                    f"int8 refused: accuracy {int8_change['int8_accuracy']:.4f} vs fp32 {int8_change['fp32_accuracy']:.4f} "
-                    f"({int8_change['change_points']:+.2f} points; limit -{options.int8_max_drop:g})"
-                )
-            if figures["label_agreement"] < options.min_agreement:
-                raise ExportError(
-                    f"int8 refused: end-to-end label agreement with PyTorch {figures['label_agreement']:.4f} "
-                    f"< {options.min_agreement:g}"
-                )
     lap("end_to_end_variant")
     shutil.rmtree(fp32_dir, ignore_errors=True)
 
-    # Caption bank: copied as is (runtime retrieval uses these embeddings).
+    # Caption bank: embeddings copied as is; with top-1 retrieval every caption the runtime can
+    # produce is a bank caption, so each one's triplets are parsed here once (the parser training
+    # used) and stored in captions.jsonl: the runtime then never needs to load spaCy.
     caption_bank = None
     if bank is not None:
-        (work / "caption_bank").mkdir()
-        for name in ("captions.jsonl", "embeddings.safetensors"):
-            shutil.copy2(model.caption_bank_dir / name, work / "caption_bank" / name)
-        caption_bank = {
-            "captions": "caption_bank/captions.jsonl",
-            "embeddings": "caption_bank/embeddings.safetensors",
-            "size": len(bank),
-            "separator": RETRIEVAL_SEPARATOR,
-        }
+        caption_bank = _export_bank(bank, model.caption_bank_dir, work / "caption_bank", kc, options)
+    lap("caption_bank")
 
     body = _manifest_body(
         model,
@@ -299,6 +317,57 @@ def _export(ckpt: Path, work: Path, options: ExportOptions) -> dict:
     body["timings_s"] = timings
     write_manifest(work, body)
     return json.loads((work / "manifest.json").read_text())
+
+
+def name_file(graphs: list[GraphConfig], name: str) -> str:
+    return next(g.file for g in graphs if g.name == name)
+
+
+def _variant_problem(figures: dict, fp32: dict, options: ExportOptions) -> str | None:
+    """Why reduced-precision end-to-end figures are not good enough, or None."""
+    if options.precision == "int8" and "accuracy" in figures:
+        drop = 100 * (fp32["accuracy"] - figures["accuracy"])
+        if drop > options.int8_max_drop:
+            return (
+                f"accuracy {figures['accuracy']:.4f} vs fp32 {fp32['accuracy']:.4f} "
+                f"({-drop:+.2f} points; limit -{options.int8_max_drop:g})"
+            )
+    if figures["label_agreement"] < options.min_agreement:
+        return f"end-to-end label agreement with PyTorch {figures['label_agreement']:.4f} < {options.min_agreement:g}"
+    return None
+
+
+def _export_bank(bank, src: Path, dst: Path, kc, options: ExportOptions) -> dict:
+    dst.mkdir()
+    shutil.copy2(src / "embeddings.safetensors", dst / "embeddings.safetensors")
+    spec: dict[str, Any] = {
+        "captions": "caption_bank/captions.jsonl",
+        "embeddings": "caption_bank/embeddings.safetensors",
+        "size": len(bank),
+        "separator": RETRIEVAL_SEPARATOR,
+    }
+    if kc.retrieval_top_k != 1:
+        shutil.copy2(src / "captions.jsonl", dst / "captions.jsonl")  # joined captions get parsed at run time
+        return spec
+    from kcdp_core.knowledge.triplets import PARSER_VERSION, TripletParser
+
+    parsed = TripletParser(kc.parser_model).parse_many(bank.captions)
+    with (dst / "captions.jsonl").open("w", encoding="utf-8") as f:
+        for caption, triplets in zip(bank.captions, parsed, strict=True):
+            f.write(
+                json.dumps({"caption": caption, "triplets": [list(t) for t in triplets]}, ensure_ascii=False)
+                + "\n"
+            )
+    spec["triplets_parser"] = PARSER_VERSION
+    _log(options, f"caption bank: {len(bank)} captions, triplets parsed with {PARSER_VERSION}")
+    return spec
+
+
+def _spread(array: np.ndarray, n: int) -> np.ndarray:
+    """n rows spread evenly over the array (images are sorted by class folder: every class is kept)."""
+    if n <= 0 or len(array) <= n:
+        return array
+    return array[np.linspace(0, len(array) - 1, n).round().astype(int)]
 
 
 def _same(a: list[str], b: list[str]) -> float:
