@@ -3,7 +3,8 @@
     kcdp-bench latency --model EXPORT [--ckpt CKPT] [--int8 EXPORT_INT8] --images DIR
 
 Per engine and batch size (1 and 8): p50/p95 per stage in ms per image (a batched stage's time is
-split evenly over its images) and images/s over the whole timed run. Cold start is process start to
+split evenly over its images) and images/s over the engine's own timed calls. The engines take
+turns batch by batch, so on a shared machine each sees the same background load. Cold start is process start to
 the first printed result of a fresh `kcdp-infer --batch-size 1` over the images (or the eager twin),
 peak memory that process's own VmHWM, so one engine's figures never include the other's libraries. A plot of
 the per-stage p50 goes to benchmarks/figures/, a table with command, machine and date is appended
@@ -172,23 +173,38 @@ def find_images(folder: Path, limit: int) -> list[str]:
     return found[:limit]
 
 
-def time_engine(engine: Any, images: list[str], batch: int, count: int) -> dict[str, Any]:
-    """Warm up, then time `count` images in batches of `batch` (images cycled as needed)."""
-    engine.run(images[: max(batch, 2)], batch_size=batch)  # warm-up: allocations, spaCy, caches
+def time_engines(
+    engines: dict[str, Any], images: list[str], batch: int, count: int
+) -> dict[str, dict[str, Any]]:
+    """Warm up each engine, then time `count` images per engine in batches of `batch`, the engines
+    taking turns batch by batch: on a shared machine each one sees the same background load."""
+    for engine in engines.values():
+        engine.run(images[: max(batch, 2)], batch_size=batch)  # warm-up: allocations, spaCy, caches
     stream = [images[i % len(images)] for i in range(count)]
-    per_image: list[dict[str, float]] = []
-    t0 = time.perf_counter()
+    per_image: dict[str, list[dict[str, float]]] = {name: [] for name in engines}
+    wall = dict.fromkeys(engines, 0.0)
     for start in range(0, len(stream), batch):
-        for r in engine.run(stream[start : start + batch], batch_size=batch):
-            if "error" in r:
-                raise SystemExit(f"kcdp-bench: {r['error']}")
-            per_image.append(r["latency_ms"])
-    wall = time.perf_counter() - t0
-    stats = {}
-    for stage in (*STAGES, "total"):
-        values = np.array([lat[stage] for lat in per_image])
-        stats[stage] = {"p50": float(np.percentile(values, 50)), "p95": float(np.percentile(values, 95))}
-    return {"batch": batch, "images": len(per_image), "images_per_s": len(per_image) / wall, "stages": stats}
+        for name, engine in engines.items():
+            t0 = time.perf_counter()
+            results = engine.run(stream[start : start + batch], batch_size=batch)
+            wall[name] += time.perf_counter() - t0
+            for r in results:
+                if "error" in r:
+                    raise SystemExit(f"kcdp-bench: {r['error']}")
+                per_image[name].append(r["latency_ms"])
+    out = {}
+    for name, lats in per_image.items():
+        stats = {}
+        for stage in (*STAGES, "total"):
+            values = np.array([lat[stage] for lat in lats])
+            stats[stage] = {"p50": float(np.percentile(values, 50)), "p95": float(np.percentile(values, 95))}
+        out[name] = {
+            "batch": batch,
+            "images": len(lats),
+            "images_per_s": len(lats) / wall[name],
+            "stages": stats,
+        }
+    return out
 
 
 # Runs a module as __main__ and reports the process's own peak RSS (VmHWM) at exit. ru_maxrss of a
@@ -390,14 +406,16 @@ def latency(args: argparse.Namespace) -> int:
 
                 torch.set_num_threads(args.threads)
             engines["torch-eager"] = (EagerPipeline(args.ckpt), "")
-        for name, (engine, note) in engines.items():
-            runs = []
-            for batch in batches:
-                count = max(args.count, batch * 4)
-                runs.append(time_engine(engine, images, batch, count))
-                print(f"kcdp-bench: {name} batch {batch}: total p50 {runs[-1]['stages']['total']['p50']:.2f} ms, "
-                      f"{runs[-1]['images_per_s']:.1f} images/s", file=sys.stderr, flush=True)  # fmt: skip
-            report["engines"][name] = {"runs": runs, "note": note}
+        for name, (_, note) in engines.items():
+            report["engines"][name] = {"runs": [], "note": note}
+        for batch in batches:
+            timed = time_engines(
+                {n: e for n, (e, _) in engines.items()}, images, batch, max(args.count, batch * 4)
+            )
+            for name, run in timed.items():
+                report["engines"][name]["runs"].append(run)
+                print(f"kcdp-bench: {name} batch {batch}: total p50 {run['stages']['total']['p50']:.2f} ms, "
+                      f"{run['images_per_s']:.1f} images/s", file=sys.stderr, flush=True)  # fmt: skip
         # cold start + peak memory in fresh processes, one engine each
         # batch 1 so that the first image is printed as soon as it is classified
         infer = ["kcdp_runtime.cli", *images, "--json", "--quiet", "--batch-size", "1"]
