@@ -125,7 +125,9 @@ def test_finetune_modes(foundation, mode, expect):
     assert not any(p.requires_grad for p in model.text_encoder.parameters())
     assert all(p.requires_grad for p in model.head.parameters())
     saved = set(model.trained_state_dict())
-    assert saved == {n for n, p in model.named_parameters() if p.requires_grad}
+    assert saved == {n for n, p in model.named_parameters() if p.requires_grad} | {
+        n for n, _ in model.fpn.named_buffers(prefix="fpn")
+    }
     unet_saved = {n for n in saved if n.startswith("kadap.")}
     assert unet_saved == {f"kadap.unet.{n}" for n, p in model.kadap.unet.named_parameters() if expect(n)}
 
@@ -143,6 +145,7 @@ def test_save_load_round_trip_holds_only_trained_tensors(foundation, tmp_path):
     with torch.no_grad():
         for p in model.head.parameters():
             p.add_(0.1)
+        model.fpn.norm[0].running_mean.add_(0.1)  # BatchNorm statistics are learned state too
     model.eval()
     k, km = knowledge(model, 4)
     x = torch.rand(4, 3, 64, 64)
@@ -153,7 +156,7 @@ def test_save_load_round_trip_holds_only_trained_tensors(foundation, tmp_path):
     assert KCDPConfig.load(tmp_path / "ckpt") == model.config
     state = load_file(str(tmp_path / "ckpt" / "model.safetensors"))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert set(state) == trainable
+    assert set(state) == trainable | {n for n, _ in model.fpn.named_buffers(prefix="fpn")}
     assert not any(n.startswith(("text_encoder.", "image_encoder.", "kadap.vae.")) for n in state)
     assert all(".lora_" in n for n in state if n.startswith("kadap."))
 

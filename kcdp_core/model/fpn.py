@@ -23,9 +23,12 @@ class FPN(nn.Module):
             for _ in in_channels
         )
         self.proj = nn.Linear(dim * len(in_channels), out_dim)
-        # UNet activations differ wildly in scale between foundations (and are tiny in random ones);
-        # a LayerNorm on v gives the head and CLIEA a well-scaled input whatever the foundation.
-        self.norm = nn.LayerNorm(out_dim)
+        # The pooled UNet features are dominated by per-dimension constants: on a mini foundation v
+        # varied across samples by ~6% of its scale, and with a per-sample LayerNorm the head fitted
+        # only the class prior. BatchNorm standardises each dimension across samples (train: batch
+        # statistics, per domain batch; eval: running statistics = a fixed affine, exportable). The
+        # LayerNorm after it keeps v well-scaled whatever the statistics (e.g. before any training).
+        self.norm = nn.Sequential(nn.BatchNorm1d(out_dim), nn.LayerNorm(out_dim))
 
     def forward(self, levels: list[torch.Tensor]) -> torch.Tensor:
         """levels ordered coarse -> fine (UNet up-block order) -> v [B, out_dim]."""

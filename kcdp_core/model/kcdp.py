@@ -129,7 +129,10 @@ class KCDPModel(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     def trained_state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: p for n, p in self.named_parameters() if self._is_trained(n)}
+        """Trained parameters plus the FPN's BatchNorm running statistics (learned from data too)."""
+        state = {n: p for n, p in self.named_parameters() if self._is_trained(n)}
+        state.update({n: b for n, b in self.fpn.named_buffers(prefix="fpn")})
+        return state
 
     def train(self, mode: bool = True) -> KCDPModel:
         super().train(mode)
