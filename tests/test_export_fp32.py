@@ -64,6 +64,16 @@ def test_manifest_contract(exported):
     assert m["tokenizer"] == {"folder": "tokenizer", "file": "tokenizer/tokenizer.json", "max_length": 8}
     assert m["prompts"]["per_label"][0] == "A anger photo of"
     assert m["caption_bank"]["captions"] == "caption_bank/captions.jsonl"
+    # Top-1 retrieval: every bank caption's triplets are parsed at export, by the training parser.
+    from kcdp_core.knowledge.triplets import PARSER_VERSION, TripletParser
+
+    assert m["caption_bank"]["triplets_parser"] == PARSER_VERSION == m["knowledge"]["parser"]["version"]
+    rows = [json.loads(line) for line in (out / "caption_bank/captions.jsonl").read_text().splitlines()]
+    assert len(rows) == m["caption_bank"]["size"] and all("triplets" in r for r in rows)
+    parser = TripletParser()
+    assert [r["triplets"] for r in rows[:5]] == [
+        [list(t) for t in parser.parse(r["caption"])] for r in rows[:5]
+    ]
     g = m["graphs"]
     assert g["text_encoder"]["inputs"]["input_ids"] == ["batch", 8, "int64"]
     assert g["text_encoder"]["outputs"]["token_states"] == ["batch", 8, 32, "float32"]

@@ -158,3 +158,14 @@ def test_tensorrt_engine_matches_pytorch(tmp_path):
     reports = build_engines(tmp_path, [graph], "fp32", {"small": validate.random_feeds(graph)}, max_batch=4)
     assert reports[0].max_abs_diff < 1e-3 and reports[0].label_agreement == 1.0
     assert json.dumps(reports[0].__dict__)
+
+
+def test_reduced_precision_floors():
+    from kcdp_export.exporter import ExportOptions, _variant_problem
+
+    fp32 = {"accuracy": 0.50, "label_agreement": 1.0}
+    opts = ExportOptions(precision="int8", int8_max_drop=1.0, min_agreement=0.9)
+    assert _variant_problem({"accuracy": 0.495, "label_agreement": 0.95}, fp32, opts) is None
+    assert "points" in _variant_problem({"accuracy": 0.48, "label_agreement": 0.95}, fp32, opts)
+    assert "agreement" in _variant_problem({"accuracy": 0.52, "label_agreement": 0.85}, fp32, opts)
+    assert _variant_problem({"label_agreement": 0.95}, fp32, opts) is None  # unlabelled: agreement only
