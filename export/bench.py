@@ -400,12 +400,6 @@ def latency(args: argparse.Namespace) -> int:
                 ),
                 note,
             )
-        if args.ckpt:
-            if args.threads:
-                import torch
-
-                torch.set_num_threads(args.threads)
-            engines["torch-eager"] = (EagerPipeline(args.ckpt), "")
         for name, (_, note) in engines.items():
             report["engines"][name] = {"runs": [], "note": note}
         for batch in batches:
@@ -414,8 +408,19 @@ def latency(args: argparse.Namespace) -> int:
             )
             for name, run in timed.items():
                 report["engines"][name]["runs"].append(run)
-                print(f"kcdp-bench: {name} batch {batch}: total p50 {run['stages']['total']['p50']:.2f} ms, "
-                      f"{run['images_per_s']:.1f} images/s", file=sys.stderr, flush=True)  # fmt: skip
+                _say(name, run)
+        if args.ckpt:
+            # PyTorch in a process of its own: next to onnxruntime's thread pools torch ran up to 4x
+            # slower here, which would flatter the ONNX engines.
+            cmd = [sys.executable, "-m", "kcdp_export.bench", "_eager-time", "--ckpt", args.ckpt,
+                   "--batch-sizes", args.batch_sizes, "--count", str(args.count), "--threads", str(args.threads), *images]  # fmt: skip
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"kcdp-bench: eager timing failed: {proc.stderr.strip().splitlines()[-1:]}")
+            runs = json.loads(proc.stdout.strip().splitlines()[-1])
+            report["engines"]["torch-eager"] = {"runs": runs, "note": "timed in its own process"}
+            for run in runs:
+                _say("torch-eager", run)
         # cold start + peak memory in fresh processes, one engine each
         # batch 1 so that the first image is printed as soon as it is classified
         infer = ["kcdp_runtime.cli", *images, "--json", "--quiet", "--batch-size", "1"]
@@ -456,6 +461,29 @@ def latency(args: argparse.Namespace) -> int:
         with results.open("a") as fh:
             fh.write("\n" + text)
     print(json.dumps(report, indent=1) if args.json else text)
+    return 0
+
+
+def _say(name: str, run: dict[str, Any]) -> None:
+    print(f"kcdp-bench: {name} batch {run['batch']}: total p50 {run['stages']['total']['p50']:.2f} ms, "
+          f"{run['images_per_s']:.1f} images/s", file=sys.stderr, flush=True)  # fmt: skip
+
+
+def eager_time(args: argparse.Namespace) -> int:
+    """The eager engine timed in a process without onnxruntime; prints the runs as one JSON line."""
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    engine = EagerPipeline(args.ckpt)
+    runs = []
+    for batch in (int(b) for b in args.batch_sizes.split(",")):
+        runs.append(
+            time_engines({"torch-eager": engine}, args.images, batch, max(args.count, batch * 4))[
+                "torch-eager"
+            ]
+        )
+    print(json.dumps(runs))
     return 0
 
 
@@ -528,6 +556,12 @@ def build_parser() -> argparse.ArgumentParser:
     eager = sub.add_parser("_eager-infer", help=argparse.SUPPRESS)
     eager.add_argument("--ckpt", required=True)
     eager.add_argument("images", nargs="+")
+    timing = sub.add_parser("_eager-time", help=argparse.SUPPRESS)
+    timing.add_argument("--ckpt", required=True)
+    timing.add_argument("--batch-sizes", default="1,8")
+    timing.add_argument("--count", type=int, default=64)
+    timing.add_argument("--threads", type=int, default=0)
+    timing.add_argument("images", nargs="+")
     return parser
 
 
@@ -538,6 +572,8 @@ def main(argv: list[str] | None = None) -> int:
         return latency(args)
     if args.command == "accuracy":
         return accuracy(args)
+    if args.command == "_eager-time":
+        return eager_time(args)
     return eager_infer(args)
 
 

@@ -34,6 +34,10 @@ class SessionConfig:
     providers: list[str] | None = None
     intra_op_threads: int = 0  # 0: onnxruntime's default (one per physical core)
     inter_op_threads: int = 1  # graphs here are sequential chains; parallel ops gain nothing
+    # Idle intra-op threads spin by default; three sessions run one after another per image, so
+    # their spinning pools fight over the same cores (measured on 2 shared cores: batch-1 p50
+    # 6.6-10 ms without spinning vs 16-18 ms with). On a dedicated many-core box, True may win.
+    allow_spinning: bool = False
     graph_optimization: str = "all"  # disable | basic | extended | all
     tensorrt_cache: str | None = None  # engine cache folder (TensorRT builds take minutes)
     provider_options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -58,6 +62,7 @@ def session_options(config: SessionConfig) -> ort.SessionOptions:
     if threads:
         opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = config.inter_op_threads
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.allow_spinning else "0")
     opts.log_severity_level = 3  # onnxruntime's own warnings (e.g. unused initialisers) are noise here
     return opts
 
