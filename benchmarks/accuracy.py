@@ -185,6 +185,15 @@ def config_for(variant: str, args: argparse.Namespace, seed: int):
     return config
 
 
+def recipe_tag(args: argparse.Namespace) -> str:
+    """Run folders are reused only by the same recipe."""
+    tag = f"{args.preset}-e{args.epochs}"
+    for name in ("batch_size", "lr", "head_lr"):
+        if getattr(args, name):
+            tag += f"-{name.replace('_', '')}{getattr(args, name):g}"
+    return tag + ("-bal" if args.balanced else "") + ("-alt" if args.foundation else "")
+
+
 def run_one(
     variant: str, source: Path, target: Path, eval_data: Path, run_dir: Path, seed: int, args
 ) -> dict:
@@ -292,11 +301,7 @@ def build_table(table: str, args: argparse.Namespace) -> str:
                 for seed in args.seeds:
                     setting = VARIANTS[variant][0]
                     tname = Path(target).stem if setting == "da" else "none"
-                    run_dir = (
-                        runs
-                        / f"{args.preset}-e{args.epochs}"
-                        / f"{variant}_{Path(source).stem}_{tname}_s{seed}"
-                    )
+                    run_dir = runs / recipe_tag(args) / f"{variant}_{Path(source).stem}_{tname}_s{seed}"
                     print(f"[{table}] {variant} {key} seed {seed} -> {run_dir}", file=sys.stderr, flush=True)
                     res.append(run_one(variant, source, target, eval_data, run_dir, seed, args))
                     print(
