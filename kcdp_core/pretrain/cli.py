@@ -2,7 +2,7 @@
 
     kcdp-pretrain run  --data DATA --work RUN [--out FOLDER] [--stages encoder,vae,unet,bank]
                        [--encoder-minutes 20 --vae-minutes 10 --unet-minutes 15] [--encoder-steps N ...]
-    kcdp-pretrain eval --data DATA --work RUN [--out FOLDER] [--json FILE] [--figures DIR]
+    kcdp-pretrain eval --data DATA --work RUN [--out FOLDER] [--json FILE] [--figures DIR] [--parts encoder,vae,unet]
 
 DATA is the output of `kcdp-data emoji` (corpus/captions.jsonl, domains/). Rerunning `run` after an
 interruption (even kill -9) resumes every stage from its last checkpoint; finished stages are skipped.
@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument(
                 "--figures", default=None, help="write mini_samples.png and mini_vae_recon.png here"
             )
+            s.add_argument("--parts", default="encoder,vae,unet", help="components to evaluate")
+            s.add_argument("--sample-steps", type=int, default=50, help="DDIM steps of the sample grid")
     return p
 
 
@@ -108,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
             summary = recipe_mod.run(recipe, stages)
             print(json.dumps(summary, indent=2))
             return 0
-        result = recipe_mod.evaluate(recipe, figures=args.figures)
+        parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
+        result = recipe_mod.evaluate(
+            recipe, figures=args.figures, parts=parts, sample_steps=args.sample_steps
+        )
         text = json.dumps(result, indent=2)
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -231,7 +231,16 @@ SAMPLE_DOMAINS = ("twitter", "openmoji", "google", "fluent_flat", "noto_v1", "op
 UNET_TIMESTEPS = (1, 50, 100, 250, 500, 750, 999)
 
 
-def evaluate(recipe: Recipe, figures: str | Path | None = None, samples_per_caption: int = 4) -> dict:
+EVAL_PARTS = ("encoder", "vae", "unet")
+
+
+def evaluate(
+    recipe: Recipe,
+    figures: str | Path | None = None,
+    samples_per_caption: int = 4,
+    parts: tuple[str, ...] = EVAL_PARTS,
+    sample_steps: int = 50,
+) -> dict:
     """Every figure of benchmarks/RESULTS.md 'mini foundation', from the foundation folder itself."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
@@ -243,91 +252,105 @@ def evaluate(recipe: Recipe, figures: str | Path | None = None, samples_per_capt
     out = ctx.out
     held = corpus.heldout_index
     result: dict = {
-        "corpus": {"images": len(corpus), "captions": len(corpus.vocabulary), "heldout_images": len(held)}
+        "corpus": {"images": len(corpus), "captions": len(corpus.vocabulary), "heldout_images": len(held)},
+        "seconds": {},
+        "params": {},
     }
-    t0 = time.monotonic()
-
-    image_encoder = ImageEncoder.from_pretrained(out, "image_encoder")
-    result["retrieval_heldout"] = encoder_stage.retrieval(image_encoder, corpus, ctx.embeddings, held)
-    rng = np.random.default_rng(0)
-    train_sample = np.sort(rng.choice(corpus.train_index, min(1000, len(corpus.train_index)), replace=False))
-    result["retrieval_train_sample"] = encoder_stage.retrieval(
-        image_encoder, corpus, ctx.embeddings, train_sample
-    )
     domains = []
     if (Path(recipe.data) / "domains").is_dir():
         domains = load_domains(recipe.data, recipe.image_size)
         names = [n for fam in encoder_stage.FAMILIES.values() for n in fam]
         domains = [d for d in domains if d.name in names] or domains
-        result["zero_shot"] = encoder_stage.zero_shot(
-            image_encoder, ctx.text_encoder(recipe.text_length), domains, list(EMOJI7)
+
+    if "encoder" in parts:
+        t0 = time.monotonic()
+        image_encoder = ImageEncoder.from_pretrained(out, "image_encoder")
+        result["params"]["image_encoder"] = sum(p.numel() for p in image_encoder.parameters())
+        result["retrieval_heldout"] = encoder_stage.retrieval(image_encoder, corpus, ctx.embeddings, held)
+        rng = np.random.default_rng(0)
+        train_sample = np.sort(
+            rng.choice(corpus.train_index, min(1000, len(corpus.train_index)), replace=False)
         )
-
-    vae = AutoencoderKL.from_pretrained(out, subfolder="vae")
-    result["vae"] = {
-        "psnr_heldout_db": vae_stage.psnr(
-            corpus.images[held], vae_stage.reconstruct(vae, corpus.images[held])
+        result["retrieval_train_sample"] = encoder_stage.retrieval(
+            image_encoder, corpus, ctx.embeddings, train_sample
         )
-    }
-    if domains:
-        faces = np.concatenate([d.images for d in domains if d.name in SAMPLE_DOMAINS] or [domains[0].images])
-        result["vae"]["psnr_benchmark_faces_db"] = vae_stage.psnr(faces, vae_stage.reconstruct(vae, faces))
-
-    unet = UNet2DConditionModel.from_pretrained(out, subfolder="unet")
-    scheduler = DDPMScheduler.from_pretrained(out, subfolder="scheduler")
-    factor = float(vae.config.scaling_factor)
-    cond = unet_stage.conditioning(ctx.text_encoder(recipe.text_length), corpus.vocabulary)
-    mean, _ = vae_stage.encode_latents(vae, corpus.images[held])
-    result["unet_heldout_denoising_mse"] = unet_stage.denoising_loss(
-        unet, scheduler, mean, factor, cond, corpus.caption_ids[held], list(UNET_TIMESTEPS)
-    )
-    result["params"] = {
-        "image_encoder": sum(p.numel() for p in image_encoder.parameters()),
-        "vae": sum(p.numel() for p in vae.parameters()),
-        "unet": sum(p.numel() for p in unet.parameters()),
-    }
-
-    if figures is not None:
-        figures = Path(figures)
         if domains:
-            picks = [d for d in domains if d.name in SAMPLE_DOMAINS][:4] or domains[:1]
-            imgs, titles = [], []
-            for d in picks:
-                sel = np.linspace(0, len(d.images) - 1, 6).round().astype(int)
-                imgs += [d.images[i] for i in sel]
-                titles += [f"{d.name}\n{d.labels[i]}" for i in sel]
-            imgs = np.stack(imgs)
-            vae_stage.save_recon_grid(
-                imgs, vae_stage.reconstruct(vae, imgs), figures / "mini_vae_recon.png", titles
+            result["zero_shot"] = encoder_stage.zero_shot(
+                image_encoder, ctx.text_encoder(recipe.sentence_length), domains, list(EMOJI7)
             )
-        # Held-out captions: faces first (the emotion signal), then other emojis, one row each.
-        chosen, seen = [], set()
-        order = sorted(held, key=lambda i: (not corpus.faces[i], corpus.codepoints[i]))
-        face_rows = [i for i in order if corpus.faces[i]]
-        other_rows = [i for i in order if not corpus.faces[i]]
-        for i in face_rows[:: max(1, len(face_rows) // 6)] + other_rows[:: max(1, len(other_rows) // 6)]:
-            if corpus.caption_ids[i] not in seen:
-                seen.add(corpus.caption_ids[i])
-                chosen.append(i)
-        chosen = chosen[:10]
-        ids = np.repeat(corpus.caption_ids[chosen], samples_per_caption)
-        imgs = unet_stage.sample(
-            unet,
-            vae,
-            scheduler.config,
-            cond.states[ids],
-            cond.masks[ids],
-            cond,
-            steps=50,
-            guidance=4.0,
-            seed=0,
+        result["seconds"]["encoder"] = round(time.monotonic() - t0, 1)
+
+    if "vae" in parts or "unet" in parts:
+        vae = AutoencoderKL.from_pretrained(out, subfolder="vae")
+        result["params"]["vae"] = sum(p.numel() for p in vae.parameters())
+    if "vae" in parts:
+        t0 = time.monotonic()
+        rec = vae_stage.reconstruct(vae, corpus.images[held])
+        result["vae"] = {"psnr_heldout_db": vae_stage.psnr(corpus.images[held], rec)}
+        held_faces = corpus.faces[held]
+        if held_faces.any():
+            result["vae"]["psnr_heldout_faces_db"] = vae_stage.psnr(
+                corpus.images[held][held_faces], rec[held_faces]
+            )
+        if domains:
+            faces = np.concatenate(
+                [d.images for d in domains if d.name in SAMPLE_DOMAINS] or [domains[0].images]
+            )
+            result["vae"]["psnr_benchmark_faces_db"] = vae_stage.psnr(
+                faces, vae_stage.reconstruct(vae, faces)
+            )
+            if figures is not None:
+                picks = [d for d in domains if d.name in SAMPLE_DOMAINS][:5] or domains[:1]
+                imgs, titles = [], []
+                for d in picks:
+                    sel = np.linspace(0, len(d.images) - 1, 12).round().astype(int)
+                    imgs += [d.images[i] for i in sel]
+                    titles.append(d.name)
+                imgs = np.stack(imgs)
+                vae_stage.save_recon_grid(
+                    imgs, vae_stage.reconstruct(vae, imgs), Path(figures) / "mini_vae_recon.png", titles
+                )
+        result["seconds"]["vae"] = round(time.monotonic() - t0, 1)
+
+    if "unet" in parts:
+        t0 = time.monotonic()
+        unet = UNet2DConditionModel.from_pretrained(out, subfolder="unet")
+        result["params"]["unet"] = sum(p.numel() for p in unet.parameters())
+        scheduler = DDPMScheduler.from_pretrained(out, subfolder="scheduler")
+        factor = float(vae.config.scaling_factor)
+        cond = unet_stage.conditioning(ctx.text_encoder(recipe.text_length), corpus.vocabulary)
+        mean, _ = vae_stage.encode_latents(vae, corpus.images[held])
+        result["unet_heldout_denoising_mse"] = unet_stage.denoising_loss(
+            unet, scheduler, mean, factor, cond, corpus.caption_ids[held], list(UNET_TIMESTEPS)
         )
-        unet_stage.save_sample_grid(
-            corpus.images[chosen],
-            imgs,
-            [corpus.captions[i] for i in chosen],
-            figures / "mini_samples.png",
-            samples_per_caption,
-        )
-    result["eval_seconds"] = round(time.monotonic() - t0, 1)
+        if figures is not None:
+            # Held-out captions: faces first (the emotion signal), then other emojis, one row each.
+            chosen, seen = [], set()
+            order = sorted(held, key=lambda i: (not corpus.faces[i], corpus.codepoints[i]))
+            face_rows = [i for i in order if corpus.faces[i]]
+            other_rows = [i for i in order if not corpus.faces[i]]
+            for i in face_rows[:: max(1, len(face_rows) // 6)] + other_rows[:: max(1, len(other_rows) // 6)]:
+                if corpus.caption_ids[i] not in seen:
+                    seen.add(corpus.caption_ids[i])
+                    chosen.append(i)
+            chosen = chosen[:12]
+            ids = np.repeat(corpus.caption_ids[chosen], samples_per_caption)
+            imgs = unet_stage.sample(
+                unet,
+                vae,
+                scheduler.config,
+                cond.states[ids],
+                cond.masks[ids],
+                cond,
+                steps=sample_steps,
+                guidance=4.0,
+            )
+            unet_stage.save_sample_grid(
+                corpus.images[chosen],
+                imgs,
+                [corpus.captions[i] for i in chosen],
+                Path(figures) / "mini_samples.png",
+                samples_per_caption,
+            )
+        result["seconds"]["unet"] = round(time.monotonic() - t0, 1)
     return result

@@ -260,9 +260,11 @@ class Stage:
                 bar.update(1)
                 if self.total_steps is None:
                     self.total_steps = self._fix_total(timing, took)
-                    if self.total_steps is not None:
-                        bar.total = self.total_steps
-                        bar.refresh()
+                else:
+                    self._reestimate(timing, took)
+                if self.total_steps is not None and bar.total != self.total_steps:
+                    bar.total = self.total_steps
+                    bar.refresh()
                 if self.step % opts.log_every == 0 or self.step == self.total_steps:
                     record = {"step": self.step, "loss": sum(window) / len(window), "lr": factor}
                     record.update({k: round(float(v), 6) for k, v in parts.items()})
@@ -288,11 +290,30 @@ class Stage:
         timing.append(took)
         if len(timing) < opts.timing_steps:
             return None
-        per_step = sorted(timing)[len(timing) // 2]
+        return self._estimate_total(timing)
+
+    def _estimate_total(self, timing: list[float]) -> int:
+        opts = self.options
+        recent = timing[-50:]
+        per_step = sorted(recent)[len(recent) // 2]
         fits = int((opts.budget_minutes * 60 - self.elapsed) / per_step) + self.step
-        total = max(self.step, min(opts.max_steps, fits))
+        total = max(self.step + 1, min(opts.max_steps, fits))
         print(
             f"{self.name}: {per_step:.2f} s/step, budget {opts.budget_minutes} min -> {total} steps",
             file=sys.stderr,
         )
         return total
+
+    def _reestimate(self, timing: list[float], took: float) -> None:
+        """On a shared machine the speed drifts: re-fit the step count to the budget every 25 steps
+        until 80% of the budget is spent (the cosine schedule follows the current estimate)."""
+        opts = self.options
+        if opts.budget_minutes is None or self.total_steps is None:
+            return
+        timing.append(took)
+        if (
+            self.step % 25 == 0
+            and self.elapsed < 0.8 * opts.budget_minutes * 60
+            and len(timing) >= opts.timing_steps
+        ):
+            self.total_steps = self._estimate_total(timing)

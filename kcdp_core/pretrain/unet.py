@@ -194,28 +194,14 @@ def sample(
 def save_sample_grid(
     references: np.ndarray, samples: np.ndarray, captions: list[str], path: str | Path, per_caption: int
 ) -> Path:
-    """One row per caption: a real held-out image of it, then `per_caption` samples."""
-    import textwrap
+    """One row per caption: a real held-out image of it, then `per_caption` samples, then the caption."""
+    from kcdp_core.pretrain.figures import image_grid
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows, cols = len(captions), per_caption + 1
-    fig, axes = plt.subplots(rows, cols + 2, figsize=((cols + 2) * 0.95, rows * 0.95), squeeze=False)
-    for r, caption in enumerate(captions):
-        for ax in axes[r]:
-            ax.axis("off")
-        axes[r, 0].imshow(references[r])
-        for c in range(per_caption):
-            axes[r, c + 1].imshow(samples[r * per_caption + c])
-        axes[r, cols].text(0, 0.5, "\n".join(textwrap.wrap(caption, 42)[:3]), fontsize=5, va="center")
-    axes[0, 0].set_title("held-out\nreal", fontsize=5)
-    axes[0, 1].set_title(f"samples (DDIM, CFG) x{per_caption}", fontsize=5, loc="left")
-    fig.tight_layout(pad=0.2)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    rows = [[references[r], *samples[r * per_caption : (r + 1) * per_caption]] for r in range(len(captions))]
+    return image_grid(
+        rows,
+        path,
+        captions,
+        header=f"mini UNet: held-out caption -> real image | {per_caption} samples (DDIM 50, CFG 4, VAE decode)",
+        separators=(0,),
+    )

@@ -130,33 +130,15 @@ def psnr(original: np.ndarray, reconstruction: np.ndarray) -> float:
 
 
 def save_recon_grid(
-    originals: np.ndarray,
-    reconstructions: np.ndarray,
-    path: str | Path,
-    titles: list[str] | None = None,
-    cols: int = 12,
+    originals: np.ndarray, reconstructions: np.ndarray, path: str | Path, titles: list[str], cols: int = 12
 ) -> Path:
-    """Pairs of rows: originals above their reconstructions."""
-    import matplotlib
+    """Pairs of rows: originals above their reconstructions, `titles` (one per pair of rows) to the right."""
+    from kcdp_core.pretrain.figures import image_grid
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(originals)
-    rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(2 * rows, cols, figsize=(cols * 0.9, 2 * rows * 0.95), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for i in range(n):
-        r, c = divmod(i, cols)
-        axes[2 * r, c].imshow(originals[i])
-        axes[2 * r + 1, c].imshow(reconstructions[i])
-        if titles:
-            axes[2 * r, c].set_title(titles[i], fontsize=5)
-    fig.suptitle("VAE: originals (upper) and reconstructions (lower), held-out benchmark faces", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    rows, labels = [], []
+    for start in range(0, len(originals), cols):
+        rows += [list(originals[start : start + cols]), list(reconstructions[start : start + cols])]
+        labels += [titles[start // cols] + " (original)", "VAE reconstruction"]
+    return image_grid(
+        rows, path, labels, header="mini VAE: held-out benchmark faces (never in the corpus)", label_width=170
+    )

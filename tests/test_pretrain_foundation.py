@@ -1,0 +1,82 @@
+"""kcdp-pretrain end to end on a tiny drawn corpus: the folder it writes loads through load_foundation
+(the `mini` preset's sources pointed at it) and from_pretrained, and evaluates."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from pretrain_fixture import make_fixture
+
+from kcdp_core.config import Source, mini
+from kcdp_core.model.foundation import load_foundation
+from kcdp_core.pretrain import recipe as recipe_mod
+from kcdp_core.pretrain.bank import read_caption_bank
+from kcdp_core.pretrain.cli import main
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrain")
+    data = make_fixture(root / "data")
+    args = ["run", "--data", str(data), "--work", str(root / "work"), "--out", str(root / "out"), "--small"]
+    for stage in ("encoder", "vae", "unet"):
+        args += [f"--{stage}-minutes", "0", f"--{stage}-steps", "4", f"--{stage}-batch-size", "8"]
+    assert main(args) == 0
+    return root
+
+
+def test_foundation_folder_layout_and_load(built):
+    out = built / "out"
+    meta = json.loads((out / "foundation.json").read_text())
+    assert meta["kind"] == "kcdp-foundation" and meta["preset"] == "mini"
+    assert meta["text_encoder"]["path"] == "sentence-transformers/all-MiniLM-L6-v2"
+    for sub in ("vae", "unet", "image_encoder", "caption_bank", "scheduler"):
+        assert (out / sub).is_dir(), sub
+
+    cfg = mini()
+    f = cfg.foundation
+    cfg = cfg.replace(
+        foundation={
+            **cfg.to_dict()["foundation"],
+            "vae": {"path": str(out), "subfolder": "vae"},
+            "unet": {"path": str(out), "subfolder": "unet"},
+            "image_encoder": {"path": str(out), "subfolder": "image_encoder"},
+        }
+    )
+    assert f.text_encoder == Source(cfg.foundation.text_encoder.path)
+    found = load_foundation(cfg)
+    assert found.caption_bank_dir == out / "caption_bank"
+    assert found.unet.config.cross_attention_dim == found.text_encoder.dim == 384
+    assert len(found.unet.up_blocks) == len(cfg.perception.feature_levels)
+    assert all(hasattr(found.unet.up_blocks[i], "attentions") for i in cfg.perception.feature_levels)
+    assert next(found.vae.parameters()).dtype == torch.float32  # stored fp16, loaded fp32
+    z = found.vae.encode(torch.rand(2, 3, 64, 64) * 2 - 1).latent_dist.mode()
+    assert z.shape == (2, 4, 8, 8)
+
+    captions, emb = read_caption_bank(out / "caption_bank")
+    assert len(captions) == emb.shape[0] == 12 and emb.dtype == torch.float32
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(12), atol=1e-4, rtol=0)
+    # Same order as the text encoder would embed them (MODEL_API.md).
+    te = found.text_encoder
+    te.length = meta["caption_bank"]["sentence_length"]
+    torch.testing.assert_close(te.sentence_embeddings(captions[:3]), emb[:3], atol=1e-5, rtol=0)
+
+
+def test_rerun_skips_finished_stages_and_evaluates(built):
+    work, out = built / "work", built / "out"
+    stamp = (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    args = ["run", "--data", str(built / "data"), "--work", str(work), "--out", str(out), "--small"]
+    for stage in ("encoder", "vae", "unet"):
+        args += [f"--{stage}-minutes", "0", f"--{stage}-steps", "4"]
+    assert main(args) == 0  # every stage already done: re-exports the same weights
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == stamp
+
+    recipe = recipe_mod.Recipe(data=str(built / "data"), work=str(work), out=str(out))
+    result = recipe_mod.evaluate(recipe, figures=built / "fig", samples_per_caption=2, sample_steps=3)
+    assert 0 <= result["retrieval_heldout"]["top1"] <= result["retrieval_heldout"]["top5"] <= 1
+    assert set(result["zero_shot"]["families"]) == {"flat", "line"}
+    assert result["vae"]["psnr_heldout_db"] > 0
+    assert set(result["unet_heldout_denoising_mse"]) == {str(t) for t in recipe_mod.UNET_TIMESTEPS}
+    assert (built / "fig" / "mini_samples.png").exists() and (built / "fig" / "mini_vae_recon.png").exists()

@@ -1,0 +1,172 @@
+"""kcdp-pretrain stages on a tiny drawn corpus: each runs a few steps, its loss falls, and a run that is
+interrupted and resumed ends in exactly the state of an uninterrupted one."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pretrain_fixture import make_fixture
+
+from kcdp_core.config import MINILM, Source
+from kcdp_core.knowledge.text_encoder import TextEncoder
+from kcdp_core.pretrain import encoder as enc
+from kcdp_core.pretrain import unet as un
+from kcdp_core.pretrain import vae as va
+from kcdp_core.pretrain.corpus import load_corpus, sampling_weights
+from kcdp_core.pretrain.stage import StageOptions
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_fixture(tmp_path_factory.mktemp("emoji"))
+
+
+@pytest.fixture(scope="module")
+def corpus(data):
+    return load_corpus(data, 64, heldout_fraction=0.2, seed=0)
+
+
+@pytest.fixture(scope="module")
+def text():
+    src = Source(MINILM)
+    return TextEncoder.from_sources(src, src, 32)
+
+
+@pytest.fixture(scope="module")
+def sentences(corpus, text):
+    return text.sentence_embeddings(corpus.vocabulary)
+
+
+def _opts(steps: int, lr_warmup: int = 2) -> StageOptions:
+    return StageOptions(max_steps=steps, budget_minutes=None, warmup_steps=lr_warmup, log_every=1, seed=3)
+
+
+def _losses(work: Path) -> list[float]:
+    return [json.loads(ln)["loss"] for ln in (work / "loss.jsonl").read_text().splitlines()]
+
+
+def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_corpus_split_is_by_emoji_and_faces_are_oversampled(corpus):
+    assert len(corpus) == 36  # 12 emojis x 3 styles; the broken json line was skipped
+    held = {c for c, h in zip(corpus.codepoints, corpus.heldout, strict=True) if h}
+    train = {c for c, h in zip(corpus.codepoints, corpus.heldout, strict=True) if not h}
+    assert len(held) == round(0.2 * 12) and not held & train
+    assert corpus.heldout.sum() == 3 * len(held)  # every style of a held-out emoji
+    w = sampling_weights(corpus, corpus.train_index, 0.5)
+    assert w[corpus.faces[corpus.train_index]].sum() == pytest.approx(0.5)
+    assert corpus.images.shape[1:] == (64, 64, 3) and corpus.images.dtype == np.uint8
+
+
+def _encoder_options(steps: int) -> enc.EncoderOptions:
+    return enc.EncoderOptions(
+        backbone="tiny_cnn",
+        pretrained_backbone=False,
+        hidden_dim=64,
+        batch_size=16,
+        head_lr=3e-3,
+        stage=_opts(steps),
+    )
+
+
+def test_encoder_stage_learns_and_resumes_exactly(tmp_path, corpus, sentences):
+    full, model_full = enc.build_stage(corpus, sentences, tmp_path / "a", _encoder_options(30), 384, 64)
+    full.run()
+    losses = _losses(tmp_path / "a")
+    assert len(losses) == 30 and np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+    assert (tmp_path / "a" / "loss.png").exists()
+
+    first, _ = enc.build_stage(corpus, sentences, tmp_path / "b", _encoder_options(30), 384, 64)
+    first.run(stop_after=12)  # an interruption right after a checkpoint
+    assert not first.done and first.step == 12
+    again, model_resumed = enc.build_stage(corpus, sentences, tmp_path / "b", _encoder_options(30), 384, 64)
+    again.run()
+    assert again.done and again.step == 30
+    _same_state(model_full, model_resumed)
+    assert _losses(tmp_path / "b") == pytest.approx(losses)
+
+    r = enc.retrieval(model_full.encoder, corpus, sentences, corpus.train_index)
+    assert r["top5"] >= r["top1"] and r["images"] == len(corpus.train_index)
+
+
+def test_vae_stage_learns_and_resumes_exactly(tmp_path, corpus):
+    def opts(steps: int) -> va.VAEOptions:
+        return va.VAEOptions(
+            block_out_channels=(8, 16, 16, 16), norm_num_groups=4, batch_size=8, lr=3e-3, stage=_opts(steps)
+        )
+
+    full, vae_full = va.build_stage(corpus, tmp_path / "a", opts(16), 64)
+    full.run()
+    losses = _losses(tmp_path / "a")
+    assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4])
+    va.build_stage(corpus, tmp_path / "b", opts(16), 64)[0].run(stop_after=7)
+    again, vae_resumed = va.build_stage(corpus, tmp_path / "b", opts(16), 64)
+    again.run()
+    _same_state(vae_full, vae_resumed)
+
+    factor = va.set_scaling_factor(vae_full, corpus)
+    assert vae_full.config.scaling_factor == pytest.approx(factor) and factor > 0
+    rec = va.reconstruct(vae_full, corpus.images[:4])
+    assert rec.shape == corpus.images[:4].shape
+    assert va.psnr(corpus.images[:4], corpus.images[:4]) > 90  # identical images: capped, huge
+    assert 3 < va.psnr(corpus.images[:4], rec) < 60
+
+
+def test_unet_stage_learns_and_resumes_exactly(tmp_path, corpus, text):
+    torch.manual_seed(0)
+    vae = va.build_vae(va.VAEOptions(block_out_channels=(8, 16, 16, 16), norm_num_groups=4), 64)
+    mean, std = va.encode_latents(vae, corpus.images)
+    cond = un.conditioning(TextEncoder(text.model, text.tokenizer, 16), corpus.vocabulary)
+    assert cond.states.shape == (len(corpus.vocabulary), 16, 384)
+
+    def opts(steps: int) -> un.UNetOptions:
+        return un.UNetOptions(
+            block_out_channels=(16, 16, 32),
+            norm_num_groups=8,
+            attention_head_dim=4,
+            batch_size=16,
+            lr=2e-3,
+            stage=_opts(steps),
+        )
+
+    full, unet_full, sched = un.build_stage(
+        corpus, mean, std, 1.0 / float(mean.std()), cond, tmp_path / "a", opts(24)
+    )
+    full.run()
+    losses = _losses(tmp_path / "a")
+    assert np.mean(losses[-6:]) < 0.9 * np.mean(losses[:6])
+    un.build_stage(corpus, mean, std, 1.0 / float(mean.std()), cond, tmp_path / "b", opts(24))[0].run(
+        stop_after=9
+    )
+    again, unet_resumed, _ = un.build_stage(
+        corpus, mean, std, 1.0 / float(mean.std()), cond, tmp_path / "b", opts(24)
+    )
+    again.run()
+    _same_state(unet_full, unet_resumed)
+    assert [b.__class__.__name__ for b in unet_full.up_blocks] == ["CrossAttnUpBlock2D"] * 3
+
+    losses_t = un.denoising_loss(unet_full, sched, mean[:6], 1.0, cond, corpus.caption_ids[:6], [1, 500])
+    assert set(losses_t) == {"1", "500"} and all(v["captioned"] > 0 for v in losses_t.values())
+    imgs = un.sample(unet_full, vae, sched.config, cond.states[:2], cond.masks[:2], cond, steps=3)
+    assert imgs.shape == (2, 64, 64, 3) and imgs.dtype == np.uint8
+
+
+def test_stage_options_budget_fixes_step_count(tmp_path, corpus, sentences):
+    o = _encoder_options(1000)
+    o.stage = dataclasses.replace(o.stage, budget_minutes=0.02, timing_steps=2, warmup_steps=5)
+    stage, _ = enc.build_stage(corpus, sentences, tmp_path, o, 384, 64)
+    stage.run()
+    # 1.2 s of budget: a handful of steps, far fewer than max_steps, and stored for resuming.
+    assert stage.done and 3 <= stage.total_steps < 1000
+    state = json.loads(next((tmp_path / "ckpt").glob("step-*/state.json")).read_text())
+    assert state["total_steps"] == stage.total_steps
