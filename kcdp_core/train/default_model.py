@@ -52,6 +52,20 @@ def open_manifest(data: Path, out: Path) -> tuple[Path, dict[str, int]]:
     return out, counts
 
 
+def _foundation_digest(config) -> str:
+    """sha256 over the foundation folder the model was trained on (a retrained one will not match)."""
+    import hashlib
+
+    from kcdp_core.sources import resolve
+
+    path, _ = resolve(config.foundation.unet)
+    root, h = Path(path), hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(f.relative_to(root).as_posix().encode())
+        h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="/work/data/emoji")
@@ -101,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         "best_epoch": result.best_epoch,
         "source_val_macro_f1": result.best_val_macro_f1,
         "foundation": config.foundation.unet.path,
+        "foundation_sha256": _foundation_digest(config),
     }
     (out / "model_card.json").write_text(json.dumps(card, indent=1) + "\n")
     print(json.dumps(card, indent=1))
