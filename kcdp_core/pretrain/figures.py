@@ -52,5 +52,6 @@ def image_grid(
             )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path, optimize=True)
+    # A 256-colour palette keeps the committed PNGs small; emoji art survives it well.
+    canvas.quantize(256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
     return path
