@@ -16,6 +16,15 @@ from kcdp_core.pretrain.bank import read_caption_bank
 from kcdp_core.pretrain.cli import main
 
 
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """One torch thread: on this shared, oversubscribed CPU two threads run several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("pretrain")

@@ -182,7 +182,7 @@ class Stage:
         if not self.log_path.exists():
             return
         lines = [ln for ln in self.log_path.read_text().splitlines() if ln.strip()]
-        kept = [ln for ln in lines if json.loads(ln).get("step", 0) < step]
+        kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
         self.log_path.write_text("".join(ln + "\n" for ln in kept))
 
     def log(self, record: dict) -> None:

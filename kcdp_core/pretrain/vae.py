@@ -76,7 +76,7 @@ def build_stage(
         mse = F.mse_loss(rec, x)
         kl = posterior.kl().mean() / z[0].numel()
         loss = l1 + mse + options.kl_weight * kl
-        return loss, {"l1": float(l1), "mse": float(mse), "kl": float(kl)}
+        return loss, {"l1": l1.item(), "mse": mse.item(), "kl": kl.item()}
 
     return Stage("vae", work_dir, {"vae": vae}, optimizer, step, options.stage), vae
 
