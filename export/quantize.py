@@ -59,6 +59,14 @@ def _quiet_root_logger() -> Iterator[None]:
         root.setLevel(level)
 
 
+def _output_producers(path: Path) -> list[str]:
+    """Nodes that write graph outputs stay float: a uint8-quantised softmax turns near-uniform
+    probabilities into ties, and argmax over ties is a wrong label (measured: 0.07 agreement)."""
+    model = onnx.load(str(path), load_external_data=False)
+    outputs = {o.name for o in model.graph.output}
+    return [n.name for n in model.graph.node if outputs.intersection(n.output) and n.name]
+
+
 def _large(path: Path) -> bool:
     return initializer_bytes(onnx.load(str(path), load_external_data=False)) > EXTERNAL_DATA_THRESHOLD
 
@@ -109,6 +117,7 @@ def quantize_graph(
                     calibrate_method=CalibrationMethod.MinMax,
                     use_external_data_format=large,
                     extra_options={"CalibTensorRangeSymmetric": False},
+                    nodes_to_exclude=_output_producers(src),
                 )
             else:
                 raise ValueError(f"unknown quantization mode {mode!r}")
