@@ -107,7 +107,11 @@ def run_encoder(ctx: Context, stop_after: int | None = None) -> dict | None:
     if not stage.done:
         return None
     model.encoder.save_pretrained(ctx.out / "image_encoder", dtype=torch.float16)
-    return {"steps": stage.step, "seconds": round(stage.elapsed, 1), "temperature": float(1 / model.scale().detach())}
+    return {
+        "steps": stage.step,
+        "seconds": round(stage.elapsed, 1),
+        "temperature": float(1 / model.scale().detach()),
+    }
 
 
 def run_vae(ctx: Context, stop_after: int | None = None) -> dict | None:
