@@ -201,7 +201,8 @@ def run_one(
     from kcdp_core.train.evaluate import evaluate_checkpoint
     from kcdp_core.train.trainer import Trainer
 
-    result_file = run_dir / "result.json"
+    # One training run can be scored on several targets (UC): one result file per scored set.
+    result_file = run_dir / f"result-{Path(eval_data).stem}.json"
     if result_file.exists():
         return json.loads(result_file.read_text())
     config = config_for(variant, args, seed)

@@ -137,6 +137,9 @@ class TrainConfig:
     num_workers: int = 0
     # Draw source batches class-balanced (with replacement): macro-F1 on skewed sets (happiness 19/44).
     balanced_sampling: bool = False
+    # DA: after training, recompute the BatchNorm statistics of the best model on the unlabelled
+    # target (AdaBN: per-style feature standardisation; images only, never labels).
+    target_bn: bool = False
 
 
 @dataclass

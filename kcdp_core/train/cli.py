@@ -48,6 +48,8 @@ def _config_from_args(args: argparse.Namespace) -> KCDPConfig:
         train["augment"] = False
     if args.balanced:
         train["balanced_sampling"] = True
+    if args.target_bn:
+        train["target_bn"] = True
     train["mixed_precision"] = _mixed_precision(args.mixed_precision)
     sections: dict = {"train": train}
     if args.finetune:
@@ -126,6 +128,9 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cliea", action="store_true")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--balanced", action="store_true", help="class-balanced source batches")
+    p.add_argument(
+        "--target-bn", action="store_true", help="DA: recompute best/'s BatchNorm statistics on the target"
+    )
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--threads", type=int, help="CPU threads for torch (1 is fastest on a busy machine)")

@@ -382,6 +382,46 @@ class Trainer:
         return torch.cat(labels), torch.cat(keeps)
 
     @torch.no_grad()
+    def _adapt_best_to_target(self) -> None:
+        """AdaBN on best/: BatchNorm running statistics = the target's (un-augmented images only).
+
+        Idempotent: best/target_bn.json marks a checkpoint already adapted (resume-safe)."""
+        from kcdp_core.model.kcdp import KCDPModel
+
+        best = self.out / "best"
+        marker = best / "target_bn.json"
+        if marker.exists():
+            return
+        model = KCDPModel.from_pretrained(best)
+        bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        if not bns:
+            return
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative average over the whole target
+        model.eval()
+        for bn in bns:
+            bn.train()
+        loader = torch.utils.data.DataLoader(self.target_plain, batch_size=self.tc.batch_size)
+        for batch in loader:
+            if len(batch["index"]) > 1:
+                model(batch["pixels"], batch["k"], batch["k_mask"])
+        for bn in bns:
+            bn.momentum = 0.1
+        staging = self.out / ".best-staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        model.save_pretrained(staging)
+        (staging / "target_bn.json").write_text(
+            json.dumps({"target": str(self.target), "images": len(self.target_plain)}) + "\n"
+        )
+        shutil.rmtree(best, ignore_errors=True)
+        os.replace(staging, best)
+        self._append_metrics({"kind": "target_bn", "images": len(self.target_plain)})
+        self.log(
+            f"best/: BatchNorm statistics recomputed on {len(self.target_plain)} unlabelled target images"
+        )
+
+    @torch.no_grad()
     def _zeroshot_pseudo_labels(self, model) -> tuple[torch.Tensor, torch.Tensor]:
         from kcdp_core.train.zeroshot import ZeroShotClassifier, prompt_embeddings
 
@@ -541,5 +581,7 @@ class Trainer:
                 + f" ({time.time() - t0:.1f}s)"
             )
             self._save_checkpoint(epoch + 1, best)
+        if tc.setting == "da" and tc.target_bn and acc.is_main_process and (self.out / "best").exists():
+            self._adapt_best_to_target()
         acc.end_training()
         return TrainResult(self.out, best["epoch"], best["val_macro_f1"], tc.epochs)
