@@ -224,11 +224,25 @@ def _export(ckpt: Path, work: Path, options: ExportOptions) -> dict:
                 graph, dst, options, real_feeds[graph.name]
             )
         except validate.ParityError as exc:
-            # One graph that does not survive reduced precision stays fp32; the rest keep theirs.
-            _log(options, f"{graph.name}: {exc}; keeping this graph in fp32")
+            # One graph that does not survive reduced precision falls back on its own: int8 weights
+            # with fp32 compute when int8 activations were the problem, else fp32; the rest keep theirs.
             parity[graph.name][f"{options.precision}_rejected"] = exc.parity.manifest()
             graph_precision[graph.name] = "fp32"
-            _move_graph(src, dst)
+            if options.precision == "int8":
+                from kcdp_export.quantize import int8_weights
+
+                int8_weights(src, dst)
+                try:
+                    parity[graph.name]["int8_weights"] = _measure_variant(
+                        graph, dst, options, real_feeds[graph.name]
+                    )
+                    _log(options, f"{graph.name}: {exc}; int8 weights with fp32 compute instead")
+                    graph_precision[graph.name] = "int8-weights"
+                except validate.ParityError as exc2:
+                    _log(options, f"{graph.name}: {exc2}; keeping this graph in fp32")
+            if graph_precision[graph.name] == "fp32":
+                _log(options, f"{graph.name}: {exc}; keeping this graph in fp32")
+                _move_graph(src, dst)
     lap(f"precision_{options.precision}")
 
     int8_change = None
@@ -296,6 +310,8 @@ def _export(ckpt: Path, work: Path, options: ExportOptions) -> dict:
         ckpt_dir,
         real,
     )
+    for name, precision in graph_precision.items():
+        body["graphs"][name]["precision"] = precision  # a reduced-precision export may keep some graphs fp32
 
     if options.triton:
         from kcdp_export.triton import write_repository

@@ -2,7 +2,9 @@
 
 Folder layout (MODEL_API.md, "caption_bank/"):
     captions.jsonl           one {"caption": str, "triplets": [[s, v, o], ...] (optional)} per line
-    embeddings.safetensors   {"embeddings": float32 [N, D_text]}, L2-normalised
+    embeddings.safetensors   {"embeddings": [N, D_text]}, L2-normalised, stored as float16 (half the
+                             bytes of the committed weights; cosine ranks unchanged but for near-ties),
+                             read as float32 (older float32 files load too)
                              TextEncoder.sentence_embeddings of those captions, same order
 Loading and searching are numpy-only (torch-free); only `build` needs the torch text encoder.
 """
@@ -113,7 +115,7 @@ class CaptionBank:
             lines.append(json.dumps(row, ensure_ascii=False))
         _atomic_write(folder / CAPTIONS, ("\n".join(lines) + "\n").encode("utf-8"))
         tmp = folder / (EMBEDDINGS + ".tmp")
-        save_file({"embeddings": np.ascontiguousarray(self.embeddings, dtype=np.float32)}, str(tmp))
+        save_file({"embeddings": np.ascontiguousarray(self.embeddings, dtype=np.float16)}, str(tmp))
         os.replace(tmp, folder / EMBEDDINGS)
         return folder
 
