@@ -80,6 +80,7 @@ def test_manifest_contract(exported):
     assert g["image_encoder"]["inputs"]["pixels"] == ["batch", 3, 64, 64, "float32"]
     assert g["perception"]["inputs"]["knowledge"] == ["batch", 16, 32, "float32"]
     assert g["perception"]["outputs"]["logits"] == ["batch", 7, "float32"]
+    assert all(entry["precision"] == "fp32" for entry in g.values())
     for rel in (
         "text_encoder.onnx",
         "image_encoder.onnx",

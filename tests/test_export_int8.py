@@ -45,6 +45,8 @@ def test_int8_graphs_are_quantized(exported):
 def test_int8_reports_accuracy_change_and_parity(exported):
     m = exported["manifest"]
     assert m["precision"] == "int8"
+    assert {g["precision"] for g in m["graphs"].values()} <= {"int8", "fp32"}
+    assert m["graphs"]["perception"]["precision"] == "int8"
     change = m["int8_accuracy_change"]
     assert change["n_images"] == 8 and change["measured_on"].startswith("calibration images")
     assert 0.0 <= change["fp32_accuracy"] <= 1.0 and 0.0 <= change["int8_accuracy"] <= 1.0
