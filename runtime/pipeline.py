@@ -29,7 +29,7 @@ from PIL import Image
 from tokenizers import Tokenizer
 
 from kcdp_core.images import ImageError, load_image, preprocess
-from kcdp_core.knowledge.assemble import assemble_knowledge
+from kcdp_core.knowledge.assemble import assemble_knowledge, triplet_text
 from kcdp_runtime.captioner import (
     CAPTION_JOIN,
     Caption,
@@ -50,11 +50,6 @@ ImageInput = str | Path | bytes
 Triplet = tuple[str, str, str]
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
              "tensor(int32)": np.int32, "tensor(double)": np.float64}  # fmt: skip
-
-
-def triplet_text(triplet: Sequence[str]) -> str:
-    """How a triplet is written before encoding (as kcdp_core.knowledge.text_encoder.triplet_text)."""
-    return " ".join(part for part in triplet if part)
 
 
 @dataclass

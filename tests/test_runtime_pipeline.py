@@ -125,25 +125,6 @@ def test_parsed_captions_persist_so_a_new_process_needs_no_spacy(export, tmp_pat
     assert (tmp_path / "cache" / "parsed_captions").is_dir()
 
 
-def test_bank_triplets_added_at_export_time_spare_the_parser(export, tmp_path, monkeypatch):
-    from kcdp_export.bank_triplets import add_bank_triplets
-
-    monkeypatch.setenv("KCDP_CACHE", str(tmp_path / "cache"))
-    folder = tmp_path / "untrusted"
-    shutil.copytree(export, folder)
-    data = json.loads((folder / "manifest.json").read_text())
-    del data["caption_bank"]["triplets_parser"]
-    (folder / "manifest.json").write_text(json.dumps(data))
-    assert add_bank_triplets(folder) == len(BANK)
-    pipe = Pipeline.from_pretrained(folder)  # sha256 of the rewritten captions.jsonl checks out
-    pixels = np.zeros((1, 3, pipe.image_size, pipe.image_size), np.float32)
-    assert pipe.captioner.bank_triplets and pipe.captioner.caption([], pixels)[0].triplets is not None
-    pipe.run([_img(RED), _img(BLUE), _img(YELLOW), _img((128, 128, 128))])
-    assert pipe._parser is None
-    rows = [json.loads(x) for x in (folder / "caption_bank" / "captions.jsonl").read_text().splitlines()]
-    assert all("triplets" in r for r in rows) and ["face", "is", "angry"] in rows[0]["triplets"]
-
-
 def test_preoptimised_graph_cache_gives_identical_results(export, tmp_path, monkeypatch):
     monkeypatch.setenv("KCDP_CACHE", str(tmp_path / "cache"))
     images = [_img(RED), _img(BLUE), _img((30, 160, 90))]

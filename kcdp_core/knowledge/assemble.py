@@ -3,7 +3,14 @@ torch-free runtime assemble it with the same code. Torch-free."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+
+
+def triplet_text(triplet: Sequence[str]) -> str:
+    """How a triplet is written before encoding: "man is thrilled"."""
+    return " ".join(part for part in triplet if part)
 
 
 def assemble_knowledge(

@@ -10,15 +10,10 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from kcdp_core.config import Source
-from kcdp_core.knowledge.assemble import assemble_knowledge
+from kcdp_core.knowledge.assemble import assemble_knowledge, triplet_text
 from kcdp_core.sources import resolve
 
 Triplet = Sequence[str]
-
-
-def triplet_text(triplet: Triplet) -> str:
-    """How a triplet is written before encoding: "man is thrilled"."""
-    return " ".join(part for part in triplet if part)
 
 
 class TextEncoder(torch.nn.Module):
