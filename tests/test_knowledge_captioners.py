@@ -157,9 +157,9 @@ def test_caption_bank_format_and_roundtrip(tiny_foundation: Path, tmp_path: Path
     )
     # The stored embeddings are the text encoder's sentence embeddings of the captions, L2-normalised.
     fresh = te.sentence_embeddings(bank.captions).numpy()
-    np.testing.assert_allclose(bank.embeddings, fresh, atol=1e-4)
+    np.testing.assert_allclose(bank.embeddings, fresh, atol=1e-3)  # stored as float16
     built = CaptionBank.build(bank.captions[:5], te, triplets=[[["face", "is", "grinning"]]] + [None] * 4)
-    np.testing.assert_allclose(np.linalg.norm(built.embeddings, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(built.embeddings, axis=1), 1.0, atol=1e-3)
     built.save(tmp_path / "bank")
     lines = [json.loads(x) for x in (tmp_path / "bank" / "captions.jsonl").read_text().splitlines()]
     assert lines[0] == {"caption": bank.captions[0], "triplets": [["face", "is", "grinning"]]}

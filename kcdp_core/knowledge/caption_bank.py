@@ -34,7 +34,8 @@ class CaptionBank:
         embeddings: np.ndarray,
         triplets: Sequence[Sequence[Sequence[str]] | None] | None = None,
     ):
-        embeddings = np.asarray(embeddings, dtype=np.float32)
+        # Held at the stored (float16) precision so a bank in memory and its saved copy are identical.
+        embeddings = np.asarray(embeddings, dtype=np.float16).astype(np.float32)
         if embeddings.ndim != 2 or embeddings.shape[0] != len(captions):
             raise ValueError(
                 f"caption bank: {len(captions)} captions but embeddings of shape {embeddings.shape}"
