@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from kcdp_core.knowledge.assemble import assemble_knowledge
+from kcdp_core.knowledge.assemble import assemble_batch, triplet_text
 from kcdp_export.tokenizer import encode
 from kcdp_export.validate import run_onnx
 
@@ -77,18 +77,9 @@ class OnnxPipeline:
         triplets = self.parser.parse_many(list(captions)) if self.parser is not None else [[]] * len(captions)
         caps = [c if self.use_caption else "" for c in captions]
         trips = [list(t[: self.max_triplets]) if self.use_triplets else [] for t in triplets]
-        texts = caps + [" ".join(p for p in t if p) for ts in trips for t in ts]
+        texts = caps + [triplet_text(t) for ts in trips for t in ts]
         states, mask = self.token_states(texts)
-        ks, masks, offset = [], [], len(caps)
-        for i, ts in enumerate(trips):
-            n = len(ts)
-            k, m = assemble_knowledge(
-                states[i], mask[i], states[offset : offset + n], mask[offset : offset + n]
-            )
-            ks.append(k)
-            masks.append(m)
-            offset += n
-        return np.stack(ks), np.stack(masks)
+        return assemble_batch(states, mask, [len(ts) for ts in trips])
 
     def __call__(self, pixels: np.ndarray, captions: Sequence[str] | None = None) -> PipelineResult:
         captions = list(captions) if captions is not None else self.caption(pixels)

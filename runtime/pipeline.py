@@ -29,7 +29,7 @@ from PIL import Image
 from tokenizers import Tokenizer
 
 from kcdp_core.images import ImageError, load_image, preprocess
-from kcdp_core.knowledge.assemble import assemble_knowledge, triplet_text
+from kcdp_core.knowledge.assemble import assemble_batch, triplet_text
 from kcdp_runtime.captioner import (
     CAPTION_JOIN,
     Caption,
@@ -320,17 +320,13 @@ class Pipeline:
         _share(items, "text_encoder", t0)
 
         t0 = time.perf_counter()
-        offset = len(todo)
         fresh: dict[str, _Knowledge] = {}
-        for n, text in enumerate(todo):
-            m = len(triplets[text])
+        if todo:
             assert states is not None and masks is not None
-            k, mask = assemble_knowledge(
-                states[n], masks[n], states[offset : offset + m], masks[offset : offset + m]
-            )
-            offset += m
-            fresh[text] = _Knowledge(triplets[text], k, mask)
-            self._cache_put(text, fresh[text])
+            ks, kmasks = assemble_batch(states, masks, [len(triplets[text]) for text in todo])
+            for text, k, mask in zip(todo, ks, kmasks, strict=True):
+                fresh[text] = _Knowledge(triplets[text], k, mask)
+                self._cache_put(text, fresh[text])
         for item in items:
             if item.knowledge is None:
                 assert item.caption is not None

@@ -38,6 +38,20 @@ def assemble_knowledge(
     return k, mask
 
 
+def assemble_batch(
+    states: np.ndarray, mask: np.ndarray, triplet_counts: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """k for a batch whose texts were encoded in one call: the B captions first, then every image's
+    triplets in order (triplet_counts[i] of them for image i). Returns k [B, 2L, D] and mask [B, 2L]."""
+    ks, masks, offset = [], [], len(triplet_counts)
+    for i, n in enumerate(triplet_counts):
+        k, m = assemble_knowledge(states[i], mask[i], states[offset : offset + n], mask[offset : offset + n])
+        ks.append(k)
+        masks.append(m)
+        offset += n
+    return np.stack(ks), np.stack(masks)
+
+
 def pool_knowledge(k: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Masked mean over tokens: [B, S, D], [B, S] -> [B, D] (numpy twin of the model's pool(k))."""
     weights = mask[..., None]

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from kcdp_core.config import Source
-from kcdp_core.knowledge.assemble import assemble_knowledge, triplet_text
+from kcdp_core.knowledge.assemble import assemble_batch, triplet_text
 from kcdp_core.sources import resolve
 
 Triplet = Sequence[str]
@@ -69,13 +69,4 @@ class TextEncoder(torch.nn.Module):
         """k [B, 2L, D] and its mask [B, 2L] for a batch of images (caption + their triplets)."""
         texts = list(captions) + [triplet_text(t) for ts in triplets for t in ts]
         states, mask = (x.numpy() for x in self.token_states(texts))
-        ks, masks, offset = [], [], len(captions)
-        for i, ts in enumerate(triplets):
-            n = len(ts)
-            k, m = assemble_knowledge(
-                states[i], mask[i], states[offset : offset + n], mask[offset : offset + n]
-            )
-            ks.append(k)
-            masks.append(m)
-            offset += n
-        return np.stack(ks), np.stack(masks)
+        return assemble_batch(states, mask, [len(ts) for ts in triplets])

