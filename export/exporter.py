@@ -309,9 +309,8 @@ def _export(ckpt: Path, work: Path, options: ExportOptions) -> dict:
         selected,
         ckpt_dir,
         real,
+        graph_precision,
     )
-    for name, precision in graph_precision.items():
-        body["graphs"][name]["precision"] = precision  # a reduced-precision export may keep some graphs fp32
 
     if options.triton:
         from kcdp_export.triton import write_repository
@@ -504,6 +503,7 @@ def _manifest_body(
     selected,
     ckpt_dir,
     real,
+    graph_precision,
 ) -> dict:
     from kcdp_core.images import RESIZE_FILTER
 
@@ -565,7 +565,8 @@ def _manifest_body(
             "per_label": [config.cliea.prompt_template.format(label) for label in model.labels],
             "used_by": "CLIEA pseudo-labels at training time; not needed for inference",
         },
-        "graphs": {g.name: g.manifest() for g in graphs},
+        # A reduced-precision export may keep some graphs fp32 (or int8 weights): say which, per graph.
+        "graphs": {g.name: {**g.manifest(), "precision": graph_precision[g.name]} for g in graphs},
         "opset": options.opset,
         "parity": {name: _flat_parity(p, options.precision) for name, p in parity.items()},
         "end_to_end": end_to_end,

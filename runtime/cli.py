@@ -49,6 +49,19 @@ def _walk(folder: Path) -> Iterator[tuple[str, str | None]]:
         yield str(p), None
 
 
+def open_pipeline(model: str | None, providers: str | None, threads: int, prog: str):
+    """The Pipeline of an export folder (the default model when None), or None after printing why."""
+    from kcdp_runtime.pipeline import Pipeline  # after argparse: --help stays instant
+    from kcdp_runtime.sessions import SessionConfig
+
+    config = SessionConfig(providers=providers.split(",") if providers else None, intra_op_threads=threads)
+    try:
+        return Pipeline.from_pretrained(resolve_model(model), session_config=config)
+    except ModelError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return None
+
+
 def resolve_model(model: str | None) -> Path:
     if model is not None:
         return Path(model)
@@ -94,16 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         format="kcdp-infer: %(message)s",
         stream=sys.stderr,
     )
-    from kcdp_runtime.pipeline import Pipeline  # after argparse: --help stays instant
-    from kcdp_runtime.sessions import SessionConfig
-
-    config = SessionConfig(
-        providers=args.providers.split(",") if args.providers else None, intra_op_threads=args.threads
-    )
-    try:
-        pipe = Pipeline.from_pretrained(resolve_model(args.model), session_config=config)
-    except ModelError as exc:
-        print(f"kcdp-infer: error: {exc}", file=sys.stderr)
+    pipe = open_pipeline(args.model, args.providers, args.threads, "kcdp-infer")
+    if pipe is None:
         return 2
     failed = False
     pending: list[str] = []

@@ -298,16 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("kcdp-serve: error: needs the serve extra: pip install 'kcdp[serve]'", file=sys.stderr)
         return 2
-    from kcdp_runtime.cli import resolve_model
-    from kcdp_runtime.sessions import SessionConfig
+    from kcdp_runtime.cli import open_pipeline
 
-    sessions = SessionConfig(
-        providers=args.providers.split(",") if args.providers else None, intra_op_threads=args.threads
-    )
-    try:
-        pipeline = Pipeline.from_pretrained(resolve_model(args.model), session_config=sessions)
-    except ModelError as exc:
-        print(f"kcdp-serve: error: {exc}", file=sys.stderr)
+    pipeline = open_pipeline(args.model, args.providers, args.threads, "kcdp-serve")
+    if pipeline is None:
         return 2
     pipeline.warmup()
     config = ServeConfig(

@@ -44,39 +44,25 @@ def _config_from_args(args: argparse.Namespace) -> KCDPConfig:
         value = getattr(args, flag)
         if value is not None:
             train[key] = value
-    if args.no_augment:
-        train["augment"] = False
-    if args.balanced:
-        train["balanced_sampling"] = True
-    if args.target_bn:
-        train["target_bn"] = True
+    # Switches and choices outside the plain train fields: (section, key, value when given).
+    extra = (
+        ("train", "augment", False if args.no_augment else None),
+        ("train", "balanced_sampling", True if args.balanced else None),
+        ("train", "target_bn", True if args.target_bn else None),
+        ("perception", "finetune", args.finetune or None),
+        ("head", "classifier", args.classifier or None),
+        ("head", "use_knowledge", False if args.no_knowledge_head else None),
+        ("knowledge", "use_triplets", False if args.no_triplets else None),
+        ("knowledge", "use_caption", False if args.no_caption else None),
+        ("cliea", "threshold", args.threshold),
+        ("cliea", "ccl", args.ccl or None),
+        ("cliea", "enabled", False if args.no_cliea else None),
+    )
     train["mixed_precision"] = _mixed_precision(args.mixed_precision)
-    sections: dict = {"train": train}
-    if args.finetune:
-        sections["perception"] = {"finetune": args.finetune}
-    head: dict = {}
-    if args.classifier:
-        head["classifier"] = args.classifier
-    if args.no_knowledge_head:
-        head["use_knowledge"] = False
-    if head:
-        sections["head"] = head
-    knowledge: dict = {}
-    if args.no_triplets:
-        knowledge["use_triplets"] = False
-    if args.no_caption:
-        knowledge["use_caption"] = False
-    if knowledge:
-        sections["knowledge"] = knowledge
-    cliea: dict = {}
-    if args.threshold is not None:
-        cliea["threshold"] = args.threshold
-    if args.ccl:
-        cliea["ccl"] = args.ccl
-    if args.no_cliea:
-        cliea["enabled"] = False
-    if cliea:
-        sections["cliea"] = cliea
+    sections: dict[str, dict] = {"train": train}
+    for section, key, value in extra:
+        if value is not None:
+            sections.setdefault(section, {})[key] = value
     return config.replace(**sections)
 
 

@@ -35,12 +35,7 @@ def plot_confusion(cm: np.ndarray, labels: Sequence[str], path: str | Path, titl
             )
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def tsne_embedding(features: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -93,6 +88,11 @@ def plot_tsne(
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title or "t-SNE of v: source (o) vs target (x)")
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    plt = _pyplot()
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
