@@ -174,7 +174,10 @@ def config_for(variant: str, args: argparse.Namespace, seed: int):
         train["head_lr"] = args.head_lr
     if args.balanced:
         train["balanced_sampling"] = True
-    extra = {k: v for k, v in sections.items() if k != "train"}
+    extra = {k: dict(v) for k, v in sections.items() if k != "train"}
+    for key, value in overrides(args).items():
+        section, field = key.split(".", 1)
+        (train if section == "train" else extra.setdefault(section, {}))[field] = value
     config = config.replace(train=train, **extra)
     if args.foundation:  # trials on another foundation folder
         from kcdp_core.config import Source
@@ -185,12 +188,28 @@ def config_for(variant: str, args: argparse.Namespace, seed: int):
     return config
 
 
+def overrides(args: argparse.Namespace) -> dict[str, object]:
+    """--set section.field=JSON pairs, e.g. perception.image_embedding=false."""
+    out = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise SystemExit(f"--set {item!r}: expected section.field=value")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def recipe_tag(args: argparse.Namespace) -> str:
     """Run folders are reused only by the same recipe."""
     tag = f"{args.preset}-e{args.epochs}"
     for name in ("batch_size", "lr", "head_lr"):
         if getattr(args, name):
             tag += f"-{name.replace('_', '')}{getattr(args, name):g}"
+    for key, value in sorted(overrides(args).items()):
+        tag += f"-{key.rsplit('.', 1)[-1]}{json.dumps(value).strip(chr(34))}"
     return tag + ("-bal" if args.balanced else "") + ("-alt" if args.foundation else "")
 
 
@@ -376,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--head-lr", type=float)
     p.add_argument("--balanced", action="store_true")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--set", nargs="+", metavar="SECTION.FIELD=VALUE", help="config overrides for every run")
     p.add_argument("--foundation", help="another foundation folder (trials; the tables use the preset's)")
     p.add_argument("--no-write", action="store_true", help="print the table, leave RESULTS.md alone")
     p.add_argument(

@@ -112,8 +112,8 @@ class EagerPipeline:
         with torch.inference_mode():
             t0 = time.perf_counter()
             x = torch.from_numpy(np.stack(pixels))
-            emb = self.model.image_encoder(x).numpy()
-            idx, _ = self.bank.search(emb, self.top_k)
+            emb_t = self.model.image_encoder(x)
+            idx, _ = self.bank.search(emb_t.numpy(), self.top_k)
             captions = [". ".join(self.bank.captions[j] for j in row) for row in idx]
             _share(lat, ok, "caption", _ms(t0) / n)
             t0 = time.perf_counter()
@@ -138,7 +138,7 @@ class EagerPipeline:
             _share(lat, ok, "assemble", _ms(t0) / n)
             t0 = time.perf_counter()
             probs = self.model(
-                x, torch.from_numpy(np.stack(ks)), torch.from_numpy(np.stack(kms))
+                x, torch.from_numpy(np.stack(ks)), torch.from_numpy(np.stack(kms)), emb_t
             ).probs.numpy()
             _share(lat, ok, "perception", _ms(t0) / n)
         for j, i in enumerate(ok):

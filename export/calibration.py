@@ -29,12 +29,16 @@ class RealSet:
     texts: list[str] = field(default_factory=list)  # every text the text encoder saw (captions, triplets)
     captioner: str = ""
     skipped: list[str] = field(default_factory=list)
+    image_embedding: np.ndarray | None = None  # [N, E] when the model fuses it into v
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def perception_feeds(self) -> dict[str, np.ndarray]:
-        return {"pixels": self.pixels, "knowledge": self.knowledge, "knowledge_mask": self.knowledge_mask}
+        feeds = {"pixels": self.pixels, "knowledge": self.knowledge, "knowledge_mask": self.knowledge_mask}
+        if self.image_embedding is not None:
+            feeds["image_embedding"] = self.image_embedding
+        return feeds
 
 
 def find_images(root: Path, limit: int | None = None, seed: int = 0) -> list[Path]:
@@ -88,10 +92,17 @@ def load_real_set(model, root: Path, limit: int | None = 64, captions_csv: str |
     used_triplets = [t if getattr(kc, "use_triplets", True) else [] for t in triplets]
     k, mask = model.encode_knowledge(used_captions, used_triplets)
     texts = list(dict.fromkeys([*used_captions, *(triplet_text(t) for ts in used_triplets for t in ts)]))
+    pixel_array = np.stack(pixels).astype(np.float32)
+    embedding = None
+    if config.perception.image_embedding:
+        import torch
+
+        with torch.no_grad():
+            embedding = model.image_encoder(torch.from_numpy(pixel_array)).numpy()
     return RealSet(
         paths=paths,
         labels=label_array,
-        pixels=np.stack(pixels).astype(np.float32),
+        pixels=pixel_array,
         captions=captions,
         triplets=triplets,
         knowledge=k.astype(np.float32),
@@ -99,6 +110,7 @@ def load_real_set(model, root: Path, limit: int | None = 64, captions_csv: str |
         texts=texts,
         captioner=getattr(captioner, "id", type(captioner).__name__),
         skipped=skipped,
+        image_embedding=embedding,
     )
 
 

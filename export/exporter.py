@@ -132,7 +132,8 @@ def _export(ckpt: Path, work: Path, options: ExportOptions) -> dict:
 
         bank = CaptionBank.load(model.caption_bank_dir)
     graphs: list[GraphConfig] = [text_encoder_graph(model.text_encoder, length)]
-    if model.image_encoder is not None and kc.captioner == "retrieval":
+    # The image encoder serves the retrieval captioner and, when the model fuses it into v, perception.
+    if model.image_encoder is not None and (kc.captioner == "retrieval" or config.perception.image_embedding):
         graphs.append(
             image_encoder_graph(model.image_encoder, size, None if bank is None else bank.embeddings)
         )

@@ -3,7 +3,8 @@ named inputs and outputs with their dynamic batch axis, a generator of dummy inp
 argmax is a label, and the tolerance parity is held to.
 
 Three graphs: text_encoder (token ids + mask -> token states), image_encoder (pixels -> retrieval
-embedding; absent for sd15), perception (pixels + knowledge -> logits, probs, features v).
+embedding; absent for sd15), perception (pixels + knowledge [+ the image encoder's embedding when
+the model fuses it into v] -> logits, probs, features v).
 """
 
 from __future__ import annotations
@@ -127,9 +128,13 @@ class PerceptionModule(nn.Module):
         self.model = model
 
     def forward(
-        self, pixels: torch.Tensor, knowledge: torch.Tensor, knowledge_mask: torch.Tensor
+        self,
+        pixels: torch.Tensor,
+        knowledge: torch.Tensor,
+        knowledge_mask: torch.Tensor,
+        image_embedding: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        out = self.model(pixels, knowledge, knowledge_mask)
+        out = self.model(pixels, knowledge, knowledge_mask, image_embedding)
         return out.logits, out.probs, out.features
 
 
@@ -158,20 +163,25 @@ def image_dummy(size: int) -> DummyFn:
     return make
 
 
-def perception_dummy(size: int, length: int, dim: int) -> DummyFn:
+def perception_dummy(size: int, length: int, dim: int, embed_dim: int = 0) -> DummyFn:
     """Pixels in [0, 1]; k halves with random real-token prefixes; the triplet half may be empty
-    (an image whose caption gave no triplet), as assemble_knowledge produces it."""
+    (an image whose caption gave no triplet), as assemble_knowledge produces it; unit-norm image
+    embeddings (as the image encoder gives) when `embed_dim`."""
 
     def make(batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         cap = _prefix_mask(rng, batch, length, allow_empty=False)
         tri = _prefix_mask(rng, batch, length, allow_empty=True)
         mask = np.concatenate([cap, tri], axis=1).astype(np.float32)
         k = rng.standard_normal((batch, 2 * length, dim)).astype(np.float32) * mask[..., None]
-        return {
+        feeds = {
             "pixels": rng.random((batch, 3, size, size), dtype=np.float32),
             "knowledge": k,
             "knowledge_mask": mask,
         }
+        if embed_dim:
+            e = rng.standard_normal((batch, embed_dim)).astype(np.float32)
+            feeds["image_embedding"] = e / np.linalg.norm(e, axis=1, keepdims=True)
+        return feeds
 
     return make
 
@@ -213,25 +223,30 @@ def image_encoder_graph(image_encoder: nn.Module, size: int, bank: np.ndarray | 
 
 
 def perception_graph(model: nn.Module, size: int, length: int, dim: int, num_labels: int) -> GraphConfig:
-    """`model` is a KCDPModel (LoRA already merged for export)."""
+    """`model` is a KCDPModel (LoRA already merged for export). A model that fuses the image
+    embedding into v takes it as an input: the runtime has it from the image encoder graph already."""
     probe = PerceptionModule(model).eval()
-    feeds = perception_dummy(size, length, dim)(2, np.random.default_rng(0))
+    embed_dim = model.image_encoder.config.embed_dim if model.config.perception.image_embedding else 0
+    inputs = [
+        TensorSpec("pixels", (BATCH, 3, size, size)),
+        TensorSpec("knowledge", (BATCH, 2 * length, dim)),
+        TensorSpec("knowledge_mask", (BATCH, 2 * length)),
+    ]
+    if embed_dim:
+        inputs.append(TensorSpec("image_embedding", (BATCH, embed_dim)))
+    feeds = perception_dummy(size, length, dim, embed_dim)(2, np.random.default_rng(0))
     with torch.no_grad():
-        features = probe(*(torch.from_numpy(feeds[n]) for n in ("pixels", "knowledge", "knowledge_mask")))[2]
+        features = probe(*(torch.from_numpy(feeds[t.name]) for t in inputs))[2]
     return GraphConfig(
         name="perception",
         module=probe,
-        inputs=[
-            TensorSpec("pixels", (BATCH, 3, size, size)),
-            TensorSpec("knowledge", (BATCH, 2 * length, dim)),
-            TensorSpec("knowledge_mask", (BATCH, 2 * length)),
-        ],
+        inputs=inputs,
         outputs=[
             TensorSpec("logits", (BATCH, num_labels)),
             TensorSpec("probs", (BATCH, num_labels)),
             TensorSpec("features", (BATCH, int(features.shape[1]))),
         ],
-        dummy=perception_dummy(size, length, dim),
+        dummy=perception_dummy(size, length, dim, embed_dim),
         label_output="logits",
         quantization="static",
     )

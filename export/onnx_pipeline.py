@@ -52,14 +52,16 @@ class OnnxPipeline:
         self.use_triplets = use_triplets
         self.batch = batch
 
-    def caption(self, pixels: np.ndarray) -> list[str]:
-        emb = np.concatenate(
+    def embed(self, pixels: np.ndarray) -> np.ndarray:
+        return np.concatenate(
             [
                 run_onnx(self.sessions["image_encoder"], {"pixels": pixels[i : i + self.batch]})["embedding"]
                 for i in range(0, len(pixels), self.batch)
             ]
         )
-        indices, _ = self.bank.search(emb, self.top_k)
+
+    def caption(self, pixels: np.ndarray) -> list[str]:
+        indices, _ = self.bank.search(self.embed(pixels), self.top_k)
         return [self.separator.join(self.bank.captions[i] for i in row) for row in indices]
 
     def token_states(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -84,15 +86,13 @@ class OnnxPipeline:
     def __call__(self, pixels: np.ndarray, captions: Sequence[str] | None = None) -> PipelineResult:
         captions = list(captions) if captions is not None else self.caption(pixels)
         k, mask = self.knowledge(captions)
+        arrays = {"pixels": pixels, "knowledge": k, "knowledge_mask": mask}
+        if "image_embedding" in {i.name for i in self.sessions["perception"].get_inputs()}:
+            arrays["image_embedding"] = self.embed(pixels)
         probs = [
-            run_onnx(
-                self.sessions["perception"],
-                {
-                    "pixels": pixels[i : i + self.batch],
-                    "knowledge": k[i : i + self.batch],
-                    "knowledge_mask": mask[i : i + self.batch],
-                },
-            )["probs"]
+            run_onnx(self.sessions["perception"], {n: a[i : i + self.batch] for n, a in arrays.items()})[
+                "probs"
+            ]
             for i in range(0, len(pixels), self.batch)
         ]
         return PipelineResult(captions, np.concatenate(probs))

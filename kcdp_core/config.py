@@ -86,6 +86,10 @@ class PerceptionConfig:
     use_attention_maps: bool = True
     fpn_dim: int = 256
     feature_dim: int = 512  # size of the pooled visual feature v
+    # Fuse the frozen aligned image encoder's embedding into v (the CLIP-like image view beside the
+    # UNet's): a linear probe on it transfers across styles far better than on pooled UNet features
+    # of the 64 px mini foundation (benchmarks/RESULTS.md, "Probes").
+    image_embedding: bool = False
 
 
 @dataclass
@@ -270,7 +274,12 @@ def mini(labels: tuple[str, ...] = EMOJI7) -> KCDPConfig:
         knowledge=KnowledgeConfig(captioner="retrieval", retrieval_top_k=1, text_length=16),
         # The mini UNet (kcdp-pretrain) has three up blocks, all with cross-attention (8x8 latent: 2, 4, 8).
         perception=PerceptionConfig(
-            fpn_dim=64, feature_dim=128, lora_rank=8, lora_alpha=8.0, feature_levels=(0, 1, 2)
+            fpn_dim=64,
+            feature_dim=128,
+            lora_rank=8,
+            lora_alpha=8.0,
+            feature_levels=(0, 1, 2),
+            image_embedding=True,
         ),
         head=HeadConfig(fused_dim=128, expert_hidden=128),
         cliea=CLIEAConfig(dim=128, num_heads=4),
@@ -295,7 +304,9 @@ def tiny(labels: tuple[str, ...] = EMOJI7, foundation: str = "kcdp:tiny") -> KCD
             image_size=64,
         ),
         knowledge=KnowledgeConfig(captioner="retrieval", text_length=8, max_triplets=4),
-        perception=PerceptionConfig(fpn_dim=16, feature_dim=32, lora_rank=4, lora_alpha=4.0),
+        perception=PerceptionConfig(
+            fpn_dim=16, feature_dim=32, lora_rank=4, lora_alpha=4.0, image_embedding=True
+        ),
         head=HeadConfig(fused_dim=32, expert_hidden=16),
         cliea=CLIEAConfig(dim=32, num_heads=2),
         train=TrainConfig(lr=1e-3, epochs=2, batch_size=4, val_fraction=0.25),

@@ -29,6 +29,8 @@ class Caption:
     text: str
     # Triplets known without parsing (from the bank), or None: the pipeline parses the text.
     triplets: list[Triplet] | None = None
+    # The image encoder's embedding when the captioner computed one (perception may take it as input).
+    embedding: np.ndarray | None = None
 
 
 class Captioner(Protocol):
@@ -79,12 +81,13 @@ class RetrievalCaptioner:
         return self.session.run(None, {self.input_name: pixels.astype(self.input_type)})[0].astype(np.float32)
 
     def caption(self, images: Sequence[Image.Image], pixels: np.ndarray) -> list[Caption]:
-        indices, _ = self.bank.search(self.embed(pixels), self.top_k)  # kcdp_core's search: same ties
+        embeddings = self.embed(pixels)
+        indices, _ = self.bank.search(embeddings, self.top_k)  # kcdp_core's search: same ties
         out = []
-        for row in indices:
+        for row, embedding in zip(indices, embeddings, strict=True):
             text = self.separator.join(self.bank.captions[i] for i in row)
             known = self.bank.triplets[row[0]] if self.bank_triplets and len(row) == 1 else None
-            out.append(Caption(text, [tuple(t) for t in known] if known is not None else None))
+            out.append(Caption(text, [tuple(t) for t in known] if known is not None else None, embedding))
         return out
 
 

@@ -172,6 +172,10 @@ class Pipeline:
         perception = sessions["perception"]
         self._perception_inputs = {i.name: _NP_TYPES.get(i.type, np.float32) for i in perception.get_inputs()}
         self._perception_outputs = [o.name for o in perception.get_outputs()]
+        if "image_embedding" in self._perception_inputs and "image_encoder" not in sessions:
+            raise ModelError(
+                f"{manifest.folder}: perception takes the image embedding but graphs.image_encoder is missing"
+            )
         self.provider_line = describe(sessions, session_config)
 
     # -- loading ----------------------------------------------------------------------------------
@@ -340,6 +344,8 @@ class Pipeline:
             "knowledge": np.stack([i.knowledge.k for i in items]),
             "knowledge_mask": np.stack([i.knowledge.mask for i in items]),
         }
+        if "image_embedding" in self._perception_inputs:
+            arrays["image_embedding"] = self._embeddings(items, arrays["pixels"])
         feed = {name: arrays[name].astype(dtype) for name, dtype in self._perception_inputs.items()}
         wanted = "probs" if "probs" in self._perception_outputs else "logits"
         out = self.sessions["perception"].run([wanted], feed)[0].astype(np.float64)
@@ -349,6 +355,19 @@ class Pipeline:
         _share(items, "perception", t0)
         for item, probs in zip(items, out, strict=True):
             item.probs = probs
+
+    def _embeddings(self, items: list[_Item], pixels: np.ndarray) -> np.ndarray:
+        """The retrieval captioner's embeddings, or the image encoder run now (other captioners)."""
+        known = [i.caption.embedding if i.caption is not None else None for i in items]
+        if all(e is not None for e in known):
+            return np.stack(known)
+        session = self.sessions["image_encoder"]
+        feed = {
+            session.get_inputs()[0].name: pixels.astype(
+                _NP_TYPES.get(session.get_inputs()[0].type, np.float32)
+            )
+        }
+        return session.run(None, feed)[0].astype(np.float32)
 
     def _result(self, item: _Item) -> dict[str, Any]:
         if item.error is not None:

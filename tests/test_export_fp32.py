@@ -79,6 +79,8 @@ def test_manifest_contract(exported):
     assert g["text_encoder"]["outputs"]["token_states"] == ["batch", 8, 32, "float32"]
     assert g["image_encoder"]["inputs"]["pixels"] == ["batch", 3, 64, 64, "float32"]
     assert g["perception"]["inputs"]["knowledge"] == ["batch", 16, 32, "float32"]
+    # The model fuses the image encoder's embedding into v: perception takes it as an input.
+    assert g["perception"]["inputs"]["image_embedding"] == g["image_encoder"]["outputs"]["embedding"]
     assert g["perception"]["outputs"]["logits"] == ["batch", 7, "float32"]
     assert all(entry["precision"] == "fp32" for entry in g.values())
     for rel in (
@@ -157,8 +159,8 @@ TORCH_FREE = textwrap.dedent(
         k, km = assemble_knowledge(states[i], mask[i].astype(np.float32), states[off:off + len(ts)],
                                    mask[off:off + len(ts)].astype(np.float32))
         ks.append(k); ms.append(km); off += len(ts)
-    logits, probs, feats = sess["perception"].run(None, {"pixels": pixels, "knowledge": np.stack(ks),
-                                                         "knowledge_mask": np.stack(ms)})
+    feed = {"pixels": pixels, "knowledge": np.stack(ks), "knowledge_mask": np.stack(ms), "image_embedding": emb}
+    logits, probs, feats = sess["perception"].run(None, feed)
     assert "torch" not in sys.modules or sys.modules["torch"] is None
     print(json.dumps({"labels": logits.argmax(-1).tolist(), "captions": captions,
                       "prob_sums": probs.sum(-1).tolist()}))
@@ -187,9 +189,7 @@ def test_export_runs_in_onnxruntime_without_torch(exported):
     real = load_real_set(model, exported["calib"], limit=None)
     order = [str(p) for p in real.paths]
     with torch.no_grad():
-        logits = model(
-            *(torch.from_numpy(a) for a in (real.pixels, real.knowledge, real.knowledge_mask))
-        ).logits
+        logits = model(*(torch.from_numpy(a) for a in real.perception_feeds().values())).logits
     expected = {p: int(label) for p, label in zip(order, logits.argmax(-1), strict=True)}
     assert got["labels"] == [expected[p] for p in images]
     assert got["captions"] == [real.captions[order.index(p)] for p in images]

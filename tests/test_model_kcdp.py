@@ -139,6 +139,35 @@ def test_linear_head_and_no_knowledge_ablations(foundation):
     assert out.logits.shape == (2, 7) and out.router_probs is None and float(out.balance_loss) == 0.0
 
 
+def test_image_embedding_fused_into_v(foundation):
+    model = make(foundation).eval()
+    assert model.config.perception.image_embedding  # tiny mirrors mini, the shipped default
+    k, km = knowledge(model, 3)
+    pixels = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        computed = model(pixels, k, km).logits
+        emb = model.image_encoder(pixels)
+        given = model(pixels, k, km, emb).logits  # the runtime passes its captioner's embedding
+        other = model(pixels, k, km, emb.roll(1, dims=0)).logits
+    torch.testing.assert_close(given, computed)
+    assert (other - given).abs().max() > 1e-3  # the embedding reaches the logits
+    assert not any(n.startswith("image_encoder.") for n in model.trained_state_dict())  # stays frozen
+
+    off = make(foundation, perception={"image_embedding": False}).eval()
+    assert off.fpn.extra_norm is None
+    assert off(pixels, k, km).logits.shape == (3, 7)
+    with pytest.raises(ValueError, match="aligned image encoder"):
+        KCDPModel(make(foundation).config, _without_image_encoder(foundation))
+
+
+def _without_image_encoder(foundation):
+    from kcdp_core.model.foundation import load_foundation
+
+    f = load_foundation(tiny_config(foundation))
+    f.image_encoder = None
+    return f
+
+
 def test_save_load_round_trip_holds_only_trained_tensors(foundation, tmp_path):
     model = make(foundation)
     randomise_lora(model)

@@ -13,7 +13,8 @@ from torch.nn import functional as F
 
 
 class FPN(nn.Module):
-    def __init__(self, in_channels: list[int], dim: int, out_dim: int):
+    def __init__(self, in_channels: list[int], dim: int, out_dim: int, extra_dim: int = 0):
+        """`extra_dim`: size of a pooled vector fused beside the levels (the image embedding)."""
         super().__init__()
         self.lateral = nn.ModuleList(nn.Conv2d(c, dim, 1) for c in in_channels)
         self.smooth = nn.ModuleList(
@@ -22,7 +23,9 @@ class FPN(nn.Module):
             nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), nn.SiLU())
             for _ in in_channels
         )
-        self.proj = nn.Linear(dim * len(in_channels), out_dim)
+        # An L2-normalised embedding has a tiny per-dimension scale: standardise it before fusing.
+        self.extra_norm = nn.BatchNorm1d(extra_dim) if extra_dim else None
+        self.proj = nn.Linear(dim * len(in_channels) + extra_dim, out_dim)
         # The pooled UNet features are dominated by per-dimension constants: on a mini foundation v
         # varied across samples by ~6% of its scale, and with a per-sample LayerNorm the head fitted
         # only the class prior. BatchNorm standardises each dimension across samples (train: batch
@@ -30,12 +33,16 @@ class FPN(nn.Module):
         # LayerNorm after it keeps v well-scaled whatever the statistics (e.g. before any training).
         self.norm = nn.Sequential(nn.BatchNorm1d(out_dim), nn.LayerNorm(out_dim))
 
-    def forward(self, levels: list[torch.Tensor]) -> torch.Tensor:
-        """levels ordered coarse -> fine (UNet up-block order) -> v [B, out_dim]."""
+    def forward(self, levels: list[torch.Tensor], extra: torch.Tensor | None = None) -> torch.Tensor:
+        """levels ordered coarse -> fine (UNet up-block order), extra [B, extra_dim] -> v [B, out_dim]."""
         laterals = [conv(x) for conv, x in zip(self.lateral, levels, strict=True)]
         merged = [laterals[0]]
         for lat in laterals[1:]:
             top = F.interpolate(merged[-1], size=lat.shape[-2:], mode="nearest")
             merged.append(lat + top)
         pooled = [smooth(x).mean(dim=(2, 3)) for smooth, x in zip(self.smooth, merged, strict=True)]
+        if self.extra_norm is not None:
+            if extra is None:
+                raise ValueError("this FPN fuses an image embedding: pass `extra`")
+            pooled.append(self.extra_norm(extra))
         return self.norm(self.proj(torch.cat(pooled, dim=1)))

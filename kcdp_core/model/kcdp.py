@@ -70,7 +70,15 @@ class KCDPModel(nn.Module):
             raise ValueError(f"unknown finetune mode {p.finetune!r} (frozen, kv, lora, full)")
 
         self.kadap = KADAP(vae, unet, p, knowledge_tokens, foundation.scheduler)
-        self.fpn = FPN(self.kadap.channels, p.fpn_dim, p.feature_dim)
+        extra_dim = 0
+        if p.image_embedding:
+            if self.image_encoder is None:
+                raise ValueError(
+                    "perception.image_embedding needs a foundation with an aligned image encoder "
+                    f"(preset {config.preset!r} has none)"
+                )
+            extra_dim = self.image_encoder.config.embed_dim
+        self.fpn = FPN(self.kadap.channels, p.fpn_dim, p.feature_dim, extra_dim)
         self.head = PredictionHead(config.head, p.feature_dim, text_dim, len(self.labels))
         self.cliea: CLIEA | None = None
         if config.cliea.enabled:
@@ -144,10 +152,22 @@ class KCDPModel(nn.Module):
         return self
 
     # -- forward ------------------------------------------------------------------------
-    def forward(self, pixels: torch.Tensor, k: torch.Tensor, k_mask: torch.Tensor) -> KCDPOutput:
-        """pixels [B,3,S,S] in [0,1], k [B,2L,D], k_mask [B,2L] (1 = real token)."""
+    def forward(
+        self,
+        pixels: torch.Tensor,
+        k: torch.Tensor,
+        k_mask: torch.Tensor,
+        image_embedding: torch.Tensor | None = None,
+    ) -> KCDPOutput:
+        """pixels [B,3,S,S] in [0,1], k [B,2L,D], k_mask [B,2L] (1 = real token).
+
+        image_embedding [B,E]: the aligned image encoder's output when perception.image_embedding is
+        on; computed here when not given (the runtime passes the one its captioner already computed).
+        """
         levels = self.kadap(pixels, k, k_mask)
-        v = self.fpn(levels)
+        if self.config.perception.image_embedding and image_embedding is None:
+            image_embedding = self.image_encoder(pixels)
+        v = self.fpn(levels, image_embedding if self.config.perception.image_embedding else None)
         logits, balance, router_probs = self.head(v, k, k_mask)
         return KCDPOutput(logits, logits.softmax(dim=-1), v, balance, router_probs)
 
