@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -137,7 +138,10 @@ def train_main(argv: list[str] | None = None) -> int:
     except (KeyError, ValueError, FileNotFoundError) as exc:
         print(f"kcdp-train: {exc}", file=sys.stderr)
         return 2
-    print(config.to_json(), flush=True)
+    # Under `accelerate launch` / torchrun every process runs this: the first one speaks.
+    main_process = os.environ.get("RANK", "0") == "0"
+    if main_process:
+        print(config.to_json(), flush=True)
     _set_threads(args.threads)
 
     from kcdp_core.train.trainer import Trainer
@@ -155,6 +159,8 @@ def train_main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"kcdp-train: {exc}", file=sys.stderr)
         return 1
+    if not main_process:
+        return 0
     print(
         json.dumps(
             {

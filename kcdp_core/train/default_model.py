@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="/work/data/emoji")
     p.add_argument("--work", default="runs/default_model", help="training checkpoint folder")
     p.add_argument("--out", default=str(ASSET))
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--head-lr", type=float, default=1e-3)
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     config = mini().replace(
         train={
             "setting": "uc", "epochs": args.epochs, "seed": args.seed, "lr": args.lr,
-            "head_lr": args.head_lr, "balanced_sampling": True,
+            "head_lr": args.head_lr, "balanced_sampling": False,
         }
     )  # fmt: skip
     if args.foundation:

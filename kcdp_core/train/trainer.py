@@ -207,6 +207,8 @@ class Trainer:
             gradient_accumulation_steps=tc.grad_accum,
             cpu=not torch.cuda.is_available(),
         )
+        if not self.accelerator.is_main_process:
+            self.log = lambda *_: None  # one voice per run under `accelerate launch`
         # Build (or find) the foundation before seeding: building the tiny one reseeds torch.
         from kcdp_core.sources import resolve
 
@@ -436,6 +438,19 @@ class Trainer:
         keep = conf >= thr if thr is not None else torch.ones_like(labels, dtype=torch.bool)
         return labels, keep
 
+    def _assert_processes_agree(self, model) -> None:
+        """Several processes must hold the same weights after each epoch: gradients are all-reduced
+        through the wrapped model, and a trained tensor reached another way (CLIEA is called on the
+        unwrapped model) would drift silently. Compares one checksum per parameter across processes."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return
+        sums = torch.stack([p.detach().double().sum() for p in model.trainable_parameters()])
+        gathered = acc.gather(sums[None].to(acc.device))
+        spread = float((gathered - gathered[:1]).abs().max())
+        if spread > 1e-6 * max(1.0, float(gathered.abs().max())):
+            raise RuntimeError(f"processes disagree on the trained weights (max checksum gap {spread:.3g})")
+
     # -- the loop ------------------------------------------------------------------------
     def run(self, resume: bool = False) -> TrainResult:
         from tqdm.auto import tqdm
@@ -539,10 +554,11 @@ class Trainer:
                 if _STEP_SLEEP:
                     time.sleep(_STEP_SLEEP)
             bar.close()
-            n = max(1, self.steps_per_epoch)
+            n = max(1, len(self.train_loader))  # this process's batches (a shard under several)
             row = {"kind": "epoch", "epoch": epoch + 1, "step": self.global_step}
             row.update({f"train_{k}": round(v / n, 6) for k, v in sums.items()})
             if tc.setting == "da":
+                hist = acc.reduce(hist.to(device), "sum").cpu()  # every process labels its own shard
                 row["pseudo_label_counts"] = dict(zip(cfg.labels, hist.tolist(), strict=True))
             if self.val_ds is not None:
                 preds = predict(
@@ -580,6 +596,7 @@ class Trainer:
                 + (f", pseudo-labels {row['pseudo_label_counts']}" if "pseudo_label_counts" in row else "")
                 + f" ({time.time() - t0:.1f}s)"
             )
+            self._assert_processes_agree(raw)
             self._save_checkpoint(epoch + 1, best)
         if tc.setting == "da" and tc.target_bn and acc.is_main_process and (self.out / "best").exists():
             self._adapt_best_to_target()
