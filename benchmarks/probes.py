@@ -68,7 +68,9 @@ def styles_of(data: Path, fam: str) -> list[str]:
     return sorted({p.stem.rsplit("_", 1)[0] for p in (data / "families" / fam).rglob("*.png")})
 
 
-def probe(feats: dict, src: list[str], tgt: list[str], keys: tuple[str, ...], per_style: bool) -> tuple[float, float]:
+def probe(
+    feats: dict, src: list[str], tgt: list[str], keys: tuple[str, ...], per_style: bool
+) -> tuple[float, float]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
 
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "### Probes: logistic regression on frozen inputs of KCDP (`mini` foundation, no training)",
         "",
-        f"Command: `python benchmarks/probes.py`  ",
+        "Command: `python benchmarks/probes.py`  ",
         f"Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {machine()}  ",
         "Cells: mean target accuracy / macro-F1 over the tasks; C = 0.1 fixed beforehand.",
         "",
