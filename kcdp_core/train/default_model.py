@@ -32,6 +32,8 @@ OPEN_DOMAINS: dict[str, str] = {
     "fluent_mono": "MIT (Microsoft Fluent Emoji)",
     "fluent3d": "MIT (Microsoft Fluent Emoji)",
 }
+# The proprietary styles (never trained on, never committed): what the card reports as unseen styles.
+UNSEEN_FAMILY = "glossy"  # Apple, Google, Facebook, JoyPixels, EmojiOne 4
 ASSET = Path(__file__).resolve().parent.parent / "assets" / "default_model"
 
 
@@ -101,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     result = Trainer(
         config, manifest, work / "ckpt", progress=False, log=lambda m: print(m, file=sys.stderr, flush=True)
     ).run(resume=True)
+    from kcdp_core.train.evaluate import evaluate_checkpoint
+
+    unseen = evaluate_checkpoint(work / "ckpt" / "best", Path(args.data) / "families" / UNSEEN_FAMILY)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in ("config.json", "model.safetensors"):
@@ -114,6 +119,13 @@ def main(argv: list[str] | None = None) -> int:
         "selection": "best epoch by macro-F1 on a stratified validation split of the pooled source",
         "best_epoch": result.best_epoch,
         "source_val_macro_f1": result.best_val_macro_f1,
+        # Same 44 emojis as the training styles, drawn by other artists: style transfer, not new emojis.
+        "unseen_styles": {
+            "data": f"families/{UNSEEN_FAMILY} (Apple, Google, Facebook, JoyPixels, EmojiOne 4)",
+            "images": unseen["n"],
+            "accuracy": round(float(unseen["accuracy"]), 4),
+            "macro_f1": round(float(unseen["macro_f1"]), 4),
+        },
         "foundation": config.foundation.unet.path,
         "foundation_sha256": _foundation_digest(config),
     }
