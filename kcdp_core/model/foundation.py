@@ -215,6 +215,10 @@ def ensure_tiny_foundation() -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=target.parent))
     try:
         build_tiny_foundation(tmp)
+        # transformers writes on rank 0 only once a process group exists: never publish a partial build.
+        missing = [f for f in ("text_encoder/model.safetensors", "unet/config.json") if not (tmp / f).exists()]
+        if missing:
+            raise RuntimeError(f"{tmp}: tiny foundation build left out {missing} (built inside a process group?)")
         try:
             os.rename(tmp, target)
         except OSError:

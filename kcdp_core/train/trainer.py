@@ -201,7 +201,13 @@ class Trainer:
 
         from kcdp_core.model.kcdp import KCDPModel
 
+        from kcdp_core.sources import resolve
+
         tc, cfg = self.tc, self.config
+        # Build (or find) the foundation before seeding (building the tiny one reseeds torch) and
+        # before the process group exists: once it does, transformers' save_pretrained writes on
+        # rank 0 only, and another rank's build would leave an empty text encoder folder.
+        resolve(cfg.foundation.vae)
         self.accelerator = Accelerator(
             mixed_precision=tc.mixed_precision,
             gradient_accumulation_steps=tc.grad_accum,
@@ -209,10 +215,6 @@ class Trainer:
         )
         if not self.accelerator.is_main_process:
             self.log = lambda *_: None  # one voice per run under `accelerate launch`
-        # Build (or find) the foundation before seeding: building the tiny one reseeds torch.
-        from kcdp_core.sources import resolve
-
-        resolve(cfg.foundation.vae)
         seed_everything(tc.seed)
         model = KCDPModel.from_config(cfg)
         self.raw_model = model
