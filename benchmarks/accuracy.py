@@ -72,7 +72,10 @@ TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
         [
             ("majority", "majority class of the source (measured)"),
             ("zeroshot", "zero-shot, aligned image encoder + emotion prompts"),
-            ("source_only", "source only (same v: UNet features ⊕ image embedding, + head; no knowledge, no CLIEA, no target)"),
+            (
+                "source_only",
+                "source only (same v: UNet features ⊕ image embedding, + head; no knowledge, no CLIEA, no target)",
+            ),
             ("kcdp_uc", "KCDP (UC): source only, knowledge + CLIEA"),
             ("kcdp_da", "KCDP (DA): + unlabelled target, CLIEA pseudo-labels per batch"),
         ],

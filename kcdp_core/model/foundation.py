@@ -216,9 +216,13 @@ def ensure_tiny_foundation() -> Path:
     try:
         build_tiny_foundation(tmp)
         # transformers writes on rank 0 only once a process group exists: never publish a partial build.
-        missing = [f for f in ("text_encoder/model.safetensors", "unet/config.json") if not (tmp / f).exists()]
+        missing = [
+            f for f in ("text_encoder/model.safetensors", "unet/config.json") if not (tmp / f).exists()
+        ]
         if missing:
-            raise RuntimeError(f"{tmp}: tiny foundation build left out {missing} (built inside a process group?)")
+            raise RuntimeError(
+                f"{tmp}: tiny foundation build left out {missing} (built inside a process group?)"
+            )
         try:
             os.rename(tmp, target)
         except OSError:

@@ -200,7 +200,6 @@ class Trainer:
         from accelerate import Accelerator
 
         from kcdp_core.model.kcdp import KCDPModel
-
         from kcdp_core.sources import resolve
 
         tc, cfg = self.tc, self.config
