@@ -7,7 +7,8 @@
     python benchmarks/accuracy.py disjoint    # emoji-disjoint folds: source on fold A emojis, target fold B
 
 Options: --seeds 0 1 2, --epochs N, --tasks glossy:line ..., --data /work/data/emoji, --preset mini,
---runs DIR (one checkpoint per run; finished runs are reused), --threads 1. Every table is written
+--runs DIR (one checkpoint per run; finished runs are reused), --threads 1, --set section.field=value
+(config overrides, part of the run folder's name). Every table is written
 into benchmarks/RESULTS.md between its own markers, with the command, date and machine. Target
 labels are read only here, for scoring; training never sees them.
 """
