@@ -60,8 +60,8 @@ class OnnxPipeline:
             ]
         )
 
-    def caption(self, pixels: np.ndarray) -> list[str]:
-        indices, _ = self.bank.search(self.embed(pixels), self.top_k)
+    def caption(self, embeddings: np.ndarray) -> list[str]:
+        indices, _ = self.bank.search(embeddings, self.top_k)
         return [self.separator.join(self.bank.captions[i] for i in row) for row in indices]
 
     def token_states(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -84,11 +84,13 @@ class OnnxPipeline:
         return assemble_batch(states, mask, [len(ts) for ts in trips])
 
     def __call__(self, pixels: np.ndarray, captions: Sequence[str] | None = None) -> PipelineResult:
-        captions = list(captions) if captions is not None else self.caption(pixels)
+        fused = "image_embedding" in {i.name for i in self.sessions["perception"].get_inputs()}
+        emb = self.embed(pixels) if captions is None or fused else None  # once, for both uses
+        captions = list(captions) if captions is not None else self.caption(emb)
         k, mask = self.knowledge(captions)
         arrays = {"pixels": pixels, "knowledge": k, "knowledge_mask": mask}
-        if "image_embedding" in {i.name for i in self.sessions["perception"].get_inputs()}:
-            arrays["image_embedding"] = self.embed(pixels)
+        if fused:
+            arrays["image_embedding"] = emb
         probs = [
             run_onnx(self.sessions["perception"], {n: a[i : i + self.batch] for n, a in arrays.items()})[
                 "probs"
