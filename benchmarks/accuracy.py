@@ -228,9 +228,6 @@ def run_one(
     result_file = run_dir / f"result-{Path(eval_data).stem}.json"
     if result_file.exists():
         return json.loads(result_file.read_text())
-    legacy = run_dir / "result.json"  # written by earlier versions: valid when it scored this same set
-    if legacy.exists() and json.loads(legacy.read_text()).get("target") == str(eval_data):
-        return json.loads(legacy.read_text())
     config = config_for(variant, args, seed)
     t0 = time.time()
     trainer = Trainer(

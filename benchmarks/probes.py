@@ -39,26 +39,20 @@ def extract(data: Path) -> dict[str, dict[str, np.ndarray]]:
     from kcdp_core.config import mini
     from kcdp_core.model.head import pool_knowledge
     from kcdp_core.model.kcdp import KCDPModel
-    from kcdp_core.train.datasets import ImageKnowledgeDataset, load_records
-    from kcdp_core.train.knowledge import KnowledgeTable
+    from kcdp_core.train.evaluate import load_dataset
 
-    config = mini()
-    model = KCDPModel.from_config(config).eval()
-    table = KnowledgeTable(config, model.text_encoder, progress=False)
+    model = KCDPModel.from_config(mini()).eval()
     out = {}
     for style in sorted(p.name for p in (data / "domains").iterdir() if p.is_dir()):
-        records = load_records(data / "domains" / style, config.labels)
-        k, mask = table.knowledge([r.path for r in records])
-        ds = ImageKnowledgeDataset(records, k, mask, config.foundation.image_size)
+        ds = load_dataset(model, data / "domains" / style)
         pixels = torch.stack([ds.pixels(i) for i in range(len(ds))])
-        kt, mt = torch.from_numpy(k), torch.from_numpy(mask)
         with torch.no_grad():
-            levels = model.kadap(pixels, kt, mt)
+            levels = model.kadap(pixels, ds.k, ds.k_mask)
             out[style] = {
                 "unet": torch.cat([h.mean(dim=(2, 3)) for h in levels], 1).numpy(),
-                "k": pool_knowledge(kt, mt).numpy(),
+                "k": pool_knowledge(ds.k, ds.k_mask).numpy(),
                 "emb": model.image_encoder(pixels).numpy(),
-                "y": np.array([r.label for r in records]),
+                "y": np.array([r.label for r in ds.records]),
             }
     return out
 

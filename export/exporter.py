@@ -229,6 +229,7 @@ def _export(ckpt: Path, work: Path, options: ExportOptions) -> dict:
             # with fp32 compute when int8 activations were the problem, else fp32; the rest keep theirs.
             parity[graph.name][f"{options.precision}_rejected"] = exc.parity.manifest()
             graph_precision[graph.name] = "fp32"
+            reason: validate.ParityError = exc
             if options.precision == "int8":
                 from kcdp_export.quantize import int8_weights
 
@@ -240,9 +241,9 @@ def _export(ckpt: Path, work: Path, options: ExportOptions) -> dict:
                     _log(options, f"{graph.name}: {exc}; int8 weights with fp32 compute instead")
                     graph_precision[graph.name] = "int8-weights"
                 except validate.ParityError as exc2:
-                    _log(options, f"{graph.name}: {exc2}; keeping this graph in fp32")
+                    reason = exc2
             if graph_precision[graph.name] == "fp32":
-                _log(options, f"{graph.name}: {exc}; keeping this graph in fp32")
+                _log(options, f"{graph.name}: {reason}; keeping this graph in fp32")
                 _move_graph(src, dst)
     lap(f"precision_{options.precision}")
 

@@ -58,6 +58,13 @@ def load_bank(manifest: Manifest) -> tuple[CaptionBank, bool]:
     return bank, trusted
 
 
+def embed_images(session: Any, pixels: np.ndarray) -> np.ndarray:
+    """The image encoder graph (fp32 or fp16 input): pixels [B, 3, S, S] -> embeddings [B, E] float32."""
+    spec = session.get_inputs()[0]
+    dtype = np.float16 if spec.type == "tensor(float16)" else np.float32
+    return session.run(None, {spec.name: pixels.astype(dtype)})[0].astype(np.float32)
+
+
 class RetrievalCaptioner:
     name = "retrieval"
 
@@ -74,11 +81,9 @@ class RetrievalCaptioner:
         self.bank = bank
         self.top_k = max(1, min(int(top_k), len(bank)))
         self.bank_triplets = bank_triplets
-        self.input_name = session.get_inputs()[0].name
-        self.input_type = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
 
     def embed(self, pixels: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: pixels.astype(self.input_type)})[0].astype(np.float32)
+        return embed_images(self.session, pixels)
 
     def caption(self, images: Sequence[Image.Image], pixels: np.ndarray) -> list[Caption]:
         embeddings = self.embed(pixels)

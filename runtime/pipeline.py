@@ -37,6 +37,7 @@ from kcdp_runtime.captioner import (
     GivenCaptioner,
     InstructBlipCaptioner,
     RetrievalCaptioner,
+    embed_images,
     load_bank,
 )
 from kcdp_runtime.manifest import Manifest, ModelError, load_manifest
@@ -361,13 +362,7 @@ class Pipeline:
         known = [i.caption.embedding if i.caption is not None else None for i in items]
         if all(e is not None for e in known):
             return np.stack(known)
-        session = self.sessions["image_encoder"]
-        feed = {
-            session.get_inputs()[0].name: pixels.astype(
-                _NP_TYPES.get(session.get_inputs()[0].type, np.float32)
-            )
-        }
-        return session.run(None, feed)[0].astype(np.float32)
+        return embed_images(self.sessions["image_encoder"], pixels)
 
     def _result(self, item: _Item) -> dict[str, Any]:
         if item.error is not None:

@@ -9,20 +9,12 @@ from kcdp_core.config import KCDPConfig
 from kcdp_core.model.kcdp import KCDPModel, KCDPOutput
 from kcdp_core.model.losses import total_loss
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(scope="module")
 def foundation(tmp_path_factory):
     return tiny_foundation(tmp_path_factory.mktemp("kcdp"))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny model is too small to gain from intra-op threads; on a busy shared CPU they only
-    contend (measured here: ~230 ms per step with 1 thread, 1-3 s with 2 under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make(foundation, **sections) -> KCDPModel:

@@ -15,14 +15,7 @@ from kcdp_core.pretrain import recipe as recipe_mod
 from kcdp_core.pretrain.bank import read_caption_bank
 from kcdp_core.pretrain.cli import main
 
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """One torch thread: on this shared, oversubscribed CPU two threads run several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

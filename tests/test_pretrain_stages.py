@@ -20,14 +20,7 @@ from kcdp_core.pretrain import vae as va
 from kcdp_core.pretrain.corpus import load_corpus, sampling_weights
 from kcdp_core.pretrain.stage import StageOptions
 
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """One torch thread: on this shared, oversubscribed CPU two threads run several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -165,9 +165,10 @@ class KCDPModel(nn.Module):
         on; computed here when not given (the runtime passes the one its captioner already computed).
         """
         levels = self.kadap(pixels, k, k_mask)
-        if self.config.perception.image_embedding and image_embedding is None:
-            image_embedding = self.image_encoder(pixels)
-        v = self.fpn(levels, image_embedding if self.config.perception.image_embedding else None)
+        extra = None
+        if self.config.perception.image_embedding:
+            extra = self.image_encoder(pixels) if image_embedding is None else image_embedding
+        v = self.fpn(levels, extra)
         logits, balance, router_probs = self.head(v, k, k_mask)
         return KCDPOutput(logits, logits.softmax(dim=-1), v, balance, router_probs)
 

@@ -258,10 +258,7 @@ class Stage:
                 window.append(float(loss.detach()))
                 self.step += 1
                 bar.update(1)
-                if self.total_steps is None:
-                    self.total_steps = self._fix_total(timing, took)
-                else:
-                    self._reestimate(timing, took)
+                self._update_total(timing, took)
                 if self.total_steps is not None and bar.total != self.total_steps:
                     bar.total = self.total_steps
                     bar.refresh()
@@ -280,17 +277,24 @@ class Stage:
         self.save()
         return self
 
-    def _fix_total(self, timing: list[float], took: float) -> int | None:
-        """The step count: max_steps, or what fits in the budget at the speed of the first steps."""
+    def _update_total(self, timing: list[float], took: float) -> None:
+        """The step count: max_steps, or what fits in the budget at the measured speed. Fixed once the
+        first `timing_steps` steps are timed (the very first pays for warm-up and is not), then, as the
+        speed on a shared machine drifts, re-fitted every 25 steps until 80% of the budget is spent
+        (the cosine schedule follows the current estimate)."""
         opts = self.options
         if opts.budget_minutes is None:
-            return opts.max_steps
-        if self.step == 1:
-            return None  # the first step pays for allocation and warm-up: not timed
+            self.total_steps = self.total_steps or opts.max_steps
+            return
+        if self.total_steps is None and self.step == 1:
+            return
         timing.append(took)
         if len(timing) < opts.timing_steps:
-            return None
-        return self._estimate_total(timing)
+            return
+        if self.total_steps is None or (
+            self.step % 25 == 0 and self.elapsed < 0.8 * opts.budget_minutes * 60
+        ):
+            self.total_steps = self._estimate_total(timing)
 
     def _estimate_total(self, timing: list[float]) -> int:
         opts = self.options
@@ -303,17 +307,3 @@ class Stage:
             file=sys.stderr,
         )
         return total
-
-    def _reestimate(self, timing: list[float], took: float) -> None:
-        """On a shared machine the speed drifts: re-fit the step count to the budget every 25 steps
-        until 80% of the budget is spent (the cosine schedule follows the current estimate)."""
-        opts = self.options
-        if opts.budget_minutes is None or self.total_steps is None:
-            return
-        timing.append(took)
-        if (
-            self.step % 25 == 0
-            and self.elapsed < 0.8 * opts.budget_minutes * 60
-            and len(timing) >= opts.timing_steps
-        ):
-            self.total_steps = self._estimate_total(timing)

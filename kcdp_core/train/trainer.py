@@ -384,6 +384,16 @@ class Trainer:
         model.train(was)
         return torch.cat(labels), torch.cat(keeps)
 
+    def _publish_best(self, model, extra_json: dict[str, dict] | None = None) -> None:
+        """Write best/ in a staging folder, then swap it in: a crash never leaves half a best/."""
+        staging, best = self.out / ".best-staging", self.out / "best"
+        shutil.rmtree(staging, ignore_errors=True)
+        model.save_pretrained(staging)
+        for name, content in (extra_json or {}).items():
+            (staging / name).write_text(json.dumps(content) + "\n")
+        shutil.rmtree(best, ignore_errors=True)
+        os.replace(staging, best)
+
     @torch.no_grad()
     def _adapt_best_to_target(self) -> None:
         """AdaBN on best/: BatchNorm running statistics = the target's (un-augmented images only).
@@ -411,14 +421,9 @@ class Trainer:
                 model(batch["pixels"], batch["k"], batch["k_mask"])
         for bn in bns:
             bn.momentum = 0.1
-        staging = self.out / ".best-staging"
-        shutil.rmtree(staging, ignore_errors=True)
-        model.save_pretrained(staging)
-        (staging / "target_bn.json").write_text(
-            json.dumps({"target": str(self.target), "images": len(self.target_plain)}) + "\n"
+        self._publish_best(
+            model, {"target_bn.json": {"target": str(self.target), "images": len(self.target_plain)}}
         )
-        shutil.rmtree(best, ignore_errors=True)
-        os.replace(staging, best)
         self._append_metrics({"kind": "target_bn", "images": len(self.target_plain)})
         self.log(
             f"best/: BatchNorm statistics recomputed on {len(self.target_plain)} unlabelled target images"
@@ -580,11 +585,7 @@ class Trainer:
                     "val_accuracy": row.get("val_accuracy"),
                 }
                 if acc.is_main_process:
-                    staging = self.out / ".best-staging"
-                    shutil.rmtree(staging, ignore_errors=True)
-                    raw.save_pretrained(staging)
-                    shutil.rmtree(self.out / "best", ignore_errors=True)
-                    os.replace(staging, self.out / "best")
+                    self._publish_best(raw)
             row["best_epoch"] = best["epoch"]
             self._append_metrics(row)
             self.log(
