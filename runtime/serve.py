@@ -24,15 +24,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from kcdp_runtime.manifest import ModelError
-from kcdp_runtime.metrics import Metrics
 from kcdp_runtime.pipeline import Pipeline
 
 log = logging.getLogger("kcdp_runtime")
 
 try:
     from fastapi import FastAPI, File, HTTPException, Request, UploadFile
-    from fastapi.responses import JSONResponse, PlainTextResponse
+    from fastapi.responses import JSONResponse, Response
     from pydantic import BaseModel
+
+    from kcdp_runtime.metrics import CONTENT_TYPE, Metrics
 except ImportError:  # pragma: no cover - the message is the point
     FastAPI = None  # type: ignore[assignment,misc]
     BaseModel = object  # type: ignore[assignment,misc]
@@ -227,7 +228,9 @@ def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> Any:
         t0 = time.perf_counter()
         response = await call_next(request)
         route = request.scope.get("route")  # the route template: unknown paths do not add label values
-        metrics.request(getattr(route, "path", "other"), response.status_code, time.perf_counter() - t0)
+        length = request.headers.get("content-length")
+        size = int(length) if length is not None and length.isdigit() else None
+        metrics.request(getattr(route, "path", "other"), response.status_code, time.perf_counter() - t0, size)
         return response
 
     async def classify_bytes(data: bytes, name: str) -> dict[str, Any]:
@@ -266,10 +269,10 @@ def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> Any:
         return {"status": "ok", "model": str(m.folder), "preset": m.preset, "precision": m.precision,
                 "labels": list(pipeline.labels), "providers": pipeline.provider_line, "max_batch": config.max_batch}  # fmt: skip
 
-    @app.get("/metrics", response_class=PlainTextResponse)
+    @app.get("/metrics", response_class=Response)
     async def prometheus() -> Any:
         metrics.queue_depth = batcher.queue.qsize()
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     return app
 

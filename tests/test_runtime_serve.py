@@ -13,6 +13,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 from runtime_export import build_fake_export
 from runtime_images import BLUE, RED, png_bytes
 
@@ -32,6 +33,15 @@ def export(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pipe(export):
     return Pipeline.from_pretrained(export)
+
+
+def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """/metrics through prometheus-client's own parser: (sample name, sorted labels) -> value."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def test_classify_batch_health_metrics_openapi(pipe):
@@ -59,11 +69,24 @@ def test_classify_batch_health_metrics_openapi(pipe):
             and health["labels"] == list(pipe.labels)
             and "cpu" in health["providers"]
         )
-        text = client.get("/metrics").text
-        assert 'kcdp_requests_total{endpoint="/v1/classify",code="200"} 1' in text
-        assert 'kcdp_requests_total{endpoint="/v1/classify",code="422"} 1' in text
-        assert 'kcdp_images_total{outcome="ok"} 3' in text and 'kcdp_images_total{outcome="error"} 2' in text
-        assert "kcdp_batch_size_count" in text and 'kcdp_stage_milliseconds_total{stage="perception"}' in text
+        samples = parse_metrics(client.get("/metrics").text)
+        assert samples[("kcdp_requests_total", (("code", "200"), ("endpoint", "/v1/classify")))] == 1
+        assert samples[("kcdp_requests_total", (("code", "422"), ("endpoint", "/v1/classify")))] == 1
+        assert samples[("kcdp_images_total", (("outcome", "ok"),))] == 3
+        assert samples[("kcdp_images_total", (("outcome", "error"),))] == 2
+        assert samples[("kcdp_batch_size_count", ())] >= 2
+        assert samples[("kcdp_stage_milliseconds_total", (("stage", "perception"),))] > 0
+        assert samples[("kcdp_stage_images_total", (("stage", "perception"),))] == 3
+        # per-stage latency histogram: every timed image lands in the +Inf bucket
+        assert samples[("kcdp_stage_seconds_bucket", (("le", "+Inf"), ("stage", "perception")))] == 3
+        assert samples[("kcdp_stage_seconds_count", (("stage", "text_encoder"),))] == 3
+        # request-size histogram: two single-image posts and one batch, sized by Content-Length
+        assert samples[("kcdp_request_bytes_count", (("endpoint", "/v1/classify"),))] == 2
+        batch_bytes = samples[("kcdp_request_bytes_sum", (("endpoint", "/v1/batch"),))]
+        assert batch_bytes > len(RED_PNG) + len(BLUE_PNG)
+        assert samples[("kcdp_request_seconds_count", (("endpoint", "/v1/batch"),))] == 1
+        assert samples[("kcdp_queue_depth", ())] == 0
+        assert samples[("process_resident_memory_bytes", ())] > 0
         schema = client.get("/openapi.json").json()
         assert {"/v1/classify", "/v1/batch", "/health", "/metrics"} <= set(schema["paths"])
         assert "Result" in schema["components"]["schemas"]
@@ -159,8 +182,8 @@ def test_loopback_load_no_errors_no_memory_growth(export):
             f"500 requests, 16 clients: {elapsed:.2f} s ({500 / elapsed:.0f} req/s); RSS {rss_warm / 2**20:.1f} -> {rss_end / 2**20:.1f} MiB"
         )
         assert rss_warm > 0 and growth < 8 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB after warm-up"
-        metrics = httpx.get(f"{base}/metrics").text
-        assert 'kcdp_requests_total{endpoint="/v1/classify",code="200"} 660' in metrics
+        samples = parse_metrics(httpx.get(f"{base}/metrics").text)
+        assert samples[("kcdp_requests_total", (("code", "200"), ("endpoint", "/v1/classify")))] == 660
     finally:
         server.terminate()
         server.wait(timeout=10)
