@@ -20,7 +20,8 @@ def resolve(source: Source) -> tuple[str, str | None]:
     """(path or hub id, subfolder) ready for a `from_pretrained` call."""
     path = source.path
     if path == "kcdp:tiny":
-        from kcdp_core.model.foundation import ensure_tiny_foundation  # torch: only when asked for
+        # Imported here only to keep this module torch-free; tiny_foundation does not import sources.
+        from kcdp_core.model.tiny_foundation import ensure_tiny_foundation
 
         return str(ensure_tiny_foundation()), source.subfolder
     if path.startswith("kcdp:"):

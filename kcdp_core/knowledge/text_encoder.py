@@ -11,6 +11,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from kcdp_core.config import Source
 from kcdp_core.knowledge.assemble import assemble_batch, triplet_text
+from kcdp_core.knowledge.pooling import sentence_embedding
 from kcdp_core.sources import resolve
 
 Triplet = Sequence[str]
@@ -58,9 +59,7 @@ class TextEncoder(torch.nn.Module):
     @torch.no_grad()
     def sentence_embeddings(self, texts: Sequence[str]) -> torch.Tensor:
         """L2-normalised masked mean of the token states (sentence-transformers' pooling)."""
-        states, mask = self.token_states(texts)
-        pooled = (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
-        return torch.nn.functional.normalize(pooled, dim=-1)
+        return sentence_embedding(*self.token_states(texts))
 
     @torch.no_grad()
     def knowledge(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -21,18 +20,10 @@ from kcdp_core.model.foundation import Foundation, load_foundation
 from kcdp_core.model.fpn import FPN
 from kcdp_core.model.head import PredictionHead
 from kcdp_core.model.kadap import KADAP
+from kcdp_core.model.output import KCDPOutput
 
 WEIGHTS_NAME = "model.safetensors"
-
-
-class KCDPOutput(NamedTuple):
-    """A NamedTuple so that tracing/ONNX export sees a plain tuple."""
-
-    logits: torch.Tensor  # [B, C]
-    probs: torch.Tensor  # [B, C]
-    features: torch.Tensor  # v [B, F]
-    balance_loss: torch.Tensor  # scalar (0 for the linear head)
-    router_probs: torch.Tensor | None  # [B, E] or None
+__all__ = ["WEIGHTS_NAME", "KCDPModel", "KCDPOutput"]
 
 
 class KCDPModel(nn.Module):

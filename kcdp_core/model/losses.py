@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 from torch.nn import functional as F
 
 from kcdp_core.config import KCDPConfig
-
-if TYPE_CHECKING:
-    from kcdp_core.model.kcdp import KCDPOutput
+from kcdp_core.model.output import KCDPOutput
 
 
 def ccl_loss(scores: torch.Tensor, labels: torch.Tensor, form: Literal["ce", "paper"] = "ce") -> torch.Tensor:
