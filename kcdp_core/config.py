@@ -19,6 +19,7 @@ from kcdp_core.labels import EMOJI7
 MINI_FOUNDATION = "kcdp:foundation/mini"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+INSTRUCTBLIP = "Salesforce/instructblip-flan-t5-xl"
 
 OFFICIAL_INSTRUCTBLIP_PROMPT = (
     "What is the information of subject in the picture? What is the facial expression and the body "
@@ -236,22 +237,27 @@ _NESTED: dict[str, type] = {
 # -- presets ------------------------------------------------------------------------------
 
 
-def sd15(labels: tuple[str, ...] = EMOJI7) -> KCDPConfig:
-    """The paper: SD 1.5 (512 px), its CLIP ViT-L/14 text encoder, InstructBLIP flan-t5-xl."""
+def sd15(
+    labels: tuple[str, ...] = EMOJI7, foundation: str = SD15, captioner: str = INSTRUCTBLIP
+) -> KCDPConfig:
+    """The paper: SD 1.5 (512 px), its CLIP ViT-L/14 text encoder, InstructBLIP flan-t5-xl.
+
+    `foundation` / `captioner`: hub ids (default) or local folders laid out like those repositories.
+    """
     return KCDPConfig(
         preset="sd15",
         labels=tuple(labels),
         foundation=FoundationConfig(
-            vae=Source(SD15, "vae"),
-            unet=Source(SD15, "unet"),
-            text_encoder=Source(SD15, "text_encoder"),
-            tokenizer=Source(SD15, "tokenizer"),
+            vae=Source(foundation, "vae"),
+            unet=Source(foundation, "unet"),
+            text_encoder=Source(foundation, "text_encoder"),
+            tokenizer=Source(foundation, "tokenizer"),
             image_encoder=None,
             image_size=512,
         ),
         knowledge=KnowledgeConfig(
             captioner="instructblip",
-            captioner_source=Source("Salesforce/instructblip-flan-t5-xl"),
+            captioner_source=Source(captioner),
             text_length=77,
         ),
         perception=PerceptionConfig(fpn_dim=256, feature_dim=512),

@@ -22,9 +22,11 @@ def _config_from_args(args: argparse.Namespace) -> KCDPConfig:
     config = KCDPConfig.load(args.config) if args.config else preset(args.preset, **kwargs)
     if args.foundation and args.preset != "tiny":
         f = config.foundation
-        for name in ("vae", "unet", "image_encoder"):
+        repo = f.unet.path
+        for name in ("vae", "unet", "text_encoder", "tokenizer", "image_encoder"):
             src = getattr(f, name)
-            if src is not None:
+            # A text encoder from the UNet's repository (sd15's CLIP) moves with it; mini's MiniLM does not.
+            if src is not None and (name in ("vae", "unet", "image_encoder") or src.path == repo):
                 setattr(f, name, Source(args.foundation, src.subfolder))
     train: dict = {"setting": args.setting}
     for flag, key in (
