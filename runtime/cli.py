@@ -1,4 +1,7 @@
-"""kcdp-infer IMAGE... [--model CKPT_OR_EXPORT] [--json] [--batch-size N]: classify images, no torch.
+"""kcdp-infer IMAGE... [--model CKPT_OR_EXPORT] [--json] [--batch-size N]: classify images.
+
+An export runs on onnxruntime without torch; a training checkpoint runs the same stages in PyTorch
+(kcdp_runtime.checkpoint) where torch is installed, else the message says to export it.
 
 Arguments may be files, directories (searched recursively for images) or glob patterns. With
 --json, one JSON object per image and line: {"image", "label", "scores", "caption", "triplets",
@@ -10,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import glob
+import importlib.util
 import json
 import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from kcdp_runtime.manifest import ModelError
+from kcdp_runtime.manifest import ModelError, is_checkpoint
 
 DEFAULT_MODEL = Path(__file__).parent / "default_model"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
@@ -56,10 +60,20 @@ def open_pipeline(model: str | None, providers: str | None, threads: int, prog: 
 
     config = SessionConfig(providers=providers.split(",") if providers else None, intra_op_threads=threads)
     try:
-        return Pipeline.from_pretrained(resolve_model(model), session_config=config)
+        folder = resolve_model(model)
+        if is_checkpoint(folder) and torch_available():
+            # A training checkpoint where torch is installed: the same stages, its modules run eagerly.
+            from kcdp_runtime.checkpoint import open_checkpoint
+
+            return open_checkpoint(folder, session_config=config)
+        return Pipeline.from_pretrained(folder, session_config=config)
     except ModelError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return None
+
+
+def torch_available() -> bool:
+    return importlib.util.find_spec("torch") is not None
 
 
 def resolve_model(model: str | None) -> Path:
@@ -81,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
         "images", nargs="+", metavar="IMAGE", help="image files, directories or glob patterns"
     )
     parser.add_argument(
-        "--model", help="export folder (default: the embedded model); checkpoints need kcdp-export"
+        "--model",
+        help="export folder (default: the embedded model), or a training checkpoint (run eagerly; needs torch)",
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per image and line")
     parser.add_argument("--batch-size", type=_positive, default=8, help="images per batch in every stage")

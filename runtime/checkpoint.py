@@ -1,0 +1,192 @@
+"""A training checkpoint run by the runtime's own Pipeline, eagerly in PyTorch (`kcdp-infer --model CKPT`).
+
+The export's three graphs are replaced by sessions that call the checkpoint's torch modules with the
+same named inputs and outputs (image_encoder: pixels -> embedding; text_encoder: input_ids,
+attention_mask -> token_states; perception: pixels, knowledge, knowledge_mask[, image_embedding] ->
+logits, probs, features), and the manifest by one built from the checkpoint's config. Everything
+else (preprocessing, captioners, parser, knowledge assembly, batching, errors, JSON) is the Pipeline's,
+so a checkpoint and its export print the same results. Tokens come from the checkpoint's
+transformers tokenizer, as in training. Needs torch; imported only when a checkpoint is given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kcdp_core.images import RESIZE_FILTER
+from kcdp_runtime.captioner import CAPTION_JOIN, GivenCaptioner, InstructBlipCaptioner, RetrievalCaptioner
+from kcdp_runtime.manifest import Manifest, ModelError
+from kcdp_runtime.pipeline import Pipeline, TextEncoderStage
+from kcdp_runtime.sessions import SessionConfig
+
+PROVIDER = "PyTorch"  # what describe() prints for these sessions
+
+
+def checkpoint_dir(folder: Path) -> Path:
+    """CKPT/best/ when training wrote one (as kcdp-export picks it), else CKPT itself."""
+    best = folder / "best"
+    return best if (best / "config.json").is_file() and (best / "model.safetensors").is_file() else folder
+
+
+@dataclass
+class _Arg:
+    """onnxruntime's NodeArg, as far as the Pipeline reads it."""
+
+    name: str
+    type: str = "tensor(float)"
+
+
+class TorchSession:
+    """An onnxruntime-like session over a torch callable: run(names, feed) -> numpy arrays."""
+
+    def __init__(self, fn: Any, inputs: list[_Arg], outputs: list[str], device: str):
+        import torch
+
+        self.torch = torch
+        self.fn = fn
+        self.inputs = inputs
+        self.outputs = [_Arg(name) for name in outputs]
+        self.device = device
+
+    def get_inputs(self) -> list[_Arg]:
+        return list(self.inputs)
+
+    def get_outputs(self) -> list[_Arg]:
+        return list(self.outputs)
+
+    def get_providers(self) -> list[str]:
+        return [PROVIDER]
+
+    def run(self, output_names: list[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        torch = self.torch
+        args = [torch.from_numpy(np.ascontiguousarray(feed[i.name])).to(self.device) for i in self.inputs]
+        with torch.inference_mode():
+            out = self.fn(*args)
+        named = dict(zip((o.name for o in self.outputs), out, strict=True))
+        wanted = output_names or list(named)
+        return [named[name].float().cpu().numpy() for name in wanted]
+
+
+class HFTextEncoderStage(TextEncoderStage):
+    """The text stage with the checkpoint's transformers tokenizer (the export writes it as tokenizer.json)."""
+
+    def __init__(self, session: Any, hf_tokenizer: Any, length: int):
+        super().__init__(session, None, length)
+        self.hf_tokenizer = hf_tokenizer
+
+    def tokenize(self, texts: Any) -> tuple[np.ndarray, np.ndarray]:
+        enc = self.hf_tokenizer(
+            list(texts), padding="max_length", truncation=True, max_length=self.length, return_tensors="np"
+        )
+        return enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+
+
+def open_checkpoint(
+    folder: str | Path, session_config: SessionConfig | None = None, parse_cache: bool = True
+) -> Pipeline:
+    """A Pipeline over the checkpoint in `folder` (CKPT/best/ when present). Raises ModelError."""
+    import torch
+
+    from kcdp_core.knowledge.caption_bank import CaptionBank
+    from kcdp_core.knowledge.triplets import PARSER_VERSION
+    from kcdp_core.model.kcdp import KCDPModel
+
+    config_ = session_config or SessionConfig()
+    folder = Path(folder)
+    ckpt = checkpoint_dir(folder)
+    if config_.intra_op_threads:
+        torch.set_num_threads(config_.intra_op_threads)
+    try:
+        model = KCDPModel.from_pretrained(ckpt).eval()
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(
+            f"{folder} is a training checkpoint that could not be loaded ({type(exc).__name__}: {exc}). "
+            f"Fix it, or export a good one with `kcdp-export --ckpt {folder} --out {folder}-export`"
+        ) from None
+    device = "cuda" if torch.cuda.is_available() and wants_gpu(config_) else "cpu"
+    model.to(device)
+    config = model.config
+    kc = config.knowledge
+    size, length = int(config.foundation.image_size), int(kc.text_length)
+    text_model = model.text_encoder.model
+    sessions: dict[str, Any] = {
+        "text_encoder": TorchSession(
+            lambda ids, mask: (text_model(input_ids=ids, attention_mask=mask).last_hidden_state,),
+            [_Arg("input_ids", "tensor(int64)"), _Arg("attention_mask", "tensor(int64)")],
+            ["token_states"],
+            device,
+        )
+    }
+    if model.image_encoder is not None:
+        encoder = model.image_encoder
+        sessions["image_encoder"] = TorchSession(
+            lambda x: (encoder(x),), [_Arg("pixels")], ["embedding"], device
+        )
+    inputs = [_Arg("pixels"), _Arg("knowledge"), _Arg("knowledge_mask")]
+    if config.perception.image_embedding:
+        inputs.append(_Arg("image_embedding"))
+    sessions["perception"] = TorchSession(
+        lambda *args: tuple(model(*args)[:3]), inputs, ["logits", "probs", "features"], device
+    )
+
+    knowledge: dict[str, Any] = {
+        "captioner": kc.captioner,
+        "text_length": length,
+        "max_triplets": kc.max_triplets,
+        "retrieval_top_k": kc.retrieval_top_k,
+        "retrieval_separator": CAPTION_JOIN,
+        "parser": {"model": kc.parser_model, "version": PARSER_VERSION},
+        "use_caption": kc.use_caption,
+        "use_triplets": kc.use_triplets,
+    }
+    if kc.captioner == "instructblip":
+        src = kc.captioner_source
+        knowledge["instructblip"] = {
+            "source": None if src is None else {"path": src.path, "subfolder": src.subfolder},
+            "prompt": kc.prompt,
+            "generation": {
+                "num_beams": kc.num_beams,
+                "repetition_penalty": kc.repetition_penalty,
+                "min_new_tokens": kc.min_new_tokens,
+                "max_new_tokens": kc.max_new_tokens,
+            },
+        }
+    manifest = Manifest(
+        ckpt,
+        {
+            "preset": config.preset,
+            "labels": list(model.labels),
+            "precision": "fp32",
+            "preprocessing": {"image_size": size, "resize_filter": RESIZE_FILTER},
+            "knowledge": knowledge,
+            "graphs": {name: {"file": None, "engine": "pytorch-eager"} for name in sessions},
+            "checkpoint": {"path": str(ckpt.resolve())},
+        },
+    )
+    captioner: Any
+    if kc.captioner == "retrieval":
+        if "image_encoder" not in sessions or model.caption_bank_dir is None:
+            raise ModelError(
+                f"{ckpt}: the retrieval captioner needs the foundation's image encoder and caption bank"
+            )
+        bank = CaptionBank.load(model.caption_bank_dir)
+        captioner = RetrievalCaptioner(
+            sessions["image_encoder"], bank, kc.retrieval_top_k, False, CAPTION_JOIN
+        )
+    elif kc.captioner == "instructblip":
+        captioner = InstructBlipCaptioner(knowledge["instructblip"])
+    else:
+        captioner = GivenCaptioner()
+    text = HFTextEncoderStage(sessions["text_encoder"], model.text_encoder.tokenizer, length)
+    return Pipeline(manifest, sessions, text, captioner, config_, parse_cache=parse_cache)
+
+
+def wants_gpu(config: SessionConfig) -> bool:
+    """GPU unless the providers asked for are CPU only."""
+    return not config.providers or any(
+        p.lower() not in ("cpu", "cpuexecutionprovider") for p in config.providers
+    )

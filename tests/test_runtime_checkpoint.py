@@ -1,0 +1,114 @@
+"""`kcdp-infer --model CKPT`: a training checkpoint through the runtime's stages in PyTorch, against its
+export (same labels, scores within 1e-3, same captions, triplets and errors); without torch, the
+message that says to export it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kcdp_runtime.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    exporter = pytest.importorskip("kcdp_export.exporter")
+    import torch
+
+    from kcdp_core.config import tiny
+    from kcdp_core.model.foundation import build_tiny_foundation
+    from kcdp_core.model.kcdp import KCDPModel
+
+    root = tmp_path_factory.mktemp("ckpt")
+    foundation = build_tiny_foundation(root / "foundation")
+    torch.manual_seed(0)
+    net = KCDPModel.from_config(tiny(foundation=str(foundation)))
+    with torch.no_grad():  # LoRA B starts at zero: give it weights, so the merge is exercised
+        for name, p in net.named_parameters():
+            if ".lora_B." in name:
+                p.normal_(0, 0.05)
+    net.save_pretrained(root / "ckpt")
+    exporter.export_checkpoint(root / "ckpt", root / "export")
+    rng = np.random.default_rng(1)
+    images = []
+    for i in range(5):
+        path = root / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 255, (36 + 5 * i, 44, 3), dtype=np.uint8)).save(path)
+        images.append(str(path))
+    (root / "broken.png").write_bytes(b"not a png")
+    images.insert(2, str(root / "broken.png"))
+    return root, images
+
+
+def _run(capsys, args: list[str]) -> tuple[int, list[dict]]:
+    code = main(args)
+    out = capsys.readouterr().out
+    return code, [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def test_checkpoint_matches_its_export(model, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("KCDP_CACHE", str(tmp_path))
+    root, images = model
+    code_c, ckpt = _run(capsys, [*images, "--model", str(root / "ckpt"), "--json", "--threads", "1"])
+    code_e, export = _run(capsys, [*images, "--model", str(root / "export"), "--json", "--threads", "1"])
+    assert code_c == code_e == 1  # the broken image fails in both, the others run
+    assert len(ckpt) == len(export) == len(images)
+    for a, b in zip(ckpt, export, strict=True):
+        assert a["image"] == b["image"]
+        if "error" in b:
+            assert a == b
+            continue
+        assert set(a) == set(b) == {"image", "label", "scores", "caption", "triplets", "latency_ms"}
+        assert a["label"] == b["label"] and a["caption"] == b["caption"] and a["triplets"] == b["triplets"]
+        assert max(abs(a["scores"][k] - b["scores"][k]) for k in b["scores"]) < 1e-3
+        assert set(a["latency_ms"]) == set(b["latency_ms"])
+
+
+def test_checkpoint_best_subfolder_and_plain_output(model, capsys, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("KCDP_CACHE", str(tmp_path / "cache"))
+    root, images = model
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy2(root / "ckpt" / f, run / "best" / f)
+    shutil.copy2(root / "ckpt" / "config.json", run / "config.json")  # "last" has no weights here
+    assert main([images[0], "--model", str(run)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith(images[0]) and "caption:" in captured.out
+
+
+def test_broken_checkpoint_is_a_usage_error(tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(json.dumps({"preset": "tiny"}))
+    assert main(["x.png", "--model", str(ckpt)]) == 2
+    err = capsys.readouterr().err
+    assert "is a training checkpoint" in err and "kcdp-export --ckpt" in err
+
+
+NO_TORCH = """
+import sys
+sys.modules["torch"] = None  # any `import torch` now raises ImportError
+from kcdp_runtime.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_without_torch_the_message_says_export_it(model):
+    root, images = model
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, images[0], "--model", str(root / "ckpt")],
+        capture_output=True, text=True, timeout=120, env=dict(os.environ),
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "is a training checkpoint" in proc.stderr and "kcdp-export --ckpt" in proc.stderr
