@@ -54,6 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--triton", action="store_true", help="also write a Triton model repository under EXPORT/triton"
     )
     p.add_argument("--max-batch", type=int, default=32, help="largest batch for TensorRT profiles / Triton")
+    p.add_argument(
+        "--no-bank-knowledge",
+        action="store_true",
+        help="do not precompute the caption bank's knowledge (top-1 retrieval models; the runtime then "
+        "runs the text encoder per image)",
+    )
+    p.add_argument(
+        "--keep-text-encoder",
+        action="store_true",
+        help="ship the text encoder beside the bank knowledge, for captions outside the bank",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty EXPORT")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -82,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         max_batch=args.max_batch,
         overwrite=args.overwrite,
         seed=args.seed,
+        bank_knowledge=not args.no_bank_knowledge,
+        keep_text_encoder=args.keep_text_encoder,
     )
     try:
         manifest = export_checkpoint(args.ckpt, args.out, options)

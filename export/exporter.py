@@ -25,6 +25,9 @@ from kcdp_export.graphs import GraphConfig, image_encoder_graph, perception_grap
 from kcdp_export.manifest import write_manifest
 from kcdp_export.onnx_export import DEFAULT_OPSET, convert_fp16, export_graph
 from kcdp_export.tokenizer import check_tokenizer, encode, export_tokenizer
+from kcdp_runtime.bank_knowledge import FILE as BANK_KNOWLEDGE_FILE
+from kcdp_runtime.bank_knowledge import BankKnowledge
+from kcdp_runtime.manifest import Manifest
 
 PRECISIONS = ("fp32", "fp16", "int8")
 RETRIEVAL_SEPARATOR = ". "  # kcdp_core.knowledge.captioners.RetrievalCaptioner's default
@@ -50,6 +53,10 @@ class ExportOptions:
     max_batch: int = 32
     overwrite: bool = False
     seed: int = 0
+    # Top-1 retrieval: every bank caption's k computed here (fp32 text encoder), so the runtime looks
+    # it up instead of running the text encoder; the text encoder then ships only when asked for.
+    bank_knowledge: bool = True
+    keep_text_encoder: bool = False
     log: Any = field(default=None, repr=False)
 
 
@@ -179,22 +186,41 @@ def _export(ckpt: Path, work: Path, options: ExportOptions) -> dict:
         timings[f"export_{graph.name}"] = round(time.perf_counter() - t0, 3)
     clock = time.perf_counter()
 
-    # End-to-end on real images: the ONNX pipeline (its own captions, tokenizer, k) vs PyTorch.
-    end_to_end: dict[str, Any] = {}
-    parser = None
-    if real is not None:
-        from kcdp_core.knowledge.triplets import TripletParser
+    # Caption bank (with its triplets parsed) and, for top-1 retrieval, every bank caption's k: the
+    # runtime pipeline below reads them from the folder being built.
+    caption_bank = None
+    if bank is not None:
+        caption_bank = _export_bank(bank, model.caption_bank_dir, work / "caption_bank", kc, options)
+    # What the runtime reads of the manifest, before the manifest exists.
+    runtime_manifest = Manifest(work, _runtime_body(model, config, caption_bank))
+    knowledge_k = None
+    if caption_bank is not None and options.bank_knowledge and "triplets_parser" in caption_bank:
+        knowledge_k = _bank_k(runtime_manifest, sessions["text_encoder"])
+    drop_text = knowledge_k is not None and not options.keep_text_encoder
+    lap("caption_bank")
 
-        parser = TripletParser(kc.parser_model)
+    # End-to-end on real images: the runtime's own pipeline (image files in; its captions, k, labels)
+    # over the fp32 graphs vs PyTorch.
+    end_to_end: dict[str, Any] = {}
+    torch_labels = None
+    if real is not None:
         torch_probs = np.concatenate([probe.run_torch(f)["probs"] for f in real_feeds["perception"]])
-        pipe = _pipeline(sessions, tokenizer_json, bank, parser, config)
-        result = pipe(real.pixels, None if bank is not None else real.captions)
-        end_to_end["fp32"] = _agreement(result.labels, torch_probs.argmax(-1), real.labels)
-        end_to_end["fp32"]["caption_agreement"] = float(
-            np.mean([a == b for a, b in zip(result.captions, real.captions, strict=True)])
-        )
+        torch_labels = torch_probs.argmax(-1)
+        exact = None if knowledge_k is None else BankKnowledge.pack(*knowledge_k, "fp32")
+        labels, captions = _run_runtime(runtime_manifest, sessions, real, exact)
+        end_to_end["fp32"] = _agreement(labels, torch_labels, real.labels)
+        end_to_end["fp32"]["caption_agreement"] = _same(captions, real.captions)
         _log(options, f"end to end fp32 vs PyTorch: {end_to_end['fp32']}")
     lap("end_to_end_fp32")
+
+    shipped_knowledge = None
+    if knowledge_k is not None:
+        shipped_knowledge = BankKnowledge.pack(*knowledge_k, options.precision)
+        shipped_knowledge.save(work / BANK_KNOWLEDGE_FILE)
+        caption_bank["knowledge"] = _knowledge_spec(shipped_knowledge, knowledge_k, drop_text)
+        _log(options, f"bank knowledge: {caption_bank['knowledge']}")
+    if drop_text:
+        graphs = [g for g in graphs if g.name != "text_encoder"]
 
     # The requested precision.
     graph_precision: dict[str, str] = {}
@@ -249,9 +275,7 @@ def _export(ckpt: Path, work: Path, options: ExportOptions) -> dict:
 
     int8_change = None
     if options.precision != "fp32" and real is not None and _can_run(work, graphs):
-        torch_labels = np.concatenate([probe.run_torch(f)["probs"] for f in real_feeds["perception"]]).argmax(
-            -1
-        )
+        assert torch_labels is not None
         # Greedy fallback: while the end-to-end figures miss the floors, put back the fp32 graph that
         # buys the least speed (text encoder, then image encoder); refuse when the last reduced graph
         # (the perception UNet, where the time goes) still misses.
@@ -263,11 +287,9 @@ def _export(ckpt: Path, work: Path, options: ExportOptions) -> dict:
         attempts = []
         while True:
             sessions_v = {g.name: validate.session(work / g.file) for g in graphs}
-            result = _pipeline(sessions_v, tokenizer_json, bank, parser, config)(
-                real.pixels, None if bank is not None else real.captions
-            )
-            figures = _agreement(result.labels, torch_labels, real.labels)
-            figures["caption_agreement"] = _same(result.captions, real.captions)
+            labels, captions = _run_runtime(runtime_manifest, sessions_v, real, shipped_knowledge)
+            figures = _agreement(labels, torch_labels, real.labels)
+            figures["caption_agreement"] = _same(captions, real.captions)
             figures["graphs"] = dict(graph_precision)
             attempts.append(figures)
             _log(options, f"end to end {options.precision} vs PyTorch: {figures}")
@@ -289,14 +311,6 @@ def _export(ckpt: Path, work: Path, options: ExportOptions) -> dict:
             int8_change = _int8_change(figures, end_to_end["fp32"], len(real))
     lap("end_to_end_variant")
     shutil.rmtree(fp32_dir, ignore_errors=True)
-
-    # Caption bank: embeddings copied as is; with top-1 retrieval every caption the runtime can
-    # produce is a bank caption, so each one's triplets are parsed here once (the parser training
-    # used) and stored in captions.jsonl: the runtime then never needs to load spaCy.
-    caption_bank = None
-    if bank is not None:
-        caption_bank = _export_bank(bank, model.caption_bank_dir, work / "caption_bank", kc, options)
-    lap("caption_bank")
 
     body = _manifest_body(
         model,
@@ -440,21 +454,73 @@ def _can_run(work: Path, graphs: list[GraphConfig]) -> bool:
         return False
 
 
-def _pipeline(sessions, tokenizer_json, bank, parser, config):
-    from kcdp_export.onnx_pipeline import OnnxPipeline
+def _bank_k(manifest: Manifest, text_session: Any, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """k [N, 2L, D] and mask [N, 2L] of every bank caption, with the runtime's tokenizer stage over
+    the fp32 text encoder graph (held to parity with PyTorch above) and the bank's parsed triplets."""
+    from kcdp_core.knowledge.assemble import assemble_batch, triplet_text
+    from kcdp_core.knowledge.caption_bank import CaptionBank
+    from kcdp_runtime.pipeline import TextEncoderStage
 
-    kc = config.knowledge
-    return OnnxPipeline(
+    know = manifest.knowledge
+    use_caption, use_triplets = know.get("use_caption", True), know.get("use_triplets", True)
+    bank = CaptionBank.load(manifest.path(manifest.caption_bank["captions"]).parent)
+    stage = TextEncoderStage.load(manifest, text_session)
+    ks, masks = [], []
+    for start in range(0, len(bank), chunk):
+        captions = bank.captions[start : start + chunk]
+        triplets = [
+            list(t or [])[: int(know["max_triplets"])] if use_triplets else []
+            for t in bank.triplets[start : start + chunk]
+        ]
+        texts = [c if use_caption else "" for c in captions] + [
+            triplet_text(t) for ts in triplets for t in ts
+        ]
+        states, mask = stage.encode(texts)
+        k, m = assemble_batch(states, mask, [len(ts) for ts in triplets])
+        ks.append(k)
+        masks.append(m)
+    return np.concatenate(ks), np.concatenate(masks)
+
+
+def _knowledge_spec(shipped: BankKnowledge, exact: tuple[np.ndarray, np.ndarray], drop_text: bool) -> dict:
+    k, mask = exact
+    stored, _ = shipped.get(range(len(shipped)))
+    return {
+        "file": BANK_KNOWLEDGE_FILE,
+        "dtype": shipped.dtype,
+        "rows": len(shipped),
+        "tokens": int(len(shipped.values)),
+        "computed_with": "the fp32 text encoder graph (parity-checked against PyTorch) and the bank triplets",
+        "max_abs_diff": float(np.abs(stored - k * mask[..., None]).max()),
+        "text_encoder_shipped": not drop_text,
+    }
+
+
+def _run_runtime(
+    manifest: Manifest, sessions: dict[str, Any], real, bank_knowledge: BankKnowledge | None
+) -> tuple[np.ndarray, list[str]]:
+    """The runtime's Pipeline on the real image files: label indices and captions. Without a
+    caption bank, the captions computed with PyTorch are handed in (the captioner is not rerun)."""
+    from kcdp_runtime.captioner import GivenCaptioner
+    from kcdp_runtime.pipeline import Pipeline
+
+    retrieval = manifest.caption_bank is not None
+    pipe = Pipeline.from_sessions(
+        manifest,
         sessions,
-        tokenizer_json,
-        bank=bank,
-        parser=parser,
-        top_k=kc.retrieval_top_k,
-        separator=RETRIEVAL_SEPARATOR,
-        max_triplets=kc.max_triplets,
-        use_caption=getattr(kc, "use_caption", True),
-        use_triplets=getattr(kc, "use_triplets", True),
+        knowledge_cache_size=0,
+        parse_cache=False,
+        bank_knowledge=bank_knowledge,
+        captioner=None if retrieval else GivenCaptioner(),
     )
+    results = pipe.run(
+        [str(p) for p in real.paths], batch_size=16, captions=None if retrieval else real.captions
+    )
+    failed = [r["error"] for r in results if "error" in r]
+    if failed:
+        raise ExportError(f"the runtime pipeline could not run the real images: {failed[:3]}")
+    index = {label: i for i, label in enumerate(pipe.labels)}
+    return np.array([index[r["label"]] for r in results]), [r["caption"] for r in results]
 
 
 def _agreement(labels: np.ndarray, reference: np.ndarray, truth: np.ndarray | None) -> dict:
@@ -507,61 +573,11 @@ def _manifest_body(
     real,
     graph_precision,
 ) -> dict:
-    from kcdp_core.images import RESIZE_FILTER
-
-    kc = config.knowledge
-    try:
-        from kcdp_core.knowledge.triplets import PARSER_VERSION
-    except ImportError:  # pragma: no cover
-        PARSER_VERSION = None
-    knowledge: dict[str, Any] = {
-        "captioner": kc.captioner,
-        "text_length": kc.text_length,
-        "max_triplets": kc.max_triplets,
-        "retrieval_top_k": kc.retrieval_top_k,
-        "parser": {"model": kc.parser_model, "version": PARSER_VERSION},
-        "use_caption": getattr(kc, "use_caption", True),
-        "use_triplets": getattr(kc, "use_triplets", True),
-        "triplet_text": "subject verb object joined by spaces",
-        "knowledge_layout": "k = concat(T(caption), sum_i T(triplet_i)) via kcdp_core.knowledge.assemble",
-    }
-    if kc.captioner == "retrieval":
-        knowledge["retrieval_separator"] = RETRIEVAL_SEPARATOR
-    if kc.captioner == "instructblip":
-        src = kc.captioner_source
-        knowledge["instructblip"] = {
-            "source": None if src is None else {"path": src.path, "subfolder": src.subfolder},
-            "stage": "transformers",
-            "why": "optimum's ONNX exporter (optimum-onnx) has no InstructBLIP config; it runs as a transformers stage",
-            "prompt": kc.prompt,
-            "generation": {
-                "num_beams": kc.num_beams,
-                "repetition_penalty": kc.repetition_penalty,
-                "min_new_tokens": kc.min_new_tokens,
-                "max_new_tokens": kc.max_new_tokens,
-                "do_sample": False,
-            },
-        }
     return {
         "preset": config.preset,
         "labels": list(model.labels),
         "precision": options.precision,
-        "preprocessing": {
-            "image_size": int(config.foundation.image_size),
-            "resize_filter": RESIZE_FILTER,
-            "pixel_range": [0, 1],
-            "layout": "NCHW",
-            "pad_to_square": "white",
-            "alpha": "composite on white",
-            "normalisation": "inside each graph",
-        },
-        "knowledge": knowledge,
-        "tokenizer": {
-            "folder": "tokenizer",
-            "file": "tokenizer/tokenizer.json",
-            "max_length": int(kc.text_length),
-        },
-        "caption_bank": caption_bank,
+        **_runtime_body(model, config, caption_bank),
         "prompts": {
             "template": config.cliea.prompt_template,
             "per_label": [config.cliea.prompt_template.format(label) for label in model.labels],
@@ -588,6 +604,72 @@ def _manifest_body(
             "skipped": real.skipped,
         },
         "config": config.to_dict(),
+    }
+
+
+def _runtime_body(model, config, caption_bank: dict | None) -> dict:
+    """The manifest sections the runtime reads: labels, preprocessing, knowledge, tokenizer, bank."""
+    from kcdp_core.images import RESIZE_FILTER
+
+    kc = config.knowledge
+    try:
+        from kcdp_core.knowledge.triplets import PARSER_VERSION
+    except ImportError:  # pragma: no cover
+        PARSER_VERSION = None
+    use_triplets = getattr(kc, "use_triplets", True)
+    # Free-text captions (InstructBLIP, CSV, joined top-k retrievals) are parsed at run time: the
+    # runtime then needs spaCy (kcdp[parser]); a top-1 bank carries every caption's triplets.
+    bank_parsed = caption_bank is not None and "triplets_parser" in caption_bank
+    knowledge: dict[str, Any] = {
+        "captioner": kc.captioner,
+        "text_length": kc.text_length,
+        "max_triplets": kc.max_triplets,
+        "retrieval_top_k": kc.retrieval_top_k,
+        "parser": {
+            "model": kc.parser_model,
+            "version": PARSER_VERSION,
+            "required": bool(use_triplets and not bank_parsed),
+        },
+        "use_caption": getattr(kc, "use_caption", True),
+        "use_triplets": use_triplets,
+        "triplet_text": "subject verb object joined by spaces",
+        "knowledge_layout": "k = concat(T(caption), sum_i T(triplet_i)) via kcdp_core.knowledge.assemble",
+    }
+    if kc.captioner == "retrieval":
+        knowledge["retrieval_separator"] = RETRIEVAL_SEPARATOR
+    if kc.captioner == "instructblip":
+        src = kc.captioner_source
+        knowledge["instructblip"] = {
+            "source": None if src is None else {"path": src.path, "subfolder": src.subfolder},
+            "stage": "transformers",
+            "why": "optimum's ONNX exporter (optimum-onnx) has no InstructBLIP config; it runs as a transformers stage",
+            "prompt": kc.prompt,
+            "generation": {
+                "num_beams": kc.num_beams,
+                "repetition_penalty": kc.repetition_penalty,
+                "min_new_tokens": kc.min_new_tokens,
+                "max_new_tokens": kc.max_new_tokens,
+                "do_sample": False,
+            },
+        }
+    return {
+        "labels": list(model.labels),
+        "preprocessing": {
+            "image_size": int(config.foundation.image_size),
+            "resize_filter": RESIZE_FILTER,
+            "pixel_range": [0, 1],
+            "layout": "NCHW",
+            "pad_to_square": "white",
+            "alpha": "composite on white",
+            "normalisation": "inside each graph",
+        },
+        "knowledge": knowledge,
+        "tokenizer": {
+            "folder": "tokenizer",
+            "file": "tokenizer/tokenizer.json",
+            "max_length": int(kc.text_length),
+        },
+        "caption_bank": caption_bank,
     }
 
 

@@ -31,6 +31,8 @@ class Caption:
     triplets: list[Triplet] | None = None
     # The image encoder's embedding when the captioner computed one (perception may take it as input).
     embedding: np.ndarray | None = None
+    # The caption bank row of a top-1 retrieved caption (its knowledge may be precomputed).
+    index: int | None = None
 
 
 class Captioner(Protocol):
@@ -92,7 +94,8 @@ class RetrievalCaptioner:
         for row, embedding in zip(indices, embeddings, strict=True):
             text = self.separator.join(self.bank.captions[i] for i in row)
             known = self.bank.triplets[row[0]] if self.bank_triplets and len(row) == 1 else None
-            out.append(Caption(text, [tuple(t) for t in known] if known is not None else None, embedding))
+            triplets = [tuple(t) for t in known] if known is not None else None
+            out.append(Caption(text, triplets, embedding, int(row[0]) if len(row) == 1 else None))
         return out
 
 

@@ -102,7 +102,9 @@ def load_manifest(folder: str | Path, verify: Literal["sha256", "presence", "non
     for key in ("labels", "graphs", "tokenizer"):
         if key not in data:
             raise ModelError(f"{path}: missing required key {key!r}")
-    for name in ("text_encoder", "perception"):
+    # The text encoder may be left out when the caption bank's knowledge is precomputed (bank_knowledge).
+    precomputed = bool((data.get("caption_bank") or {}).get("knowledge"))
+    for name in ("perception",) if precomputed else ("text_encoder", "perception"):
         if name not in data["graphs"]:
             raise ModelError(f"{path}: graphs.{name} is missing")
     manifest = Manifest(folder, data)

@@ -14,6 +14,7 @@ only for a caption never parsed before (unless the bank carries its triplets alr
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import logging
@@ -30,6 +31,7 @@ from tokenizers import Tokenizer
 
 from kcdp_core.images import ImageError, load_image, preprocess
 from kcdp_core.knowledge.assemble import assemble_batch, triplet_text
+from kcdp_runtime.bank_knowledge import FILE, BankKnowledge
 from kcdp_runtime.captioner import (
     CAPTION_JOIN,
     Caption,
@@ -139,13 +141,28 @@ class Pipeline:
         self,
         manifest: Manifest,
         sessions: dict[str, Any],
-        text: TextEncoderStage,
+        text: TextEncoderStage | None,
         captioner: Captioner,
         session_config: SessionConfig,
         knowledge_cache_size: int = 4096,
         parse_cache: bool = True,
+        bank_knowledge: BankKnowledge | None = None,
     ):
         self.manifest = manifest
+        # Precomputed k of every bank caption (retrieval top-1 exports): no text encoder per image.
+        self.bank_knowledge = bank_knowledge
+        bank = getattr(captioner, "bank", None)
+        self._bank_rows: dict[str, int] = {}
+        if bank_knowledge is not None and bank is not None:
+            if len(bank_knowledge) != len(bank):
+                raise ModelError(
+                    f"{manifest.folder}: {FILE} holds {len(bank_knowledge)} rows for {len(bank)} bank captions"
+                )
+            self._bank_rows = {text: i for i, text in reversed(list(enumerate(bank.captions)))}
+        if text is None and not self._bank_rows:
+            raise ModelError(
+                f"{manifest.folder}: graphs.text_encoder is missing and no bank knowledge replaces it"
+            )
         self.sessions = sessions
         self.text = text
         self.captioner = captioner
@@ -198,11 +215,31 @@ class Pipeline:
             if spec:
                 digest = manifest.data.get("files", {}).get(spec["file"]) if verify == "sha256" else None
                 sessions[name] = create_session(manifest.path(spec["file"]), config, digest)
-        text = TextEncoderStage.load(manifest, sessions["text_encoder"])
+        return cls.from_sessions(manifest, sessions, config, knowledge_cache_size, parse_cache)
+
+    @classmethod
+    def from_sessions(
+        cls,
+        manifest: Manifest,
+        sessions: dict[str, Any],
+        session_config: SessionConfig | None = None,
+        knowledge_cache_size: int = 4096,
+        parse_cache: bool = True,
+        bank_knowledge: BankKnowledge | None = None,
+        captioner: Captioner | None = None,
+    ) -> Pipeline:
+        """A pipeline over sessions already made (kcdp-export checks its graphs with it before the
+        folder is finished); `bank_knowledge` and `captioner` replace what the manifest names."""
+        config = session_config or SessionConfig()
+        folder = manifest.folder
+        text = (
+            TextEncoderStage.load(manifest, sessions["text_encoder"]) if "text_encoder" in sessions else None
+        )
         know = manifest.knowledge
         kind = know.get("captioner", "retrieval")
-        captioner: Captioner
-        if kind == "retrieval":
+        if captioner is not None:
+            pass
+        elif kind == "retrieval":
             if "image_encoder" not in sessions:
                 raise ModelError(f"{folder}: captioner 'retrieval' needs graphs.image_encoder")
             bank, trusted = load_bank(manifest)
@@ -215,7 +252,17 @@ class Pipeline:
             captioner = GivenCaptioner()
         else:
             raise ModelError(f"{folder}: unknown captioner {kind!r} in manifest.json")
-        pipe = cls(manifest, sessions, text, captioner, config, knowledge_cache_size, parse_cache)
+        if parser_required(manifest, captioner) and not parser_installed():
+            raise ModelError(f"{folder}: {PARSER_MISSING}")
+        spec = (manifest.caption_bank or {}).get("knowledge")
+        if bank_knowledge is None and spec and isinstance(captioner, RetrievalCaptioner):
+            try:
+                bank_knowledge = BankKnowledge.load(manifest.path(spec["file"]))
+            except (OSError, ValueError, KeyError) as exc:
+                raise ModelError(f"{folder}: unreadable {spec.get('file')} ({exc})") from None
+        pipe = cls(
+            manifest, sessions, text, captioner, config, knowledge_cache_size, parse_cache, bank_knowledge
+        )
         log.info("%s: %s", manifest.folder.name, pipe.provider_line)
         return pipe
 
@@ -223,6 +270,10 @@ class Pipeline:
     def parser(self) -> Any:
         """The spaCy triplet parser, loaded on first need (bank triplets usually make it unnecessary)."""
         if self._parser is None:
+            if not parser_installed():
+                raise ModelError(
+                    f"{self.manifest.folder}: a caption outside the bank needs parsing: {PARSER_MISSING}"
+                )
             from kcdp_core.knowledge.triplets import TripletParser
 
             self._parser = TripletParser(model=self.parser_model)
@@ -284,7 +335,10 @@ class Pipeline:
             item.caption = cap
 
     def _knowledge(self, items: list[_Item]) -> None:
-        """Parse, encode and assemble k for the captions not memoised yet (each distinct text once)."""
+        """k per image: looked up for bank captions with precomputed knowledge; else parsed, encoded
+        and assembled for the captions not memoised yet (each distinct text once)."""
+        if self._bank_rows:
+            items = self._bank_lookup(items)
         todo: dict[str, Caption] = {}
         for item in items:
             assert item.caption is not None
@@ -293,6 +347,11 @@ class Pipeline:
                 item.knowledge = hit
             else:
                 todo.setdefault(item.caption.text, item.caption)
+        if todo and self.text is None:
+            raise ModelError(
+                f"{self.manifest.folder}: this export carries its caption bank's knowledge precomputed and no "
+                "text encoder, so a caption outside the bank cannot be encoded; re-export with --keep-text-encoder"
+            )
         t0 = time.perf_counter()
         triplets: dict[str, list[Triplet]] = {}
         unparsed = [text for text, cap in todo.items() if cap.triplets is None and self.use_triplets]
@@ -321,7 +380,7 @@ class Pipeline:
         t0 = time.perf_counter()
         encoded = [text if self.use_caption else "" for text in todo]  # as training's KnowledgeTable
         texts = encoded + [triplet_text(t) for text in todo for t in triplets[text]]
-        states, masks = self.text.encode(texts) if texts else (None, None)
+        states, masks = self.text.encode(texts) if texts and self.text is not None else (None, None)
         _share(items, "text_encoder", t0)
 
         t0 = time.perf_counter()
@@ -337,6 +396,30 @@ class Pipeline:
                 assert item.caption is not None
                 item.knowledge = fresh[item.caption.text]
         _share(items, "assemble", t0)
+
+    def _bank_lookup(self, items: list[_Item]) -> list[_Item]:
+        """k of bank captions from the precomputed table (timed as "assemble"); returns the rest."""
+        assert self.bank_knowledge is not None
+        t0 = time.perf_counter()
+        found, rest = [], []
+        for item in items:
+            assert item.caption is not None
+            row = item.caption.index
+            if row is None:
+                row = self._bank_rows.get(item.caption.text)
+            (found if row is not None else rest).append((item, row))
+        if found:
+            ks, masks = self.bank_knowledge.get([row for _, row in found])
+            bank_triplets = self.captioner.bank.triplets  # type: ignore[attr-defined]
+            for (item, row), k, mask in zip(found, ks, masks, strict=True):
+                known = bank_triplets[row] if self.use_triplets else []
+                triplets = [tuple(t) for t in (known or [])][: self.max_triplets]
+                item.knowledge = _Knowledge(triplets, k, mask)
+            _share([item for item, _ in found], "assemble", t0)
+            for item, _ in found:
+                item.latency.setdefault("parse", 0.0)
+                item.latency.setdefault("text_encoder", 0.0)
+        return [item for item, _ in rest]
 
     def _perceive(self, items: list[_Item]) -> None:
         t0 = time.perf_counter()
@@ -400,6 +483,33 @@ class Pipeline:
         data = io.BytesIO()
         buf.save(data, format="PNG")
         self.run([data.getvalue()], names=["warmup"])
+
+
+PARSER_MISSING = (
+    "this export's captioner writes free text, whose knowledge triplets spaCy parses, and spaCy is not "
+    "installed: pip install 'kcdp[parser]'"
+)
+
+
+def parser_installed() -> bool:
+    return importlib.util.find_spec("spacy") is not None
+
+
+def parser_required(manifest: Manifest, captioner: Captioner) -> bool:
+    """Whether the captions this export produces need the spaCy triplet parser at run time.
+
+    The manifest may say so (knowledge.parser.required, written by kcdp-export); otherwise only a
+    top-1 retrieval captioner whose bank carries every caption's triplets, parsed by the parser
+    version training used, can do without (captions handed to run() still get parsed)."""
+    know = manifest.knowledge
+    stated = (know.get("parser") or {}).get("required")
+    if stated is not None:
+        return bool(stated)
+    if not know.get("use_triplets", True):
+        return False
+    if not isinstance(captioner, RetrievalCaptioner):
+        return True
+    return not (captioner.bank_triplets and captioner.top_k == 1 and None not in captioner.bank.triplets)
 
 
 def _ms(t0: float) -> float:

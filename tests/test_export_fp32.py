@@ -27,7 +27,19 @@ def exported(tmp_path_factory):
     ckpt, lora_effect = tiny_checkpoint(root / "ckpt", foundation)
     calib = calibration_images(root / "calib")
     out = root / "export"
-    code = main(["--ckpt", str(ckpt), "--out", str(out), "--calibration", str(calib), "--triton"])
+    # --keep-text-encoder: these tests also run the text encoder graph; test_runtime_parity covers the
+    # default (bank knowledge only, no text encoder).
+    args = [
+        "--ckpt",
+        str(ckpt),
+        "--out",
+        str(out),
+        "--calibration",
+        str(calib),
+        "--triton",
+        "--keep-text-encoder",
+    ]
+    code = main(args)
     assert code == 0
     return {"root": root, "ckpt": ckpt, "calib": calib, "out": out, "lora_effect": lora_effect}
 
@@ -74,6 +86,11 @@ def test_manifest_contract(exported):
     assert [r["triplets"] for r in rows[:5]] == [
         [list(t) for t in parser.parse(r["caption"])] for r in rows[:5]
     ]
+    # Every bank caption's k, precomputed with the fp32 text encoder graph (stored exactly in fp32).
+    know = m["caption_bank"]["knowledge"]
+    assert know["file"] == "caption_bank/knowledge.safetensors" and know["dtype"] == "fp32"
+    assert know["rows"] == m["caption_bank"]["size"] and know["max_abs_diff"] == 0.0
+    assert know["text_encoder_shipped"] and m["knowledge"]["parser"]["required"] is False
     g = m["graphs"]
     assert g["text_encoder"]["inputs"]["input_ids"] == ["batch", 8, "int64"]
     assert g["text_encoder"]["outputs"]["token_states"] == ["batch", 8, 32, "float32"]
@@ -89,6 +106,7 @@ def test_manifest_contract(exported):
         "perception.onnx",
         "tokenizer/tokenizer.json",
         "caption_bank/embeddings.safetensors",
+        "caption_bank/knowledge.safetensors",
         "triton/perception/config.pbtxt",
     ):
         assert m["files"][rel] == sha256(out / rel)

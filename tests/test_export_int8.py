@@ -23,7 +23,11 @@ def exported(tmp_path_factory):
     out = root / "export"
     # A random tiny model has near-tied logits: the floors are the CLI's job on real models; here the
     # test asserts the figures are measured and reported.
-    options = ExportOptions(precision="int8", calibration=calib, int8_max_drop=100.0, min_agreement=0.0)
+    # keep_text_encoder: the dynamic-int8 text encoder is tested too (by default it is left out, the
+    # bank knowledge replacing it).
+    options = ExportOptions(
+        precision="int8", calibration=calib, int8_max_drop=100.0, min_agreement=0.0, keep_text_encoder=True
+    )
     manifest = export_checkpoint(ckpt, out, options)
     return {"out": out, "manifest": manifest}
 
@@ -57,3 +61,6 @@ def test_int8_reports_accuracy_change_and_parity(exported):
     assert 0 < p["max_abs_diff"] < 1.0  # quantised: not bit-exact, but close
     assert p["fp32"]["outputs"]["logits"] <= 1e-4 and p["fp32"]["label_agreement"] == 1.0
     assert json.loads((exported["out"] / "manifest.json").read_text())["int8_accuracy_change"] == change
+    # The bank knowledge ships as per-channel int8, close to the fp32 text encoder's k.
+    know = m["caption_bank"]["knowledge"]
+    assert know["dtype"] == "int8" and know["text_encoder_shipped"] and 0 < know["max_abs_diff"] < 0.1
