@@ -1,7 +1,9 @@
-"""`kcdp-data`: build the emoji benchmark and pretraining corpus.
+"""`kcdp-data`: build the benchmarks and pretraining corpora.
 
     kcdp-data emoji --out DIR [--size 64] [--domains apple,google,...] [--cache DIR] [--no-corpus]
                     [--workers N] [--offline]
+    kcdp-data avatars --out DIR [--per-class 200] [--size 128] [--workers N] [--corpus-per-style 1500]
+                      [--seed-start 0] [--emoji EMOJI_DIR] [--key CSV]
 
 Exit status: 0 built, 1 a package could not be fetched/verified or images failed, 2 usage errors.
 """
@@ -38,11 +40,31 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--no-corpus", action="store_true", help="build the benchmark only")
     e.add_argument("--workers", type=int, default=None, help="render processes (default min(2, cores))")
     e.add_argument("--offline", action="store_true", help="never run npm; use the cache only")
+    a = sub.add_parser("avatars", help="the drawn-faces benchmark + avatar corpus (DiceBear, DESIGN.md s.6b)")
+    a.add_argument("--out", required=True, type=Path, help="output folder")
+    a.add_argument("--per-class", type=int, default=200, help="benchmark images per class and style (200)")
+    a.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    a.add_argument("--workers", type=int, default=None, help="render processes (default min(2, cores))")
+    a.add_argument(
+        "--corpus-per-style", type=int, default=1500, help="corpus images per corpus style (1500; 0: none)"
+    )
+    a.add_argument(
+        "--seed-start", type=int, default=0, help="first seed number: fresh avatars for a held-out test set"
+    )
+    a.add_argument(
+        "--emoji", type=Path, default=None, help="kcdp-data emoji output: adds it to the task sources"
+    )
+    a.add_argument("--key", type=Path, default=None, help="label key CSV (default: the package's)")
+    a.add_argument(
+        "--contact-sheet", type=Path, default=None, help="also write a PNG: one row per style and class"
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "avatars":
+        return _avatars(args)
     from kcdp_core.data.emoji_build import build_emoji  # heavy imports only once arguments are valid
 
     domains = [d.strip() for d in args.domains.split(",") if d.strip()] if args.domains else None
@@ -76,6 +98,43 @@ def main(argv: list[str] | None = None) -> int:
     for err in res.errors:
         print(f"error: {err}", file=sys.stderr)
     print(f"built {args.out} in {time.perf_counter() - t0:.1f} s")
+    return 1 if res.errors else 0
+
+
+def _avatars(args: argparse.Namespace) -> int:
+    from kcdp_core.data.avatar_build import build_avatars, contact_sheet
+
+    try:
+        res = build_avatars(
+            args.out,
+            per_class=args.per_class,
+            size=args.size,
+            workers=args.workers,
+            corpus_per_style=args.corpus_per_style,
+            seed_start=args.seed_start,
+            emoji=args.emoji,
+            key_path=args.key,
+        )
+    except (RuntimeError, OSError) as e:
+        print(f"kcdp-data: error: {e}", file=sys.stderr)
+        return 1
+    except ValueError as e:  # a bad key row or argument: nothing was written
+        print(f"kcdp-data: error: {e}", file=sys.stderr)
+        return 2
+    for style, counts in res.counts.items():
+        print(
+            f"{style:12s} {sum(counts.values()):5d} images  "
+            + " ".join(f"{k} {v}" for k, v in counts.items())
+        )
+    if res.corpus_counts:
+        print(
+            f"corpus: {sum(res.corpus_counts.values())} captioned avatars from {len(res.corpus_counts)} styles"
+        )
+    for err in res.errors:
+        print(f"error: {err}", file=sys.stderr)
+    if args.contact_sheet:
+        print(f"contact sheet: {contact_sheet(args.out, args.contact_sheet)}")
+    print(f"built {args.out} in {res.seconds:.1f} s")
     return 1 if res.errors else 0
 
 

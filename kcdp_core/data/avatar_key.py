@@ -1,0 +1,114 @@
+"""The drawn-faces benchmark's label key and style lists (DESIGN.md section 6b). Torch-free.
+
+avatar_label_key.csv (the project's data file, beside this module) fixes, per DiceBear style and
+emotion class, the variants each expression component may take; every other part of the avatar
+(hair, skin, clothes, accessories, background) stays random by seed, so only the expression
+carries the class. The key is checked against the style definitions of `dicebear-styles` before
+anything is rendered: a row naming an unknown style, component or variant stops the build.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from kcdp_core.labels import EMOJI7
+
+AVATAR_KEY_CSV = Path(__file__).resolve().parent / "avatar_label_key.csv"
+
+# The five benchmark styles: exactly those of the key.
+BENCHMARK_STYLES: tuple[str, ...] = ("avataaars", "open-peeps", "fun-emoji", "big-smile", "moods")
+# Pretraining corpus only: styles with expression-named parts, and identity-only styles for variety.
+CORPUS_EXPRESSION_STYLES: tuple[str, ...] = ("critters", "sprouts", "line-face", "cameo")
+CORPUS_IDENTITY_STYLES: tuple[str, ...] = ("notionists", "adventurer", "lorelei", "big-ears")
+CORPUS_STYLES = CORPUS_EXPRESSION_STYLES + CORPUS_IDENTITY_STYLES
+
+# Options that keep the face visible: whatever hides eyes or mouth is switched off (dark glasses,
+# eye patches, masks); the remaining accessories still vary by seed.
+FACE_VISIBLE: dict[str, dict] = {
+    "avataaars": {"accessoriesVariant": ["prescription01", "prescription02", "round"]},
+    "open-peeps": {
+        "maskProbability": 0,
+        "accessoriesVariant": ["glasses", "glasses2", "glasses3", "glasses4", "glasses5"],
+    },
+    "big-smile": {"accessoriesVariant": ["catEars", "clownNose", "glasses", "mustache", "sailormoonCrown"]},
+    "moods": {"animationVariant": ["none"]},
+    "critters": {"animationVariant": ["none"]},
+    "sprouts": {"animationVariant": ["none"]},
+    "notionists": {"glassesVariant": ["variant01", "variant02", "variant03", "variant04", "variant05"]},
+}
+
+
+@cache
+def style_definition(name: str) -> dict:
+    """A DiceBear style's JSON definition from the `dicebear-styles` package."""
+    from importlib.resources import files
+
+    try:
+        resource = files("dicebear_styles").joinpath(f"{name}.json")
+    except ModuleNotFoundError as e:
+        raise RuntimeError("kcdp-data avatars needs dicebear-styles: pip install 'kcdp[train]'") from e
+    if not resource.is_file():
+        raise ValueError(f"unknown DiceBear style {name!r}")
+    return json.loads(resource.read_text("utf-8"))
+
+
+def style_variants(name: str) -> dict[str, tuple[str, ...]]:
+    """component -> its variant names, for one style."""
+    return {c: tuple(v.get("variants", {})) for c, v in style_definition(name)["components"].items()}
+
+
+def style_credit(name: str) -> tuple[str, str]:
+    """(creator, licence) as the style's definition names them."""
+    meta = style_definition(name).get("meta", {})
+    creator = meta.get("creator", {}).get("name", "")
+    source = meta.get("source", {}).get("name", "")
+    return (f"{source} by {creator}" if source else creator), meta.get("license", {}).get("name", "")
+
+
+@dataclass(frozen=True)
+class StyleKey:
+    """One style's classes: label -> component -> allowed variants."""
+
+    style: str
+    classes: dict[str, dict[str, tuple[str, ...]]]
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(label for label in EMOJI7 if label in self.classes)
+
+
+def load_avatar_key(path: str | Path | None = None) -> dict[str, StyleKey]:
+    """style -> StyleKey; ValueError naming the file and row for any option DiceBear does not have."""
+    path = Path(path) if path is not None else AVATAR_KEY_CSV
+    table: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = {"style", "class", "component", "variants"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: missing columns {sorted(missing)}")
+        for row_number, row in enumerate(reader, start=2):
+            where = f"{path}:{row_number} ({','.join(str(v) for v in row.values())})"
+            style, label = row["style"].strip(), row["class"].strip()
+            component = row["component"].strip()
+            variants = tuple(v.strip() for v in row["variants"].split(";") if v.strip())
+            if style not in BENCHMARK_STYLES:
+                raise ValueError(f"{where}: style {style!r} is not a benchmark style {BENCHMARK_STYLES}")
+            if label not in EMOJI7:
+                raise ValueError(f"{where}: class {label!r} is not one of {EMOJI7}")
+            known = style_variants(style)
+            if component not in known:
+                raise ValueError(f"{where}: {style} has no component {component!r} (has {sorted(known)})")
+            unknown = [v for v in variants if v not in known[component]]
+            if unknown or not variants:
+                raise ValueError(
+                    f"{where}: {style}.{component} has no variant(s) {unknown or '(none given)'}"
+                )
+            classes = table.setdefault(style, {}).setdefault(label, {})
+            if component in classes:
+                raise ValueError(f"{where}: {style}/{label}/{component} is listed twice")
+            classes[component] = variants
+    return {style: StyleKey(style, classes) for style, classes in table.items()}

@@ -1,0 +1,134 @@
+"""kcdp-data avatars: labels follow the key, determinism, style lists, corpus captions, bad keys."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from kcdp_core.data.avatar_build import build_avatars, class_options
+from kcdp_core.data.avatar_captions import EYES, MOUTHS
+from kcdp_core.data.avatar_key import (
+    AVATAR_KEY_CSV,
+    BENCHMARK_STYLES,
+    CORPUS_EXPRESSION_STYLES,
+    CORPUS_STYLES,
+    load_avatar_key,
+)
+from kcdp_core.data.cli import main as data_main
+from kcdp_core.data.datasets import load_dataset
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("avatars") / "a"
+    res = build_avatars(out, per_class=3, size=48, workers=1, corpus_per_style=6)
+    assert not res.errors
+    return out
+
+
+def _index(out: Path) -> list[dict]:
+    with open(out / "index.csv", newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _digest(out: Path) -> dict[str, str]:
+    return {
+        p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.name != "report.json"  # the report carries the build time
+    }
+
+
+def test_every_image_follows_its_class_in_the_key(built):
+    key = load_avatar_key()
+    rows = [r for r in _index(built) if r["part"] == "benchmark"]
+    assert len(rows) == 3 * sum(len(k.labels) for k in key.values())
+    for r in rows:
+        drawn = json.loads(r["options"])
+        for component, variants in key[r["style"]].classes[r["label"]].items():
+            assert drawn[f"{component}Variant"] in variants, (r["path"], component)
+        assert (built / r["path"]).parent.name == r["label"]
+        assert r["license"] and r["creator"]
+    # the face stays visible: no mask in open-peeps, no dark glasses in avataaars
+    assert not any("maskVariant" in json.loads(r["options"]) for r in rows if r["style"] == "open-peeps")
+    assert not any(
+        json.loads(r["options"]).get("accessoriesVariant") in ("sunglasses", "wayfarers", "eyepatch")
+        for r in rows
+        if r["style"] == "avataaars"
+    )
+
+
+def test_classes_a_style_cannot_show_are_absent(built):
+    key = load_avatar_key()
+    for style in BENCHMARK_STYLES:
+        folders = sorted(p.name for p in (built / "domains" / style).iterdir())
+        assert folders == sorted(key[style].labels)
+    assert "disgust" not in key["moods"].labels and "disgust" in key["avataaars"].labels
+
+
+def test_only_benchmark_styles_in_the_benchmark_and_only_corpus_styles_in_the_corpus(built):
+    assert sorted(p.name for p in (built / "domains").iterdir()) == sorted(BENCHMARK_STYLES)
+    assert sorted(p.name for p in (built / "corpus").iterdir() if p.is_dir()) == sorted(CORPUS_STYLES)
+    assert not set(BENCHMARK_STYLES) & set(CORPUS_STYLES)
+    samples = load_dataset(built / "tasks" / "leave_out_moods.csv")
+    assert {s.domain for s in samples} == set(BENCHMARK_STYLES) - {"moods"}
+    assert all(s.path.exists() for s in samples)
+
+
+def test_corpus_captions_name_the_parts_the_image_shows(built):
+    options = {r["path"]: json.loads(r["options"]) for r in _index(built) if r["part"] == "corpus"}
+    lines = [json.loads(ln) for ln in (built / "corpus" / "captions.jsonl").read_text().splitlines()]
+    assert len(lines) == 6 * len(CORPUS_STYLES) and all(ln["face"] for ln in lines)
+    named = 0
+    for ln in lines:
+        drawn = options[f"corpus/{ln['path']}"]
+        assert (built / "corpus" / ln["path"]).is_file()
+        if ln["domain"] in CORPUS_EXPRESSION_STYLES:
+            for part, words in (("eyesVariant", EYES), ("mouthVariant", MOUTHS)):
+                if drawn.get(part) in words:
+                    assert words[drawn[part]] in ln["caption"], (ln, drawn)
+                    named += 1
+    assert named >= 2 * len(CORPUS_EXPRESSION_STYLES)
+
+
+def test_two_builds_are_byte_identical_and_seed_start_gives_new_avatars(built, tmp_path):
+    again = tmp_path / "b"
+    build_avatars(again, per_class=3, size=48, workers=2, corpus_per_style=6)
+    assert _digest(again) == _digest(built)
+    fresh = tmp_path / "c"
+    build_avatars(fresh, per_class=3, size=48, workers=1, corpus_per_style=0, seed_start=1000)
+    old = {v for k, v in _digest(built).items() if k.startswith("domains/")}
+    new = {v for k, v in _digest(fresh).items() if k.startswith("domains/")}
+    assert len(new) > 0 and len(old & new) < 0.2 * len(new)  # a few simple faces may coincide
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ("nosuchstyle,anger,eyes,angry", "not a benchmark style"),
+        ("moods,anger,nose,angry", "has no component 'nose'"),
+        ("moods,anger,eyes,furious", "has no variant"),
+        ("moods,rage,eyes,angry", "is not one of"),
+    ],
+)
+def test_a_bad_key_row_stops_the_build_before_anything_is_written(tmp_path, row, message, capsys):
+    bad = tmp_path / "key.csv"
+    bad.write_text(AVATAR_KEY_CSV.read_text() + row + "\n")
+    line = len(AVATAR_KEY_CSV.read_text().splitlines()) + 1
+    with pytest.raises(ValueError, match=message) as err:
+        build_avatars(tmp_path / "out", per_class=1, key_path=bad)
+    assert f"key.csv:{line}" in str(err.value)
+    assert not (tmp_path / "out").exists()
+    assert data_main(["avatars", "--out", str(tmp_path / "out"), "--key", str(bad)]) == 2
+    assert f"key.csv:{line}" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_class_options_force_and_show_every_listed_component():
+    key = load_avatar_key()
+    opts = class_options("avataaars", key["avataaars"].classes["anger"])
+    assert opts["eyebrowsVariant"] == ["angry", "angryNatural"] and opts["eyebrowsProbability"] == 100
+    assert opts["mouthVariant"] == ["serious", "grimace"] and opts["mouthProbability"] == 100
