@@ -70,6 +70,16 @@ def test_corpus_split_is_by_emoji_and_faces_are_oversampled(corpus):
     assert corpus.images.shape[1:] == (64, 64, 3) and corpus.images.dtype == np.uint8
 
 
+def test_a_second_corpus_gets_its_share_without_drowning_the_emoji_faces(corpus):
+    mixed = dataclasses.replace(corpus, extra=np.arange(len(corpus)) % 4 == 0)
+    idx = mixed.train_index
+    w = sampling_weights(mixed, idx, face_fraction=0.2, extra_fraction=0.3)
+    extra, faces = mixed.extra[idx], mixed.faces[idx] & ~mixed.extra[idx]
+    assert w.sum() == pytest.approx(1.0)
+    assert w[extra].sum() == pytest.approx(0.3) and w[faces].sum() == pytest.approx(0.2)
+    assert w[~extra & ~faces].sum() == pytest.approx(0.5)
+
+
 def _encoder_options(steps: int) -> enc.EncoderOptions:
     return enc.EncoderOptions(
         backbone="tiny_cnn",
@@ -131,30 +141,43 @@ def test_unet_stage_learns_and_resumes_exactly(tmp_path, corpus, text):
     cond = un.conditioning(TextEncoder(text.model, text.tokenizer, 16), corpus.vocabulary)
     assert cond.states.shape == (len(corpus.vocabulary), 16, 384)
 
-    def opts(steps: int) -> un.UNetOptions:
+    def opts(steps: int, repa: float = 0.5) -> un.UNetOptions:
         return un.UNetOptions(
             block_out_channels=(16, 16, 32),
             norm_num_groups=8,
             attention_head_dim=4,
             batch_size=16,
             lr=2e-3,
+            repa_weight=repa,
+            repa_hidden=32,
             stage=_opts(steps),
         )
 
+    # REPA targets that depend on the image (its mean colour, randomly projected): learnable.
+    colour = torch.from_numpy(corpus.images.reshape(len(corpus), -1, 3).mean(1)).float() / 255
+    targets = torch.nn.functional.normalize(
+        colour @ torch.randn(3, 384, generator=torch.Generator().manual_seed(0))
+    )
+    factor = 1.0 / float(mean.std())
     full, unet_full, sched = un.build_stage(
-        corpus, mean, std, 1.0 / float(mean.std()), cond, tmp_path / "a", opts(24)
+        corpus, mean, std, factor, cond, tmp_path / "a", opts(24), targets
     )
     full.run()
     losses = _losses(tmp_path / "a")
     assert np.mean(losses[-6:]) < 0.9 * np.mean(losses[:6])
-    un.build_stage(corpus, mean, std, 1.0 / float(mean.std()), cond, tmp_path / "b", opts(24))[0].run(
-        stop_after=9
-    )
+    repa = [json.loads(ln)["repa"] for ln in (tmp_path / "a" / "loss.jsonl").read_text().splitlines()]
+    assert np.mean(repa[-6:]) < 0.8 * np.mean(repa[:6])  # the mid block learns to predict the target
+    un.build_stage(corpus, mean, std, factor, cond, tmp_path / "b", opts(24), targets)[0].run(stop_after=9)
     again, unet_resumed, _ = un.build_stage(
-        corpus, mean, std, 1.0 / float(mean.std()), cond, tmp_path / "b", opts(24)
+        corpus, mean, std, factor, cond, tmp_path / "b", opts(24), targets
     )
     again.run()
-    _same_state(unet_full, unet_resumed)
+    _same_state(unet_full, unet_resumed)  # the alignment head resumes too, or the UNets would differ
+    with pytest.raises(ValueError, match="embeddings"):
+        un.build_stage(corpus, mean, std, factor, cond, tmp_path / "c", opts(4))
+    plain, _, _ = un.build_stage(corpus, mean, std, factor, cond, tmp_path / "d", opts(4, repa=0.0))
+    plain.run()
+    assert "repa" not in (tmp_path / "d" / "loss.jsonl").read_text()
     assert [b.__class__.__name__ for b in unet_full.up_blocks] == ["CrossAttnUpBlock2D"] * 3
 
     losses_t = un.denoising_loss(unet_full, sched, mean[:6], 1.0, cond, corpus.caption_ids[:6], [1, 500])

@@ -36,7 +36,17 @@ def _parser() -> argparse.ArgumentParser:
             help="torch threads (1 is fastest on a shared, busy CPU: measured)",
         )
         s.add_argument("--small", action="store_true", help="tiny models (smoke tests, fixture corpora)")
+        s.add_argument(
+            "--avatars", default=None, help="kcdp-data avatars output: its corpus joins the emoji one"
+        )
         if name == "run":
+            s.add_argument("--encoder-init", default=None, help="start the encoder from this foundation's")
+            s.add_argument(
+                "--vae-from", default=None, help="take this foundation's VAE instead of training one"
+            )
+            s.add_argument(
+                "--repa-weight", type=float, default=None, help="UNet alignment to the image encoder (0: off)"
+            )
             s.add_argument("--stages", default="encoder,vae,unet,bank")
             for stage, minutes in (("encoder", 20.0), ("vae", 10.0), ("unet", 15.0)):
                 s.add_argument(
@@ -65,7 +75,13 @@ def _recipe(args: argparse.Namespace):
         seed=args.seed,
         limit=args.limit,
         heldout_fraction=args.heldout_fraction,
+        avatars=args.avatars,
     )
+    if args.command == "run":
+        recipe.vae_from = args.vae_from
+        recipe.encoder.init_from = args.encoder_init
+        if args.repa_weight is not None:
+            recipe.unet.repa_weight = args.repa_weight
     if args.small:
         recipe.encoder.backbone = "tiny_cnn"
         recipe.encoder.pretrained_backbone = False

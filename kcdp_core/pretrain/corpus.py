@@ -22,8 +22,11 @@ from kcdp_core.images import ImageError, load_pixels
 FACE_GROUP = "Smileys & Emotion"
 
 
-def is_face(group: str, subgroup: str) -> bool:
-    return group == FACE_GROUP and "face" in subgroup
+def is_face(record: dict) -> bool:
+    """Emoji faces by CLDR group/subgroup; other corpora (avatars) mark their faces with "face": true."""
+    if "face" in record:
+        return bool(record["face"])
+    return record.get("group") == FACE_GROUP and "face" in str(record.get("subgroup", ""))
 
 
 @dataclass
@@ -38,6 +41,8 @@ class Corpus:
     heldout: np.ndarray  # bool [N]
     vocabulary: list[str]  # unique captions, sorted
     caption_ids: np.ndarray  # int64 [N], index into vocabulary
+    # bool [N]: from a corpus after the first (the avatars beside the emoji corpus); None: all from one
+    extra: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -84,19 +89,9 @@ def heldout_codepoints(codepoints: list[str], fraction: float, seed: int) -> set
     return {unique[i] for i in order[:count]}
 
 
-def load_corpus(
-    data: str | Path,
-    size: int = 64,
-    heldout_fraction: float = 0.05,
-    seed: int = 0,
-    cache_dir: str | Path | None = None,
-    limit: int | None = None,
-) -> Corpus:
-    """Read captions.jsonl and decode its images at `size` px; bad lines/images are reported and skipped."""
-    path = corpus_file(data)
-    raw = path.read_bytes()
+def _read_records(path: Path) -> list[dict]:
     records: list[dict] = []
-    for number, line in enumerate(raw.decode("utf-8").splitlines(), 1):
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -106,17 +101,36 @@ def load_corpus(
         except ValueError as exc:
             print(f"{path}:{number}: skipped ({exc})", file=sys.stderr)
             continue
+        rec["_dir"] = path.parent  # image paths are relative to their own corpus folder
+        rec["_corpus"] = path
         records.append(rec)
+    return records
+
+
+def load_corpus(
+    data: str | Path | list[str | Path],
+    size: int = 64,
+    heldout_fraction: float = 0.05,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    limit: int | None = None,
+) -> Corpus:
+    """Read one or several captions.jsonl (e.g. emoji + avatars) and decode their images at `size` px.
+
+    Bad lines/images are reported and skipped."""
+    paths = [corpus_file(d) for d in (data if isinstance(data, list) else [data])]
+    records = [rec for p in paths for rec in _read_records(p)]
     if limit is not None:
         records = records[:limit]
 
+    raw = b"".join(p.read_bytes() for p in paths)
     key = hashlib.sha256(raw + f"|{size}|{limit}".encode()).hexdigest()[:16]
     cache = Path(cache_dir) / f"corpus-{key}.npz" if cache_dir else None
     if cache is not None and cache.exists():
         with np.load(cache) as z:
             images, keep = z["images"], z["keep"]
     else:
-        images, keep = _decode(records, path.parent, size)
+        images, keep = _decode(records, size)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache.with_suffix(".tmp.npz")
@@ -124,7 +138,7 @@ def load_corpus(
             tmp.replace(cache)
     records = [r for r, k in zip(records, keep, strict=True) if k]
     if not records:
-        raise ValueError(f"{path}: no usable images")
+        raise ValueError(f"{', '.join(map(str, paths))}: no usable images")
 
     captions = [str(r["caption"]).strip() for r in records]
     codepoints = [str(r.get("codepoint") or r["caption"]) for r in records]
@@ -136,21 +150,22 @@ def load_corpus(
         captions=captions,
         codepoints=codepoints,
         domains=[str(r.get("domain", "")) for r in records],
-        faces=np.array([is_face(str(r.get("group", "")), str(r.get("subgroup", ""))) for r in records]),
+        faces=np.array([is_face(r) for r in records]),
         heldout=np.array([c in held for c in codepoints]),
         vocabulary=vocabulary,
         caption_ids=np.array([index[c] for c in captions], dtype=np.int64),
+        extra=np.array([r["_corpus"] != paths[0] for r in records]) if len(paths) > 1 else None,
     )
 
 
-def _decode(records: list[dict], corpus_dir: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _decode(records: list[dict], size: int) -> tuple[np.ndarray, np.ndarray]:
     from tqdm import tqdm
 
     images = np.zeros((len(records), size, size, 3), dtype=np.uint8)
     keep = np.zeros(len(records), dtype=bool)
     for i, rec in enumerate(tqdm(records, desc="decode corpus", mininterval=5, file=sys.stderr)):
         try:
-            pixels = load_pixels(_resolve_image(rec["path"], corpus_dir), size)
+            pixels = load_pixels(_resolve_image(rec["path"], rec["_dir"]), size)
         except ImageError as exc:
             print(f"skipped: {exc}", file=sys.stderr)
             continue
@@ -196,16 +211,33 @@ def load_domains(data: str | Path, size: int = 64, names: list[str] | None = Non
     return out
 
 
-def sampling_weights(corpus: Corpus, index: np.ndarray, face_fraction: float) -> np.ndarray:
-    """Per-image sampling weights over `index` so faces make up `face_fraction` of the draws.
+# Share of the draws for the images of the extra corpora (avatars), when there are any.
+EXTRA_FRACTION = 0.3
 
-    Faces are a few percent of the corpus but carry the emotion signal: oversample them (not drown
-    them); None or 0 keeps the natural proportion.
+
+def sampling_weights(
+    corpus: Corpus, index: np.ndarray, face_fraction: float, extra_fraction: float = EXTRA_FRACTION
+) -> np.ndarray:
+    """Per-image sampling weights over `index`: emoji faces make up `face_fraction` of the draws and
+    the extra corpora (avatars, all faces) `extra_fraction`, the other emojis the rest.
+
+    Emoji faces are a few percent of the emoji corpus but carry its emotion signal: oversample them,
+    and keep thousands of avatar faces from drowning them. None or 0 keeps the natural proportion.
     """
-    faces = corpus.faces[index]
+    extra = corpus.extra[index] if corpus.extra is not None else np.zeros(len(index), dtype=bool)
+    groups = {
+        "faces": (corpus.faces[index] & ~extra, face_fraction),
+        "extra": (extra, extra_fraction if extra.any() else 0.0),
+    }
     weights = np.ones(len(index), dtype=np.float64)
-    n_face = int(faces.sum())
-    if face_fraction and 0 < n_face < len(index):
-        weights[faces] = face_fraction / n_face
-        weights[~faces] = (1 - face_fraction) / (len(index) - n_face)
+    rest = np.ones(len(index), dtype=bool)
+    rest_share = 1.0
+    for members, share in groups.values():
+        n = int(members.sum())
+        if share and 0 < n < len(index):
+            weights[members] = share / n
+            rest &= ~members
+            rest_share -= share
+    if rest.any() and rest_share < 1.0:
+        weights[rest] = max(rest_share, 0.0) / int(rest.sum())
     return weights / weights.sum()

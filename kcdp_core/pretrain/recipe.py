@@ -38,6 +38,11 @@ class Recipe:
     heldout_fraction: float = 0.05
     seed: int = 0
     limit: int | None = None  # first N corpus lines (smoke runs)
+    # kcdp-data avatars output: its corpus (captioned avatars of non-benchmark styles) joins the emoji
+    # corpus, and its benchmark styles join the zero-shot evaluation.
+    avatars: str | None = None
+    # Take the VAE of an existing foundation (folder or kcdp:<path>) instead of training one.
+    vae_from: str | None = None
     text_encoder: str = MINILM
     encoder: encoder_stage.EncoderOptions = field(default_factory=encoder_stage.EncoderOptions)
     vae: vae_stage.VAEOptions = field(default_factory=vae_stage.VAEOptions)
@@ -59,8 +64,9 @@ class Context:
     def corpus(self) -> Corpus:
         if self._corpus is None:
             r = self.recipe
+            data = [r.data, *([str(Path(r.avatars) / "corpus")] if r.avatars else [])]
             self._corpus = load_corpus(
-                r.data, r.image_size, r.heldout_fraction, r.seed, cache_dir=self.work / "cache", limit=r.limit
+                data, r.image_size, r.heldout_fraction, r.seed, cache_dir=self.work / "cache", limit=r.limit
             )
             c = self._corpus
             print(
@@ -116,6 +122,17 @@ def run_encoder(ctx: Context, stop_after: int | None = None) -> dict | None:
 
 def run_vae(ctx: Context, stop_after: int | None = None) -> dict | None:
     r = ctx.recipe
+    if r.vae_from:
+        import shutil
+
+        from kcdp_core.sources import local_folder
+
+        folder = local_folder(Source(r.vae_from, "vae"))
+        if folder is None:
+            raise FileNotFoundError(f"{r.vae_from}: no vae folder to take")
+        shutil.copytree(folder, ctx.out / "vae", dirs_exist_ok=True)
+        config = json.loads((folder / "config.json").read_text())
+        return {"reused_from": r.vae_from, "scaling_factor": config.get("scaling_factor")}
     stage, vae = vae_stage.build_stage(ctx.corpus, ctx.work / "vae", r.vae, r.image_size)
     stage.run(stop_after=stop_after)
     if not stage.done:
@@ -148,14 +165,32 @@ def latents(ctx: Context) -> tuple[torch.Tensor, torch.Tensor, float]:
     return mean, std, float(vae.config.scaling_factor)
 
 
+def image_embeddings(ctx: Context) -> torch.Tensor:
+    """The exported image encoder's embedding of every clean corpus image (cached): REPA's targets."""
+    from kcdp_core.model.image_encoder import ImageEncoder
+
+    folder = ctx.out / "image_encoder"
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"{folder}: train the encoder stage before the UNet (REPA targets)")
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    path = ctx.work / "cache" / f"image-embeddings-{len(ctx.corpus)}-{stamp}.safetensors"
+    if path.exists():
+        return load_file(str(path))["embeddings"]
+    emb = encoder_stage.embed_images(ImageEncoder.from_pretrained(folder), ctx.corpus.images)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"embeddings": emb.contiguous()}, str(path))
+    return emb
+
+
 def run_unet(ctx: Context, stop_after: int | None = None) -> dict | None:
     r = ctx.recipe
     if not (ctx.out / "vae" / "config.json").exists():
         raise FileNotFoundError(f"{ctx.out / 'vae'}: train the VAE stage first")
     mean, std, factor = latents(ctx)
     cond = unet_stage.conditioning(ctx.text_encoder(r.text_length), ctx.corpus.vocabulary)
+    targets = image_embeddings(ctx) if r.unet.repa_weight > 0 else None
     stage, unet, scheduler = unet_stage.build_stage(
-        ctx.corpus, mean, std, factor, cond, ctx.work / "unet", r.unet
+        ctx.corpus, mean, std, factor, cond, ctx.work / "unet", r.unet, repa_targets=targets
     )
     stage.run(stop_after=stop_after)
     if not stage.done:
@@ -176,6 +211,7 @@ def write_foundation_json(ctx: Context, stages: dict) -> Path:
     data = {
         "kind": "kcdp-foundation",
         "preset": "mini",
+        "repa_weight": r.unet.repa_weight,
         "text_encoder": asdict(Source(r.text_encoder)),
         # Additive: how it was made, so the folder documents itself.
         "image_size": r.image_size,
@@ -265,6 +301,8 @@ def evaluate(
         domains = load_domains(recipe.data, recipe.image_size)
         names = [n for fam in encoder_stage.FAMILIES.values() for n in fam]
         domains = [d for d in domains if d.name in names] or domains
+    if recipe.avatars and (Path(recipe.avatars) / "domains").is_dir():
+        domains += load_domains(recipe.avatars, recipe.image_size)
 
     if "encoder" in parts:
         t0 = time.monotonic()

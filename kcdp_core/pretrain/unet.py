@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 
 from kcdp_core.pretrain.corpus import Corpus, sampling_weights
+from kcdp_core.pretrain.repa import AlignmentHead, MidFeatures, alignment_loss
 from kcdp_core.pretrain.stage import Stage, StageOptions
 
 
@@ -37,6 +38,9 @@ class UNetOptions:
     beta_schedule: str = "scaled_linear"
     beta_start: float = 0.00085
     beta_end: float = 0.012
+    # REPA: weight of the alignment of the mid block to the image encoder's embedding (0: off).
+    repa_weight: float = 0.5
+    repa_hidden: int = 256
     stage: StageOptions = field(default_factory=lambda: StageOptions(max_steps=4000, budget_minutes=15))
 
 
@@ -93,13 +97,25 @@ def build_stage(
     cond: Conditioning,
     work_dir: str | Path,
     options: UNetOptions,
+    repa_targets: torch.Tensor | None = None,
 ) -> tuple[Stage, UNet2DConditionModel, DDPMScheduler]:
-    """`latent_mean`/`latent_std`: unscaled posterior statistics of every corpus image."""
+    """`latent_mean`/`latent_std`: unscaled posterior statistics of every corpus image;
+    `repa_targets`: the image encoder's embedding of every corpus image (needed when repa_weight > 0)."""
     torch.manual_seed(options.stage.seed)
     _, channels, size, _ = latent_mean.shape
     unet = build_unet(options, size, channels, cond.states.shape[-1]).train()
     scheduler = build_scheduler(options)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    modules: dict[str, torch.nn.Module] = {"unet": unet}
+    mid = None
+    if options.repa_weight > 0:
+        if repa_targets is None:
+            raise ValueError("repa_weight > 0 needs the image encoder's embeddings of the corpus")
+        modules["repa_head"] = AlignmentHead(
+            options.block_out_channels[-1], options.repa_hidden, repa_targets.shape[1]
+        )
+        mid = MidFeatures(unet)
+    params = [p for m in modules.values() for p in m.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=options.weight_decay)
     train_idx = torch.from_numpy(corpus.train_index)
     weights = torch.from_numpy(sampling_weights(corpus, corpus.train_index, options.face_fraction))
     caption_ids = torch.from_numpy(corpus.caption_ids)
@@ -119,9 +135,13 @@ def build_stage(
         mask = torch.where(drop[..., 0], cond.empty_mask, cond.masks[cid])
         pred = unet(zt, t, encoder_hidden_states=ctx, encoder_attention_mask=mask).sample
         loss = F.mse_loss(pred, noise)
-        return loss, {}
+        if mid is None:
+            return loss, {}
+        align = alignment_loss(modules["repa_head"], mid.value, repa_targets[idx])
+        mid.value = None  # holds the graph otherwise (and a model with it cannot be deep-copied)
+        return loss + options.repa_weight * align, {"eps_mse": loss.item(), "repa": align.item()}
 
-    return Stage("unet", work_dir, {"unet": unet}, optimizer, step, options.stage), unet, scheduler
+    return Stage("unet", work_dir, modules, optimizer, step, options.stage), unet, scheduler
 
 
 @torch.no_grad()
