@@ -214,7 +214,12 @@ class Pipeline:
             spec = manifest.graph(name)
             if spec:
                 digest = manifest.data.get("files", {}).get(spec["file"]) if verify == "sha256" else None
-                sessions[name] = create_session(manifest.path(spec["file"]), config, digest)
+                axes = {
+                    dims[0]
+                    for dims in (spec.get("inputs") or {}).values()
+                    if dims and isinstance(dims[0], str)
+                }
+                sessions[name] = create_session(manifest.path(spec["file"]), config, digest, sorted(axes))
         return cls.from_sessions(manifest, sessions, config, knowledge_cache_size, parse_cache)
 
     @classmethod
@@ -478,11 +483,13 @@ class Pipeline:
             self._knowledge_cache.popitem(last=False)
 
     def warmup(self) -> None:
-        """One white image through every stage: first-call allocations happen before real traffic."""
+        """A white image through every stage, alone and as a pair: first-call allocations (and the
+        batch graphs beside the batch-1 ones) happen before real traffic."""
         buf = Image.new("RGB", (self.image_size, self.image_size), "white")
         data = io.BytesIO()
         buf.save(data, format="PNG")
         self.run([data.getvalue()], names=["warmup"])
+        self.run([data.getvalue()] * 2, names=["warmup"] * 2)
 
 
 PARSER_MISSING = (

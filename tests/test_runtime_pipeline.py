@@ -132,8 +132,20 @@ def test_preoptimised_graph_cache_gives_identical_results(export, tmp_path, monk
     assert not (tmp_path / "cache" / "ort").exists()
     first = Pipeline.from_pretrained(export).run(images)  # writes the ORT-format copies
     cached = sorted((tmp_path / "cache" / "ort").glob("*.ort"))
-    assert len(cached) == 3
+    assert len(cached) == 6  # each graph: its batch-1 specialisation and the dynamic-batch graph
+    assert len([p for p in cached if "-batch1-" in p.name]) == 3
     second = Pipeline.from_pretrained(export).run(images)  # loads them
     assert sorted((tmp_path / "cache" / "ort").glob("*.ort")) == cached
     for a, b, c in zip(plain, first, second, strict=True):
         assert a["scores"] == b["scores"] == c["scores"]
+
+
+def test_batch_one_specialisation_matches_the_dynamic_graph(export):
+    images = [_img(RED), _img(BLUE), _img((30, 160, 90))]
+    one = Pipeline.from_pretrained(export)
+    single = one.run(images, batch_size=1)  # batch-1 sessions only
+    # (the text encoder sees a caption and its triplets at once: a batch even for one image)
+    assert one.sessions["perception"]._any is None and one.sessions["image_encoder"]._any is None
+    dynamic = Pipeline.from_pretrained(export, session_config=SessionConfig(batch_one=False))
+    for a, b in zip(single, dynamic.run(images, batch_size=1), strict=True):
+        assert max(abs(a["scores"][k] - b["scores"][k]) for k in a["scores"]) < 1e-6
