@@ -1,9 +1,11 @@
 """The knowledge cache: caption and triplets per image, computed once, resumable after a crash.
 
-One append-only JSON-lines file, `<folder>/knowledge.jsonl`, one entry per line:
+Append-only JSON-lines files, one entry per line:
     {"key", "image", "caption", "triplets", "image_sha256", "captioner", "parser"}
 keyed by (sha256 of the image bytes, captioner id, parser version): a re-encoded or edited image,
 another captioner or new parser rules get new entries, a renamed or copied file reuses its entry.
+A single process writes `<folder>/knowledge.jsonl`; under `accelerate launch` each process writes
+its own `<folder>/knowledge.<shard>.jsonl` (`shard=`), and every reader reads all of them together.
 
 Crash safety: each batch is appended under an exclusive file lock and flushed + fsynced before the
 next starts, so a kill loses at most the batch in flight. A line torn by the kill (no trailing newline
@@ -25,6 +27,11 @@ from typing import Any, Protocol
 from kcdp_core.images import ImageError, load_image
 
 FILENAME = "knowledge.jsonl"
+PATTERN = "knowledge*.jsonl"  # FILENAME and the per-process shard files
+
+
+def shard_filename(shard: str | None) -> str:
+    return FILENAME if shard is None else f"knowledge.{shard}.jsonl"
 
 
 class _Captioner(Protocol):
@@ -81,25 +88,32 @@ class KnowledgeCache:
     """
 
     def __init__(
-        self, folder: str | Path, captioner_id: str | None = None, parser_version: str | None = None
+        self,
+        folder: str | Path,
+        captioner_id: str | None = None,
+        parser_version: str | None = None,
+        shard: str | None = None,
     ):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.path = self.folder / FILENAME
+        self.path = self.folder / shard_filename(shard)  # where this process appends
         self.captioner_id = captioner_id
         self.parser_version = parser_version
         self._entries: dict[str, dict[str, Any]] = {}
-        self._offset = 0  # bytes of the file already read
+        self._offsets: dict[Path, int] = {}  # bytes of each file already read
         self._hashes: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256
         self.reload()
 
     # -- reading ------------------------------------------------------------------------------------
     def reload(self) -> None:
-        """Read entries appended since the last read (by this or another process)."""
-        if not self.path.exists():
-            return
-        with open(self.path, "rb") as f:
-            f.seek(self._offset)
+        """Read entries appended since the last read (by this or another process), from every file."""
+        for path in sorted(self.folder.glob(PATTERN)):
+            self._read(path)
+
+    def _read(self, path: Path) -> None:
+        offset = self._offsets.get(path, 0)
+        with open(path, "rb") as f:
+            f.seek(offset)
             data = f.read()
         end = data.rfind(b"\n") + 1  # a torn last line (no newline yet) is left for later
         for line in data[:end].splitlines():
@@ -109,7 +123,7 @@ class KnowledgeCache:
             except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
                 # Glued to a torn line by an old crash: skip it, the image is redone if needed.
                 continue
-        self._offset += end
+        self._offsets[path] = offset + end
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -2,6 +2,12 @@
 
     kcdp-knowledge parse TEXT... [--json]
     kcdp-knowledge DIR [--preset P | --ckpt CKPT] [--captions-csv F] [--cache DIR] [--batch-size N]
+    accelerate launch [--num_processes N] -m kcdp_core.knowledge.cli DIR --preset sd15
+
+Under `accelerate launch` (or torchrun) the images are split over the processes; each captions its
+share on its own device and appends to its own cache file (knowledge.rank<i>.jsonl), and every
+reader reads all the files together. A killed process loses at most its batch in flight; a rerun,
+with any number of processes, captions only what no file holds yet.
 
 Exit status: 0 on success, 1 if any image failed (the others are still cached), 2 for usage errors.
 """
@@ -13,6 +19,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
@@ -86,22 +93,70 @@ def fill_main(argv: list[str]) -> int:
     if not paths:
         print(f"kcdp-knowledge: {args.dir}: no images found", file=sys.stderr)
         return 2
+    shard = Shard.from_environment()
+    mine = shard.split(paths)
     try:
-        captioner = build_captioner(config, captions_csv=args.captions_csv, device=args.device)
+        device = args.device or shard.device
+        captioner = build_captioner(config, captions_csv=args.captions_csv, device=device)
         parser = TripletParser(config.knowledge.parser_model)
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
         print(f"kcdp-knowledge: {exc}", file=sys.stderr)
         return 2
-    cache = KnowledgeCache(args.cache or default_cache_dir())
-    report = cache.fill(paths, captioner, parser, batch_size=args.batch_size, progress=not args.no_progress)
+    cache = KnowledgeCache(args.cache or default_cache_dir(), shard=shard.name)
+    progress = not args.no_progress and shard.index == 0
+    report = cache.fill(mine, captioner, parser, batch_size=args.batch_size, progress=progress)
     for _, message in report.errors:
         print(f"error: {message}", file=sys.stderr)
-    print(
-        f"{len(paths)} images: {report.added} captioned, {report.skipped} already cached, "
-        f"{len(report.errors)} failed -> {cache.path}",
-        file=sys.stderr,
-    )
+    added, skipped, failed = shard.total([report.added, report.skipped, len(report.errors)])
+    if shard.index == 0:  # one voice: the totals over every process
+        where = cache.folder if shard.count > 1 else cache.path
+        print(
+            f"{len(paths)} images: {added} captioned, {skipped} already cached, {failed} failed -> {where}"
+            + (f" ({shard.count} processes)" if shard.count > 1 else ""),
+            file=sys.stderr,
+        )
     return 0 if report.ok else 1
+
+
+class Shard:
+    """This process's share of the images: everything when alone, a contiguous slice (accelerate's
+    split_between_processes) under `accelerate launch` / torchrun."""
+
+    def __init__(self, index: int = 0, count: int = 1, device: str | None = None, state: Any = None):
+        self.index, self.count, self.device, self.state = index, count, device, state
+
+    @classmethod
+    def from_environment(cls) -> Shard:
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return cls()
+        import torch
+        from accelerate import PartialState  # training extra: only distributed runs need it
+
+        # Without cpu=True accelerate ignores the process group on a machine with no GPU.
+        state = PartialState(cpu=not torch.cuda.is_available())
+        device = str(state.device) if state.device.type != "cpu" else "cpu"
+        return cls(state.process_index, state.num_processes, device, state)
+
+    @property
+    def name(self) -> str | None:
+        """The cache file suffix: None (knowledge.jsonl) for a single process."""
+        return None if self.count == 1 else f"rank{self.index}"
+
+    def split(self, paths: list[Path]) -> list[Path]:
+        if self.state is None:
+            return paths
+        with self.state.split_between_processes(paths) as mine:
+            return list(mine)
+
+    def total(self, counts: list[int]) -> list[int]:
+        """Counts summed over the processes (after all of them finished)."""
+        if self.state is None:
+            return counts
+        from accelerate.utils import gather_object
+
+        self.state.wait_for_everyone()
+        gathered = gather_object([counts])
+        return [sum(c[i] for c in gathered) for i in range(len(counts))]
 
 
 def main(argv: list[str] | None = None) -> int:
