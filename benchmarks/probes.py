@@ -1,19 +1,22 @@
-"""Linear probes on the frozen `mini` foundation: which input of KCDP carries expression across styles?
+"""Linear probes on frozen `mini` foundations: which input of KCDP carries expression across styles?
 
-    python benchmarks/probes.py [--data /work/data/emoji] [--no-write]
+    python benchmarks/probes.py [--data $DATA/emoji] [--avatars $DATA/avatars]
+                                [--foundation NAME=DIR ...] [--per-class 100] [--no-write]
 
-For every image of the 15 benchmark styles: the pooled UNet levels KADAP reads (guided by the
-image's own knowledge k, LoRA off), pool(k), and the aligned image encoder's embedding. A logistic
-regression (C = 0.1, fixed in advance, never tuned on a target) is fitted on the source family and
-scored on the target family, with features standardised on the source or per style (each style by
-its own statistics, as unlabelled target images allow). Rows: the benchmark's four tasks and the
-three -> fluent tasks used to choose the training recipe (fluent is in no benchmark task).
+For every benchmark image: the pooled UNet levels KADAP reads (guided by the image's own knowledge
+k, LoRA off), the same with its cross-attention maps, pool(k), and the aligned image encoder's
+embedding. A logistic regression (C = 0.1, fixed in advance, never tuned on a target) is fitted on
+the source and scored on the target, features standardised on the source or per style (each style
+by its own statistics, as unlabelled target images allow). Tasks: the four emoji cross-style tasks
+and, with --avatars, the five leave-one-avatar-style-out tasks (source: the 15 emoji styles + the
+other four avatar styles). Several foundations (e.g. the previous and the new one) side by side.
 Written into benchmarks/RESULTS.md between the accuracy:probes markers.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import sys
 from pathlib import Path
@@ -23,37 +26,74 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import TASKS, machine, write_section  # noqa: E402
 
-VALIDATION_TASKS = ("glossy:fluent", "flat:fluent", "line:fluent")
 FEATURES = {
     "pooled UNet levels": ("unet",),
+    "UNet levels + attention maps": ("unet", "maps"),
     "pool(k) (knowledge)": ("k",),
     "image encoder embedding": ("emb",),
-    "all three": ("unet", "k", "emb"),
+    "all": ("unet", "maps", "k", "emb"),
 }
+AVATAR_STYLES = ("avataaars", "open-peeps", "fun-emoji", "big-smile", "moods")
+COMMITTED = "kcdp:foundation/mini"
 
 
-def extract(data: Path) -> dict[str, dict[str, np.ndarray]]:
-    """Per style: unet [N, C], k [N, D], emb [N, E], y [N] (frozen mini foundation, no training)."""
+def model_for(foundation: str):
+    """The frozen mini model with every foundation component taken from `foundation`."""
+    from kcdp_core.config import MINI_FOUNDATION, mini
+    from kcdp_core.model.kcdp import KCDPModel
+
+    config = mini()
+    f = config.foundation
+    for name in ("vae", "unet", "image_encoder"):
+        source = getattr(f, name)
+        if source.path == MINI_FOUNDATION:
+            setattr(f, name, dataclasses.replace(source, path=foundation))
+    return KCDPModel.from_config(config).eval()
+
+
+def _subset(folder: Path, per_class: int | None, work: Path) -> Path:
+    """A CSV of the first `per_class` images of every class folder (all when None)."""
+    if per_class is None:
+        return folder
+    rows = ["path,label"]
+    for label_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        files = sorted(label_dir.glob("*.png"), key=lambda p: p.name)[:per_class]
+        rows += [f"{f.resolve()},{label_dir.name}" for f in files]
+    path = work / f"{folder.name}.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def extract(model, folders: dict[str, Path]) -> dict[str, dict[str, np.ndarray]]:
+    """Per style: unet [N, C], maps [N, M], k [N, D], emb [N, E], y [N]."""
     import torch
 
-    from kcdp_core.config import mini
     from kcdp_core.model.head import pool_knowledge
-    from kcdp_core.model.kcdp import KCDPModel
     from kcdp_core.train.evaluate import load_dataset
 
-    model = KCDPModel.from_config(mini()).eval()
+    channels = list(reversed(model.kadap.unet.config.block_out_channels))
     out = {}
-    for style in sorted(p.name for p in (data / "domains").iterdir() if p.is_dir()):
-        ds = load_dataset(model, data / "domains" / style)
+    for style, folder in folders.items():
+        ds = load_dataset(model, folder)
         pixels = torch.stack([ds.pixels(i) for i in range(len(ds))])
+        unet, maps = [], []
         with torch.no_grad():
-            levels = model.kadap(pixels, ds.k, ds.k_mask)
+            for start in range(0, len(ds), 128):
+                sl = slice(start, start + 128)
+                levels = model.kadap(pixels[sl], ds.k[sl], ds.k_mask[sl])
+                pooled = [
+                    (h.mean(dim=(2, 3)), channels[i]) for h, i in zip(levels, model.kadap.levels, strict=True)
+                ]
+                unet.append(torch.cat([p[:, :c] for p, c in pooled], 1))
+                maps.append(torch.cat([p[:, c:] for p, c in pooled], 1))
             out[style] = {
-                "unet": torch.cat([h.mean(dim=(2, 3)) for h in levels], 1).numpy(),
+                "unet": torch.cat(unet).numpy(),
+                "maps": torch.cat(maps).numpy(),
                 "k": pool_knowledge(ds.k, ds.k_mask).numpy(),
                 "emb": model.image_encoder(pixels).numpy(),
                 "y": np.array([r.label for r in ds.records]),
             }
+        print(f"  {style}: {len(ds)} images", file=sys.stderr)
     return out
 
 
@@ -81,38 +121,92 @@ def probe(
         mu, sd = xs.mean(0), xs.std(0) + 1e-6
         xs, xt = (xs - mu) / sd, (xt - mu) / sd
     pred = LogisticRegression(C=0.1, max_iter=3000).fit(xs, ys).predict(xt)
-    return float((pred == yt).mean()), float(f1_score(yt, pred, average="macro"))
+    # macro-F1 over the target's own classes (a style that cannot show disgust is not scored on it)
+    return float((pred == yt).mean()), float(f1_score(yt, pred, labels=sorted(set(yt)), average="macro"))
+
+
+def task_lists(data: Path, avatars: Path | None) -> dict[str, list[tuple[list[str], list[str]]]]:
+    tasks = {
+        "emoji tasks": [(styles_of(data, s), styles_of(data, t)) for s, t in (x.split(":") for x in TASKS)]
+    }
+    if avatars is not None:
+        emoji = sorted(p.name for p in (data / "domains").iterdir() if p.is_dir())
+        tasks["avatar leave-one-style-out"] = [
+            (emoji + [s for s in AVATAR_STYLES if s != held], [held]) for held in AVATAR_STYLES
+        ]
+    return tasks
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="/work/data/emoji")
+    p.add_argument("--data", default="data/emoji", help="kcdp-data emoji output")
+    p.add_argument("--avatars", default=None, help="kcdp-data avatars output: adds the avatar tasks")
+    p.add_argument(
+        "--foundation",
+        action="append",
+        default=None,
+        help=f"NAME=DIR (repeatable; default committed={COMMITTED})",
+    )
+    p.add_argument("--per-class", type=int, default=100, help="avatar images per class and style (100)")
+    p.add_argument("--work", default="runs/probes", help="scratch folder for subset manifests")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
-    data = Path(args.data)
-    feats = extract(data)
-    groups = {"benchmark tasks": TASKS, "validation tasks (-> fluent)": VALIDATION_TASKS}
+    import torch
+
+    torch.set_num_threads(1)
+    data, avatars = Path(args.data), Path(args.avatars) if args.avatars else None
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    folders = {p.name: p for p in sorted((data / "domains").iterdir()) if p.is_dir()}
+    if avatars is not None:
+        folders |= {s: _subset(avatars / "domains" / s, args.per_class, work) for s in AVATAR_STYLES}
+    foundations = dict(f.split("=", 1) for f in (args.foundation or [f"committed={COMMITTED}"]))
+    groups = task_lists(data, avatars)
+
+    results: dict[tuple[str, str, str, bool], tuple[float, float]] = {}
+    for name, folder in foundations.items():
+        print(f"foundation {name}: {folder}", file=sys.stderr)
+        feats = extract(model_for(folder), folders)
+        for group, tasks in groups.items():
+            for feature, keys in FEATURES.items():
+                for per_style in (False, True):
+                    scores = [probe(feats, s, t, keys, per_style) for s, t in tasks]
+                    results[(name, group, feature, per_style)] = (
+                        float(np.mean([a for a, _ in scores])),
+                        float(np.mean([f for _, f in scores])),
+                    )
+
+    command = "python benchmarks/probes.py --data $DATA/emoji" + (
+        " --avatars $DATA/avatars" if avatars else ""
+    )
+    command += "".join(f" --foundation {n}=..." for n in foundations) if args.foundation else ""
     lines = [
-        "### Probes: logistic regression on frozen inputs of KCDP (`mini` foundation, no training)",
+        "### Probes: logistic regression on frozen inputs of KCDP (`mini` foundations, no training)",
         "",
-        "Command: `python benchmarks/probes.py`  ",
+        f"Command: `{command}` (avatars: {args.per_class} per class and style)  ",
         f"Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {machine()}  ",
-        "Cells: mean target accuracy / macro-F1 over the tasks; C = 0.1 fixed beforehand.",
+        "Cells: mean target accuracy / macro-F1 over the tasks; C = 0.1 fixed beforehand. Foundations: "
+        + ", ".join(
+            f"{n} = `{Path(f).name if not f.startswith('kcdp:') else f}`" for n, f in foundations.items()
+        ),
         "",
-        "| features | standardised | " + " | ".join(groups) + " |",
-        "|---|---|" + "---|" * len(groups),
     ]
-    for name, keys in FEATURES.items():
+    columns = [(n, g) for g in groups for n in foundations]
+    lines += [
+        "| features | standardised | " + " | ".join(f"{g}: {n}" for n, g in columns) + " |",
+        "|---|---|" + "---|" * len(columns),
+    ]
+    for feature in FEATURES:
         for per_style in (False, True):
-            cells = []
-            for tasks in groups.values():
-                scores = [
-                    probe(feats, styles_of(data, s), styles_of(data, t), keys, per_style)
-                    for s, t in (task.split(":") for task in tasks)
-                ]
-                cells.append(f"{np.mean([a for a, _ in scores]):.3f} / {np.mean([f for _, f in scores]):.3f}")
+            cells = ["{:.3f} / {:.3f}".format(*results[(n, g, feature, per_style)]) for n, g in columns]
             norm = "per style" if per_style else "on the source"
-            lines.append(f"| {name} | {norm} | " + " | ".join(cells) + " |")
+            lines.append(f"| {feature} | {norm} | " + " | ".join(cells) + " |")
+    ratios = []
+    for n, g in columns:
+        unet = results[(n, g, "pooled UNet levels", True)][1]
+        emb = results[(n, g, "image encoder embedding", True)][1]
+        ratios.append(f"{unet / emb:.0%}")
+    lines.append("| UNet-level macro-F1 / image-encoder macro-F1 | per style | " + " | ".join(ratios) + " |")
     body = "\n".join(lines) + "\n"
     print(body)
     if not args.no_write:

@@ -1,13 +1,17 @@
 """The recipe of the embedded default model (`kcdp-infer` with no --model).
 
-    python -m kcdp_core.train.default_model --data /work/data/emoji
+    python -m kcdp_core.train.default_model --data $DATA/emoji --avatars $DATA/avatars \
+        --avatar-test $DATA/avatars_test
 
 `mini` KCDP in the UC setting on every openly licensed style of the emoji benchmark pooled
-(Twemoji, OpenMoji colour + black, Noto v1, EmojiOne v1 + monotone, the four Fluent styles); the
-proprietary styles (Apple, Facebook, JoyPixels, EmojiOne 4) are never used. The checkpoint is
-selected on a stratified validation split of that same pooled source (macro-F1). Only the trained
-tensors (LoRA, FPN, head, CLIEA) and config.json are copied into kcdp_core/assets/default_model/,
-the foundation is referenced as `kcdp:foundation/mini`.
+(Twemoji, OpenMoji colour + black, Noto v1, EmojiOne v1 + monotone, the four Fluent styles) and the
+five avatar styles of `kcdp-data avatars` (the first --avatar-per-class seeds of every class); the
+proprietary emoji styles (Apple, Facebook, JoyPixels, EmojiOne 4) are never used. The checkpoint is
+selected on a stratified validation split of that same pooled source (macro-F1). The model card
+scores the unseen proprietary emoji styles and, with --avatar-test, avatars rendered from seeds the
+model never saw (`kcdp-data avatars --seed-start N`). Only the trained tensors (LoRA, FPN, head,
+CLIEA) and config.json are copied into kcdp_core/assets/default_model/, the foundation is
+referenced as `kcdp:foundation/mini`.
 """
 
 from __future__ import annotations
@@ -37,7 +41,13 @@ UNSEEN_FAMILY = "glossy"  # Apple, Google, Facebook, JoyPixels, EmojiOne 4
 ASSET = Path(__file__).resolve().parent.parent / "assets" / "default_model"
 
 
-def open_manifest(data: Path, out: Path) -> tuple[Path, dict[str, int]]:
+def _seed_number(path: Path) -> int:
+    return int(path.stem.rsplit("-", 1)[1])
+
+
+def open_manifest(
+    data: Path, out: Path, avatars: Path | None = None, avatar_per_class: int = 0
+) -> tuple[Path, dict[str, int]]:
     rows, counts = [], {}
     for domain in OPEN_DOMAINS:
         folder = data / "domains" / domain
@@ -46,12 +56,37 @@ def open_manifest(data: Path, out: Path) -> tuple[Path, dict[str, int]]:
         images = sorted(folder.rglob("*.png"))
         counts[domain] = len(images)
         rows += [(str(p), p.parent.name) for p in images]
+    if avatars is not None:
+        from kcdp_core.data.avatar_key import BENCHMARK_STYLES
+
+        for style in BENCHMARK_STYLES:
+            folder = avatars / "domains" / style
+            if not folder.is_dir():
+                raise FileNotFoundError(
+                    f"{folder}: missing (build it with `kcdp-data avatars --out {avatars}`)"
+                )
+            images = [
+                p
+                for label in sorted(d for d in folder.iterdir() if d.is_dir())
+                for p in sorted(label.glob("*.png"), key=_seed_number)[:avatar_per_class]
+            ]
+            counts[style] = len(images)
+            rows += [(str(p), p.parent.name) for p in images]
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label"])
         writer.writerows(rows)
     return out, counts
+
+
+def _licence(domain: str) -> str:
+    if domain in OPEN_DOMAINS:
+        return OPEN_DOMAINS[domain]
+    from kcdp_core.data.avatar_key import style_credit
+
+    creator, licence = style_credit(domain)
+    return f"{licence} ({creator}, DiceBear)"
 
 
 def _foundation_digest(config) -> str:
@@ -70,7 +105,14 @@ def _foundation_digest(config) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="/work/data/emoji")
+    p.add_argument("--data", default="data/emoji", help="kcdp-data emoji output")
+    p.add_argument("--avatars", help="kcdp-data avatars output: its five styles join the training data")
+    p.add_argument(
+        "--avatar-per-class", type=int, default=40, help="avatars per class and style (lowest seeds)"
+    )
+    p.add_argument(
+        "--avatar-test", help="kcdp-data avatars output rendered from other seeds: scored on the card"
+    )
     p.add_argument("--work", default="runs/default_model", help="training checkpoint folder")
     p.add_argument("--out", default=str(ASSET))
     p.add_argument("--epochs", type=int, default=10)
@@ -88,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     work = Path(args.work)
-    manifest, counts = open_manifest(Path(args.data), work / "open_domains.csv")
+    avatars = Path(args.avatars) if args.avatars else None
+    manifest, counts = open_manifest(
+        Path(args.data), work / "training_data.csv", avatars, args.avatar_per_class
+    )
     config = mini().replace(
         train={
             "setting": "uc", "epochs": args.epochs, "seed": args.seed, "lr": args.lr,
@@ -106,6 +151,19 @@ def main(argv: list[str] | None = None) -> int:
     from kcdp_core.train.evaluate import evaluate_checkpoint
 
     unseen = evaluate_checkpoint(work / "ckpt" / "best", Path(args.data) / "families" / UNSEEN_FAMILY)
+    avatar_test = {}
+    if args.avatar_test:
+        from kcdp_core.data.avatar_key import BENCHMARK_STYLES
+
+        for style in BENCHMARK_STYLES:
+            r = evaluate_checkpoint(work / "ckpt" / "best", Path(args.avatar_test) / "domains" / style)
+            avatar_test[style] = {k: round(float(r[k]), 4) for k in ("accuracy", "macro_f1")} | {
+                "images": r["n"]
+            }
+        avatar_test["mean"] = {
+            k: round(sum(v[k] for v in avatar_test.values()) / len(BENCHMARK_STYLES), 4)
+            for k in ("accuracy", "macro_f1")
+        }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in ("config.json", "model.safetensors"):
@@ -115,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         "recipe": "python -m kcdp_core.train.default_model "
         + " ".join(sys.argv[1:] if argv is None else argv),
         "trained": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "training_data": {d: {"images": counts[d], "licence": OPEN_DOMAINS[d]} for d in OPEN_DOMAINS},
+        "training_data": {d: {"images": n, "licence": _licence(d)} for d, n in counts.items()},
         "selection": "best epoch by macro-F1 on a stratified validation split of the pooled source",
         "best_epoch": result.best_epoch,
         "source_val_macro_f1": result.best_val_macro_f1,
@@ -125,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
             "images": unseen["n"],
             "accuracy": round(float(unseen["accuracy"]), 4),
             "macro_f1": round(float(unseen["macro_f1"]), 4),
+        },
+        "unseen_avatar_seeds": avatar_test
+        and {
+            "data": f"{args.avatar_test}: kcdp-data avatars rendered from seeds never trained on",
+            "styles": avatar_test,
         },
         "foundation": config.foundation.unet.path,
         "foundation_sha256": _foundation_digest(config),
