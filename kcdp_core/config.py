@@ -134,6 +134,15 @@ class TrainConfig:
     balance_weight: float = 0.01
     # CLIEA per batch (authors), CLIEA refreshed per epoch, or the aligned encoder's zero-shot (Table 3).
     pseudo_labels: Literal["batch", "epoch", "zeroshot"] = "batch"
+    # Which of an epoch's pseudo-labels train (kcdp_core/train/pseudo_labels.py; needs "epoch" or
+    # "zeroshot"): all, or per predicted class the most confident `pseudo_fraction`, ramped linearly
+    # to `pseudo_fraction_end` over the epochs; `pseudo_agreement` keeps only labels the head shares.
+    pseudo_select: Literal["all", "class_fraction"] = "all"
+    pseudo_fraction: float = 0.5
+    pseudo_fraction_end: float | None = None
+    pseudo_agreement: bool = False
+    # Epochs of source-only training before the target loss starts (CLIEA untrained before).
+    pseudo_warmup_epochs: int = 0
     grad_accum: int = 1
     val_fraction: float = 0.15
     seed: int = 0

@@ -40,6 +40,7 @@ from kcdp_core.train.datasets import (
 )
 from kcdp_core.train.evaluate import classification_metrics, predict
 from kcdp_core.train.knowledge import Describe, KnowledgeTable
+from kcdp_core.train.pseudo_labels import TargetPredictions, fraction_at, select
 
 STATE_JSON = "train_state.json"
 STATE_TENSORS = "train_state.safetensors"
@@ -190,6 +191,13 @@ class Trainer:
             raise ValueError("--pseudo-labels zeroshot needs a foundation with an aligned image encoder")
         if self.tc.setting == "da" and self.tc.pseudo_labels != "zeroshot" and not config.cliea.enabled:
             raise ValueError("CLIEA pseudo-labels need cliea.enabled (or use --pseudo-labels zeroshot)")
+        if self.tc.pseudo_select != "all" and self.tc.pseudo_labels == "batch":
+            raise ValueError(
+                f"pseudo_select {self.tc.pseudo_select!r} selects over the whole target: "
+                "use pseudo_labels 'epoch' (or 'zeroshot')"
+            )
+        if self.tc.pseudo_agreement and self.tc.pseudo_labels == "zeroshot":
+            raise ValueError("pseudo_agreement compares CLIEA with the head: not with zero-shot labels")
         self.source, self.target, self.out = Path(source), (Path(target) if target else None), Path(out)
         self.describe = describe
         self.progress = progress
@@ -289,7 +297,7 @@ class Trainer:
                 model, optimizer, train_loader, scheduler
             )
             self.target_loader = None
-        self.zeroshot_labels: torch.Tensor | None = None
+        self.zeroshot_labels: TargetPredictions | None = None
         # Whether captions were computed now or read from the cache must not change what follows.
         seed_everything(tc.seed + 1)
 
@@ -366,10 +374,11 @@ class Trainer:
 
     # -- pseudo-labels -------------------------------------------------------------------
     @torch.no_grad()
-    def _epoch_pseudo_labels(self, model) -> tuple[torch.Tensor, torch.Tensor]:
-        """CLIEA argmax over the whole (un-augmented) target with the current model."""
+    def _epoch_pseudo_labels(self, model) -> TargetPredictions:
+        """CLIEA argmax and confidence, and the head's argmax, over the whole (un-augmented) target
+        with the current model."""
         loader = torch.utils.data.DataLoader(self.target_plain, batch_size=self.tc.batch_size)
-        labels, keeps = [], []
+        labels, confs, heads = [], [], []
         was = model.training
         model.eval()
         device = self.accelerator.device
@@ -378,11 +387,27 @@ class Trainer:
             with self.accelerator.autocast():
                 out = model(batch["pixels"].to(device), k, m)
                 scores = model.cliea_scores(out.features, k, m)
-            y, keep = model.cliea.pseudo_labels(scores.float())
+            conf, y = scores.float().softmax(dim=-1).max(dim=-1)
             labels.append(y.cpu())
-            keeps.append(keep.cpu())
+            confs.append(conf.cpu())
+            heads.append(out.logits.argmax(dim=-1).cpu())
         model.train(was)
-        return torch.cat(labels), torch.cat(keeps)
+        return TargetPredictions(torch.cat(labels), torch.cat(confs), torch.cat(heads))
+
+    def _log_pseudo_labels(self, epoch: int, pred: TargetPredictions, keep: torch.Tensor, how: str) -> None:
+        """The epoch's pseudo-labels per target image (in target order), for reports scored outside
+        training: the trainer itself has no target labels to score them with."""
+        self._append_metrics(
+            {
+                "kind": "pseudo_labels",
+                "epoch": epoch + 1,
+                "how": how,
+                "cliea": pred.cliea.tolist(),
+                "confidence": [round(float(c), 4) for c in pred.confidence],
+                "head": pred.head.tolist(),
+                "keep": keep.int().tolist(),
+            }
+        )
 
     def _publish_best(self, model, extra_json: dict[str, dict] | None = None) -> None:
         """Write best/ in a staging folder, then swap it in: a crash never leaves half a best/."""
@@ -430,7 +455,7 @@ class Trainer:
         )
 
     @torch.no_grad()
-    def _zeroshot_pseudo_labels(self, model) -> tuple[torch.Tensor, torch.Tensor]:
+    def _zeroshot_pseudo_labels(self, model) -> TargetPredictions:
         from kcdp_core.train.zeroshot import ZeroShotClassifier, prompt_embeddings
 
         zs = ZeroShotClassifier(
@@ -438,11 +463,8 @@ class Trainer:
         )
         loader = torch.utils.data.DataLoader(self.target_plain, batch_size=self.tc.batch_size)
         probs, _ = zs.predict(loader)
-        probs = torch.from_numpy(probs)
-        conf, labels = probs.max(dim=1)
-        thr = self.config.cliea.threshold
-        keep = conf >= thr if thr is not None else torch.ones_like(labels, dtype=torch.bool)
-        return labels, keep
+        conf, labels = torch.from_numpy(probs).max(dim=1)
+        return TargetPredictions(labels, conf, torch.full_like(labels, -1))
 
     def _assert_processes_agree(self, model) -> None:
         """Several processes must hold the same weights after each epoch: gradients are all-reduced
@@ -497,15 +519,31 @@ class Trainer:
                 if obj is not None and hasattr(obj, "set_epoch"):
                     obj.set_epoch(epoch)
             epoch_labels = None
-            if tc.setting == "da":
-                if tc.pseudo_labels == "epoch":
-                    epoch_labels = self._epoch_pseudo_labels(raw)
-                elif tc.pseudo_labels == "zeroshot":
-                    epoch_labels = self.zeroshot_labels
+            # Warm-up epochs train on the source alone: CLIEA's labels are noise before it has learnt.
+            use_target = tc.setting == "da" and epoch >= tc.pseudo_warmup_epochs
+            if use_target and tc.pseudo_labels in ("epoch", "zeroshot"):
+                pred = self._epoch_pseudo_labels(raw) if tc.pseudo_labels == "epoch" else self.zeroshot_labels
+                fraction = fraction_at(
+                    epoch - tc.pseudo_warmup_epochs,
+                    tc.epochs - tc.pseudo_warmup_epochs,
+                    tc.pseudo_fraction,
+                    tc.pseudo_fraction_end,
+                )
+                keep_all = select(pred, tc.pseudo_select, fraction, tc.pseudo_agreement, cfg.cliea.threshold)
+                epoch_labels = (pred.cliea, keep_all)
+                self._log_pseudo_labels(epoch, pred, keep_all, tc.pseudo_labels)
+            batch_log = None
+            if use_target and tc.pseudo_labels == "batch":
+                # What the batches used, last draw per target image (-1: not drawn this epoch).
+                n_t = len(self.target_ds)
+                batch_log = TargetPredictions(
+                    torch.full((n_t,), -1), torch.zeros(n_t), torch.full((n_t,), -1)
+                )
+                batch_keep = torch.zeros(n_t, dtype=torch.bool)
             model.train()
             sums: dict[str, float] = {}
             hist = torch.zeros(len(cfg.labels), dtype=torch.long)
-            target_iter = iter(self.target_loader) if self.target_loader is not None else None
+            target_iter = iter(self.target_loader) if self.target_loader is not None and use_target else None
             bar = tqdm(
                 self.train_loader,
                 desc=f"epoch {epoch + 1}/{tc.epochs}",
@@ -537,6 +575,15 @@ class Trainer:
                                         out_t.features.detach(), tb["k"], tb["k_mask"]
                                     )
                                 pseudo, keep = raw.cliea.pseudo_labels(scores_t.float())
+                                head_t = out_t.logits.detach().argmax(dim=-1)
+                                if tc.pseudo_agreement:
+                                    keep = keep & (head_t == pseudo)
+                                if batch_log is not None:
+                                    idx = tb["index"].cpu()
+                                    batch_log.cliea[idx] = pseudo.cpu()
+                                    batch_log.confidence[idx] = scores_t.float().softmax(-1).max(-1)[0].cpu()
+                                    batch_log.head[idx] = head_t.cpu()
+                                    batch_keep[idx] = keep.cpu()
                             hist += torch.bincount(pseudo[keep].cpu(), minlength=len(cfg.labels))
                         loss, parts = total_loss(cfg, out_s, batch["label"], scores_s, out_t, pseudo, keep)
                     acc.backward(loss)
@@ -560,10 +607,12 @@ class Trainer:
                 if _STEP_SLEEP:
                     time.sleep(_STEP_SLEEP)
             bar.close()
+            if batch_log is not None:
+                self._log_pseudo_labels(epoch, batch_log, batch_keep, "batch")
             n = max(1, len(self.train_loader))  # this process's batches (a shard under several)
             row = {"kind": "epoch", "epoch": epoch + 1, "step": self.global_step}
             row.update({f"train_{k}": round(v / n, 6) for k, v in sums.items()})
-            if tc.setting == "da":
+            if use_target:
                 hist = acc.reduce(hist.to(device), "sum").cpu()  # every process labels its own shard
                 row["pseudo_label_counts"] = dict(zip(cfg.labels, hist.tolist(), strict=True))
             if self.val_ds is not None:
