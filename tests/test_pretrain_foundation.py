@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,3 +84,31 @@ def test_rerun_skips_finished_stages_and_evaluates(built):
     assert result["vae"]["psnr_heldout_db"] > 0
     assert set(result["unet_heldout_denoising_mse"]) == {str(t) for t in recipe_mod.UNET_TIMESTEPS}
     assert (built / "fig" / "mini_samples.png").exists() and (built / "fig" / "mini_vae_recon.png").exists()
+
+
+@pytest.mark.slow
+def test_accelerate_launch_runs_the_recipe_on_two_processes(tmp_path):
+    """The GPU path (`accelerate launch kcdp-pretrain run ...`), checked on two CPU processes."""
+    import shutil
+    import subprocess
+    import sys
+
+    data = make_fixture(tmp_path / "data")
+    cmd = [
+        shutil.which("accelerate") or "accelerate",
+        "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+        "--dynamo_backend", "no", str(Path(sys.executable).parent / "kcdp-pretrain"), "run",
+        "--data", str(data), "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--small",
+    ]  # fmt: skip
+    for stage in ("encoder", "vae", "unet"):
+        cmd += [f"--{stage}-minutes", "0", f"--{stage}-steps", "4", f"--{stage}-batch-size", "8"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "out" / "foundation.json").read_text())["stages"]["unet"]["steps"] == 4
+    for stage in ("encoder", "vae", "unet"):  # one voice: the main process alone logs each step
+        steps = [
+            json.loads(ln)["step"]
+            for ln in (tmp_path / "work" / stage / "loss.jsonl").read_text().splitlines()
+        ]
+        assert steps == [4], stage

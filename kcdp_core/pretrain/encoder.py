@@ -130,12 +130,11 @@ def build_stage(
     def step(_: int, g: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         model.train()
         idx = train_idx[torch.multinomial(weights, options.batch_size, replacement=True, generator=g)]
-        x = augment(images[idx].float() / 255.0, g, options.augment).contiguous(
-            memory_format=torch.channels_last
-        )
-        emb = model.encoder(x)
-        logits = model.scale() * emb @ bank.T
-        target = targets_all[idx]
+        device = model.logit_scale.device  # the batch follows the model (GPU under accelerate)
+        x = augment(images[idx].float() / 255.0, g, options.augment).to(device)
+        emb = model.encoder(x.contiguous(memory_format=torch.channels_last))
+        logits = model.scale() * emb @ bank.to(device).T
+        target = targets_all[idx].to(device)
         loss = F.cross_entropy(logits, target)
         acc = (logits.argmax(1) == target).float().mean()
         return loss, {"acc": float(acc), "temperature": float(1 / model.scale().detach())}
@@ -188,8 +187,17 @@ def class_embeddings(text_encoder, labels: list[str]) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def zero_shot(encoder: ImageEncoder, text_encoder, domains: list[Domain], labels: list[str]) -> dict:
-    """Zero-shot accuracy and macro-F1 per domain, per style family (pooled) and over all domains."""
+def zero_shot(
+    encoder: ImageEncoder,
+    text_encoder,
+    domains: list[Domain],
+    labels: list[str],
+    families: dict[str, tuple[str, ...]] = FAMILIES,
+) -> dict:
+    """Zero-shot accuracy and macro-F1 per domain, per style family (pooled) and over all domains.
+
+    Macro-F1 averages the classes present in the scored images (an avatar style without disgust
+    is not scored on disgust), as kcdp-eval does."""
     from sklearn.metrics import f1_score
 
     classes = class_embeddings(text_encoder, labels)
@@ -202,11 +210,12 @@ def zero_shot(encoder: ImageEncoder, text_encoder, domains: list[Domain], labels
         y = [t for n in names for t in preds[n][0]]
         p = [t for n in names for t in preds[n][1]]
         acc = float(np.mean([a == b for a, b in zip(y, p, strict=True)]))
-        f1 = float(f1_score(y, p, labels=labels, average="macro", zero_division=0))
+        present = [c for c in labels if c in set(y)]
+        f1 = float(f1_score(y, p, labels=present, average="macro", zero_division=0))
         return {"accuracy": acc, "macro_f1": f1, "images": len(y)}
 
     result: dict = {"domains": {n: score([n]) for n in preds}, "families": {}}
-    for family, members in FAMILIES.items():
+    for family, members in families.items():
         present = [m for m in members if m in preds]
         if present:
             result["families"][family] = score(present) | {"domains": present}

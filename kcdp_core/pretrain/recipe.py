@@ -59,6 +59,15 @@ class Context:
         self._corpus: Corpus | None = None
         self._text: TextEncoder | None = None
         self._embeddings: torch.Tensor | None = None
+        from accelerate import PartialState
+
+        # Under `accelerate launch` every process trains; the main one writes exports and caches
+        # first (the others then read them).
+        self.state = PartialState()
+
+    @property
+    def is_main(self) -> bool:
+        return self.state.is_main_process
 
     @property
     def corpus(self) -> Corpus:
@@ -90,12 +99,15 @@ class Context:
             text = "\n".join([self.recipe.text_encoder, str(self.recipe.sentence_length), *vocab])
             key = hashlib.sha256(text.encode()).hexdigest()[:16]
             path = self.work / "cache" / f"sentences-{key}.safetensors"
-            if path.exists():
-                self._embeddings = load_file(str(path))["embeddings"]
-            else:
-                self._embeddings = self.text_encoder(self.recipe.sentence_length).sentence_embeddings(vocab)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                save_file({"embeddings": self._embeddings.contiguous()}, str(path))
+            with self.state.main_process_first():
+                if path.exists():
+                    self._embeddings = load_file(str(path))["embeddings"]
+                else:
+                    self._embeddings = self.text_encoder(self.recipe.sentence_length).sentence_embeddings(
+                        vocab
+                    )
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    save_file({"embeddings": self._embeddings.contiguous()}, str(path))
         return self._embeddings
 
 
@@ -112,7 +124,8 @@ def run_encoder(ctx: Context, stop_after: int | None = None) -> dict | None:
     stage.run(stop_after=stop_after)
     if not stage.done:
         return None
-    model.encoder.save_pretrained(ctx.out / "image_encoder", dtype=torch.float16)
+    if ctx.is_main:
+        model.encoder.save_pretrained(ctx.out / "image_encoder", dtype=torch.float16)
     return {
         "steps": stage.step,
         "seconds": round(stage.elapsed, 1),
@@ -130,7 +143,8 @@ def run_vae(ctx: Context, stop_after: int | None = None) -> dict | None:
         folder = local_folder(Source(r.vae_from, "vae"))
         if folder is None:
             raise FileNotFoundError(f"{r.vae_from}: no vae folder to take")
-        shutil.copytree(folder, ctx.out / "vae", dirs_exist_ok=True)
+        if ctx.is_main:
+            shutil.copytree(folder, ctx.out / "vae", dirs_exist_ok=True)
         config = json.loads((folder / "config.json").read_text())
         return {"reused_from": r.vae_from, "scaling_factor": config.get("scaling_factor")}
     stage, vae = vae_stage.build_stage(ctx.corpus, ctx.work / "vae", r.vae, r.image_size)
@@ -138,7 +152,8 @@ def run_vae(ctx: Context, stop_after: int | None = None) -> dict | None:
     if not stage.done:
         return None
     factor = vae_stage.set_scaling_factor(vae, ctx.corpus, seed=r.seed)
-    _save_fp16(vae, ctx.out / "vae")
+    if ctx.is_main:
+        _save_fp16(vae, ctx.out / "vae")
     return {"steps": stage.step, "seconds": round(stage.elapsed, 1), "scaling_factor": factor}
 
 
@@ -186,23 +201,27 @@ def run_unet(ctx: Context, stop_after: int | None = None) -> dict | None:
     r = ctx.recipe
     if not (ctx.out / "vae" / "config.json").exists():
         raise FileNotFoundError(f"{ctx.out / 'vae'}: train the VAE stage first")
-    mean, std, factor = latents(ctx)
+    with ctx.state.main_process_first():
+        mean, std, factor = latents(ctx)
+        targets = image_embeddings(ctx) if r.unet.repa_weight > 0 else None
     cond = unet_stage.conditioning(ctx.text_encoder(r.text_length), ctx.corpus.vocabulary)
-    targets = image_embeddings(ctx) if r.unet.repa_weight > 0 else None
     stage, unet, scheduler = unet_stage.build_stage(
         ctx.corpus, mean, std, factor, cond, ctx.work / "unet", r.unet, repa_targets=targets
     )
     stage.run(stop_after=stop_after)
     if not stage.done:
         return None
-    _save_fp16(unet, ctx.out / "unet")
-    scheduler.save_pretrained(ctx.out / "scheduler")
+    if ctx.is_main:
+        _save_fp16(unet, ctx.out / "unet")
+        scheduler.save_pretrained(ctx.out / "scheduler")
     return {"steps": stage.step, "seconds": round(stage.elapsed, 1)}
 
 
 def run_bank(ctx: Context) -> dict:
     """Every corpus caption (deduplicated) with its sentence embedding."""
-    write_caption_bank(ctx.out / "caption_bank", ctx.corpus.vocabulary, ctx.embeddings)
+    embeddings = ctx.embeddings
+    if ctx.is_main:
+        write_caption_bank(ctx.out / "caption_bank", ctx.corpus.vocabulary, embeddings)
     return {"captions": len(ctx.corpus.vocabulary)}
 
 
@@ -253,14 +272,16 @@ def run(recipe: Recipe, stages: tuple[str, ...] = STAGES, stop_after: int | None
             print(f"{name}: stopped before the end; rerun to resume", file=sys.stderr)
             break
         result["wall_seconds_this_run"] = round(time.monotonic() - started, 1)
-        _write_json(ctx.work / name / "result.json", result)
-        print(f"{name}: done {result}", file=sys.stderr)
+        if ctx.is_main:
+            _write_json(ctx.work / name / "result.json", result)
+            print(f"{name}: done {result}", file=sys.stderr)
+        ctx.state.wait_for_everyone()  # the next stage reads this one's export
     summary = {
         s: json.loads((ctx.work / s / "result.json").read_text())
         for s in STAGES
         if (ctx.work / s / "result.json").exists()
     }
-    if len(summary) == len(STAGES):
+    if len(summary) == len(STAGES) and ctx.is_main:
         write_foundation_json(ctx, summary)
     return summary
 
@@ -317,8 +338,14 @@ def evaluate(
             image_encoder, corpus, ctx.embeddings, train_sample
         )
         if domains:
+            from kcdp_core.data.avatar_key import BENCHMARK_STYLES
+
             result["zero_shot"] = encoder_stage.zero_shot(
-                image_encoder, ctx.text_encoder(recipe.sentence_length), domains, list(EMOJI7)
+                image_encoder,
+                ctx.text_encoder(recipe.sentence_length),
+                domains,
+                list(EMOJI7),
+                encoder_stage.FAMILIES | {"avatars": BENCHMARK_STYLES},
             )
         result["seconds"]["encoder"] = round(time.monotonic() - t0, 1)
 

@@ -6,6 +6,11 @@ is carried between steps: step s draws its batch, noise and augmentations from g
 safetensors plus a json with the step; `latest.json` is replaced atomically after the files are
 written, so a kill mid-save leaves the previous checkpoint in force. Each stage keeps a loss log
 (loss.jsonl, truncated back to the checkpoint on resume) and a loss plot (loss.png).
+
+On GPUs the same loop runs under `accelerate launch kcdp-pretrain run ... --mixed_precision bf16`:
+modules move to the process's device, the step runs under the launcher's autocast, every process
+draws its own batch (seeded by rank: rank 0 draws what a single process would) and gradients are
+averaged across processes before the optimizer step; only the main process writes checkpoints.
 """
 
 from __future__ import annotations
@@ -99,6 +104,12 @@ class Stage:
         self.step = 0
         self.total_steps: int | None = None
         self.elapsed = 0.0
+        from accelerate import Accelerator
+
+        # Reads what `accelerate launch` set (device, processes, mixed precision); plain CPU otherwise.
+        self.accelerator = Accelerator()
+        for m in modules.values():
+            m.to(self.accelerator.device)  # in place: the optimizer keeps the same parameters
 
     # -- state ---------------------------------------------------------------------------
     @property
@@ -115,8 +126,23 @@ class Stage:
             for k, v in m.state_dict().items()
         }
 
+    def _average_gradients(self) -> None:
+        import torch.distributed as dist
+
+        world = self.accelerator.num_processes
+        for p in self.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= world
+
     def save(self) -> Path:
+        # Only the main process writes (no barrier: processes reach a timed save at different steps).
         folder = self.ckpt_root / f"step-{self.step:08d}"
+        if self.accelerator.is_main_process:
+            self._write(folder)
+        return folder
+
+    def _write(self, folder: Path) -> None:
         if folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
@@ -140,7 +166,6 @@ class Stage:
             if old != folder:
                 shutil.rmtree(old, ignore_errors=True)
         self.plot()
-        return folder
 
     def latest(self) -> Path | None:
         pointer = self.ckpt_root / "latest.json"
@@ -155,7 +180,7 @@ class Stage:
         if folder is None:
             return False
         state = json.loads((folder / "state.json").read_text())
-        weights = load_file(str(folder / "model.safetensors"))
+        weights = load_file(str(folder / "model.safetensors"), device=str(self.accelerator.device))
         for name, m in self.modules.items():
             prefix = f"{name}."
             m.load_state_dict({k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)})
@@ -179,13 +204,15 @@ class Stage:
 
     def _truncate_log(self, step: int) -> None:
         """Drop entries logged after the checkpoint (a killed run logged steps it will redo)."""
-        if not self.log_path.exists():
+        if not self.log_path.exists() or not self.accelerator.is_main_process:
             return
         lines = [ln for ln in self.log_path.read_text().splitlines() if ln.strip()]
         kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
         self.log_path.write_text("".join(ln + "\n" for ln in kept))
 
     def log(self, record: dict) -> None:
+        if not self.accelerator.is_main_process:
+            return
         with self.log_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -229,7 +256,9 @@ class Stage:
             desc=f"pretrain {self.name}",
             mininterval=10,
             file=sys.stderr,
+            disable=not self.accelerator.is_main_process,
         )
+        rank = self.accelerator.process_index
         last_save = time.monotonic()
         timing: list[float] = []
         window: list[float] = []
@@ -238,7 +267,7 @@ class Stage:
                 if stop_after is not None and self.step >= stop_after:
                     break
                 started = time.monotonic()
-                seed = step_seed(opts.seed, self.step)
+                seed = step_seed(opts.seed + 1_000_003 * rank, self.step)
                 torch.manual_seed(seed)  # dropout / drop-connect inside the models
                 generator = torch.Generator().manual_seed(seed)
                 total_for_lr = self.total_steps or opts.max_steps
@@ -246,10 +275,13 @@ class Stage:
                 for group in self.optimizer.param_groups:
                     group["lr"] = group["base_lr"] * factor
                 self.optimizer.zero_grad(set_to_none=True)
-                loss, parts = self.step_fn(self.step, generator)
+                with self.accelerator.autocast():
+                    loss, parts = self.step_fn(self.step, generator)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"{self.name}: loss is {loss.item()} at step {self.step}")
                 loss.backward()
+                if self.accelerator.num_processes > 1:
+                    self._average_gradients()
                 if opts.grad_clip:
                     torch.nn.utils.clip_grad_norm_(self.parameters(), opts.grad_clip)
                 self.optimizer.step()
@@ -275,6 +307,7 @@ class Stage:
         finally:
             bar.close()
         self.save()
+        self.accelerator.wait_for_everyone()
         return self
 
     def _update_total(self, timing: list[float], took: float) -> None:

@@ -133,11 +133,13 @@ def build_stage(
         cid = caption_ids[idx]
         ctx = torch.where(drop, cond.empty_state, cond.states[cid])
         mask = torch.where(drop[..., 0], cond.empty_mask, cond.masks[cid])
+        device = unet.device  # the batch follows the model (GPU under accelerate)
+        zt, t, ctx, mask, noise = (v.to(device) for v in (zt, t, ctx, mask, noise))
         pred = unet(zt, t, encoder_hidden_states=ctx, encoder_attention_mask=mask).sample
-        loss = F.mse_loss(pred, noise)
+        loss = F.mse_loss(pred.float(), noise)
         if mid is None:
             return loss, {}
-        align = alignment_loss(modules["repa_head"], mid.value, repa_targets[idx])
+        align = alignment_loss(modules["repa_head"], mid.value.float(), repa_targets[idx].to(device))
         mid.value = None  # holds the graph otherwise (and a model with it cannot be deep-copied)
         return loss + options.repa_weight * align, {"eps_mse": loss.item(), "repa": align.item()}
 

@@ -68,7 +68,7 @@ def build_stage(
     def step(_: int, g: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         vae.train()
         idx = train_idx[torch.multinomial(weights, options.batch_size, replacement=True, generator=g)]
-        x = to_signed(images[idx])
+        x = to_signed(images[idx]).to(vae.device)  # the batch follows the model (GPU under accelerate)
         posterior = vae.encode(x).latent_dist
         z = posterior.sample(generator=g)
         rec = vae.decode(z).sample
