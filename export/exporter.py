@@ -170,10 +170,15 @@ def _export(ckpt: Path, work: Path, options: ExportOptions) -> dict:
     fp32_dir = work / ".fp32"
     parity: dict[str, dict] = {}
     sessions: dict[str, Any] = {}
+    # A top-1 retrieval bank gets its knowledge precomputed; the text encoder then ships only on request.
+    table_planned = bank is not None and options.bank_knowledge and kc.retrieval_top_k == 1
     for graph in graphs:
         t0 = time.perf_counter()
         path = fp32_dir / graph.file
         export_graph(graph, path, options.opset, options.seed)
+        fused = None
+        if "transformer" in graph.meta and (options.keep_text_encoder or not table_planned):
+            fused = _optimize(graph, path, options, real_feeds[graph.name])
         validate.check_model(path)
         sess = validate.session(path)
         result = validate.measure(
@@ -182,6 +187,8 @@ def _export(ckpt: Path, work: Path, options: ExportOptions) -> dict:
         _log(options, result.summary())
         validate.enforce(result, graph.label_output)  # fp32: refuse on any miss
         parity[graph.name] = {"fp32": result.manifest()}
+        if fused:
+            parity[graph.name]["fp32"]["transformer_optimizer"] = fused
         sessions[graph.name] = sess
         timings[f"export_{graph.name}"] = round(time.perf_counter() - t0, 3)
     clock = time.perf_counter()
@@ -452,6 +459,30 @@ def _can_run(work: Path, graphs: list[GraphConfig]) -> bool:
         return True
     except Exception:  # noqa: BLE001
         return False
+
+
+def _optimize(graph: GraphConfig, path: Path, options: ExportOptions, real: list) -> dict | None:
+    """onnxruntime's transformer optimizer on the fp32 text encoder, kept only when the optimised
+    graph holds fp32 parity with PyTorch (checked here and again by the caller)."""
+    from kcdp_export.optimize import optimize_transformer
+
+    backup = path.with_name(path.name + ".unoptimised")
+    shutil.copy2(path, backup)
+    try:
+        fused = optimize_transformer(path, **graph.meta["transformer"])
+        if fused:
+            result = validate.measure(
+                graph, validate.session(path), validate.random_feeds(graph, options.seed + 1), real
+            )
+            validate.enforce(result, graph.label_output)
+            _log(options, f"{graph.name}: onnxruntime transformer optimizer fused {fused}")
+        return fused
+    except Exception as exc:  # noqa: BLE001 - an optional speed-up: the unoptimised graph is valid
+        _log(options, f"{graph.name}: transformer optimizer not used ({str(exc)[:200]})")
+        shutil.copy2(backup, path)
+        return None
+    finally:
+        backup.unlink(missing_ok=True)
 
 
 def _bank_k(manifest: Manifest, text_session: Any, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:

@@ -203,7 +203,14 @@ def text_encoder_graph(text_encoder: nn.Module, length: int) -> GraphConfig:
         outputs=[TensorSpec("token_states", (BATCH, length, dim))],
         dummy=text_dummy(int(model.config.vocab_size), length),
         quantization="dynamic",  # transformer MatMuls: dynamic int8 is the standard recipe
-        meta={"dim": dim},
+        meta={
+            "dim": dim,
+            "transformer": {
+                "model_type": str(model.config.model_type),
+                "num_heads": int(getattr(model.config, "num_attention_heads", 0) or 0),
+                "hidden_size": dim,
+            },
+        },
     )
 
 

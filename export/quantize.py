@@ -148,6 +148,8 @@ def quantize_graph(
                     weight_type=QuantType.QInt8,
                     per_channel=True,  # MiniLM: sentence cosine .987 vs .949 per-tensor
                     use_external_data_format=large,
+                    # fused contrib ops (transformer optimizer) defeat ONNX type inference: all float
+                    extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
                 )
             elif mode == "static":
                 if calibration is None:
