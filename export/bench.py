@@ -324,7 +324,9 @@ def markdown(report: dict[str, Any]) -> str:
         if engine.get("note"):
             lines.append(f"- {name}: {engine['note']}")
     for key, value in report.get("speedups", {}).items():
-        lines.append(f"- speed-up, total p50 at batch 1, {key}: {value:.1f}x")
+        lines.append(f"- speed-up, total p50 at batch 1, {key}: {value:.2f}x")
+    if report.get("load_average"):
+        lines.append(f"- load average at the end (1, 5, 15 min): {', '.join(report['load_average'])}")
     if report.get("figure"):
         lines.append(f"- figure: {report['figure']}")
     return "\n".join(lines) + "\n"
@@ -370,6 +372,9 @@ def latency(args: argparse.Namespace) -> int:
     config = SessionConfig(intra_op_threads=args.threads)
     batches = [int(b) for b in args.batch_sizes.split(",")]
     fp32 = Pipeline.from_pretrained(model, session_config=config, knowledge_cache_size=0, parse_cache=False)
+    main_name = f"onnx-{fp32.manifest.precision}"  # --model may itself be the int8 export
+    if main_name == "onnx-int8":
+        args.no_int8 = True  # it is the int8 engine
     report: dict[str, Any] = {
         "command": shlex.join(["kcdp-bench", *sys.argv[1:]])
         if args.argv is None
@@ -382,9 +387,19 @@ def latency(args: argparse.Namespace) -> int:
         "cold_repeats": args.cold_repeats,
         "engines": {},
     }
-    engines: dict[str, tuple[Any, str]] = {"onnx-fp32": (fp32, "")}
-    memo = Pipeline.from_pretrained(model, session_config=config)
-    engines["onnx-fp32+memo"] = (memo, "")
+    engines: dict[str, tuple[Any, str]] = {main_name: (fp32, "")}
+    if not args.no_memo:
+        memo = Pipeline.from_pretrained(model, session_config=config)
+        engines[f"{main_name}+memo"] = (memo, "")
+    if args.baseline:
+        # "Before": an earlier export on dynamic-batch sessions, timed in turns with the others.
+        base_config = SessionConfig(intra_op_threads=args.threads, batch_one=False)
+        engines["baseline"] = (
+            Pipeline.from_pretrained(
+                args.baseline, session_config=base_config, knowledge_cache_size=0, parse_cache=False
+            ),
+            f"{args.baseline}, dynamic-batch sessions (no batch-1 specialisation)",
+        )
     work = Path(tempfile.mkdtemp(prefix="kcdp-bench-"))
     try:
         if not args.no_int8:
@@ -426,9 +441,11 @@ def latency(args: argparse.Namespace) -> int:
         infer = ["kcdp_runtime.cli", *images, "--json", "--quiet", "--batch-size", "1"]
         if args.threads:
             infer += ["--threads", str(args.threads)]
-        report["engines"]["onnx-fp32"]["cold"] = cold_start(
-            [*infer, "--model", str(model)], args.cold_repeats
-        )
+        report["engines"][main_name]["cold"] = cold_start([*infer, "--model", str(model)], args.cold_repeats)
+        if args.baseline:
+            report["engines"]["baseline"]["cold"] = cold_start(
+                [*infer, "--model", str(args.baseline)], args.cold_repeats
+            )
         if "onnx-int8" in engines:
             report["engines"]["onnx-int8"]["cold"] = cold_start(
                 [*infer, "--model", str(int8_dir)], args.cold_repeats
@@ -443,12 +460,16 @@ def latency(args: argparse.Namespace) -> int:
         for n, e in report["engines"].items()
         if e["runs"][0]["batch"] == 1
     }
-    if "torch-eager" in total:
-        report["speedups"] = {
-            f"{n} vs torch-eager": total["torch-eager"] / total[n]
-            for n in total
-            if n != "torch-eager" and total[n] > 0
-        }
+    report["speedups"] = {}
+    for reference in ("torch-eager", "baseline"):
+        if reference in total:
+            report["speedups"].update(
+                {f"{n} vs {reference}": total[reference] / total[n] for n in total
+                 if n not in ("torch-eager", "baseline") and total[n] > 0}
+            )  # fmt: skip
+    report["load_average"] = (
+        open("/proc/loadavg").read().split()[:3] if Path("/proc/loadavg").exists() else None
+    )
     figure = Path(args.figure) if args.figure else FIGURES / f"latency_{report['preset']}.png"
     saved = plot(report, figure)
     report["figure"] = str(saved) if saved else None
@@ -536,6 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
     lat.add_argument("--ckpt", help="the checkpoint it came from (enables torch-eager and calibrated int8)")
     lat.add_argument("--int8", help="an int8 export folder to use instead of making one")
     lat.add_argument("--no-int8", action="store_true", help="skip the int8 engine")
+    lat.add_argument("--no-memo", action="store_true", help="skip the +memo engine")
+    lat.add_argument("--baseline", help="an earlier export timed in turns with the others (before/after)")
     lat.add_argument("--images", required=True, help="folder of images (searched recursively)")
     lat.add_argument("--limit", type=int, default=64, help="distinct images used")
     lat.add_argument("--count", type=int, default=64, help="images timed per engine and batch size")
