@@ -156,3 +156,15 @@ def test_batch_mode_logs_what_the_batches_used_and_refuses_selection(domains) ->
     assert used and all(0 <= c < len(config.labels) for c in used)
     with pytest.raises(ValueError, match="epoch"):
         Trainer(config.replace(train={"pseudo_select": "class_fraction"}), src, root / "x", target=tgt)
+
+
+def test_target_sampler_draws_from_the_selected_pool() -> None:
+    from kcdp_core.train.trainer import CyclicBatchSampler
+
+    sampler = CyclicBatchSampler(20, 4, 5, seed=0)
+    full = list(sampler)
+    sampler.set_pool([3, 7, 11])
+    assert {i for batch in sampler for i in batch} == {3, 7, 11}
+    assert all(len(b) == 4 for b in sampler) and len(list(sampler)) == 5
+    sampler.set_pool(None)
+    assert list(sampler) == full  # a function of (seed, epoch) and the pool only

@@ -63,9 +63,15 @@ class CyclicBatchSampler(torch.utils.data.Sampler[list[int]]):
 
     def __init__(self, n: int, batch_size: int, num_batches: int, seed: int):
         self.n, self.batch_size, self.num_batches, self.seed, self.epoch = n, batch_size, num_batches, seed, 0
+        self.pool: list[int] | None = None  # draw from these indices only (None: all n)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def set_pool(self, indices: list[int] | None) -> None:
+        """Draw only these target images (the selected pseudo-labels): a batch of images whose
+        labels are masked out would cost a forward and backward pass for nothing."""
+        self.pool = list(indices) if indices else None
 
     def __len__(self) -> int:
         return self.num_batches
@@ -73,9 +79,11 @@ class CyclicBatchSampler(torch.utils.data.Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch + 17)
         order: list[int] = []
+        pool = self.pool
         for _ in range(self.num_batches):
             while len(order) < self.batch_size:
-                order += torch.randperm(self.n, generator=g).tolist()
+                perm = torch.randperm(len(pool) if pool else self.n, generator=g).tolist()
+                order += [pool[i] for i in perm] if pool else perm
             yield order[: self.batch_size]
             order = order[self.batch_size :]
 
@@ -532,6 +540,8 @@ class Trainer:
                 keep_all = select(pred, tc.pseudo_select, fraction, tc.pseudo_agreement, cfg.cliea.threshold)
                 epoch_labels = (pred.cliea, keep_all)
                 self._log_pseudo_labels(epoch, pred, keep_all, tc.pseudo_labels)
+                if tc.pseudo_select != "all" or tc.pseudo_agreement:
+                    self.target_sampler.set_pool(keep_all.nonzero(as_tuple=True)[0].tolist())
             batch_log = None
             if use_target and tc.pseudo_labels == "batch":
                 # What the batches used, last draw per target image (-1: not drawn this epoch).
