@@ -140,7 +140,11 @@ class KnowledgeTable:
         )
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
-            described = self.describe([p for _, p in chunk])
+            k_cfg = self.config.knowledge
+            if k_cfg.use_caption or k_cfg.use_triplets:
+                described = self.describe([p for _, p in chunk])
+            else:  # neither half is used (source-only ablation): captioning would be thrown away
+                described = [("", [])] * len(chunk)
             captions, triplets = [], []
             for caption, trips in described:
                 captions.append(caption if self.config.knowledge.use_caption else "")
