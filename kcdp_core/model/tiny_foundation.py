@@ -193,6 +193,7 @@ def _build_tiny(folder: Path) -> None:
     enc = tokenizer(
         list(TINY_CAPTIONS), padding="max_length", truncation=True, max_length=16, return_tensors="pt"
     )
+    bert.eval()  # no dropout: the bank holds what the frozen text encoder computes at run time
     with torch.no_grad():
         states = bert(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
     emb = sentence_embedding(states.float(), enc["attention_mask"].float()).contiguous()
