@@ -239,8 +239,10 @@ class Check:
         provider = "CUDAExecutionProvider" if self.device.type == "cuda" else "CPUExecutionProvider"
         if provider not in ort.get_available_providers():
             return {"skipped": f"onnxruntime {ort.__version__} has no {provider} (install onnxruntime-gpu)"}
-        import onnx
-
+        try:
+            import onnx
+        except ImportError:
+            return {"skipped": "onnx is not installed (needed to export the graph)"}
         from kcdp_export.graphs import PerceptionModule
         from kcdp_export.onnx_export import save_model
 
