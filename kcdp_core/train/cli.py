@@ -40,6 +40,10 @@ def _config_from_args(args: argparse.Namespace) -> KCDPConfig:
         ("lambda1", "lambda1"),
         ("lambda2", "lambda2"),
         ("pseudo_labels", "pseudo_labels"),
+        ("pseudo_select", "pseudo_select"),
+        ("pseudo_fraction", "pseudo_fraction"),
+        ("pseudo_fraction_end", "pseudo_fraction_end"),
+        ("pseudo_warmup_epochs", "pseudo_warmup_epochs"),
         ("warmup_ratio", "warmup_ratio"),
         ("weight_decay", "weight_decay"),
         ("num_workers", "num_workers"),
@@ -47,6 +51,10 @@ def _config_from_args(args: argparse.Namespace) -> KCDPConfig:
         value = getattr(args, flag)
         if value is not None:
             train[key] = value
+    if args.pseudo_labels == "batch" and args.pseudo_select is None:
+        train["pseudo_select"] = "all"  # a selection needs the whole target: per batch keeps all
+    if args.pseudo_agreement:
+        train["pseudo_agreement"] = True
     # Switches and choices outside the plain train fields: (section, key, value when given).
     extra = (
         ("train", "augment", False if args.no_augment else None),
@@ -113,6 +121,15 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-caption", action="store_true", help="k from the triplets alone")
     p.add_argument("--pseudo-labels", choices=["batch", "epoch", "zeroshot"])
     p.add_argument("--threshold", type=float, help="keep target pseudo-labels with confidence >= this")
+    p.add_argument(
+        "--pseudo-select",
+        choices=["all", "class_fraction"],
+        help="which of an epoch's pseudo-labels train: all, or per class the most confident fraction",
+    )
+    p.add_argument("--pseudo-fraction", type=float, help="class_fraction: kept share per class (first epoch)")
+    p.add_argument("--pseudo-fraction-end", type=float, help="class_fraction: kept share in the last epoch")
+    p.add_argument("--pseudo-agreement", action="store_true", help="keep only labels the head agrees with")
+    p.add_argument("--pseudo-warmup-epochs", type=int, help="source-only epochs before the target loss")
     p.add_argument("--ccl", choices=["ce", "paper"])
     p.add_argument("--no-cliea", action="store_true")
     p.add_argument("--no-augment", action="store_true")
