@@ -97,6 +97,27 @@ def extract(model, folders: dict[str, Path]) -> dict[str, dict[str, np.ndarray]]
     return out
 
 
+def cached_features(
+    foundation: str, folders: dict[str, Path], work: Path
+) -> dict[str, dict[str, np.ndarray]]:
+    """extract(), kept in `work` per foundation and image set (a rerun adding a foundation reuses the rest)."""
+    import hashlib
+
+    key = hashlib.sha256(repr((foundation, sorted((k, str(v)) for k, v in folders.items()))).encode())
+    path = work / f"features-{key.hexdigest()[:16]}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            flat = {k: z[k] for k in z.files}
+        out: dict[str, dict[str, np.ndarray]] = {}
+        for k, v in flat.items():
+            style, name = k.split("|")
+            out.setdefault(style, {})[name] = v
+        return out
+    feats = extract(model_for(foundation), folders)
+    np.savez(path, **{f"{s}|{n}": v for s, d in feats.items() for n, v in d.items()})
+    return feats
+
+
 def styles_of(data: Path, fam: str) -> list[str]:
     """The styles of a family folder (its images are copies of domains/<style>/...)."""
     return sorted({p.stem.rsplit("_", 1)[0] for p in (data / "families" / fam).rglob("*.png")})
@@ -166,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[tuple[str, str, str, bool], tuple[float, float]] = {}
     for name, folder in foundations.items():
         print(f"foundation {name}: {folder}", file=sys.stderr)
-        feats = extract(model_for(folder), folders)
+        feats = cached_features(folder, folders, work)
         for group, tasks in groups.items():
             for feature, keys in FEATURES.items():
                 for per_style in (False, True):

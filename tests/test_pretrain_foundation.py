@@ -60,12 +60,12 @@ def test_foundation_folder_layout_and_load(built):
     assert z.shape == (2, 4, 8, 8)
 
     captions, emb = read_caption_bank(out / "caption_bank")
-    assert len(captions) == emb.shape[0] == 12 and emb.dtype == torch.float32
-    torch.testing.assert_close(emb.norm(dim=1), torch.ones(12), atol=1e-4, rtol=0)
-    # Same order as the text encoder would embed them (MODEL_API.md).
+    assert len(captions) == emb.shape[0] == 12 and emb.dtype == torch.float16
+    torch.testing.assert_close(emb.float().norm(dim=1), torch.ones(12), atol=2e-3, rtol=0)
+    # Same order as the text encoder would embed them (MODEL_API.md), to half precision.
     te = found.text_encoder
     te.length = meta["caption_bank"]["sentence_length"]
-    torch.testing.assert_close(te.sentence_embeddings(captions[:3]), emb[:3], atol=1e-5, rtol=0)
+    torch.testing.assert_close(te.sentence_embeddings(captions[:3]), emb[:3].float(), atol=1e-3, rtol=0)
 
 
 def test_rerun_skips_finished_stages_and_evaluates(built):

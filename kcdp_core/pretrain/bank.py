@@ -10,7 +10,8 @@ from safetensors.torch import load_file, save_file
 
 
 def write_caption_bank(folder: str | Path, captions: list[str], embeddings: torch.Tensor) -> Path:
-    """One {"caption"} per line and float32 [N, D] L2-normalised embeddings in the same order."""
+    """One {"caption"} per line and float16 [N, D] L2-normalised embeddings in the same order
+    (stored at half precision like every exported component; retrieval ranks are unchanged)."""
     if len(captions) != embeddings.shape[0]:
         raise ValueError(f"{len(captions)} captions but {embeddings.shape[0]} embeddings")
     folder = Path(folder)
@@ -18,7 +19,7 @@ def write_caption_bank(folder: str | Path, captions: list[str], embeddings: torc
     with (folder / "captions.jsonl").open("w") as f:
         for caption in captions:
             f.write(json.dumps({"caption": caption}, ensure_ascii=False) + "\n")
-    emb = torch.nn.functional.normalize(embeddings.float(), dim=-1).contiguous()
+    emb = torch.nn.functional.normalize(embeddings.float(), dim=-1).half().contiguous()
     save_file({"embeddings": emb}, str(folder / "embeddings.safetensors"))
     return folder
 

@@ -130,6 +130,7 @@ def run_encoder(ctx: Context, stop_after: int | None = None) -> dict | None:
         "steps": stage.step,
         "seconds": round(stage.elapsed, 1),
         "temperature": float(1 / model.scale().detach()),
+        "init_from": r.encoder.init_from or "ImageNet",
     }
 
 
