@@ -137,7 +137,7 @@ class TrainConfig:
     # Which of an epoch's pseudo-labels train (kcdp_core/train/pseudo_labels.py; needs "epoch" or
     # "zeroshot"): all, or per predicted class the most confident `pseudo_fraction`, ramped linearly
     # to `pseudo_fraction_end` over the epochs; `pseudo_agreement` keeps only labels the head shares.
-    pseudo_select: Literal["all", "class_fraction"] = "all"
+    pseudo_select: Literal["all", "class_fraction", "class_quota"] = "all"
     pseudo_fraction: float = 0.5
     pseudo_fraction_end: float | None = None
     pseudo_agreement: bool = False

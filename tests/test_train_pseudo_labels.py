@@ -168,3 +168,16 @@ def test_target_sampler_draws_from_the_selected_pool() -> None:
     assert all(len(b) == 4 for b in sampler) and len(list(sampler)) == 5
     sampler.set_pool(None)
     assert list(sampler) == full  # a function of (seed, epoch) and the pool only
+
+
+def test_class_quota_caps_an_over_predicted_class_at_an_equal_share() -> None:
+    from kcdp_core.train.pseudo_labels import select
+
+    # 120 labels of class 0, 60 of class 1, 20 of class 2; fraction 0.3 of 200 over 3 classes = 20 each.
+    labels = [0] * 120 + [1] * 60 + [2] * 20
+    conf = [float(i % 17) / 17 for i in range(200)]
+    fraction = select(_pred(labels, conf), "class_fraction", fraction=0.3)
+    quota = select(_pred(labels, conf), "class_quota", fraction=0.3)
+    counts = [int(quota[torch.tensor(labels) == c].sum()) for c in range(3)]
+    assert counts == [20, 18, 6]  # min(equal share 20, 30% of the class)
+    assert int(fraction[:120].sum()) == 36 and bool((quota & ~fraction).sum() == 0)

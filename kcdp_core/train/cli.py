@@ -123,7 +123,7 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, help="keep target pseudo-labels with confidence >= this")
     p.add_argument(
         "--pseudo-select",
-        choices=["all", "class_fraction"],
+        choices=["all", "class_fraction", "class_quota"],
         help="which of an epoch's pseudo-labels train: all, or per class the most confident fraction",
     )
     p.add_argument("--pseudo-fraction", type=float, help="class_fraction: kept share per class (first epoch)")
