@@ -125,11 +125,9 @@ TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
             ("da_authors", "CLIEA pseudo-labels, per batch, all kept (authors)"),
             ("da_pseudo_epoch", "CLIEA pseudo-labels, refreshed per epoch, all kept"),
             ("da_pseudo_zeroshot", "plain zero-shot pseudo-labels (aligned encoder, 'vanilla CLIP')"),
-            (
-                "kcdp_da",
-                "CLIEA per epoch, 1 warm-up epoch, per class the most confident 30% -> 80% (mini default)",
-            ),
-            ("da_select_agree", "  + only where the head agrees with CLIEA"),
+            ("da_select", "CLIEA per epoch, 1 warm-up epoch, per class the most confident 30% -> 80%"),
+            ("kcdp_da", "  + no class above an equal share (mini default)"),
+            ("da_select_agree", "CLIEA per epoch, per class top 30% -> 80%, only where the head agrees"),
         ],
     ),
     "finetune": (
@@ -162,7 +160,7 @@ TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
             ("kcdp_uc", "KCDP (UC): source only, knowledge + CLIEA"),
             (
                 "kcdp_da",
-                "KCDP (DA): + unlabelled target, CLIEA pseudo-labels per epoch, class-balanced top 30 -> 80%",
+                "KCDP (DA): + unlabelled target, CLIEA pseudo-labels per epoch, class-balanced (top 30 -> 80%, capped)",
             ),
             ("effnet", "EfficientNet-Lite0 (ImageNet) pooled features + logistic regression, source only"),
             ("effnet_style", "  + per-style feature standardisation (target: its own unlabelled statistics)"),
@@ -410,10 +408,21 @@ def result_file(run_dir: Path, eval_data: Path) -> Path:
     return run_dir / f"result-{Path(eval_data).stem}.json"
 
 
+# Selections scored offline on the logged labels: what each rule would have kept, and how right.
+OFFLINE_SELECTIONS = {
+    "top30": {"mode": "class_fraction", "fraction": 0.3},
+    "quota30": {"mode": "class_quota", "fraction": 0.3},
+    "agree": {"mode": "all", "agreement": True},
+}
+
+
 def pseudo_label_report(run_dir: Path, target: Path, labelled: Path, labels) -> list[dict]:
     """Per epoch: how right the logged pseudo-labels were. The trainer logged them in target order
     (metrics.jsonl, kind "pseudo_labels"); the labels come from the labelled copy, here, afterwards."""
+    import torch
+
     from kcdp_core.train.datasets import load_records
+    from kcdp_core.train.pseudo_labels import TargetPredictions, select
 
     order = [r.path.resolve() for r in load_records(target, labels, with_labels=False)]
     truth = {r.path.resolve(): r.label for r in load_records(labelled, labels)}
@@ -435,6 +444,14 @@ def pseudo_label_report(run_dir: Path, target: Path, labelled: Path, labels) -> 
         def rate(mask, a=cliea):
             return round(float((a[mask] == y[mask]).mean()), 4) if mask.any() else None
 
+        pred = TargetPredictions(
+            torch.tensor(np.where(seen, cliea, -1)), torch.tensor(row["confidence"]), torch.tensor(head)
+        )
+        offline = {}
+        for name, kw in OFFLINE_SELECTIONS.items():
+            chosen = select(pred, **kw).numpy() & seen
+            offline[name] = [rate(chosen), int(chosen.sum())]
+
         out.append({
             "epoch": row["epoch"], "how": row["how"], "n": int(seen.sum()),
             "cliea_acc": rate(seen), "kept": round(float(kept.sum() / max(1, seen.sum())), 4),
@@ -442,6 +459,7 @@ def pseudo_label_report(run_dir: Path, target: Path, labelled: Path, labels) -> 
             "agree": round(float(agree.sum() / max(1, seen.sum())), 4), "agree_acc": rate(agree),
             "kept_counts": {labels[c]: int((cliea[kept] == c).sum()) for c in range(len(labels))},
             "true_counts": {labels[c]: int((y[seen] == c).sum()) for c in range(len(labels))},
+            "offline": offline,
         })  # fmt: skip
     return out
 
@@ -706,8 +724,9 @@ def build_table(table: str, args: argparse.Namespace) -> str:
                     run_dir = run_name(variant, task, seed, args)
                     res.append(json.loads(result_file(run_dir, task.eval_data).read_text()))
                     seconds.setdefault(variant, []).append(res[-1]["train_seconds"])
-                    if res[-1].get("pseudo_labels"):
-                        pseudo.setdefault(variant, []).append(res[-1]["pseudo_labels"])
+                    if VARIANTS[variant][0] == "da":  # from the run's log (report code may be newer)
+                        report = pseudo_label_report(run_dir, task.target, task.eval_data, labels)
+                        pseudo.setdefault(variant, []).append(report)
             cells[variant][task.key][0].extend(r["accuracy"] for r in res)
             cells[variant][task.key][1].extend(r["macro_f1"] for r in res)
     # The mean over tasks is computed per seed first, so its ± is the spread across seeds.
@@ -765,10 +784,13 @@ def pseudo_table(pseudo: dict[str, list[list[dict]]], names: dict[str, str]) -> 
         "mean over tasks and seeds). CLIEA acc: all its target labels; kept: share that trained, and their "
         "accuracy; head acc: the classification head on the same images; agree: share where head = CLIEA, "
         "and CLIEA's accuracy there; top class: share of the most frequent class among the kept labels "
-        "(truth: largest true class share).",
+        "(truth: largest true class share). Last columns, scored offline on the same logged labels: the "
+        "accuracy a selection would have had (per class the most confident 30%; the same capped at an equal "
+        "share per class; CLIEA = head).",
         "",
-        "| method | epoch | CLIEA acc | kept | kept acc | head acc | agree | agree acc | top class (truth) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | epoch | CLIEA acc | kept | kept acc | head acc | agree | agree acc | top class (truth) "
+        "| top 30% | quota 30% |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def mean(rows: list[dict], key: str) -> str:
@@ -780,10 +802,15 @@ def pseudo_table(pseudo: dict[str, list[list[dict]]], names: dict[str, str]) -> 
             rows = [r for run in runs for r in run if r["epoch"] == epoch]
             top = [max(r["kept_counts"].values()) / max(1, sum(r["kept_counts"].values())) for r in rows]
             truth = [max(r["true_counts"].values()) / max(1, sum(r["true_counts"].values())) for r in rows]
+            off = {
+                name: mean([{"v": r["offline"][name][0]} for r in rows if "offline" in r], "v")
+                for name in ("top30", "quota30")
+            }
             out.append(
                 f"| {names.get(variant, variant).strip()} | {epoch} | {mean(rows, 'cliea_acc')} | "
                 f"{mean(rows, 'kept')} | {mean(rows, 'kept_acc')} | {mean(rows, 'head_acc')} | "
-                f"{mean(rows, 'agree')} | {mean(rows, 'agree_acc')} | {np.mean(top):.2f} ({np.mean(truth):.2f}) |"
+                f"{mean(rows, 'agree')} | {mean(rows, 'agree_acc')} | {np.mean(top):.2f} ({np.mean(truth):.2f}) | "
+                f"{off['top30']} | {off['quota30']} |"
             )
     return out
 
