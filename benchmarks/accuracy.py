@@ -11,7 +11,8 @@
 Avatar tasks (`kcdp-data avatars` output, --avatars DIR): loo:<style> trains on tasks/leave_out_<style>.csv
 (15 emoji styles + the other four avatar styles), emoji:<style> on tasks/emoji.csv; the target is
 domains/<style>. --avatar-per-class N keeps N images per class of each avatar style in the source
-(seeded by --subset-seed, written to RUNS/manifests/); --avatar-target M draws M unlabelled target
+(seeded by --subset-seed, written to RUNS/manifests/), --emoji-per-class K likewise each emoji style;
+--avatar-target M draws M unlabelled target
 images for DA training, label-blind (a path-only manifest: the trainer is given no label column).
 Every run is scored on ALL target images of the style; macro-F1 averages over the classes the style
 has. The avatar tables add two references on the same splits: ImageNet EfficientNet-Lite0 pooled
@@ -260,21 +261,21 @@ def avatar_source(avatars: Path, task: str, style: str, args: argparse.Namespace
         rows = [
             (str((manifest.parent / r["path"]).resolve()), r["label"], r["domain"]) for r in csv.DictReader(f)
         ]
-    n = args.avatar_per_class
-    if task == "emoji" or not n:
-        return _write_csv(runs / "manifests" / f"{manifest.stem}.csv", ["path", "label", "domain"], rows)
+    n, n_emoji = args.avatar_per_class, args.emoji_per_class
     groups: dict[tuple[str, str], list[tuple]] = {}
-    kept = []
     for row in rows:
-        if row[2] in AVATAR_STYLES:
-            groups.setdefault((row[2], row[1]), []).append(row)
-        else:
-            kept.append(row)  # emoji rows: all of them
+        groups.setdefault((row[2], row[1]), []).append(row)
+    kept = []
     for (domain, label), members in sorted(groups.items()):
+        cap = n if domain in AVATAR_STYLES else n_emoji
         members = sorted(members)
-        draw = random.Random(f"{args.subset_seed}:{domain}:{label}").sample(members, min(n, len(members)))
-        kept += sorted(draw)
-    out = runs / "manifests" / f"{manifest.stem}_n{n}_s{args.subset_seed}.csv"
+        if cap:
+            members = sorted(
+                random.Random(f"{args.subset_seed}:{domain}:{label}").sample(members, min(cap, len(members)))
+            )
+        kept += members
+    tag = (f"_n{n}" if n and task != "emoji" else "") + (f"_e{n_emoji}" if n_emoji else "")
+    out = runs / "manifests" / f"{manifest.stem}{tag}{f'_s{args.subset_seed}' if tag else ''}.csv"
     return _write_csv(out, ["path", "label", "domain"], kept)
 
 
@@ -762,8 +763,8 @@ def build_table(table: str, args: argparse.Namespace) -> str:
     )
     if any(t.truth_classes for t in tasks):
         meta += (
-            f"  \nSizes: each avatar style of the source cut to {args.avatar_per_class or 'all'} images per class "
-            f"(subset seed {args.subset_seed}); DA trains on {args.avatar_target or 'all'} unlabelled target images "
+            f"  \nSizes: each avatar style of the source cut to {args.avatar_per_class or 'all'} images per class, "
+            f"each emoji style to {args.emoji_per_class or 'all'} (subset seed {args.subset_seed}); DA trains on {args.avatar_target or 'all'} unlabelled target images "
             f"drawn label-blind; every cell is scored on all images of the target style (200 per class), "
             f"macro-F1 over the classes that style has. References: {args.reference_size} px inputs."
         )
@@ -840,6 +841,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--avatars", help="a `kcdp-data avatars` output (the avatar tasks)")
     p.add_argument("--avatar-per-class", type=int, help="images per class of each avatar style in the source")
+    p.add_argument("--emoji-per-class", type=int, help="images per class of each emoji style in the source")
     p.add_argument("--avatar-target", type=int, help="unlabelled target images for DA (label-blind draw)")
     p.add_argument("--subset-seed", type=int, default=0, help="seed of the source / target draws")
     p.add_argument("--reference-size", type=int, default=64, help="input size of the EfficientNet references")
