@@ -446,7 +446,7 @@ def latency(args: argparse.Namespace) -> int:
             report["engines"]["baseline"]["cold"] = cold_start(
                 [*infer, "--model", str(args.baseline)], args.cold_repeats
             )
-        if "onnx-int8" in engines:
+        if not args.no_int8:
             report["engines"]["onnx-int8"]["cold"] = cold_start(
                 [*infer, "--model", str(int8_dir)], args.cold_repeats
             )
