@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file, save
 
 FILE = "caption_bank/knowledge.safetensors"
 DTYPES = {"fp32": np.float32, "fp16": np.float16, "int8": np.int8}
@@ -68,7 +68,8 @@ class BankKnowledge:
         arrays = {"values": self.values, "mask": self.mask.astype(np.uint8)}
         if self.scale is not None:
             arrays["scale"] = self.scale
-        save_file(arrays, str(path))
+        # bytes through Path.write_bytes: the usual umask permissions (save_file wrote 0600)
+        Path(path).write_bytes(save(arrays))
 
     @classmethod
     def load(cls, path: str | Path) -> BankKnowledge:
