@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--work", default="runs/default_model", help="training checkpoint folder")
     p.add_argument("--out", default=str(ASSET))
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--head-lr", type=float, default=1e-3)
