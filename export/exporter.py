@@ -286,10 +286,13 @@ def _export(ckpt: Path, work: Path, options: ExportOptions) -> dict:
         # Greedy fallback: while the end-to-end figures miss the floors, put back the fp32 graph that
         # buys the least speed (text encoder, then image encoder); refuse when the last reduced graph
         # (the perception UNet, where the time goes) still misses.
+        # A graph kept at int8 weights (its int8 activations failed parity) is reduced too, and goes back
+        # in two steps: fp16-stored weights (half the file, fp32 compute), then fp32.
+        reduced_kinds = {options.precision, "int8-weights", "fp16-weights"}
         order = [
             n
             for n in ("text_encoder", "image_encoder", "perception")
-            if graph_precision.get(n) == options.precision
+            if graph_precision.get(n) in reduced_kinds
         ]
         attempts = []
         while True:
@@ -303,12 +306,20 @@ def _export(ckpt: Path, work: Path, options: ExportOptions) -> dict:
             problem = _variant_problem(figures, end_to_end["fp32"], options)
             if problem is None:
                 break
-            reduced = [n for n in order if graph_precision[n] == options.precision]
+            reduced = [n for n in order if graph_precision[n] in reduced_kinds]
             if len(reduced) <= 1:
                 raise ExportError(f"{options.precision} refused: {problem} (attempts: {attempts})")
             name = reduced[0]
+            file = name_file(graphs, name)
+            if graph_precision[name] == "int8-weights":
+                _log(options, f"{problem}: storing the {name} graph's weights in fp16 instead of int8")
+                from kcdp_export.quantize import fp16_weights
+
+                fp16_weights(fp32_dir / file, work / file)
+                graph_precision[name] = "fp16-weights"
+                continue
             _log(options, f"{problem}: putting back the fp32 {name} graph")
-            _move_graph(fp32_dir / name_file(graphs, name), work / name_file(graphs, name))
+            _move_graph(fp32_dir / file, work / file)
             graph_precision[name] = "fp32"
             parity[name][f"{options.precision}_rejected"] = parity[name].pop(options.precision, None)
         end_to_end[options.precision] = figures
