@@ -90,36 +90,22 @@ def _fold(src: Path, dst: Path) -> Path:
 WEIGHT_MIN_ELEMENTS = 4096
 
 
-def int8_weights(src: Path, dst: Path) -> list[Path]:
-    """Store every large fp32 weight as per-output-channel symmetric int8 + an fp32 scale.
-
-    Each weight becomes Mul(Cast(int8 -> float), scale): plain ops on constants, which onnxruntime
-    folds back into fp32 weights when the session is created, so inference runs at fp32 speed and
-    needs no quantized kernels (DequantizeLinear would not be folded: it is kept for QDQ fusion)."""
+def _store_weights(src: Path, dst: Path, encode) -> list[Path]:
+    """Rewrite every large fp32 weight W of a graph as smaller initializers plus decode nodes that
+    produce W under its own name: `encode(name, w, graph)` -> (initializers, nodes). onnxruntime
+    folds the decode nodes (plain ops on constants) when the session is created, so inference runs
+    at fp32 speed and needs no quantized kernels."""
     model = onnx.load(str(src), load_external_data=True)
     graph = model.graph
-    matmul_b = {n.input[1] for n in graph.node if n.op_type == "MatMul" and len(n.input) > 1}
     kept, decode = [], []
     for init in graph.initializer:
         w = onnx.numpy_helper.to_array(init)
         if w.dtype != np.float32 or w.ndim < 2 or w.size < WEIGHT_MIN_ELEMENTS:
             kept.append(init)
             continue
-        axis = w.ndim - 1 if init.name in matmul_b else 0  # MatMul B is [in, out]; Conv/Gemm/Gather: dim 0
-        reduce = tuple(i for i in range(w.ndim) if i != axis)
-        scale = np.abs(w).max(axis=reduce, keepdims=True) / 127.0
-        scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
-        q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
-        kept += [
-            onnx.numpy_helper.from_array(q, f"{init.name}__int8"),
-            onnx.numpy_helper.from_array(scale, f"{init.name}__scale"),
-        ]
-        decode += [
-            onnx.helper.make_node(
-                "Cast", [f"{init.name}__int8"], [f"{init.name}__float"], to=onnx.TensorProto.FLOAT
-            ),
-            onnx.helper.make_node("Mul", [f"{init.name}__float", f"{init.name}__scale"], [init.name]),
-        ]
+        inits, nodes = encode(init.name, w, graph)
+        kept += inits
+        decode += nodes
     del graph.initializer[:]
     graph.initializer.extend(kept)
     nodes = list(graph.node)
@@ -127,34 +113,43 @@ def int8_weights(src: Path, dst: Path) -> list[Path]:
     graph.node.extend(decode + nodes)
     model.producer_name = "kcdp-export"
     return save_model(model, Path(dst))
+
+
+def int8_weights(src: Path, dst: Path) -> list[Path]:
+    """Store every large fp32 weight as per-output-channel symmetric int8 + an fp32 scale:
+    Mul(Cast(int8 -> float), scale) (DequantizeLinear would not be folded: it is kept for QDQ fusion)."""
+
+    def encode(name: str, w: np.ndarray, graph) -> tuple[list, list]:
+        matmul_b = any(n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] == name for n in graph.node)
+        axis = w.ndim - 1 if matmul_b else 0  # MatMul B is [in, out]; Conv/Gemm/Gather: dim 0
+        reduce = tuple(i for i in range(w.ndim) if i != axis)
+        scale = np.abs(w).max(axis=reduce, keepdims=True) / 127.0
+        scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
+        q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+        inits = [
+            onnx.numpy_helper.from_array(q, f"{name}__int8"),
+            onnx.numpy_helper.from_array(scale, f"{name}__scale"),
+        ]
+        nodes = [
+            onnx.helper.make_node("Cast", [f"{name}__int8"], [f"{name}__float"], to=onnx.TensorProto.FLOAT),
+            onnx.helper.make_node("Mul", [f"{name}__float", f"{name}__scale"], [name]),
+        ]
+        return inits, nodes
+
+    return _store_weights(src, dst, encode)
 
 
 def fp16_weights(src: Path, dst: Path) -> list[Path]:
     """Store every large fp32 weight as fp16 + Cast(-> float): half the file, fp32 compute.
 
-    The fallback between int8 weights and fp32 for a graph whose int8 weights cost accuracy (the
-    image encoder, whose embedding picks the caption): onnxruntime folds the Casts when the session
-    is created, so inference runs at fp32 speed with weights rounded to fp16 (about 3 significant
-    digits instead of int8's two)."""
-    model = onnx.load(str(src), load_external_data=True)
-    graph = model.graph
-    kept, decode = [], []
-    for init in graph.initializer:
-        w = onnx.numpy_helper.to_array(init)
-        if w.dtype != np.float32 or w.ndim < 2 or w.size < WEIGHT_MIN_ELEMENTS:
-            kept.append(init)
-            continue
-        kept.append(onnx.numpy_helper.from_array(w.astype(np.float16), f"{init.name}__fp16"))
-        decode.append(
-            onnx.helper.make_node("Cast", [f"{init.name}__fp16"], [init.name], to=onnx.TensorProto.FLOAT)
-        )
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    nodes = list(graph.node)
-    del graph.node[:]
-    graph.node.extend(decode + nodes)
-    model.producer_name = "kcdp-export"
-    return save_model(model, Path(dst))
+    The step between int8 weights and fp32 for a graph whose int8 weights cost accuracy (the image
+    encoder, whose embedding picks the caption): weights keep about 3 significant digits, not 2."""
+
+    def encode(name: str, w: np.ndarray, graph) -> tuple[list, list]:
+        inits = [onnx.numpy_helper.from_array(w.astype(np.float16), f"{name}__fp16")]
+        return inits, [onnx.helper.make_node("Cast", [f"{name}__fp16"], [name], to=onnx.TensorProto.FLOAT)]
+
+    return _store_weights(src, dst, encode)
 
 
 def quantize_graph(

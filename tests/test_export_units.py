@@ -169,3 +169,45 @@ def test_reduced_precision_floors():
     assert "points" in _variant_problem({"accuracy": 0.48, "label_agreement": 0.95}, fp32, opts)
     assert "agreement" in _variant_problem({"accuracy": 0.52, "label_agreement": 0.85}, fp32, opts)
     assert _variant_problem({"label_agreement": 0.95}, fp32, opts) is None  # unlabelled: agreement only
+
+
+class WideNet(torch.nn.Module):
+    """Weights past quantize.WEIGHT_MIN_ELEMENTS, so the weight-storage variants rewrite them."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 64, 3, padding=1)
+        self.hidden = torch.nn.Linear(64, 256)
+        self.fc = torch.nn.Linear(256, 5)
+
+    def forward(self, pixels):
+        logits = self.fc(self.hidden(self.conv(pixels).relu().mean((2, 3))).relu())
+        return logits, logits.softmax(-1)
+
+
+def test_weight_storage_variants_shrink_the_file_and_stay_close(tmp_path):
+    from kcdp_export.quantize import fp16_weights, int8_weights
+
+    graph = GraphConfig(
+        name="wide",
+        module=WideNet().eval(),
+        inputs=[TensorSpec("pixels", (BATCH, 3, 16, 16))],
+        outputs=[TensorSpec("logits", (BATCH, 5)), TensorSpec("probs", (BATCH, 5))],
+        dummy=image_dummy(16),
+        label_output="logits",
+    )
+    export_graph(graph, tmp_path / "wide.onnx")
+    size = (tmp_path / "wide.onnx").stat().st_size
+    diffs = {}
+    for name, rewrite in (("fp16", fp16_weights), ("int8", int8_weights)):
+        rewrite(tmp_path / "wide.onnx", tmp_path / f"{name}.onnx")
+        validate.check_model(tmp_path / f"{name}.onnx")
+        sess = validate.session(tmp_path / f"{name}.onnx")
+        assert sess.get_inputs()[0].type == "tensor(float)"
+        diffs[name] = validate.measure(
+            graph, sess, validate.random_feeds(graph), [], precision=name
+        ).max_abs_diff
+    assert (tmp_path / "fp16.onnx").stat().st_size < 0.6 * size
+    assert (tmp_path / "int8.onnx").stat().st_size < 0.4 * size
+    assert diffs["fp16"] < 1e-3 and diffs["fp16"] < diffs["int8"] < 5e-2
