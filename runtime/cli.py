@@ -1,7 +1,8 @@
 """kcdp-infer IMAGE... [--model CKPT_OR_EXPORT] [--json] [--batch-size N]: classify images.
 
 An export runs on onnxruntime without torch; a training checkpoint runs the same stages in PyTorch
-(kcdp_runtime.checkpoint) where torch is installed, else the message says to export it.
+(kcdp_export.checkpoint, found through the `kcdp.openers` entry point, so this package never imports
+torch or kcdp_export) where the training install is present, else the message says to export it.
 
 Arguments may be files, directories (searched recursively for images) or glob patterns. With
 --json, one JSON object per image and line: {"image", "label", "scores", "caption", "triplets",
@@ -61,19 +62,24 @@ def open_pipeline(model: str | None, providers: str | None, threads: int, prog: 
     config = SessionConfig(providers=providers.split(",") if providers else None, intra_op_threads=threads)
     try:
         folder = resolve_model(model)
-        if is_checkpoint(folder) and torch_available():
-            # A training checkpoint where torch is installed: the same stages, its modules run eagerly.
-            from kcdp_runtime.checkpoint import open_checkpoint
-
-            return open_checkpoint(folder, session_config=config)
+        opener = checkpoint_opener() if is_checkpoint(folder) else None
+        if opener is not None:
+            # A training checkpoint where the training install is present: the same stages, run eagerly.
+            return opener(folder, session_config=config)
         return Pipeline.from_pretrained(folder, session_config=config)
     except ModelError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return None
 
 
-def torch_available() -> bool:
-    return importlib.util.find_spec("torch") is not None
+def checkpoint_opener():
+    """kcdp_export's eager checkpoint pipeline, registered as an entry point; None without torch."""
+    from importlib.metadata import entry_points
+
+    if importlib.util.find_spec("torch") is None:
+        return None
+    found = entry_points(group="kcdp.openers", name="checkpoint")
+    return next(iter(found)).load() if found else None
 
 
 def resolve_model(model: str | None) -> Path:

@@ -6,7 +6,7 @@ attention_mask -> token_states; perception: pixels, knowledge, knowledge_mask[, 
 logits, probs, features), and the manifest by one built from the checkpoint's config. Everything
 else (preprocessing, captioners, parser, knowledge assembly, batching, errors, JSON) is the Pipeline's,
 so a checkpoint and its export print the same results. Tokens come from the checkpoint's
-transformers tokenizer, as in training. Needs torch; imported only when a checkpoint is given.
+transformers tokenizer, as in training. Needs torch; the runtime CLI finds it through the `kcdp.openers` entry point when a checkpoint is given.
 """
 
 from __future__ import annotations
