@@ -1,7 +1,7 @@
 """Linear probes on frozen `mini` foundations: which input of KCDP carries expression across styles?
 
     python benchmarks/probes.py [--data $DATA/emoji] [--avatars $DATA/avatars]
-                                [--foundation NAME=DIR ...] [--per-class 100] [--no-write]
+                                [--foundation NAME=DIR[@SIZE] ...] [--per-class 100] [--no-write]
 
 For every benchmark image: the pooled UNet levels KADAP reads (guided by the image's own knowledge
 k, LoRA off), the same with its cross-attention maps, pool(k), and the aligned image encoder's
@@ -37,9 +37,13 @@ AVATAR_STYLES = ("avataaars", "open-peeps", "fun-emoji", "big-smile", "moods")
 COMMITTED = "kcdp:foundation/mini"
 
 
-def model_for(foundation: str):
-    """The frozen mini model with every foundation component taken from `foundation`."""
-    from kcdp_core.config import MINI_FOUNDATION, mini
+def model_for(foundation: str, image_size: int | None = None):
+    """The frozen mini model with every foundation component taken from `foundation`.
+
+    `image_size` runs the same weights on larger images (every part is convolutional or attends over
+    positions): the resolution question of issue 13, asked before paying for a pretraining run.
+    """
+    from kcdp_core.config import MINI_FOUNDATION, foundation_image_size, mini
     from kcdp_core.model.kcdp import KCDPModel
 
     config = mini()
@@ -48,7 +52,10 @@ def model_for(foundation: str):
         source = getattr(f, name)
         if source.path == MINI_FOUNDATION:
             setattr(f, name, dataclasses.replace(source, path=foundation))
-    return KCDPModel.from_config(config).eval()
+    f.image_size = image_size or foundation_image_size(foundation) or f.image_size
+    model = KCDPModel.from_config(config).eval()
+    model.image_encoder.config.image_size = f.image_size  # the retrieval captioner's input size
+    return model
 
 
 def _subset(folder: Path, per_class: int | None, work: Path) -> Path:
@@ -98,12 +105,14 @@ def extract(model, folders: dict[str, Path]) -> dict[str, dict[str, np.ndarray]]
 
 
 def cached_features(
-    foundation: str, folders: dict[str, Path], work: Path
+    foundation: str, folders: dict[str, Path], work: Path, image_size: int | None = None
 ) -> dict[str, dict[str, np.ndarray]]:
     """extract(), kept in `work` per foundation and image set (a rerun adding a foundation reuses the rest)."""
     import hashlib
 
-    key = hashlib.sha256(repr((foundation, sorted((k, str(v)) for k, v in folders.items()))).encode())
+    key = hashlib.sha256(
+        repr((foundation, sorted((k, str(v)) for k, v in folders.items()), image_size)).encode()
+    )
     path = work / f"features-{key.hexdigest()[:16]}.npz"
     if path.exists():
         with np.load(path) as z:
@@ -113,7 +122,7 @@ def cached_features(
             style, name = k.split("|")
             out.setdefault(style, {})[name] = v
         return out
-    feats = extract(model_for(foundation), folders)
+    feats = extract(model_for(foundation, image_size), folders)
     np.savez(path, **{f"{s}|{n}": v for s, d in feats.items() for n, v in d.items()})
     return feats
 
@@ -146,6 +155,19 @@ def probe(
     return float((pred == yt).mean()), float(f1_score(yt, pred, labels=sorted(set(yt)), average="macro"))
 
 
+def within_style(feats: dict, style: str, keys: tuple[str, ...]) -> float:
+    """Macro-F1 of 5-fold cross-validated probes inside one style: can the feature separate its
+    expressions at all, before any change of style? (the ceiling for the cross-style probes)"""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+    from sklearn.model_selection import cross_val_predict
+
+    x = np.concatenate([feats[style][k] for k in keys], 1)
+    x, y = (x - x.mean(0)) / (x.std(0) + 1e-6), feats[style]["y"]
+    pred = cross_val_predict(LogisticRegression(C=0.1, max_iter=3000), x, y, cv=5)
+    return float(f1_score(y, pred, average="macro"))
+
+
 def task_lists(data: Path, avatars: Path | None) -> dict[str, list[tuple[list[str], list[str]]]]:
     tasks = {
         "emoji tasks": [(styles_of(data, s), styles_of(data, t)) for s, t in (x.split(":") for x in TASKS)]
@@ -166,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         "--foundation",
         action="append",
         default=None,
-        help=f"NAME=DIR (repeatable; default committed={COMMITTED})",
+        help=f"NAME=DIR[@SIZE] (repeatable; default committed={COMMITTED}); @SIZE runs it on SIZE px images",
     )
     p.add_argument("--per-class", type=int, default=100, help="avatar images per class and style (100)")
     p.add_argument("--work", default="runs/probes", help="scratch folder for subset manifests")
@@ -185,9 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     groups = task_lists(data, avatars)
 
     results: dict[tuple[str, str, str, bool], tuple[float, float]] = {}
+    inside: dict[tuple[str, str], list[float]] = {}  # (foundation, feature) -> per avatar style
     for name, folder in foundations.items():
         print(f"foundation {name}: {folder}", file=sys.stderr)
-        feats = cached_features(folder, folders, work)
+        folder, _, size = folder.partition("@")
+        feats = cached_features(folder, folders, work, int(size) if size else None)
         for group, tasks in groups.items():
             for feature, keys in FEATURES.items():
                 for per_style in (False, True):
@@ -196,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
                         float(np.mean([a for a, _ in scores])),
                         float(np.mean([f for _, f in scores])),
                     )
+        if avatars is not None:
+            for feature in ("pooled UNet levels", "image encoder embedding"):
+                inside[(name, feature)] = [within_style(feats, s, FEATURES[feature]) for s in AVATAR_STYLES]
 
     command = "python benchmarks/probes.py --data $DATA/emoji" + (
         " --avatars $DATA/avatars" if avatars else ""
@@ -228,6 +255,17 @@ def main(argv: list[str] | None = None) -> int:
         emb = results[(n, g, "image encoder embedding", True)][1]
         ratios.append(f"{unet / emb:.0%}")
     lines.append("| UNet-level macro-F1 / image-encoder macro-F1 | per style | " + " | ".join(ratios) + " |")
+    if inside:
+        lines += [
+            "",
+            "Inside each avatar style (5-fold cross-validated probe, macro-F1; no change of style):",
+            "",
+            "| foundation | features | " + " | ".join(AVATAR_STYLES) + " | mean |",
+            "|---|---|" + "---:|" * (len(AVATAR_STYLES) + 1),
+        ]
+        for (name, feature), scores in inside.items():
+            cells = " | ".join(f"{v:.3f}" for v in [*scores, float(np.mean(scores))])
+            lines.append(f"| {name} | {feature} | {cells} |")
     body = "\n".join(lines) + "\n"
     print(body)
     if not args.no_write:

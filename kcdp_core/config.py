@@ -21,6 +21,17 @@ MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 INSTRUCTBLIP = "Salesforce/instructblip-flan-t5-xl"
 
+
+
+def foundation_image_size(folder: str | Path) -> int | None:
+    """The pixel size a kcdp-pretrain foundation was trained at (its foundation.json), None elsewhere."""
+    path = Path(folder)
+    if str(folder).startswith("kcdp:"):
+        path = Path(__file__).parent / "assets" / str(folder).removeprefix("kcdp:")
+    manifest = path / "foundation.json"
+    return int(json.loads(manifest.read_text())["image_size"]) if manifest.is_file() else None
+
+
 OFFICIAL_INSTRUCTBLIP_PROMPT = (
     "What is the information of subject in the picture? What is the facial expression and the body "
     "movement of the subject in the picture? What is the emotional meaning of the image? Please answer "
@@ -274,7 +285,7 @@ def sd15(
 
 
 def mini(labels: tuple[str, ...] = EMOJI7) -> KCDPConfig:
-    """The embedded default: a 64 px foundation pretrained by kcdp-pretrain, MiniLM text encoder."""
+    """The embedded default: the foundation pretrained by kcdp-pretrain (its own pixel size), MiniLM."""
     return KCDPConfig(
         preset="mini",
         labels=tuple(labels),
@@ -284,7 +295,7 @@ def mini(labels: tuple[str, ...] = EMOJI7) -> KCDPConfig:
             text_encoder=Source(MINILM),
             tokenizer=Source(MINILM),
             image_encoder=Source(MINI_FOUNDATION, "image_encoder"),
-            image_size=64,
+            image_size=foundation_image_size(MINI_FOUNDATION) or 64,
         ),
         knowledge=KnowledgeConfig(captioner="retrieval", retrieval_top_k=1, text_length=16),
         # The mini UNet (kcdp-pretrain) has three up blocks, all with cross-attention (8x8 latent: 2, 4, 8).

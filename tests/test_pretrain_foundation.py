@@ -86,6 +86,39 @@ def test_rerun_skips_finished_stages_and_evaluates(built):
     assert (built / "fig" / "mini_samples.png").exists() and (built / "fig" / "mini_vae_recon.png").exists()
 
 
+def test_a_foundation_moves_to_a_larger_image_size(built):
+    """--image-size with the encoder, VAE and UNet taken from a 64 px foundation: same weights shapes,
+    2x latents, the size recorded, and kcdp-train --foundation reads it from there."""
+    from safetensors.torch import load_file
+
+    from kcdp_core.train.cli import _config_from_args, train_parser
+
+    root, small = built, built / "out"
+    args = ["run", "--data", str(root / "data"), "--work", str(root / "work128"), "--out", str(root / "out128")]
+    args += ["--small", "--image-size", "128", "--encoder-init", str(small), "--vae-from", str(small)]
+    args += ["--unet-init", str(small), "--repa-weight", "0"]
+    for stage in ("encoder", "unet"):
+        args += [f"--{stage}-minutes", "0", f"--{stage}-steps", "1", f"--{stage}-batch-size", "4"]
+    assert main(args) == 0
+    out = root / "out128"
+    meta = json.loads((out / "foundation.json").read_text())
+    assert meta["image_size"] == 128 and meta["stages"]["unet"]["init_from"] == str(small)
+    assert json.loads((out / "image_encoder" / "config.json").read_text())["image_size"] == 128
+    # one AdamW step (lr 5e-4) from the 64 px UNet: every weight within a few lr of where it started
+    # (a random initialisation would be ~0.1 away)
+    a = load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(small / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert a.keys() == b.keys()
+    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 5e-3
+
+    config = _config_from_args(
+        train_parser().parse_args(["--preset", "mini", "--source", "x", "--out", "y", "--foundation", str(out)])
+    )
+    assert config.foundation.image_size == 128
+    found = load_foundation(config)
+    assert found.vae.encode(torch.rand(1, 3, 128, 128)).latent_dist.mode().shape == (1, 4, 16, 16)
+
+
 @pytest.mark.slow
 def test_accelerate_launch_runs_the_recipe_on_two_processes(tmp_path):
     """The GPU path (`accelerate launch kcdp-pretrain run ...`), checked on two CPU processes."""

@@ -1,6 +1,6 @@
 """kcdp-pretrain: build (or resume) the `mini` foundation, and evaluate it.
 
-    kcdp-pretrain run  --data DATA --work RUN [--out FOLDER] [--stages encoder,vae,unet,bank]
+    kcdp-pretrain run  --data DATA --work RUN [--out FOLDER] [--stages encoder,vae,unet,bank] [--image-size 64]
                        [--encoder-minutes 20 --vae-minutes 10 --unet-minutes 15] [--encoder-steps N ...]
     kcdp-pretrain eval --data DATA --work RUN [--out FOLDER] [--json FILE] [--figures DIR] [--parts encoder,vae,unet]
 
@@ -39,8 +39,10 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument(
             "--avatars", default=None, help="kcdp-data avatars output: its corpus joins the emoji one"
         )
+        s.add_argument("--image-size", type=int, default=64, help="pixels per side of the foundation (64)")
         if name == "run":
             s.add_argument("--encoder-init", default=None, help="start the encoder from this foundation's")
+            s.add_argument("--unet-init", default=None, help="start the UNet from this foundation's")
             s.add_argument(
                 "--vae-from", default=None, help="take this foundation's VAE instead of training one"
             )
@@ -76,10 +78,12 @@ def _recipe(args: argparse.Namespace):
         limit=args.limit,
         heldout_fraction=args.heldout_fraction,
         avatars=args.avatars,
+        image_size=args.image_size,
     )
     if args.command == "run":
         recipe.vae_from = args.vae_from
         recipe.encoder.init_from = args.encoder_init
+        recipe.unet.init_from = args.unet_init
         if args.repa_weight is not None:
             recipe.unet.repa_weight = args.repa_weight
     if args.small:

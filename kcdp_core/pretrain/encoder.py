@@ -103,8 +103,10 @@ def build_stage(
         if folder is None:
             raise FileNotFoundError(f"{options.init_from}: no image_encoder folder to start from")
         encoder = ImageEncoder.from_pretrained(folder).float().train()
-        if encoder.config.embed_dim != text_dim or encoder.config.image_size != image_size:
+        if encoder.config.embed_dim != text_dim:
             raise ValueError(f"{options.init_from}: its image encoder does not match ({encoder.config})")
+        # Convolutions and a global pool: the weights carry over to another pixel size.
+        encoder.config.image_size = image_size
     else:
         encoder = ImageEncoder(config, pretrained_backbone=options.pretrained_backbone)
     model = Aligner(encoder, options.init_temperature)

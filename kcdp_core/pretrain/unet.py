@@ -1,4 +1,4 @@
-"""Stage 3: a small text-conditioned diffusers UNet2DConditionModel on the VAE's 8 x 8 latents.
+"""Stage 3: a small text-conditioned diffusers UNet2DConditionModel on the VAE's latents (8 x 8 at 64 px).
 
 Conditioned on frozen MiniLM token states of the caption (length = the mini preset's
 knowledge.text_length) with their attention mask, epsilon prediction on a DDPM schedule, and
@@ -41,6 +41,9 @@ class UNetOptions:
     # REPA: weight of the alignment of the mid block to the image encoder's embedding (0: off).
     repa_weight: float = 0.5
     repa_hidden: int = 256
+    # Start from a foundation's UNet (folder or kcdp:<path>) instead of random weights, e.g. to move a
+    # trained UNet to a larger latent: its convolutions and attention do not depend on the size.
+    init_from: str | None = None
     stage: StageOptions = field(default_factory=lambda: StageOptions(max_steps=4000, budget_minutes=15))
 
 
@@ -103,7 +106,17 @@ def build_stage(
     `repa_targets`: the image encoder's embedding of every corpus image (needed when repa_weight > 0)."""
     torch.manual_seed(options.stage.seed)
     _, channels, size, _ = latent_mean.shape
-    unet = build_unet(options, size, channels, cond.states.shape[-1]).train()
+    unet = build_unet(options, size, channels, cond.states.shape[-1])
+    if options.init_from:
+        from kcdp_core.config import Source
+        from kcdp_core.sources import local_folder
+
+        folder = local_folder(Source(options.init_from, "unet"))
+        if folder is None:
+            raise FileNotFoundError(f"{options.init_from}: no unet folder to start from")
+        # strict: a UNet of other widths or conditioning is an error, not a silent partial load
+        unet.load_state_dict(UNet2DConditionModel.from_pretrained(folder).float().state_dict())
+    unet.train()
     scheduler = build_scheduler(options)
     modules: dict[str, torch.nn.Module] = {"unet": unet}
     mid = None

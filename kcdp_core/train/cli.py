@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from kcdp_core.config import KCDPConfig, Source, preset
+from kcdp_core.config import KCDPConfig, Source, foundation_image_size, preset
 
 
 def _config_from_args(args: argparse.Namespace) -> KCDPConfig:
@@ -28,6 +28,7 @@ def _config_from_args(args: argparse.Namespace) -> KCDPConfig:
             # A text encoder from the UNet's repository (sd15's CLIP) moves with it; mini's MiniLM does not.
             if src is not None and (name in ("vae", "unet", "image_encoder") or src.path == repo):
                 setattr(f, name, Source(args.foundation, src.subfolder))
+        f.image_size = foundation_image_size(args.foundation) or f.image_size
     train: dict = {"setting": args.setting}
     for flag, key in (
         ("epochs", "epochs"),
