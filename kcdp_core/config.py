@@ -22,7 +22,6 @@ SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 INSTRUCTBLIP = "Salesforce/instructblip-flan-t5-xl"
 
 
-
 def foundation_image_size(folder: str | Path) -> int | None:
     """The pixel size a kcdp-pretrain foundation was trained at (its foundation.json), None elsewhere."""
     path = Path(folder)

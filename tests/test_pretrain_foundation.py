@@ -94,7 +94,15 @@ def test_a_foundation_moves_to_a_larger_image_size(built):
     from kcdp_core.train.cli import _config_from_args, train_parser
 
     root, small = built, built / "out"
-    args = ["run", "--data", str(root / "data"), "--work", str(root / "work128"), "--out", str(root / "out128")]
+    args = [
+        "run",
+        "--data",
+        str(root / "data"),
+        "--work",
+        str(root / "work128"),
+        "--out",
+        str(root / "out128"),
+    ]
     args += ["--small", "--image-size", "128", "--encoder-init", str(small), "--vae-from", str(small)]
     args += ["--unet-init", str(small), "--repa-weight", "0"]
     for stage in ("encoder", "unet"):
@@ -112,7 +120,9 @@ def test_a_foundation_moves_to_a_larger_image_size(built):
     assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 5e-3
 
     config = _config_from_args(
-        train_parser().parse_args(["--preset", "mini", "--source", "x", "--out", "y", "--foundation", str(out)])
+        train_parser().parse_args(
+            ["--preset", "mini", "--source", "x", "--out", "y", "--foundation", str(out)]
+        )
     )
     assert config.foundation.image_size == 128
     found = load_foundation(config)

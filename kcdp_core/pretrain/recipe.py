@@ -215,7 +215,11 @@ def run_unet(ctx: Context, stop_after: int | None = None) -> dict | None:
     if ctx.is_main:
         _save_fp16(unet, ctx.out / "unet")
         scheduler.save_pretrained(ctx.out / "scheduler")
-    return {"steps": stage.step, "seconds": round(stage.elapsed, 1), "init_from": r.unet.init_from or "random"}
+    return {
+        "steps": stage.step,
+        "seconds": round(stage.elapsed, 1),
+        "init_from": r.unet.init_from or "random",
+    }
 
 
 def run_bank(ctx: Context) -> dict:
