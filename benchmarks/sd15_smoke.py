@@ -63,6 +63,7 @@ def run_stage(
     reused = done is not None and done.exists() and report.exists() and stdout_file.exists()
     if not reused:
         report.unlink(missing_ok=True)
+        started = time.perf_counter()
         with log.open("w") as err:
             proc = subprocess.run(
                 [sys.executable, "-c", _WRAPPER, str(report), target, *argv],
@@ -71,6 +72,8 @@ def run_stage(
         stdout_file.write_text(proc.stdout)
         if not report.exists():
             raise SystemExit(f"sd15_smoke: {name} died (exit {proc.returncode}); see {log}")
+        info = json.loads(report.read_text())
+        report.write_text(json.dumps({**info, "wall_s": time.perf_counter() - started}))
     info = json.loads(report.read_text())
     result = {
         "wall_s": None if info.get("wall_s") is None else round(info["wall_s"], 1),

@@ -8,6 +8,7 @@ stage 1 so the reconstruction spends its capacity on expressions.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,9 +87,15 @@ def encode_latents(
     vae: AutoencoderKL, images: np.ndarray, batch_size: int = 256
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior mean and std (unscaled) [N, C, h, w] of uint8 [N, S, S, 3] images."""
+    from tqdm import tqdm
+
     vae.eval()
     means, stds = [], []
-    for start in range(0, len(images), batch_size):
+    starts = range(0, len(images), batch_size)
+    # minutes for the whole corpus on a CPU: show it
+    for start in tqdm(
+        starts, desc="encode latents", mininterval=10, disable=len(starts) < 8, file=sys.stderr
+    ):
         post = vae.encode(to_signed(images_to_tensor(images[start : start + batch_size]))).latent_dist
         means.append(post.mean)
         stds.append(post.std)
