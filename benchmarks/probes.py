@@ -16,7 +16,6 @@ Written into benchmarks/RESULTS.md between the accuracy:probes markers.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import sys
 from pathlib import Path
@@ -43,18 +42,16 @@ def model_for(foundation: str, image_size: int | None = None):
     `image_size` runs the same weights on larger images (every part is convolutional or attends over
     positions): the resolution question of issue 13, asked before paying for a pretraining run.
     """
-    from kcdp_core.config import MINI_FOUNDATION, foundation_image_size, mini
+    from kcdp_core.config import mini
     from kcdp_core.model.kcdp import KCDPModel
 
-    config = mini()
-    f = config.foundation
-    for name in ("vae", "unet", "image_encoder"):
-        source = getattr(f, name)
-        if source.path == MINI_FOUNDATION:
-            setattr(f, name, dataclasses.replace(source, path=foundation))
-    f.image_size = image_size or foundation_image_size(foundation) or f.image_size
+    config = mini().with_foundation(foundation)
+    if image_size:
+        config.foundation.image_size = image_size
     model = KCDPModel.from_config(config).eval()
-    model.image_encoder.config.image_size = f.image_size  # the retrieval captioner's input size
+    model.image_encoder.config.image_size = (
+        config.foundation.image_size
+    )  # the retrieval captioner's input size
     return model
 
 

@@ -220,6 +220,19 @@ class KCDPConfig:
                 data[key] = value
         return KCDPConfig.from_dict(data)
 
+    def with_foundation(self, folder: str) -> KCDPConfig:
+        """A copy whose VAE, UNet and image encoder (and a text encoder kept in the UNet's repository,
+        sd15's CLIP; not mini's MiniLM) come from `folder`, at the pixel size it was trained at."""
+        out = KCDPConfig.from_dict(self.to_dict())
+        f = out.foundation
+        repo = f.unet.path
+        for name in ("vae", "unet", "text_encoder", "tokenizer", "image_encoder"):
+            src = getattr(f, name)
+            if src is not None and (name in ("vae", "unet", "image_encoder") or src.path == repo):
+                setattr(f, name, Source(folder, src.subfolder))
+        f.image_size = foundation_image_size(folder) or f.image_size
+        return out
+
 
 def _build(cls: type, data: Any) -> Any:
     """Rebuild nested dataclasses (and tuples) from plain JSON data."""

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from kcdp_core.config import KCDPConfig, Source, foundation_image_size, preset
+from kcdp_core.config import KCDPConfig, preset
 
 
 def _config_from_args(args: argparse.Namespace) -> KCDPConfig:
@@ -21,14 +21,7 @@ def _config_from_args(args: argparse.Namespace) -> KCDPConfig:
         kwargs["foundation"] = args.foundation
     config = KCDPConfig.load(args.config) if args.config else preset(args.preset, **kwargs)
     if args.foundation and args.preset != "tiny":
-        f = config.foundation
-        repo = f.unet.path
-        for name in ("vae", "unet", "text_encoder", "tokenizer", "image_encoder"):
-            src = getattr(f, name)
-            # A text encoder from the UNet's repository (sd15's CLIP) moves with it; mini's MiniLM does not.
-            if src is not None and (name in ("vae", "unet", "image_encoder") or src.path == repo):
-                setattr(f, name, Source(args.foundation, src.subfolder))
-        f.image_size = foundation_image_size(args.foundation) or f.image_size
+        config = config.with_foundation(args.foundation)
     train: dict = {"setting": args.setting}
     for flag, key in (
         ("epochs", "epochs"),

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from kcdp_core.config import Source, mini
+    from kcdp_core.config import mini
     from kcdp_core.train.trainer import Trainer
 
     torch.set_num_threads(args.threads)
@@ -141,9 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     )  # fmt: skip
     if args.foundation:
-        f = config.foundation
-        f.vae, f.unet = Source(args.foundation, "vae"), Source(args.foundation, "unet")
-        f.image_encoder = Source(args.foundation, "image_encoder")
+        config = config.with_foundation(args.foundation)
     print(config.to_json(), flush=True)
     result = Trainer(
         config, manifest, work / "ckpt", progress=False, log=lambda m: print(m, file=sys.stderr, flush=True)
