@@ -90,8 +90,16 @@ def convert_fp16(src: Path, dst: Path) -> list[Path]:
     """fp16 weights and compute for GPUs; inputs and outputs stay float32 so callers feed the same arrays."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = onnx.load(str(src), load_external_data=True)
-    half = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+    # Shape inference on the file, not in memory: onnx.shape_inference.infer_shapes serialises the
+    # model, which protobuf refuses past 2 GB (the sd15 UNet). Written beside `src` so that the
+    # external data file's relative location still resolves.
+    shaped = src.with_name(f".{src.stem}.shapes{src.suffix}")
+    try:
+        onnx.shape_inference.infer_shapes_path(str(src), str(shaped))
+        model = onnx.load(str(shaped), load_external_data=True)
+    finally:
+        shaped.unlink(missing_ok=True)
+    half = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
     topological_sort(half.graph)  # the converter appends its input casts after their consumers
     return save_model(half, dst)
 

@@ -94,6 +94,35 @@ def test_fp16_variant_is_valid_and_close(tmp_path):
     assert result.max_abs_diff < 1e-2
 
 
+def test_fp16_of_a_graph_past_2_gb_with_external_data(tmp_path, monkeypatch):
+    """The sd15 UNet: weights in external data, and no in-memory shape inference (protobuf cannot
+    serialise past 2 GB: "Failed to serialize proto", measured on the true-size export)."""
+    import onnx
+
+    import kcdp_export.onnx_export as ox
+
+    monkeypatch.setattr(ox, "EXTERNAL_DATA_THRESHOLD", 100)  # bytes: stands in for 2 GB
+
+    def refuse(*_a, **_k):
+        raise RuntimeError("in-memory shape inference: Failed to serialize proto")
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", refuse)
+    graph = small_graph()
+    export_graph(graph, tmp_path / "small.onnx")
+    files = ox.convert_fp16(tmp_path / "small.onnx", tmp_path / "half.onnx")
+    assert files == [tmp_path / "half.onnx", tmp_path / "half.onnx.data"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "half.onnx",
+        "half.onnx.data",
+        "small.onnx",
+        "small.onnx.data",
+    ]  # the shape-inference scratch copy is gone
+    result = validate.measure(
+        graph, validate.session(tmp_path / "half.onnx"), validate.random_feeds(graph), [], precision="fp16"
+    )
+    assert result.max_abs_diff < 1e-2
+
+
 def test_exported_tokenizer_matches_transformers(tmp_path):
     from transformers import BertTokenizer
 
