@@ -104,7 +104,7 @@ def test_a_foundation_moves_to_a_larger_image_size(built):
         str(root / "out128"),
     ]
     args += ["--small", "--image-size", "128", "--encoder-init", str(small), "--vae-from", str(small)]
-    args += ["--unet-init", str(small), "--repa-weight", "0"]
+    args += ["--unet-init", str(small)]
     for stage in ("encoder", "unet"):
         args += [f"--{stage}-minutes", "0", f"--{stage}-steps", "1", f"--{stage}-batch-size", "4"]
     assert main(args) == 0

@@ -38,8 +38,9 @@ class UNetOptions:
     beta_schedule: str = "scaled_linear"
     beta_start: float = 0.00085
     beta_end: float = 0.012
-    # REPA: weight of the alignment of the mid block to the image encoder's embedding (0: off).
-    repa_weight: float = 0.5
+    # REPA: weight of the alignment of the mid block to the image encoder's embedding (0: off; off by
+    # default since the v2 control without it probed better: benchmarks/RESULTS.md, foundation v2).
+    repa_weight: float = 0.0
     repa_hidden: int = 256
     # Start from a foundation's UNet (folder or kcdp:<path>) instead of random weights, e.g. to move a
     # trained UNet to a larger latent: its convolutions and attention do not depend on the size.
