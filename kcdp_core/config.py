@@ -310,7 +310,7 @@ def mini(labels: tuple[str, ...] = EMOJI7) -> KCDPConfig:
             image_size=foundation_image_size(MINI_FOUNDATION) or 64,
         ),
         knowledge=KnowledgeConfig(captioner="retrieval", retrieval_top_k=1, text_length=16),
-        # The mini UNet (kcdp-pretrain) has three up blocks, all with cross-attention (8x8 latent: 2, 4, 8).
+        # The mini UNet (kcdp-pretrain) has three up blocks, all with cross-attention (12x12 latents at 96 px: 3, 6, 12).
         perception=PerceptionConfig(
             fpn_dim=64,
             feature_dim=128,
