@@ -214,6 +214,8 @@ class Pipeline:
             spec = manifest.graph(name)
             if spec:
                 digest = manifest.data.get("files", {}).get(spec["file"]) if verify == "sha256" else None
+                if name in config.uncached_graphs:
+                    digest = None  # no digest, no ORT-format cache (see SessionConfig)
                 axes = {
                     dims[0]
                     for dims in (spec.get("inputs") or {}).values()
