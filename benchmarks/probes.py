@@ -49,9 +49,8 @@ def model_for(foundation: str, image_size: int | None = None):
     if image_size:
         config.foundation.image_size = image_size
     model = KCDPModel.from_config(config).eval()
-    model.image_encoder.config.image_size = (
-        config.foundation.image_size
-    )  # the retrieval captioner's input size
+    # the retrieval captioner feeds the image encoder at its config's size
+    model.image_encoder.config.image_size = config.foundation.image_size
     return model
 
 

@@ -34,7 +34,9 @@ from PIL import Image, ImageDraw
 
 # Runs `module:function(argv)` in a fresh process and writes its exit code and VmHWM to a file.
 _WRAPPER = """
-import json, sys, time, importlib
+import time
+started = time.perf_counter()
+import json, sys, importlib
 import torch.optim.optimizer as oo
 out, target, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
 steps = []
@@ -45,7 +47,8 @@ try:
     code = getattr(importlib.import_module(module), func)(argv)
 finally:
     hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
-    json.dump({"code": code, "peak_rss_kb": hwm, "optimizer_steps": steps}, open(out, "w"))
+    wall = time.perf_counter() - started
+    json.dump({"code": code, "peak_rss_kb": hwm, "optimizer_steps": steps, "wall_s": wall}, open(out, "w"))
 sys.exit(code)
 """
 
@@ -63,7 +66,6 @@ def run_stage(
     reused = done is not None and done.exists() and report.exists() and stdout_file.exists()
     if not reused:
         report.unlink(missing_ok=True)
-        started = time.perf_counter()
         with log.open("w") as err:
             proc = subprocess.run(
                 [sys.executable, "-c", _WRAPPER, str(report), target, *argv],
@@ -72,8 +74,6 @@ def run_stage(
         stdout_file.write_text(proc.stdout)
         if not report.exists():
             raise SystemExit(f"sd15_smoke: {name} died (exit {proc.returncode}); see {log}")
-        info = json.loads(report.read_text())
-        report.write_text(json.dumps({**info, "wall_s": time.perf_counter() - started}))
     info = json.loads(report.read_text())
     result = {
         "wall_s": None if info.get("wall_s") is None else round(info["wall_s"], 1),

@@ -144,17 +144,9 @@ def open_checkpoint(
         "use_triplets": kc.use_triplets,
     }
     if kc.captioner == "instructblip":
-        src = kc.captioner_source
-        knowledge["instructblip"] = {
-            "source": None if src is None else {"path": src.path, "subfolder": src.subfolder},
-            "prompt": kc.prompt,
-            "generation": {
-                "num_beams": kc.num_beams,
-                "repetition_penalty": kc.repetition_penalty,
-                "min_new_tokens": kc.min_new_tokens,
-                "max_new_tokens": kc.max_new_tokens,
-            },
-        }
+        from kcdp_export.exporter import instructblip_spec
+
+        knowledge["instructblip"] = instructblip_spec(kc)
     manifest = Manifest(
         ckpt,
         {

@@ -649,6 +649,25 @@ def _manifest_body(
     }
 
 
+def instructblip_spec(kc) -> dict:
+    """The manifest's `knowledge.instructblip`: what the runtime's InstructBLIP stage loads and runs
+    (an export's and a checkpoint's alike)."""
+    src = kc.captioner_source
+    return {
+        "source": None if src is None else {"path": src.path, "subfolder": src.subfolder},
+        "stage": "transformers",
+        "why": "optimum's ONNX exporter (optimum-onnx) has no InstructBLIP config; it runs as a transformers stage",
+        "prompt": kc.prompt,
+        "generation": {
+            "num_beams": kc.num_beams,
+            "repetition_penalty": kc.repetition_penalty,
+            "min_new_tokens": kc.min_new_tokens,
+            "max_new_tokens": kc.max_new_tokens,
+            "do_sample": False,
+        },
+    }
+
+
 def _runtime_body(model, config, caption_bank: dict | None) -> dict:
     """The manifest sections the runtime reads: labels, preprocessing, knowledge, tokenizer, bank."""
     from kcdp_core.images import RESIZE_FILTER
@@ -680,20 +699,7 @@ def _runtime_body(model, config, caption_bank: dict | None) -> dict:
     if kc.captioner == "retrieval":
         knowledge["retrieval_separator"] = RETRIEVAL_SEPARATOR
     if kc.captioner == "instructblip":
-        src = kc.captioner_source
-        knowledge["instructblip"] = {
-            "source": None if src is None else {"path": src.path, "subfolder": src.subfolder},
-            "stage": "transformers",
-            "why": "optimum's ONNX exporter (optimum-onnx) has no InstructBLIP config; it runs as a transformers stage",
-            "prompt": kc.prompt,
-            "generation": {
-                "num_beams": kc.num_beams,
-                "repetition_penalty": kc.repetition_penalty,
-                "min_new_tokens": kc.min_new_tokens,
-                "max_new_tokens": kc.max_new_tokens,
-                "do_sample": False,
-            },
-        }
+        knowledge["instructblip"] = instructblip_spec(kc)
     return {
         "labels": list(model.labels),
         "preprocessing": {

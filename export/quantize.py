@@ -92,18 +92,20 @@ WEIGHT_MIN_ELEMENTS = 4096
 
 def _store_weights(src: Path, dst: Path, encode) -> list[Path]:
     """Rewrite every large fp32 weight W of a graph as smaller initializers plus decode nodes that
-    produce W under its own name: `encode(name, w, graph)` -> (initializers, nodes). onnxruntime
+    produce W under its own name: `encode(name, w, out_axis)` -> (initializers, nodes), `out_axis`
+    being W's output-channel axis (MatMul B is [in, out]; Conv/Gemm/Gather: dim 0). onnxruntime
     folds the decode nodes (plain ops on constants) when the session is created, so inference runs
     at fp32 speed and needs no quantized kernels."""
     model = onnx.load(str(src), load_external_data=True)
     graph = model.graph
+    matmul_b = {n.input[1] for n in graph.node if n.op_type == "MatMul" and len(n.input) > 1}
     kept, decode = [], []
     for init in graph.initializer:
         w = onnx.numpy_helper.to_array(init)
         if w.dtype != np.float32 or w.ndim < 2 or w.size < WEIGHT_MIN_ELEMENTS:
             kept.append(init)
             continue
-        inits, nodes = encode(init.name, w, graph)
+        inits, nodes = encode(init.name, w, w.ndim - 1 if init.name in matmul_b else 0)
         kept += inits
         decode += nodes
     del graph.initializer[:]
@@ -119,10 +121,8 @@ def int8_weights(src: Path, dst: Path) -> list[Path]:
     """Store every large fp32 weight as per-output-channel symmetric int8 + an fp32 scale:
     Mul(Cast(int8 -> float), scale) (DequantizeLinear would not be folded: it is kept for QDQ fusion)."""
 
-    def encode(name: str, w: np.ndarray, graph) -> tuple[list, list]:
-        matmul_b = any(n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] == name for n in graph.node)
-        axis = w.ndim - 1 if matmul_b else 0  # MatMul B is [in, out]; Conv/Gemm/Gather: dim 0
-        reduce = tuple(i for i in range(w.ndim) if i != axis)
+    def encode(name: str, w: np.ndarray, out_axis: int) -> tuple[list, list]:
+        reduce = tuple(i for i in range(w.ndim) if i != out_axis)
         scale = np.abs(w).max(axis=reduce, keepdims=True) / 127.0
         scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
         q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
@@ -145,7 +145,7 @@ def fp16_weights(src: Path, dst: Path) -> list[Path]:
     The step between int8 weights and fp32 for a graph whose int8 weights cost accuracy (the image
     encoder, whose embedding picks the caption): weights keep about 3 significant digits, not 2."""
 
-    def encode(name: str, w: np.ndarray, graph) -> tuple[list, list]:
+    def encode(name: str, w: np.ndarray, _out_axis: int) -> tuple[list, list]:
         inits = [onnx.numpy_helper.from_array(w.astype(np.float16), f"{name}__fp16")]
         return inits, [onnx.helper.make_node("Cast", [f"{name}__fp16"], [name], to=onnx.TensorProto.FLOAT)]
 

@@ -213,9 +213,9 @@ class Pipeline:
         for name in ("image_encoder", "text_encoder", "perception"):
             spec = manifest.graph(name)
             if spec:
-                digest = manifest.data.get("files", {}).get(spec["file"]) if verify == "sha256" else None
-                if name in config.uncached_graphs:
-                    digest = None  # no digest, no ORT-format cache (see SessionConfig)
+                # the sha256 keys the ORT-format cache: none, no cache (SessionConfig.uncached_graphs)
+                cached = verify == "sha256" and name not in config.uncached_graphs
+                digest = manifest.data.get("files", {}).get(spec["file"]) if cached else None
                 axes = {
                     dims[0]
                     for dims in (spec.get("inputs") or {}).values()
