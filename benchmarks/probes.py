@@ -36,11 +36,12 @@ AVATAR_STYLES = ("avataaars", "open-peeps", "fun-emoji", "big-smile", "moods")
 COMMITTED = "kcdp:foundation/mini"
 
 
-def model_for(foundation: str, image_size: int | None = None):
+def model_for(foundation: str, image_size: int | None = None, timestep: int | None = None):
     """The frozen mini model with every foundation component taken from `foundation`.
 
     `image_size` runs the same weights on larger images (every part is convolutional or attends over
     positions): the resolution question of issue 13, asked before paying for a pretraining run.
+    `timestep` reads the UNet at another diffusion step (clean latents, as KADAP does at t=1).
     """
     from kcdp_core.config import mini
     from kcdp_core.model.kcdp import KCDPModel
@@ -48,6 +49,8 @@ def model_for(foundation: str, image_size: int | None = None):
     config = mini().with_foundation(foundation)
     if image_size:
         config.foundation.image_size = image_size
+    if timestep is not None:
+        config.perception.timestep = timestep
     model = KCDPModel.from_config(config).eval()
     # the retrieval captioner feeds the image encoder at its config's size
     model.image_encoder.config.image_size = config.foundation.image_size
@@ -101,14 +104,13 @@ def extract(model, folders: dict[str, Path]) -> dict[str, dict[str, np.ndarray]]
 
 
 def cached_features(
-    foundation: str, folders: dict[str, Path], work: Path, image_size: int | None = None
+    foundation: str, folders: dict[str, Path], work: Path, image_size: int | None = None, timestep: int | None = None
 ) -> dict[str, dict[str, np.ndarray]]:
     """extract(), kept in `work` per foundation and image set (a rerun adding a foundation reuses the rest)."""
     import hashlib
 
-    key = hashlib.sha256(
-        repr((foundation, sorted((k, str(v)) for k, v in folders.items()), image_size)).encode()
-    )
+    spec = (foundation, sorted((k, str(v)) for k, v in folders.items()), image_size)
+    key = hashlib.sha256(repr(spec if timestep is None else (*spec, timestep)).encode())
     path = work / f"features-{key.hexdigest()[:16]}.npz"
     if path.exists():
         with np.load(path) as z:
@@ -118,7 +120,7 @@ def cached_features(
             style, name = k.split("|")
             out.setdefault(style, {})[name] = v
         return out
-    feats = extract(model_for(foundation, image_size), folders)
+    feats = extract(model_for(foundation, image_size, timestep), folders)
     np.savez(path, **{f"{s}|{n}": v for s, d in feats.items() for n, v in d.items()})
     return feats
 
@@ -184,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         "--foundation",
         action="append",
         default=None,
-        help=f"NAME=DIR[@SIZE] (repeatable; default committed={COMMITTED}); @SIZE runs it on SIZE px images",
+        help=f"NAME=DIR[@SIZE][^T] (repeatable; default committed={COMMITTED}); @SIZE runs it on SIZE px "
+        "images, ^T reads its UNet at diffusion step T instead of the preset's",
     )
     p.add_argument("--per-class", type=int, default=100, help="avatar images per class and style (100)")
     p.add_argument("--work", default="runs/probes", help="scratch folder for subset manifests")
@@ -206,8 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     inside: dict[tuple[str, str], list[float]] = {}  # (foundation, feature) -> per avatar style
     for name, folder in foundations.items():
         print(f"foundation {name}: {folder}", file=sys.stderr)
+        folder, _, step = folder.partition("^")
         folder, _, size = folder.partition("@")
-        feats = cached_features(folder, folders, work, int(size) if size else None)
+        feats = cached_features(folder, folders, work, int(size) if size else None, int(step) if step else None)
         for group, tasks in groups.items():
             for feature, keys in FEATURES.items():
                 for per_style in (False, True):

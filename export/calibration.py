@@ -29,16 +29,15 @@ class RealSet:
     texts: list[str] = field(default_factory=list)  # every text the text encoder saw (captions, triplets)
     captioner: str = ""
     skipped: list[str] = field(default_factory=list)
-    image_embedding: np.ndarray | None = None  # [N, E] when the model fuses it into v
+    # the image view perception fuses into v, by its input name (KCDPModel.image_input), if any
+    image_view: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def perception_feeds(self) -> dict[str, np.ndarray]:
         feeds = {"pixels": self.pixels, "knowledge": self.knowledge, "knowledge_mask": self.knowledge_mask}
-        if self.image_embedding is not None:
-            feeds["image_embedding"] = self.image_embedding
-        return feeds
+        return feeds | self.image_view
 
 
 def find_images(root: Path, limit: int | None = None, seed: int = 0) -> list[Path]:
@@ -93,12 +92,12 @@ def load_real_set(model, root: Path, limit: int | None = 64, captions_csv: str |
     k, mask = model.encode_knowledge(used_captions, used_triplets)
     texts = list(dict.fromkeys([*used_captions, *(triplet_text(t) for ts in used_triplets for t in ts)]))
     pixel_array = np.stack(pixels).astype(np.float32)
-    embedding = None
-    if config.perception.image_embedding:
+    image_view = {}
+    if model.image_input is not None:
         import torch
 
         with torch.no_grad():
-            embedding = model.image_encoder(torch.from_numpy(pixel_array)).numpy()
+            image_view[model.image_input] = model.image_view(torch.from_numpy(pixel_array)).numpy()
     return RealSet(
         paths=paths,
         labels=label_array,
@@ -110,7 +109,7 @@ def load_real_set(model, root: Path, limit: int | None = 64, captions_csv: str |
         texts=texts,
         captioner=getattr(captioner, "id", type(captioner).__name__),
         skipped=skipped,
-        image_embedding=embedding,
+        image_view=image_view,
     )
 
 

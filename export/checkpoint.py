@@ -1,9 +1,9 @@
 """A training checkpoint run by the runtime's own Pipeline, eagerly in PyTorch (`kcdp-infer --model CKPT`).
 
 The export's three graphs are replaced by sessions that call the checkpoint's torch modules with the
-same named inputs and outputs (image_encoder: pixels -> embedding; text_encoder: input_ids,
-attention_mask -> token_states; perception: pixels, knowledge, knowledge_mask[, image_embedding] ->
-logits, probs, features), and the manifest by one built from the checkpoint's config. Everything
+same named inputs and outputs (image_encoder: pixels -> embedding[, image_features]; text_encoder:
+input_ids, attention_mask -> token_states; perception: pixels, knowledge, knowledge_mask[, the image
+view] -> logits, probs, features), and the manifest by one built from the checkpoint's config. Everything
 else (preprocessing, captioners, parser, knowledge assembly, batching, errors, JSON) is the Pipeline's,
 so a checkpoint and its export print the same results. Tokens come from the checkpoint's
 transformers tokenizer, as in training. Needs torch; the runtime CLI finds it through the `kcdp.openers` entry point when a checkpoint is given.
@@ -122,13 +122,17 @@ def open_checkpoint(
         )
     }
     if model.image_encoder is not None:
-        encoder = model.image_encoder
+        encoder = model.image_encoder_graph_module()
+        tail = model.image_tail is not None
         sessions["image_encoder"] = TorchSession(
-            lambda x: (encoder(x),), [_Arg("pixels")], ["embedding"], device
+            lambda x: tuple(encoder(x)) if tail else (encoder(x),),
+            [_Arg("pixels")],
+            ["embedding", "image_features"] if tail else ["embedding"],
+            device,
         )
     inputs = [_Arg("pixels"), _Arg("knowledge"), _Arg("knowledge_mask")]
-    if config.perception.image_embedding:
-        inputs.append(_Arg("image_embedding"))
+    if model.image_input is not None:
+        inputs.append(_Arg(model.image_input))
     sessions["perception"] = TorchSession(
         lambda *args: tuple(model(*args)[:3]), inputs, ["logits", "probs", "features"], device
     )

@@ -142,7 +142,7 @@ def _export(ckpt: Path, work: Path, options: ExportOptions) -> dict:
     # The image encoder serves the retrieval captioner and, when the model fuses it into v, perception.
     if model.image_encoder is not None and (kc.captioner == "retrieval" or config.perception.image_embedding):
         graphs.append(
-            image_encoder_graph(model.image_encoder, size, None if bank is None else bank.embeddings)
+            image_encoder_graph(model, size, None if bank is None else bank.embeddings)
         )
 
     # LoRA merge, checked on random and real inputs before anything is traced.

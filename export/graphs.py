@@ -3,8 +3,8 @@ named inputs and outputs with their dynamic batch axis, a generator of dummy inp
 argmax is a label, and the tolerance parity is held to.
 
 Three graphs: text_encoder (token ids + mask -> token states), image_encoder (pixels -> retrieval
-embedding; absent for sd15), perception (pixels + knowledge [+ the image encoder's embedding when
-the model fuses it into v] -> logits, probs, features v).
+embedding [+ the image tail's features]; absent for sd15), perception (pixels + knowledge [+ the
+image view the model fuses into v, an output of the image encoder graph] -> logits, probs, features v).
 """
 
 from __future__ import annotations
@@ -132,9 +132,9 @@ class PerceptionModule(nn.Module):
         pixels: torch.Tensor,
         knowledge: torch.Tensor,
         knowledge_mask: torch.Tensor,
-        image_embedding: torch.Tensor | None = None,
+        image_view: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        out = self.model(pixels, knowledge, knowledge_mask, image_embedding)
+        out = self.model(pixels, knowledge, knowledge_mask, image_view)
         return out.logits, out.probs, out.features
 
 
@@ -163,10 +163,10 @@ def image_dummy(size: int) -> DummyFn:
     return make
 
 
-def perception_dummy(size: int, length: int, dim: int, embed_dim: int = 0) -> DummyFn:
+def perception_dummy(size: int, length: int, dim: int, image: TensorSpec | None = None) -> DummyFn:
     """Pixels in [0, 1]; k halves with random real-token prefixes; the triplet half may be empty
-    (an image whose caption gave no triplet), as assemble_knowledge produces it; unit-norm image
-    embeddings (as the image encoder gives) when `embed_dim`."""
+    (an image whose caption gave no triplet), as assemble_knowledge produces it; the image view when
+    `image`: unit-norm embeddings (as the frozen encoder gives) or non-negative pooled features."""
 
     def make(batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         cap = _prefix_mask(rng, batch, length, allow_empty=False)
@@ -178,9 +178,12 @@ def perception_dummy(size: int, length: int, dim: int, embed_dim: int = 0) -> Du
             "knowledge": k,
             "knowledge_mask": mask,
         }
-        if embed_dim:
-            e = rng.standard_normal((batch, embed_dim)).astype(np.float32)
-            feeds["image_embedding"] = e / np.linalg.norm(e, axis=1, keepdims=True)
+        if image is not None:
+            e = rng.standard_normal(image.concrete(batch)).astype(np.float32)
+            if image.name == "image_embedding":
+                feeds[image.name] = e / np.linalg.norm(e, axis=1, keepdims=True)
+            else:  # pooled swish activations: mostly positive, of order one
+                feeds[image.name] = np.abs(e)
         return feeds
 
     return make
@@ -214,14 +217,28 @@ def text_encoder_graph(text_encoder: nn.Module, length: int) -> GraphConfig:
     )
 
 
-def image_encoder_graph(image_encoder: nn.Module, size: int, bank: np.ndarray | None = None) -> GraphConfig:
-    """`bank`: the caption bank's embeddings [N, E]; label agreement is then retrieval agreement."""
-    embed = int(image_encoder.config.embed_dim)
+def image_view_spec(model: nn.Module) -> TensorSpec | None:
+    """The image encoder output perception takes (KCDPModel.image_input), or None."""
+    name = model.image_input
+    if name is None:
+        return None
+    dim = model.image_tail.dim if model.image_tail is not None else model.image_encoder.config.embed_dim
+    return TensorSpec(name, (BATCH, int(dim)))
+
+
+def image_encoder_graph(model: nn.Module, size: int, bank: np.ndarray | None = None) -> GraphConfig:
+    """`model` is a KCDPModel; `bank`: the caption bank's embeddings [N, E]; label agreement is then
+    retrieval agreement. With an image tail the graph also outputs the tail's features (one trunk pass)."""
+    embed = int(model.image_encoder.config.embed_dim)
+    outputs = [TensorSpec("embedding", (BATCH, embed))]
+    view = image_view_spec(model)
+    if view is not None and view.name != "image_embedding":
+        outputs.append(view)
     return GraphConfig(
         name="image_encoder",
-        module=image_encoder.eval(),
+        module=model.image_encoder_graph_module().eval(),
         inputs=[TensorSpec("pixels", (BATCH, 3, size, size))],
-        outputs=[TensorSpec("embedding", (BATCH, embed))],
+        outputs=outputs,
         dummy=image_dummy(size),
         label_output=None if bank is None else "embedding",
         label_matrix=None if bank is None else np.ascontiguousarray(bank.T),
@@ -230,18 +247,18 @@ def image_encoder_graph(image_encoder: nn.Module, size: int, bank: np.ndarray | 
 
 
 def perception_graph(model: nn.Module, size: int, length: int, dim: int, num_labels: int) -> GraphConfig:
-    """`model` is a KCDPModel (LoRA already merged for export). A model that fuses the image
-    embedding into v takes it as an input: the runtime has it from the image encoder graph already."""
+    """`model` is a KCDPModel (LoRA already merged for export). A model that fuses an image view into
+    v takes it as an input: the runtime has it from the image encoder graph already."""
     probe = PerceptionModule(model).eval()
-    embed_dim = model.image_encoder.config.embed_dim if model.config.perception.image_embedding else 0
+    view = image_view_spec(model)
     inputs = [
         TensorSpec("pixels", (BATCH, 3, size, size)),
         TensorSpec("knowledge", (BATCH, 2 * length, dim)),
         TensorSpec("knowledge_mask", (BATCH, 2 * length)),
     ]
-    if embed_dim:
-        inputs.append(TensorSpec("image_embedding", (BATCH, embed_dim)))
-    feeds = perception_dummy(size, length, dim, embed_dim)(2, np.random.default_rng(0))
+    if view is not None:
+        inputs.append(view)
+    feeds = perception_dummy(size, length, dim, view)(2, np.random.default_rng(0))
     with torch.no_grad():
         features = probe(*(torch.from_numpy(feeds[t.name]) for t in inputs))[2]
     return GraphConfig(
@@ -253,7 +270,7 @@ def perception_graph(model: nn.Module, size: int, length: int, dim: int, num_lab
             TensorSpec("probs", (BATCH, num_labels)),
             TensorSpec("features", (BATCH, int(features.shape[1]))),
         ],
-        dummy=perception_dummy(size, length, dim, embed_dim),
+        dummy=perception_dummy(size, length, dim, view),
         label_output="logits",
         quantization="static",
     )

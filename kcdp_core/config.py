@@ -101,6 +101,10 @@ class PerceptionConfig:
     # UNet's): a linear probe on it transfers across styles far better than on pooled UNet features
     # of the 64 px mini foundation (benchmarks/RESULTS.md, "Probes").
     image_embedding: bool = False
+    # With image_embedding: the last N stages of the image encoder (its head stage included) copied
+    # and trained on the source, their pooled features fused into v instead of the frozen embedding
+    # (kcdp_core/model/image_tail.py). 0: the frozen embedding.
+    image_tail: int = 0
 
 
 @dataclass
@@ -318,6 +322,9 @@ def mini(labels: tuple[str, ...] = EMOJI7) -> KCDPConfig:
             lora_alpha=8.0,
             feature_levels=(0, 1, 2),
             image_embedding=True,
+            # EfficientNet-Lite0's last two blocks and head stage (1.5M parameters) trained as an
+            # ImageTail: drawn faces' expressions, which the frozen embedding barely separates.
+            image_tail=3,
         ),
         head=HeadConfig(fused_dim=128, expert_hidden=128),
         cliea=CLIEAConfig(dim=128, num_heads=4),

@@ -29,8 +29,9 @@ class Caption:
     text: str
     # Triplets known without parsing (from the bank), or None: the pipeline parses the text.
     triplets: list[Triplet] | None = None
-    # The image encoder's embedding when the captioner computed one (perception may take it as input).
-    embedding: np.ndarray | None = None
+    # The image encoder graph's outputs for this image when the captioner ran it (embedding, and
+    # image_features with an image tail): perception may take one of them as input.
+    image: dict[str, np.ndarray] | None = None
     # The caption bank row of a top-1 retrieved caption (its knowledge may be precomputed).
     index: int | None = None
 
@@ -60,11 +61,14 @@ def load_bank(manifest: Manifest) -> tuple[CaptionBank, bool]:
     return bank, trusted
 
 
-def embed_images(session: Any, pixels: np.ndarray) -> np.ndarray:
-    """The image encoder graph (fp32 or fp16 input): pixels [B, 3, S, S] -> embeddings [B, E] float32."""
+def encode_images(session: Any, pixels: np.ndarray) -> dict[str, np.ndarray]:
+    """The image encoder graph (fp32 or fp16 input): pixels [B, 3, S, S] -> its outputs by name,
+    float32: embedding [B, E] (the retrieval space) and, from a model with an image tail, image_features."""
     spec = session.get_inputs()[0]
     dtype = np.float16 if spec.type == "tensor(float16)" else np.float32
-    return session.run(None, {spec.name: pixels.astype(dtype)})[0].astype(np.float32)
+    names = [o.name for o in session.get_outputs()]
+    arrays = session.run(names, {spec.name: pixels.astype(dtype)})
+    return {name: a.astype(np.float32) for name, a in zip(names, arrays, strict=True)}
 
 
 class RetrievalCaptioner:
@@ -84,19 +88,17 @@ class RetrievalCaptioner:
         self.top_k = max(1, min(int(top_k), len(bank)))
         self.bank_triplets = bank_triplets
 
-    def embed(self, pixels: np.ndarray) -> np.ndarray:
-        return embed_images(self.session, pixels)
-
     def caption(self, images: Sequence[Image.Image], pixels: np.ndarray) -> list[Caption]:
-        embeddings = self.embed(pixels)
+        outputs = encode_images(self.session, pixels)
         with _single_threaded_blas():
-            indices, _ = self.bank.search(embeddings, self.top_k)  # kcdp_core's search: same ties
+            indices, _ = self.bank.search(outputs["embedding"], self.top_k)  # kcdp_core's search: same ties
         out = []
-        for row, embedding in zip(indices, embeddings, strict=True):
-            text = self.separator.join(self.bank.captions[i] for i in row)
+        for i, row in enumerate(indices):
+            text = self.separator.join(self.bank.captions[j] for j in row)
             known = self.bank.triplets[row[0]] if self.bank_triplets and len(row) == 1 else None
             triplets = [tuple(t) for t in known] if known is not None else None
-            out.append(Caption(text, triplets, embedding, int(row[0]) if len(row) == 1 else None))
+            image = {name: a[i] for name, a in outputs.items()}
+            out.append(Caption(text, triplets, image, int(row[0]) if len(row) == 1 else None))
         return out
 
 

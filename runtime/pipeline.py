@@ -39,7 +39,7 @@ from kcdp_runtime.captioner import (
     GivenCaptioner,
     InstructBlipCaptioner,
     RetrievalCaptioner,
-    embed_images,
+    encode_images,
     load_bank,
 )
 from kcdp_runtime.manifest import Manifest, ModelError, load_manifest
@@ -48,6 +48,8 @@ from kcdp_runtime.sessions import SessionConfig, create_session, describe
 
 log = logging.getLogger("kcdp_runtime")
 
+# perception input -> the image encoder output it is (KCDPModel.image_input)
+IMAGE_VIEWS = {"image_embedding": "embedding", "image_features": "image_features"}
 STAGES = ("preprocess", "caption", "parse", "text_encoder", "assemble", "perception")
 ImageInput = str | Path | bytes
 Triplet = tuple[str, str, str]
@@ -190,9 +192,14 @@ class Pipeline:
         perception = sessions["perception"]
         self._perception_inputs = {i.name: _NP_TYPES.get(i.type, np.float32) for i in perception.get_inputs()}
         self._perception_outputs = [o.name for o in perception.get_outputs()]
-        if "image_embedding" in self._perception_inputs and "image_encoder" not in sessions:
+        # The image view perception fuses into v, by input name -> the image encoder output giving it
+        # (exports before the image tail call the embedding "image_embedding" on the perception side).
+        self._image_view = next(
+            ((name, IMAGE_VIEWS[name]) for name in self._perception_inputs if name in IMAGE_VIEWS), None
+        )
+        if self._image_view is not None and "image_encoder" not in sessions:
             raise ModelError(
-                f"{manifest.folder}: perception takes the image embedding but graphs.image_encoder is missing"
+                f"{manifest.folder}: perception takes {self._image_view[0]} but graphs.image_encoder is missing"
             )
         self.provider_line = describe(sessions, session_config)
 
@@ -435,8 +442,9 @@ class Pipeline:
             "knowledge": np.stack([i.knowledge.k for i in items]),
             "knowledge_mask": np.stack([i.knowledge.mask for i in items]),
         }
-        if "image_embedding" in self._perception_inputs:
-            arrays["image_embedding"] = self._embeddings(items, arrays["pixels"])
+        if self._image_view is not None:
+            name, output = self._image_view
+            arrays[name] = self._image_outputs(items, arrays["pixels"], output)
         feed = {name: arrays[name].astype(dtype) for name, dtype in self._perception_inputs.items()}
         wanted = "probs" if "probs" in self._perception_outputs else "logits"
         out = self.sessions["perception"].run([wanted], feed)[0].astype(np.float64)
@@ -447,12 +455,12 @@ class Pipeline:
         for item, probs in zip(items, out, strict=True):
             item.probs = probs
 
-    def _embeddings(self, items: list[_Item], pixels: np.ndarray) -> np.ndarray:
-        """The retrieval captioner's embeddings, or the image encoder run now (other captioners)."""
-        known = [i.caption.embedding if i.caption is not None else None for i in items]
-        if all(e is not None for e in known):
-            return np.stack(known)
-        return embed_images(self.sessions["image_encoder"], pixels)
+    def _image_outputs(self, items: list[_Item], pixels: np.ndarray, output: str) -> np.ndarray:
+        """An image encoder output the retrieval captioner already has, or the graph run now (other captioners)."""
+        known = [i.caption.image if i.caption is not None else None for i in items]
+        if all(k is not None for k in known):
+            return np.stack([k[output] for k in known])
+        return encode_images(self.sessions["image_encoder"], pixels)[output]
 
     def _result(self, item: _Item) -> dict[str, Any]:
         if item.error is not None:

@@ -314,3 +314,37 @@ def test_deep_copy_captures_into_its_own_store(foundation):
     assert twin.kadap.store is not model.kadap.store
     torch.testing.assert_close(out.features, ref.features)  # same perception, own capture
     assert not torch.equal(out.logits, ref.logits)
+
+
+def test_image_tail_trains_a_copy_and_shares_the_frozen_trunk(foundation, tmp_path):
+    model = make(foundation, perception={"image_tail": 2}).eval()
+    assert model.image_input == "image_features" and model.fpn.extra_norm.num_features == model.image_tail.dim
+    k, km = knowledge(model, 3)
+    pixels = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        # the copy starts as the frozen stages: its features are the frozen encoder's pooled features
+        torch.testing.assert_close(model.image_view(pixels), model.image_encoder.features(pixels))
+        # the exported image encoder graph: one trunk pass, the frozen embedding and the tail's features
+        embedding, features = model.image_encoder_graph_module()(pixels)
+        torch.testing.assert_close(embedding, model.image_encoder(pixels))
+        torch.testing.assert_close(model(pixels, k, km, features).logits, model(pixels, k, km).logits)
+    trained = model.trained_state_dict()
+    assert any(n.startswith("image_tail.") and "running_mean" not in n for n in trained)
+    assert not any(n.startswith("image_encoder.") for n in trained)
+
+    # a training step moves the copy, never the frozen encoder the retrieval captioner uses
+    frozen = {n: p.clone() for n, p in model.image_encoder.named_parameters()}
+    tail = {n: p.clone() for n, p in model.image_tail.named_parameters()}
+    model.train()
+    opt = torch.optim.SGD(model.trainable_parameters(), lr=0.5)
+    torch.nn.functional.cross_entropy(model(pixels, k, km).logits, torch.tensor([0, 1, 2])).backward()
+    opt.step()
+    assert all(torch.equal(p, frozen[n]) for n, p in model.image_encoder.named_parameters())
+    assert any(not torch.equal(p, tail[n]) for n, p in model.image_tail.named_parameters())
+
+    model.eval().save_pretrained(tmp_path / "ckpt")
+    again = KCDPModel.from_pretrained(tmp_path / "ckpt")
+    with torch.no_grad():
+        torch.testing.assert_close(again(pixels, k, km).logits, model(pixels, k, km).logits)
+    with pytest.raises(ValueError, match="image_tail = 9"):
+        make(foundation, perception={"image_tail": 9})

@@ -18,8 +18,8 @@ from kcdp_runtime.cli import main
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
+@pytest.fixture(scope="module", params=[0, 2], ids=["frozen-embedding", "image-tail"])
+def model(tmp_path_factory, request):
     exporter = pytest.importorskip("kcdp_export.exporter")
     import torch
 
@@ -30,11 +30,14 @@ def model(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt")
     foundation = build_tiny_foundation(root / "foundation")
     torch.manual_seed(0)
-    net = KCDPModel.from_config(tiny(foundation=str(foundation)))
+    config = tiny(foundation=str(foundation)).replace(perception={"image_tail": request.param})
+    net = KCDPModel.from_config(config)
     with torch.no_grad():  # LoRA B starts at zero: give it weights, so the merge is exercised
         for name, p in net.named_parameters():
             if ".lora_B." in name:
                 p.normal_(0, 0.05)
+            elif name.startswith("image_tail."):  # a trained tail differs from the frozen stages
+                p.add_(torch.randn_like(p) * 0.05)
     net.save_pretrained(root / "ckpt")
     exporter.export_checkpoint(root / "ckpt", root / "export")
     rng = np.random.default_rng(1)
@@ -112,3 +115,13 @@ def test_without_torch_the_message_says_export_it(model):
     )  # fmt: skip
     assert proc.returncode == 2
     assert "is a training checkpoint" in proc.stderr and "kcdp-export --ckpt" in proc.stderr
+
+
+def test_the_image_view_flows_from_the_image_encoder_graph_into_perception(model):
+    root, _ = model
+    graphs = json.loads((root / "export" / "manifest.json").read_text())["graphs"]
+    encoder, perception = graphs["image_encoder"]["outputs"], graphs["perception"]["inputs"]
+    if "image_features" in encoder:  # the image tail: one trunk pass gives both
+        assert perception["image_features"] == encoder["image_features"] and "image_embedding" not in perception
+    else:
+        assert perception["image_embedding"] == encoder["embedding"]

@@ -28,11 +28,28 @@ class ImageEncoderConfig:
     hidden_dim: int = 512
 
 
+class _TinyCNN(nn.Sequential):
+    def stages(self) -> list[nn.Module]:
+        return [nn.Sequential(*self[i : i + 3]) for i in range(0, len(self), 3)]
+
+
 def _tiny_cnn() -> tuple[nn.Module, int]:
     layers, channels = [], [3, 16, 32, 64]
     for cin, cout in zip(channels, channels[1:], strict=False):
         layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(4, cout), nn.SiLU()]
-    return nn.Sequential(*layers), channels[-1]
+    return _TinyCNN(*layers), channels[-1]
+
+
+class _MBConv(nn.Module):
+    """One EfficientNet block with its fixed drop-connect rate, callable like any stage."""
+
+    def __init__(self, block: nn.Module, drop_connect_rate: float):
+        super().__init__()
+        self.block = block
+        self.drop_connect_rate = drop_connect_rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x, drop_connect_rate=self.drop_connect_rate)
 
 
 def _efficientnet_lite0(pretrained: bool) -> tuple[nn.Module, int]:
@@ -60,6 +77,16 @@ def _efficientnet_lite0(pretrained: bool) -> tuple[nn.Module, int]:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.net.extract_features(x)
 
+        def stages(self) -> list[nn.Module]:
+            """extract_features as a chain: stem, each block, head (the same modules, not copies)."""
+            net, blocks = self.net, self.net._blocks
+            rate = net._global_params.drop_connect_rate or 0.0
+            return [
+                nn.Sequential(net._conv_stem, net._bn0, net._swish),
+                *(_MBConv(b, rate * i / len(blocks)) for i, b in enumerate(blocks)),
+                nn.Sequential(net._conv_head, net._bn1, net._swish),
+            ]
+
     return Features(net), 1280
 
 
@@ -79,9 +106,30 @@ class ImageEncoder(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
+    @property
+    def width(self) -> int:
+        return self.head[0].in_features
+
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features [B, width] (before the alignment head)."""
         return self.backbone((pixels - self.mean) / self.std).mean(dim=(2, 3))
+
+    def stages(self) -> list[nn.Module]:
+        """The backbone as a chain of modules whose composition is its forward (parameters shared)."""
+        return self.backbone.stages()
+
+    def trunk(self, pixels: torch.Tensor, tail: int) -> torch.Tensor:
+        """The backbone's feature map before its last `tail` stages (where an ImageTail takes over)."""
+        x = (pixels - self.mean) / self.std
+        for stage in self.stages()[:-tail]:
+            x = stage(x)
+        return x
+
+    def embed_map(self, trunk: torch.Tensor, tail: int) -> torch.Tensor:
+        """forward() resumed from trunk(pixels, tail): the embedding from the same trunk map."""
+        for stage in self.stages()[-tail:]:
+            trunk = stage(trunk)
+        return nn.functional.normalize(self.head(trunk.mean(dim=(2, 3))), dim=-1)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return nn.functional.normalize(self.head(self.features(pixels)), dim=-1)

@@ -19,6 +19,7 @@ from kcdp_core.model.cliea import CLIEA
 from kcdp_core.model.foundation import Foundation, load_foundation
 from kcdp_core.model.fpn import FPN
 from kcdp_core.model.head import PredictionHead
+from kcdp_core.model.image_tail import ImageEncoderOutputs, ImageTail
 from kcdp_core.model.kadap import KADAP
 from kcdp_core.model.output import KCDPOutput
 
@@ -62,6 +63,7 @@ class KCDPModel(nn.Module):
 
         self.kadap = KADAP(vae, unet, p, knowledge_tokens, foundation.scheduler)
         extra_dim = 0
+        self.image_tail: ImageTail | None = None
         if p.image_embedding:
             if self.image_encoder is None:
                 raise ValueError(
@@ -69,6 +71,9 @@ class KCDPModel(nn.Module):
                     f"(preset {config.preset!r} has none)"
                 )
             extra_dim = self.image_encoder.config.embed_dim
+            if p.image_tail:
+                self.image_tail = ImageTail(self.image_encoder, p.image_tail)
+                extra_dim = self.image_tail.dim
         self.fpn = FPN(self.kadap.channels, p.fpn_dim, p.feature_dim, extra_dim)
         self.head = PredictionHead(config.head, p.feature_dim, text_dim, len(self.labels))
         self.cliea: CLIEA | None = None
@@ -108,6 +113,7 @@ class KCDPModel(nn.Module):
     def _is_trained(self, name: str) -> bool:
         """Whether parameter `name` is trained in this finetune mode (and so saved)."""
         if not name.startswith("kadap."):
+            # the image tail's copy is trained; the frozen encoder it was copied from is not
             return not name.startswith(("text_encoder.", "image_encoder."))
         if not name.startswith("kadap.unet."):
             return False  # the VAE is always frozen
@@ -128,9 +134,12 @@ class KCDPModel(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     def trained_state_dict(self) -> dict[str, torch.Tensor]:
-        """Trained parameters plus the FPN's BatchNorm running statistics (learned from data too)."""
+        """Trained parameters plus the BatchNorm running statistics of the FPN and the image tail
+        (learned from data too)."""
         state = {n: p for n, p in self.named_parameters() if self._is_trained(n)}
         state.update({n: b for n, b in self.fpn.named_buffers(prefix="fpn")})
+        if self.image_tail is not None:
+            state.update({n: b for n, b in self.image_tail.named_buffers(prefix="image_tail")})
         return state
 
     def train(self, mode: bool = True) -> KCDPModel:
@@ -143,22 +152,44 @@ class KCDPModel(nn.Module):
         return self
 
     # -- forward ------------------------------------------------------------------------
+    @property
+    def image_input(self) -> str | None:
+        """The name of the image view perception takes beside pixels and k (None: no such input).
+        It is an output of the image encoder graph: "embedding" (frozen) or "image_features" (tail)."""
+        if not self.config.perception.image_embedding:
+            return None
+        return "image_features" if self.image_tail is not None else "image_embedding"
+
+    def image_view(self, pixels: torch.Tensor) -> torch.Tensor:
+        """What perception fuses into v: the image tail's features, or the frozen embedding."""
+        if self.image_tail is None:
+            return self.image_encoder(pixels)
+        with torch.no_grad():  # the shared trunk is frozen
+            trunk = self.image_encoder.trunk(pixels, self.image_tail.size)
+        return self.image_tail(trunk)
+
+    def image_encoder_graph_module(self) -> nn.Module:
+        """The module exported as the image encoder graph: pixels -> embedding [, image_features]."""
+        if self.image_tail is None:
+            return self.image_encoder
+        return ImageEncoderOutputs(self.image_encoder, self.image_tail)
+
     def forward(
         self,
         pixels: torch.Tensor,
         k: torch.Tensor,
         k_mask: torch.Tensor,
-        image_embedding: torch.Tensor | None = None,
+        image_view: torch.Tensor | None = None,
     ) -> KCDPOutput:
         """pixels [B,3,S,S] in [0,1], k [B,2L,D], k_mask [B,2L] (1 = real token).
 
-        image_embedding [B,E]: the aligned image encoder's output when perception.image_embedding is
-        on; computed here when not given (the runtime passes the one its captioner already computed).
+        image_view: `image_view(pixels)` when perception.image_embedding is on; computed here when not
+        given (the runtime passes the one its image encoder graph already computed).
         """
         levels = self.kadap(pixels, k, k_mask)
         extra = None
         if self.config.perception.image_embedding:
-            extra = self.image_encoder(pixels) if image_embedding is None else image_embedding
+            extra = self.image_view(pixels) if image_view is None else image_view
         v = self.fpn(levels, extra)
         logits, balance, router_probs = self.head(v, k, k_mask)
         return KCDPOutput(logits, logits.softmax(dim=-1), v, balance, router_probs)

@@ -9,8 +9,8 @@ five avatar styles of `kcdp-data avatars` (the first --avatar-per-class seeds of
 proprietary emoji styles (Apple, Facebook, JoyPixels, EmojiOne 4) are never used. The checkpoint is
 selected on a stratified validation split of that same pooled source (macro-F1). The model card
 scores the unseen proprietary emoji styles and, with --avatar-test, avatars rendered from seeds the
-model never saw (`kcdp-data avatars --seed-start N`). Only the trained tensors (LoRA, FPN, head,
-CLIEA) and config.json are copied into kcdp_core/assets/default_model/, the foundation is
+model never saw (`kcdp-data avatars --seed-start N`). Only the trained tensors (LoRA, image tail, FPN,
+head, CLIEA; fp16) and config.json are copied into kcdp_core/assets/default_model/, the foundation is
 referenced as `kcdp:foundation/mini`.
 """
 
@@ -124,8 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import torch
+    from safetensors.torch import load_file, save_file
 
     from kcdp_core.config import mini
+    from kcdp_core.model.kcdp import WEIGHTS_NAME
     from kcdp_core.train.trainer import Trainer
 
     torch.set_num_threads(args.threads)
@@ -164,8 +166,11 @@ def main(argv: list[str] | None = None) -> int:
         }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "model.safetensors"):
-        shutil.copyfile(work / "ckpt" / "best" / name, out / name)
+    shutil.copyfile(work / "ckpt" / "best" / "config.json", out / "config.json")
+    # fp16 on disk (loading casts back to fp32): half the committed bytes, predictions unchanged
+    # at the card's precision (the export is validated against the loaded model either way).
+    state = load_file(str(work / "ckpt" / "best" / WEIGHTS_NAME))
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, str(out / WEIGHTS_NAME))
     card = {
         "model": "KCDP mini, UC setting",
         "recipe": "python -m kcdp_core.train.default_model "

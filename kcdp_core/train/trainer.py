@@ -283,12 +283,12 @@ class Trainer:
             )
 
         head_lr = tc.head_lr if tc.head_lr is not None else tc.lr
-        unet_params, other = [], []
+        pretrained, other = [], []  # pretrained weights (UNet, the image tail's copy) at lr, new ones at head_lr
         for name, p in model.named_parameters():
             if p.requires_grad:
-                (unet_params if name.startswith("kadap.") else other).append(p)
+                (pretrained if name.startswith(("kadap.", "image_tail.")) else other).append(p)
         groups = [
-            g for g in ({"params": unet_params, "lr": tc.lr}, {"params": other, "lr": head_lr}) if g["params"]
+            g for g in ({"params": pretrained, "lr": tc.lr}, {"params": other, "lr": head_lr}) if g["params"]
         ]
         optimizer = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay)
         self.total_steps = tc.epochs * math.ceil(self.steps_per_epoch / tc.grad_accum)
