@@ -104,7 +104,11 @@ def extract(model, folders: dict[str, Path]) -> dict[str, dict[str, np.ndarray]]
 
 
 def cached_features(
-    foundation: str, folders: dict[str, Path], work: Path, image_size: int | None = None, timestep: int | None = None
+    foundation: str,
+    folders: dict[str, Path],
+    work: Path,
+    image_size: int | None = None,
+    timestep: int | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """extract(), kept in `work` per foundation and image set (a rerun adding a foundation reuses the rest)."""
     import hashlib
@@ -211,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"foundation {name}: {folder}", file=sys.stderr)
         folder, _, step = folder.partition("^")
         folder, _, size = folder.partition("@")
-        feats = cached_features(folder, folders, work, int(size) if size else None, int(step) if step else None)
+        feats = cached_features(
+            folder, folders, work, int(size) if size else None, int(step) if step else None
+        )
         for group, tasks in groups.items():
             for feature, keys in FEATURES.items():
                 for per_style in (False, True):

@@ -141,9 +141,7 @@ def _export(ckpt: Path, work: Path, options: ExportOptions) -> dict:
     graphs: list[GraphConfig] = [text_encoder_graph(model.text_encoder, length)]
     # The image encoder serves the retrieval captioner and, when the model fuses it into v, perception.
     if model.image_encoder is not None and (kc.captioner == "retrieval" or config.perception.image_embedding):
-        graphs.append(
-            image_encoder_graph(model, size, None if bank is None else bank.embeddings)
-        )
+        graphs.append(image_encoder_graph(model, size, None if bank is None else bank.embeddings))
 
     # LoRA merge, checked on random and real inputs before anything is traced.
     from kcdp_export.merge import merge_lora

@@ -122,6 +122,8 @@ def test_the_image_view_flows_from_the_image_encoder_graph_into_perception(model
     graphs = json.loads((root / "export" / "manifest.json").read_text())["graphs"]
     encoder, perception = graphs["image_encoder"]["outputs"], graphs["perception"]["inputs"]
     if "image_features" in encoder:  # the image tail: one trunk pass gives both
-        assert perception["image_features"] == encoder["image_features"] and "image_embedding" not in perception
+        assert (
+            perception["image_features"] == encoder["image_features"] and "image_embedding" not in perception
+        )
     else:
         assert perception["image_embedding"] == encoder["embedding"]

@@ -170,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     # fp16 on disk (loading casts back to fp32): half the committed bytes, predictions unchanged
     # at the card's precision (the export is validated against the loaded model either way).
     state = load_file(str(work / "ckpt" / "best" / WEIGHTS_NAME))
-    save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, str(out / WEIGHTS_NAME))
+    save_file(
+        {k: v.half() if v.is_floating_point() else v for k, v in state.items()}, str(out / WEIGHTS_NAME)
+    )
     card = {
         "model": "KCDP mini, UC setting",
         "recipe": "python -m kcdp_core.train.default_model "
