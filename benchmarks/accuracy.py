@@ -5,8 +5,8 @@
     python benchmarks/accuracy.py finetune    # Figure 4: frozen / kv / LoRA / full (DA)
     python benchmarks/accuracy.py components  # Table 4: caption / triplets / global classifier / MoE (DA)
     python benchmarks/accuracy.py disjoint    # emoji-disjoint folds: source on fold A emojis, target fold B
-    python benchmarks/accuracy.py avatars_loo --avatars /work/data/avatars    # leave one avatar style out
-    python benchmarks/accuracy.py avatars_emoji --avatars /work/data/avatars  # emoji -> each avatar style
+    python benchmarks/accuracy.py avatars_loo --avatars $DATA/avatars    # leave one avatar style out
+    python benchmarks/accuracy.py avatars_emoji --avatars $DATA/avatars  # emoji -> each avatar style
 
 Avatar tasks (`kcdp-data avatars` output, --avatars DIR): loo:<style> trains on tasks/leave_out_<style>.csv
 (15 emoji styles + the other four avatar styles), emoji:<style> on tasks/emoji.csv; the target is
@@ -22,7 +22,7 @@ Other tables take avatar tasks too (--avatars DIR --tasks loo:moods ...; own RES
 DA runs log their pseudo-labels per epoch (metrics.jsonl); this script scores them against the
 target labels afterwards, for the report only (result-*.json "pseudo_labels").
 
-Options: --seeds 0 1 2, --epochs N, --tasks glossy:line ..., --data /work/data/emoji, --preset mini,
+Options: --seeds 0 1 2, --epochs N, --tasks glossy:line ..., --data $DATA/emoji, --preset mini,
 --runs DIR (one checkpoint per run; finished runs are reused), --threads 1, --set section.field=value
 (config overrides, part of the run folder's name). Every table is written
 into benchmarks/RESULTS.md between its own markers, with the command, date and machine. Target
@@ -95,6 +95,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # the head agrees with CLIEA.
     "da_select": ("da", {"train": {**SELECT}}),
     "da_select_agree": ("da", {"train": {**SELECT, "pseudo_agreement": True}}),
+    "da_no_tail": ("da", {"perception": {"image_tail": 0}}),
     "da_frozen": ("da", {"perception": {"finetune": "frozen"}}),
     "da_kv": ("da", {"perception": {"finetune": "kv"}}),
     "da_full": ("da", {"perception": {"finetune": "full"}}),
@@ -163,6 +164,7 @@ TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
                 "kcdp_da",
                 "KCDP (DA): + unlabelled target, CLIEA pseudo-labels per epoch, class-balanced (top 30 -> 80%, capped)",
             ),
+            ("da_no_tail", "  KCDP (DA) with the frozen image embedding (no image tail, as before)"),
             ("effnet", "EfficientNet-Lite0 (ImageNet) pooled features + logistic regression, source only"),
             ("effnet_style", "  + per-style feature standardisation (target: its own unlabelled statistics)"),
         ],
@@ -846,7 +848,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--subset-seed", type=int, default=0, help="seed of the source / target draws")
     p.add_argument("--reference-size", type=int, default=64, help="input size of the EfficientNet references")
     p.add_argument("--jobs", type=int, default=1, help="runs trained side by side (one process each)")
-    p.add_argument("--data", default="/work/data/emoji")
+    p.add_argument("--data", default="data/emoji")
     p.add_argument("--preset", default="mini")
     p.add_argument("--runs", default=str(ROOT / "runs" / "bench"))
     p.add_argument("--batch-size", type=int)

@@ -249,7 +249,7 @@ def _export(ckpt: Path, work: Path, options: ExportOptions) -> dict:
                 if calib
                 else None
             )
-            quantize_graph(src, dst, graph.quantization, calib_arrays)
+            quantize_graph(src, dst, graph.quantization, calib_arrays, graph.quantize_ops)
         validate.check_model(dst)
         try:
             parity[graph.name][options.precision] = _measure_variant(

@@ -153,9 +153,14 @@ def fp16_weights(src: Path, dst: Path) -> list[Path]:
 
 
 def quantize_graph(
-    src: Path, dst: Path, mode: str, calibration: dict[str, np.ndarray] | None = None
+    src: Path,
+    dst: Path,
+    mode: str,
+    calibration: dict[str, np.ndarray] | None = None,
+    op_types: tuple[str, ...] | None = None,
 ) -> list[Path]:
-    """Write the int8 version of the fp32 graph src to dst; returns the files written."""
+    """Write the int8 version of the fp32 graph src to dst; returns the files written. `op_types`:
+    the op types static quantization covers (None: all it can)."""
     src, dst = Path(src), Path(dst)
     large = _large(src)
     with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".quant-") as scratch:
@@ -189,6 +194,7 @@ def quantize_graph(
                     use_external_data_format=large,
                     extra_options={"CalibTensorRangeSymmetric": False},
                     nodes_to_exclude=_output_producers(src),
+                    op_types_to_quantize=list(op_types) if op_types else None,
                 )
             else:
                 raise ValueError(f"unknown quantization mode {mode!r}")

@@ -240,3 +240,45 @@ def test_weight_storage_variants_shrink_the_file_and_stay_close(tmp_path):
     assert (tmp_path / "fp16.onnx").stat().st_size < 0.6 * size
     assert (tmp_path / "int8.onnx").stat().st_size < 0.4 * size
     assert diffs["fp16"] < 1e-3 and diffs["fp16"] < diffs["int8"] < 5e-2
+
+
+class GatedNet(torch.nn.Module):
+    """conv -> x * sigmoid(x) + x -> pool -> linear: weighted ops with elementwise ones between."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.fc = torch.nn.Linear(16, 5)
+
+    def forward(self, pixels):
+        x = self.conv(pixels)
+        return (self.fc((x * x.sigmoid() + x).mean((2, 3))),)
+
+
+def test_static_int8_restricted_to_weighted_ops(tmp_path):
+    from kcdp_export.quantize import quantize_graph
+
+    graph = GraphConfig(
+        name="gated",
+        module=GatedNet().eval(),
+        inputs=[TensorSpec("pixels", (BATCH, 3, 16, 16))],
+        outputs=[TensorSpec("logits", (BATCH, 5))],
+        dummy=image_dummy(16),
+    )
+    src = tmp_path / "gated.onnx"
+    export_graph(graph, src)
+    calibration = graph.dummy(16, np.random.default_rng(3))
+
+    def quantized(ops) -> set[str]:
+        """The op types whose outputs int8 quantizes (a QuantizeLinear reads them)."""
+        dst = tmp_path / f"int8-{ops}.onnx"
+        quantize_graph(src, dst, "static", calibration, ops)
+        model = onnx.load(str(dst))
+        producer = {o: n.op_type for n in model.graph.node for o in n.output}
+        return {producer.get(n.input[0], "input") for n in model.graph.node if n.op_type == "QuantizeLinear"}
+
+    everything = quantized(None)
+    weighted = quantized(("Conv", "MatMul", "Gemm"))
+    assert {"Mul", "Add"} <= everything  # by default the elementwise ops run in int8 too
+    assert "Conv" in weighted and not ({"Mul", "Add", "Sigmoid"} & weighted)
