@@ -228,7 +228,9 @@ class Pipeline:
                     for dims in (spec.get("inputs") or {}).values()
                     if dims and isinstance(dims[0], str)
                 }
-                sessions[name] = create_session(manifest.path(spec["file"]), config, digest, sorted(axes))
+                sessions[name] = create_session(
+                    manifest.path(spec["file"]), config, digest, sorted(axes), name
+                )
         return cls.from_sessions(manifest, sessions, config, knowledge_cache_size, parse_cache)
 
     @classmethod

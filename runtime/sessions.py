@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,11 @@ class SessionConfig:
     # a third fewer nodes in the int8 perception graph, which at 64 px is bound by per-node
     # dispatch. Batches use the dynamic graph, made on first need.
     batch_one: bool = True
+    # ...and these graphs' batch-1 copies run on one intra-op thread: the int8 perception graph at
+    # batch 1 is a chain of ~1,500 small ops, where handing each op to a second thread costs more
+    # than it saves (measured, default model v4, quiet 2-core machine: p50 9.7 ms on one thread vs
+    # 10.6-11.3 ms on two; the image encoder is the other way round: 3.1 vs 2.4-2.6 ms).
+    single_thread_batch_one: tuple[str, ...] = ("perception",)
 
 
 _LEVELS = {
@@ -118,16 +123,24 @@ class BatchOneSession:
 
 
 def create_session(
-    path: Path, config: SessionConfig, digest: str | None = None, batch_axes: list[str] | None = None
+    path: Path,
+    config: SessionConfig,
+    digest: str | None = None,
+    batch_axes: list[str] | None = None,
+    name: str | None = None,
 ) -> ort.InferenceSession | BatchOneSession:
     """A session on the best provider that works, falling back down the list on failure.
 
     On the CPU, a graph with a known sha256 (`digest`) is loaded from the pre-optimised ORT-format
     cache when there (see optimized_graph), and, given the names of its symbolic batch axes (the
-    manifest's graph inputs), single images run a batch-1 specialisation (SessionConfig.batch_one)."""
+    manifest's graph inputs), single images run a batch-1 specialisation (SessionConfig.batch_one),
+    on one thread for the graphs `name`d in SessionConfig.single_thread_batch_one."""
     if batch_axes and config.batch_one and candidate_providers(config) == ["CPUExecutionProvider"]:
         axes = sorted(batch_axes)
-        return BatchOneSession(lambda one: _create(path, config, digest, axes if one else []))
+        single = replace(config, intra_op_threads=1) if name in config.single_thread_batch_one else config
+        return BatchOneSession(
+            lambda one: _create(path, single if one else config, digest, axes if one else [])
+        )
     return _create(path, config, digest, [])
 
 

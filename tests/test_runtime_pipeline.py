@@ -148,6 +148,11 @@ def test_batch_one_specialisation_matches_the_dynamic_graph(export):
     single = one.run(images, batch_size=1)  # batch-1 sessions only
     # (the text encoder sees a caption and its triplets at once: a batch even for one image)
     assert one.sessions["perception"]._any is None and one.sessions["image_encoder"]._any is None
+    # the batch-1 perception copy runs on one thread (SessionConfig.single_thread_batch_one), batches on the pool
+    assert one.sessions["perception"].one.get_session_options().intra_op_num_threads == 1
+    assert one.sessions["image_encoder"].one.get_session_options().intra_op_num_threads != 1
+    one.run(images, batch_size=3)
+    assert one.sessions["perception"]._any.get_session_options().intra_op_num_threads != 1
     dynamic = Pipeline.from_pretrained(export, session_config=SessionConfig(batch_one=False))
     for a, b in zip(single, dynamic.run(images, batch_size=1), strict=True):
         assert max(abs(a["scores"][k] - b["scores"][k]) for k in a["scores"]) < 1e-6
