@@ -169,6 +169,10 @@ def test_caption_bank_format_and_roundtrip(tiny_foundation: Path, tmp_path: Path
     assert again.captions == built.captions and again.digest() == built.digest()
     idx, scores = again.search(built.embeddings[[3, 1]], top_k=2)
     assert idx[:, 0].tolist() == [3, 1] and np.allclose(scores[:, 0], 1.0, atol=1e-5)
+    # ties go to the lower bank index, top-1 (argmax) and top-k (stable sort) alike
+    tied = CaptionBank(["a", "b", "c"], np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0]], np.float32))
+    assert tied.search(np.array([[1.0, 0.0]]), 1)[0].tolist() == [[1]]
+    assert tied.search(np.array([[1.0, 0.0]]), 2)[0].tolist() == [[1, 2]]
     (tmp_path / "bank" / "embeddings.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="embeddings.safetensors"):
         CaptionBank.load(tmp_path / "bank")

@@ -71,8 +71,12 @@ class CaptionBank:
         q = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
         scores = q @ self.embeddings.T
         k = max(1, min(top_k, len(self)))
-        # Stable sort on -score: ties resolve to the lower bank index, so retrieval is deterministic.
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        # Ties resolve to the lower bank index, so retrieval is deterministic: argmax returns the first
+        # maximum (top-1, the runtime's case, without sorting the bank), a stable sort on -score for k > 1.
+        if k == 1:
+            order = scores.argmax(axis=1)[:, None]
+        else:
+            order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return order, np.take_along_axis(scores, order, axis=1)
 
     # -- files ------------------------------------------------------------------------------------
