@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from kcdp_runtime.cli import main
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "runtime" / "examples"
@@ -20,3 +22,20 @@ def test_default_model_labels_the_examples(capsys) -> None:
     for row in rows:
         assert abs(sum(row["scores"].values()) - 1.0) < 1e-4
         assert row["caption"] and row["latency_ms"]["total"] > 0
+
+
+def test_the_committed_checkpoint_is_the_shipped_export(capsys) -> None:
+    """kcdp_core/assets/default_model (fp16 on disk, run in PyTorch) against its int8 export: same labels
+    on the examples, scores within int8 rounding."""
+    pytest.importorskip("torch")
+    paths = [str(EXAMPLES / f"{name}.png") for name in EXPECTED]
+    ckpt = Path(__file__).resolve().parent.parent / "kcdp_core" / "assets" / "default_model"
+    runs = {}
+    for model in ([], ["--model", str(ckpt)]):
+        assert main([*paths, "--json", *model]) == 0
+        runs[bool(model)] = [
+            json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()
+        ]
+    for export, eager in zip(runs[False], runs[True], strict=True):
+        assert export["label"] == eager["label"] and export["caption"] == eager["caption"]
+        assert max(abs(export["scores"][k] - eager["scores"][k]) for k in export["scores"]) < 0.1
