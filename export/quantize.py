@@ -70,6 +70,24 @@ def _output_producers(path: Path) -> list[str]:
     return [n.name for n in model.graph.node if outputs.intersection(n.output) and n.name]
 
 
+def _input_free_nodes(path: Path) -> list[str]:
+    """Nodes that read no graph input except through its shape, such as a diffusion UNet's time
+    embedding at KADAP's fixed step: left in float, onnxruntime folds them into constants once the
+    batch-1 session fixes the shapes (quantised, their DequantizeLinear nodes would keep them running
+    on every call)."""
+    model = onnx.load(str(path), load_external_data=False)
+    dynamic = {i.name for i in model.graph.input}
+    free = []
+    for node in model.graph.node:  # topologically sorted
+        if node.op_type == "Shape":
+            continue  # depends on the input's shape only
+        if dynamic.intersection(node.input):
+            dynamic.update(node.output)
+        elif node.name:
+            free.append(node.name)
+    return free
+
+
 def _large(path: Path) -> bool:
     return initializer_bytes(onnx.load(str(path), load_external_data=False)) > EXTERNAL_DATA_THRESHOLD
 
@@ -193,7 +211,7 @@ def quantize_graph(
                     calibrate_method=CalibrationMethod.MinMax,
                     use_external_data_format=large,
                     extra_options={"CalibTensorRangeSymmetric": False},
-                    nodes_to_exclude=_output_producers(src),
+                    nodes_to_exclude=_output_producers(src) + _input_free_nodes(src),
                     op_types_to_quantize=list(op_types) if op_types else None,
                 )
             else:

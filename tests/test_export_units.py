@@ -282,3 +282,35 @@ def test_static_int8_restricted_to_weighted_ops(tmp_path):
     weighted = quantized(("Conv", "MatMul", "Gemm"))
     assert {"Mul", "Add"} <= everything  # by default the elementwise ops run in int8 too
     assert "Conv" in weighted and not ({"Mul", "Add", "Sigmoid"} & weighted)
+
+
+class ConstantBranchNet(torch.nn.Module):
+    """A linear layer on a constant expanded to the batch (as a UNet's time embedding at a fixed step)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.register_buffer("step", torch.randn(1, 8))
+        self.embed = torch.nn.Linear(8, 16)
+        self.fc = torch.nn.Linear(16, 5)
+
+    def forward(self, x):
+        return (self.fc(x + self.embed(self.step.expand(x.shape[0], -1))),)
+
+
+def test_static_int8_leaves_input_free_nodes_in_float(tmp_path):
+    from kcdp_export.quantize import _input_free_nodes
+
+    graph = GraphConfig(
+        name="const",
+        module=ConstantBranchNet().eval(),
+        inputs=[TensorSpec("x", (BATCH, 16))],
+        outputs=[TensorSpec("logits", (BATCH, 5))],
+        dummy=lambda b, rng: {"x": rng.standard_normal((b, 16)).astype(np.float32)},
+    )
+    src = tmp_path / "const.onnx"
+    export_graph(graph, src)
+    free = _input_free_nodes(src)
+    # the constant branch depends on the input's shape only: excluded from int8, foldable at batch 1
+    assert "/embed/Gemm" in free and "/Expand" in free
+    assert "/fc/Gemm" not in free and "/Add" not in free
