@@ -4,10 +4,10 @@ The frozen encoder's embedding separates the expressions of full-body avatar sty
 one style (benchmarks/RESULTS.md, probes: macro-F1 .44-.63 in avataaars, open-peeps, big-smile). Measured
 before building this, a plain classifier with the last five stages trained on the default model's data
 scored macro-F1 .75 on unseen avatar seeds (the default model v3: .57) and accuracy .98 on the unseen
-emoji styles (v3: .83). The frozen encoder itself is left alone:
-its embedding must stay in the caption bank's space for the retrieval captioner. The copy starts from
-the frozen stages and reads the frozen trunk's feature map, so the two share every earlier stage (one
-trunk pass at inference, in the exported image encoder graph).
+emoji styles (v3: .83); the default model v4 with a 3-stage tail: .84 and .91. The frozen encoder itself
+is left alone: its embedding must stay in the caption bank's space for the retrieval captioner. The copy
+starts from the frozen stages and reads the frozen trunk's feature map, so the two share every earlier
+stage (one trunk pass at inference, in the exported image encoder graph).
 """
 
 from __future__ import annotations
