@@ -755,7 +755,8 @@ def build_table(table: str, args: argparse.Namespace) -> str:
         lines += [f"| {a} | {b} | {c} |" for a, b, c in REFERENCE]
     seeds = " ".join(str(s) for s in args.seeds)
     command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:])
-    for var in ("RUNS", "DATA"):  # folders as the variables README and RESULTS.md use, not this machine's paths
+    # folders as the variables README and RESULTS.md use, not this machine's paths
+    for var in ("RUNS", "DATA"):
         if os.environ.get(var):
             command = command.replace(os.environ[var].rstrip("/"), f"${var}")
     meta = (

@@ -122,12 +122,13 @@ def open_checkpoint(
         )
     }
     if model.image_encoder is not None:
-        encoder = model.image_encoder_graph_module()
-        tail = model.image_tail is not None
+        from kcdp_export.graphs import image_encoder_graph
+
+        encoder = image_encoder_graph(model, size)  # what an export would hold: its module and outputs
         sessions["image_encoder"] = TorchSession(
-            lambda x: tuple(encoder(x)) if tail else (encoder(x),),
+            lambda x: out if isinstance(out := encoder.module(x), tuple) else (out,),
             [_Arg("pixels")],
-            ["embedding", "image_features"] if tail else ["embedding"],
+            encoder.output_names,
             device,
         )
     inputs = [_Arg("pixels"), _Arg("knowledge"), _Arg("knowledge_mask")]

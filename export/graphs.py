@@ -224,8 +224,7 @@ def image_view_spec(model: nn.Module) -> TensorSpec | None:
     name = model.image_input
     if name is None:
         return None
-    dim = model.image_tail.dim if model.image_tail is not None else model.image_encoder.config.embed_dim
-    return TensorSpec(name, (BATCH, int(dim)))
+    return TensorSpec(name, (BATCH, int(model.image_view_dim)))
 
 
 def image_encoder_graph(model: nn.Module, size: int, bank: np.ndarray | None = None) -> GraphConfig:

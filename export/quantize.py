@@ -62,20 +62,18 @@ def _quiet_root_logger() -> Iterator[None]:
         root.setLevel(level)
 
 
-def _output_producers(path: Path) -> list[str]:
+def _output_producers(model: onnx.ModelProto) -> list[str]:
     """Nodes that write graph outputs stay float: a uint8-quantised softmax turns near-uniform
     probabilities into ties, and argmax over ties is a wrong label (measured: 0.07 agreement)."""
-    model = onnx.load(str(path), load_external_data=False)
     outputs = {o.name for o in model.graph.output}
     return [n.name for n in model.graph.node if outputs.intersection(n.output) and n.name]
 
 
-def _input_free_nodes(path: Path) -> list[str]:
+def _input_free_nodes(model: onnx.ModelProto) -> list[str]:
     """Nodes that read no graph input except through its shape, such as a diffusion UNet's time
     embedding at KADAP's fixed step: left in float, onnxruntime folds them into constants once the
     batch-1 session fixes the shapes (quantised, their DequantizeLinear nodes would keep them running
     on every call)."""
-    model = onnx.load(str(path), load_external_data=False)
     dynamic = {i.name for i in model.graph.input}
     free = []
     for node in model.graph.node:  # topologically sorted
@@ -200,6 +198,7 @@ def quantize_graph(
             elif mode == "static":
                 if calibration is None:
                     raise ValueError(f"{src.name}: static int8 needs calibration inputs (real images)")
+                graph = onnx.load(str(src), load_external_data=False)
                 quantize_static(
                     str(src),
                     str(tmp),
@@ -211,7 +210,7 @@ def quantize_graph(
                     calibrate_method=CalibrationMethod.MinMax,
                     use_external_data_format=large,
                     extra_options={"CalibTensorRangeSymmetric": False},
-                    nodes_to_exclude=_output_producers(src) + _input_free_nodes(src),
+                    nodes_to_exclude=_output_producers(graph) + _input_free_nodes(graph),
                     op_types_to_quantize=list(op_types) if op_types else None,
                 )
             else:

@@ -105,6 +105,7 @@ class ImageEncoder(nn.Module):
         )
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self._stages: list[nn.Module] | None = None
 
     @property
     def width(self) -> int:
@@ -116,7 +117,9 @@ class ImageEncoder(nn.Module):
 
     def stages(self) -> list[nn.Module]:
         """The backbone as a chain of modules whose composition is its forward (parameters shared)."""
-        return self.backbone.stages()
+        if self._stages is None:  # built once; a plain list, so the state dict keeps the backbone's keys
+            self._stages = self.backbone.stages()
+        return self._stages
 
     def trunk(self, pixels: torch.Tensor, tail: int) -> torch.Tensor:
         """The backbone's feature map before its last `tail` stages (where an ImageTail takes over)."""
@@ -129,10 +132,13 @@ class ImageEncoder(nn.Module):
         """forward() resumed from trunk(pixels, tail): the embedding from the same trunk map."""
         for stage in self.stages()[-tail:]:
             trunk = stage(trunk)
-        return nn.functional.normalize(self.head(trunk.mean(dim=(2, 3))), dim=-1)
+        return self._embed(trunk.mean(dim=(2, 3)))
+
+    def _embed(self, pooled: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.head(pooled), dim=-1)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return nn.functional.normalize(self.head(self.features(pixels)), dim=-1)
+        return self._embed(self.features(pixels))
 
     def save_pretrained(self, folder: str | Path, dtype: torch.dtype = torch.float32) -> None:
         folder = Path(folder)

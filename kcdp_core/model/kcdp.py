@@ -70,10 +70,9 @@ class KCDPModel(nn.Module):
                     "perception.image_embedding needs a foundation with an aligned image encoder "
                     f"(preset {config.preset!r} has none)"
                 )
-            extra_dim = self.image_encoder.config.embed_dim
             if p.image_tail:
                 self.image_tail = ImageTail(self.image_encoder, p.image_tail)
-                extra_dim = self.image_tail.dim
+            extra_dim = self.image_view_dim
         self.fpn = FPN(self.kadap.channels, p.fpn_dim, p.feature_dim, extra_dim)
         self.head = PredictionHead(config.head, p.feature_dim, text_dim, len(self.labels))
         self.cliea: CLIEA | None = None
@@ -159,6 +158,11 @@ class KCDPModel(nn.Module):
         if not self.config.perception.image_embedding:
             return None
         return "image_features" if self.image_tail is not None else "image_embedding"
+
+    @property
+    def image_view_dim(self) -> int:
+        """The width of image_view(pixels)."""
+        return self.image_tail.dim if self.image_tail is not None else self.image_encoder.config.embed_dim
 
     def image_view(self, pixels: torch.Tensor) -> torch.Tensor:
         """What perception fuses into v: the image tail's features, or the frozen embedding."""

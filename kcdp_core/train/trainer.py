@@ -283,10 +283,8 @@ class Trainer:
             )
 
         head_lr = tc.head_lr if tc.head_lr is not None else tc.lr
-        pretrained, other = (
-            [],
-            [],
-        )  # pretrained weights (UNet, the image tail's copy) at lr, new ones at head_lr
+        # pretrained weights (UNet, the image tail's copy) at lr, new ones at head_lr
+        pretrained, other = [], []
         for name, p in model.named_parameters():
             if p.requires_grad:
                 (pretrained if name.startswith(("kadap.", "image_tail.")) else other).append(p)
