@@ -157,7 +157,7 @@ def test_unet_stage_learns_and_resumes_exactly(tmp_path, corpus, text):
     colour = torch.from_numpy(corpus.images.reshape(len(corpus), -1, 3).mean(1)).float() / 255
     targets = torch.nn.functional.normalize(
         colour @ torch.randn(3, 384, generator=torch.Generator().manual_seed(0))
-    )
+    )[:, :, None, None]  # global: a 1 x 1 grid
     factor = 1.0 / float(mean.std())
     full, unet_full, sched = un.build_stage(
         corpus, mean, std, factor, cond, tmp_path / "a", opts(24), targets
@@ -173,6 +173,23 @@ def test_unet_stage_learns_and_resumes_exactly(tmp_path, corpus, text):
     )
     again.run()
     _same_state(unet_full, unet_resumed)  # the alignment head resumes too, or the UNets would differ
+    # U-REPA: tokens on a 2 x 2 grid (each quadrant's mean colour), aligned at the mid block (2 x 2
+    # here) and at the last up block (8 x 8, pooled to the grid): both heads learn.
+    quadrants = torch.from_numpy(corpus.images).float().permute(0, 3, 1, 2) / 255
+    quadrants = torch.nn.functional.adaptive_avg_pool2d(quadrants, 2)
+    proj = torch.randn(384, 3, generator=torch.Generator().manual_seed(1))
+    tokens = torch.nn.functional.normalize(torch.einsum("dc,nchw->ndhw", proj, quadrants), dim=1)
+    spatial = opts(24)
+    spatial.repa_levels = ("mid", "up2")
+    stage, unet_sp, _ = un.build_stage(corpus, mean, std, factor, cond, tmp_path / "e", spatial, tokens)
+    assert set(stage.modules["repa_head"]) == {"mid", "up2"}
+    stage.run()
+    repa = [json.loads(ln)["repa"] for ln in (tmp_path / "e" / "loss.jsonl").read_text().splitlines()]
+    assert np.mean(repa[-6:]) < 0.8 * np.mean(repa[:6])
+    with pytest.raises(ValueError, match="up0..up2"):
+        bad = opts(4)
+        bad.repa_levels = ("up7",)
+        un.build_stage(corpus, mean, std, factor, cond, tmp_path / "f", bad, tokens)
     with pytest.raises(ValueError, match="embeddings"):
         un.build_stage(corpus, mean, std, factor, cond, tmp_path / "c", opts(4))
     plain, _, _ = un.build_stage(corpus, mean, std, factor, cond, tmp_path / "d", opts(4, repa=0.0))

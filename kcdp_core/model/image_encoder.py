@@ -140,6 +140,12 @@ class ImageEncoder(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self._embed(self.features(pixels))
 
+    def tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The embedding head at every position of the last feature map: [B, embed_dim, h, w]
+        (REPA's spatial targets; their mean is not the embedding, the head is not linear)."""
+        x = self.backbone((pixels - self.mean) / self.std)
+        return self._embed(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
     def save_pretrained(self, folder: str | Path, dtype: torch.dtype = torch.float32) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)

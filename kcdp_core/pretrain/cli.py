@@ -49,6 +49,15 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument(
                 "--repa-weight", type=float, default=None, help="UNet alignment to the image encoder (0: off)"
             )
+            s.add_argument(
+                "--repa-levels", default=None, help="UNet blocks aligned, e.g. mid,up0,up1,up2 (default mid)"
+            )
+            s.add_argument(
+                "--repa-target",
+                choices=("embedding", "tokens"),
+                default=None,
+                help="the encoder's embedding (global) or its per-position tokens",
+            )
             s.add_argument("--stages", default="encoder,vae,unet,bank")
             for stage, minutes in (("encoder", 20.0), ("vae", 10.0), ("unet", 15.0)):
                 s.add_argument(
@@ -86,6 +95,10 @@ def _recipe(args: argparse.Namespace):
         recipe.unet.init_from = args.unet_init
         if args.repa_weight is not None:
             recipe.unet.repa_weight = args.repa_weight
+        if args.repa_levels:
+            recipe.unet.repa_levels = tuple(n.strip() for n in args.repa_levels.split(",") if n.strip())
+        if args.repa_target:
+            recipe.unet.repa_target = args.repa_target
     if args.small:
         recipe.encoder.backbone = "tiny_cnn"
         recipe.encoder.pretrained_backbone = False

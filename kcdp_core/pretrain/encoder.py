@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from kcdp_core.model.image_encoder import ImageEncoder, ImageEncoderConfig
 from kcdp_core.pretrain.augment import AugmentOptions, augment
@@ -145,12 +146,15 @@ def build_stage(
 
 
 @torch.no_grad()
-def embed_images(encoder: ImageEncoder, images: np.ndarray, batch_size: int = 256) -> torch.Tensor:
+def embed_images(
+    encoder: ImageEncoder, images: np.ndarray, batch_size: int = 256, tokens: bool = False
+) -> torch.Tensor:
+    """Embeddings [N, D], or with `tokens` the per-position maps [N, D, h, w] in fp16."""
     encoder.eval()
     out = []
-    for start in range(0, len(images), batch_size):
+    for start in tqdm(range(0, len(images), batch_size), desc="image encoder", disable=len(images) < 4096):
         x = images_to_tensor(images[start : start + batch_size]).float() / 255.0
-        out.append(encoder(x))
+        out.append(encoder.tokens(x).half() if tokens else encoder(x))
     return torch.cat(out) if out else torch.zeros(0, encoder.config.embed_dim)
 
 

@@ -181,21 +181,28 @@ def latents(ctx: Context) -> tuple[torch.Tensor, torch.Tensor, float]:
     return mean, std, float(vae.config.scaling_factor)
 
 
-def image_embeddings(ctx: Context) -> torch.Tensor:
-    """The exported image encoder's embedding of every clean corpus image (cached): REPA's targets."""
+def repa_targets(ctx: Context) -> torch.Tensor:
+    """REPA's targets for every clean corpus image (cached), [N, D, h, w]: the exported image encoder's
+    embedding ([N, D, 1, 1]) or its per-position tokens (recipe.unet.repa_target)."""
     from kcdp_core.model.image_encoder import ImageEncoder
 
+    kind = ctx.recipe.unet.repa_target
+    if kind not in ("embedding", "tokens"):
+        raise ValueError(f"repa_target {kind!r}: expected 'embedding' or 'tokens'")
     folder = ctx.out / "image_encoder"
     if not (folder / "config.json").exists():
         raise FileNotFoundError(f"{folder}: train the encoder stage before the UNet (REPA targets)")
     stamp = (folder / "model.safetensors").stat().st_mtime_ns
-    path = ctx.work / "cache" / f"image-embeddings-{len(ctx.corpus)}-{stamp}.safetensors"
+    name = "image-embeddings" if kind == "embedding" else "image-tokens"
+    path = ctx.work / "cache" / f"{name}-{len(ctx.corpus)}-{stamp}.safetensors"
     if path.exists():
-        return load_file(str(path))["embeddings"]
-    emb = encoder_stage.embed_images(ImageEncoder.from_pretrained(folder), ctx.corpus.images)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"embeddings": emb.contiguous()}, str(path))
-    return emb
+        targets = load_file(str(path))["embeddings"]
+    else:
+        encoder = ImageEncoder.from_pretrained(folder)
+        targets = encoder_stage.embed_images(encoder, ctx.corpus.images, tokens=kind == "tokens")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"embeddings": targets.contiguous()}, str(path))
+    return targets if targets.dim() == 4 else targets[:, :, None, None]
 
 
 def run_unet(ctx: Context, stop_after: int | None = None) -> dict | None:
@@ -204,7 +211,7 @@ def run_unet(ctx: Context, stop_after: int | None = None) -> dict | None:
         raise FileNotFoundError(f"{ctx.out / 'vae'}: train the VAE stage first")
     with ctx.state.main_process_first():
         mean, std, factor = latents(ctx)
-        targets = image_embeddings(ctx) if r.unet.repa_weight > 0 else None
+        targets = repa_targets(ctx) if r.unet.repa_weight > 0 else None
     cond = unet_stage.conditioning(ctx.text_encoder(r.text_length), ctx.corpus.vocabulary)
     stage, unet, scheduler = unet_stage.build_stage(
         ctx.corpus, mean, std, factor, cond, ctx.work / "unet", r.unet, repa_targets=targets
@@ -236,6 +243,11 @@ def write_foundation_json(ctx: Context, stages: dict) -> Path:
         "kind": "kcdp-foundation",
         "preset": "mini",
         "repa_weight": r.unet.repa_weight,
+        **(
+            {"repa": {"levels": list(r.unet.repa_levels), "target": r.unet.repa_target}}
+            if r.unet.repa_weight
+            else {}
+        ),
         "text_encoder": asdict(Source(r.text_encoder)),
         # Additive: how it was made, so the folder documents itself.
         "image_size": r.image_size,

@@ -1,11 +1,16 @@
-"""Representation alignment of the UNet's middle features to the aligned image encoder (REPA).
+"""Representation alignment of UNet features to the aligned image encoder (REPA, U-REPA).
 
 REPA (ICLR 2025) adds, next to the denoising loss, a cosine loss between a small projection of an
-intermediate diffusion feature and a frozen visual encoder's features of the clean image; U-REPA
-found the middle of a U-Net the place for it. Here the target is the `mini` image encoder's
-embedding (L2-normalised, computed once per corpus image): at 64 px its last feature map is 2 x 2,
-so the alignment is global: an MLP on every position of the mid block's output, averaged, then
-cosine. The head only shapes training; the exported UNet does not contain it.
+intermediate diffusion feature and a frozen visual encoder's features of the clean image. U-REPA
+found the middle of a U-Net the place for it, with the UNet's features resized to the encoder's
+token grid and compared position by position.
+
+Here a target is a map [N, D, h, w] per corpus image, computed once: either the image encoder's
+embedding ([N, D, 1, 1]: a global alignment, the first REPA run of this package) or its embedding
+head applied at every position of its last feature map ("tokens", [N, D, 3, 3] at 96 px). Each
+aligned UNet block ("mid", or "upI" for up block I: the levels KADAP reads) has its own MLP, applied
+at every position, then pooled (or upsampled) to the target's grid. The heads only shape training;
+the exported UNet does not contain them.
 """
 
 from __future__ import annotations
@@ -16,31 +21,68 @@ from torch import nn
 
 
 class AlignmentHead(nn.Module):
-    """[B, C, H, W] UNet features -> [B, D] L2-normalised, comparable with the encoder embedding."""
+    """[B, C, H, W] UNet features -> [B, D, h, w] L2-normalised tokens on the target's grid."""
 
     def __init__(self, channels: int, hidden: int, embed_dim: int):
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.SiLU(), nn.Linear(hidden, embed_dim))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        tokens = features.flatten(2).transpose(1, 2)  # [B, HW, C]
-        return F.normalize(self.mlp(tokens).mean(1), dim=-1)
+    def forward(self, features: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        tokens = self.mlp(features.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # [B, D, H, W]
+        if tokens.shape[-2:] != grid:
+            smaller = tokens.shape[-2] < grid[0] or tokens.shape[-1] < grid[1]
+            tokens = (
+                F.interpolate(tokens, size=grid, mode="bilinear", align_corners=False)
+                if smaller
+                else F.adaptive_avg_pool2d(tokens, grid)
+            )
+        return F.normalize(tokens, dim=1)
 
 
-class MidFeatures:
-    """Keeps the last output of a UNet's mid block (a forward hook), for the alignment loss."""
+def block(unet: nn.Module, name: str) -> nn.Module:
+    """ "mid" -> the mid block, "upI" -> up block I."""
+    if name == "mid":
+        return unet.mid_block
+    if name.startswith("up") and name[2:].isdigit() and int(name[2:]) < len(unet.up_blocks):
+        return unet.up_blocks[int(name[2:])]
+    raise ValueError(f"REPA level {name!r}: expected 'mid' or up0..up{len(unet.up_blocks) - 1}")
 
-    def __init__(self, unet: nn.Module):
-        self.value: torch.Tensor | None = None
-        self._handle = unet.mid_block.register_forward_hook(self._keep)
 
-    def _keep(self, _module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
-        self.value = output
+def block_channels(unet: nn.Module, name: str) -> int:
+    block(unet, name)  # the name's check
+    channels = unet.config.block_out_channels
+    return channels[-1] if name == "mid" else list(reversed(channels))[int(name[2:])]
+
+
+class BlockFeatures:
+    """Keeps the last output of the named UNet blocks (forward hooks), for the alignment loss."""
+
+    def __init__(self, unet: nn.Module, names: tuple[str, ...]):
+        self.values: dict[str, torch.Tensor] = {}
+        self._handles = [block(unet, n).register_forward_hook(self._keeper(n)) for n in names]
+
+    def _keeper(self, name: str):
+        def keep(_module: nn.Module, _inputs: tuple, output) -> None:
+            self.values[name] = output[0] if isinstance(output, tuple) else output
+
+        return keep
+
+    def pop(self) -> dict[str, torch.Tensor]:
+        """The kept outputs, forgotten here (they hold the graph; a model with them cannot be copied)."""
+        values, self.values = self.values, {}
+        return values
 
     def remove(self) -> None:
-        self._handle.remove()
+        for h in self._handles:
+            h.remove()
 
 
-def alignment_loss(head: AlignmentHead, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """1 - mean cosine similarity between projected features and (normalised) target embeddings."""
-    return 1 - (head(features) * F.normalize(targets, dim=-1)).sum(-1).mean()
+def alignment_loss(
+    heads: nn.ModuleDict, features: dict[str, torch.Tensor], targets: torch.Tensor
+) -> torch.Tensor:
+    """1 - cosine similarity between projected features and the (normalised) targets [B, D, h, w],
+    averaged over positions, images and aligned blocks."""
+    targets = F.normalize(targets.float(), dim=1)
+    grid = tuple(targets.shape[-2:])
+    losses = [1 - (heads[n](f.float(), grid) * targets).sum(1).mean() for n, f in features.items()]
+    return torch.stack(losses).mean()

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 
 from kcdp_core.pretrain.corpus import Corpus, sampling_weights
-from kcdp_core.pretrain.repa import AlignmentHead, MidFeatures, alignment_loss
+from kcdp_core.pretrain.repa import AlignmentHead, BlockFeatures, alignment_loss, block_channels
 from kcdp_core.pretrain.stage import Stage, StageOptions
 
 
@@ -38,10 +38,14 @@ class UNetOptions:
     beta_schedule: str = "scaled_linear"
     beta_start: float = 0.00085
     beta_end: float = 0.012
-    # REPA: weight of the alignment of the mid block to the image encoder's embedding (0: off; off by
-    # default since the v2 control without it probed better: benchmarks/RESULTS.md, foundation v2).
+    # REPA (kcdp_core/pretrain/repa.py): weight of the alignment to the image encoder (0: off; off by
+    # default since the v2 control without it probed better: benchmarks/RESULTS.md, foundation v2),
+    # the UNet blocks aligned ("mid", "up0", ...) and the target: "embedding" (global) or "tokens"
+    # (the encoder's embedding head at every position of its last feature map).
     repa_weight: float = 0.0
     repa_hidden: int = 256
+    repa_levels: tuple[str, ...] = ("mid",)
+    repa_target: str = "embedding"
     # Start from a foundation's UNet (folder or kcdp:<path>) instead of random weights, e.g. to move a
     # trained UNet to a larger latent: its convolutions and attention do not depend on the size.
     init_from: str | None = None
@@ -104,7 +108,8 @@ def build_stage(
     repa_targets: torch.Tensor | None = None,
 ) -> tuple[Stage, UNet2DConditionModel, DDPMScheduler]:
     """`latent_mean`/`latent_std`: unscaled posterior statistics of every corpus image;
-    `repa_targets`: the image encoder's embedding of every corpus image (needed when repa_weight > 0)."""
+    `repa_targets`: the image encoder's target map [N, D, h, w] of every corpus image (needed when
+    repa_weight > 0; kcdp_core.pretrain.recipe.repa_targets)."""
     torch.manual_seed(options.stage.seed)
     _, channels, size, _ = latent_mean.shape
     unet = build_unet(options, size, channels, cond.states.shape[-1])
@@ -120,14 +125,17 @@ def build_stage(
     unet.train()
     scheduler = build_scheduler(options)
     modules: dict[str, torch.nn.Module] = {"unet": unet}
-    mid = None
+    kept = None
     if options.repa_weight > 0:
         if repa_targets is None:
             raise ValueError("repa_weight > 0 needs the image encoder's embeddings of the corpus")
-        modules["repa_head"] = AlignmentHead(
-            options.block_out_channels[-1], options.repa_hidden, repa_targets.shape[1]
+        modules["repa_head"] = torch.nn.ModuleDict(
+            {
+                n: AlignmentHead(block_channels(unet, n), options.repa_hidden, repa_targets.shape[1])
+                for n in options.repa_levels
+            }
         )
-        mid = MidFeatures(unet)
+        kept = BlockFeatures(unet, tuple(options.repa_levels))
     params = [p for m in modules.values() for p in m.parameters()]
     optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=options.weight_decay)
     train_idx = torch.from_numpy(corpus.train_index)
@@ -151,10 +159,9 @@ def build_stage(
         zt, t, ctx, mask, noise = (v.to(device) for v in (zt, t, ctx, mask, noise))
         pred = unet(zt, t, encoder_hidden_states=ctx, encoder_attention_mask=mask).sample
         loss = F.mse_loss(pred.float(), noise)
-        if mid is None:
+        if kept is None:
             return loss, {}
-        align = alignment_loss(modules["repa_head"], mid.value.float(), repa_targets[idx].to(device))
-        mid.value = None  # holds the graph otherwise (and a model with it cannot be deep-copied)
+        align = alignment_loss(modules["repa_head"], kept.pop(), repa_targets[idx].to(device))
         return loss + options.repa_weight * align, {"eps_mse": loss.item(), "repa": align.item()}
 
     return Stage("unet", work_dir, modules, optimizer, step, options.stage), unet, scheduler
