@@ -103,6 +103,17 @@ def extract(model, folders: dict[str, Path]) -> dict[str, dict[str, np.ndarray]]
     return out
 
 
+def _weights_stamp(foundation: str) -> list[tuple[str, int, int]]:
+    """Size and mtime of the foundation's weight files: a cache key that changes when a folder
+    (e.g. kcdp:foundation/mini) is given new weights under the same name."""
+    from kcdp_core.config import Source
+    from kcdp_core.sources import local_folder
+
+    folder = local_folder(Source(foundation))
+    files = sorted(folder.rglob("*.safetensors")) if folder else []
+    return [(str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+
+
 def cached_features(
     foundation: str,
     folders: dict[str, Path],
@@ -113,7 +124,12 @@ def cached_features(
     """extract(), kept in `work` per foundation and image set (a rerun adding a foundation reuses the rest)."""
     import hashlib
 
-    spec = (foundation, sorted((k, str(v)) for k, v in folders.items()), image_size)
+    spec = (
+        foundation,
+        _weights_stamp(foundation),
+        sorted((k, str(v)) for k, v in folders.items()),
+        image_size,
+    )
     key = hashlib.sha256(repr(spec if timestep is None else (*spec, timestep)).encode())
     path = work / f"features-{key.hexdigest()[:16]}.npz"
     if path.exists():
