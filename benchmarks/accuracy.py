@@ -190,6 +190,16 @@ TABLES["avatars_emoji"] = (TABLES["avatars_emoji"][0], TABLES["avatars_loo"][1])
 REFERENCE_ROWS = {"effnet": False, "effnet_style": True}  # row -> per-style standardisation
 
 
+def recorded_command(script: str) -> str:
+    """This run's command line for a RESULTS table, with the folders of $DATA / $RUNS (when set)
+    written as those variables, as README and RESULTS.md name them, not this machine's paths."""
+    command = f"python benchmarks/{script} " + " ".join(sys.argv[1:])
+    for var in ("RUNS", "DATA"):
+        if os.environ.get(var):
+            command = command.replace(os.environ[var].rstrip("/"), f"${var}")
+    return command
+
+
 def machine() -> str:
     import torch
 
@@ -754,11 +764,7 @@ def build_table(table: str, args: argparse.Namespace) -> str:
         lines.append("|---|---|---|")
         lines += [f"| {a} | {b} | {c} |" for a, b, c in REFERENCE]
     seeds = " ".join(str(s) for s in args.seeds)
-    command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:])
-    # folders as the variables README and RESULTS.md use, not this machine's paths
-    for var in ("RUNS", "DATA"):
-        if os.environ.get(var):
-            command = command.replace(os.environ[var].rstrip("/"), f"${var}")
+    command = recorded_command("accuracy.py")
     meta = (
         f"Command: `{command}`  \n"
         f"Date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; machine: {machine()}"

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import TASKS, machine, write_section  # noqa: E402
+from accuracy import TASKS, machine, recorded_command, write_section  # noqa: E402
 
 FEATURES = {
     "pooled UNet levels": ("unet",),
@@ -246,10 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             for feature in ("pooled UNet levels", "image encoder embedding"):
                 inside[(name, feature)] = [within_style(feats, s, FEATURES[feature]) for s in AVATAR_STYLES]
 
-    command = "python benchmarks/probes.py --data $DATA/emoji" + (
-        " --avatars $DATA/avatars" if avatars else ""
-    )
-    command += "".join(f" --foundation {n}=..." for n in foundations) if args.foundation else ""
+    command = recorded_command("probes.py")
     lines = [
         "### Probes: logistic regression on frozen inputs of KCDP (`mini` foundations, no training)",
         "",
