@@ -40,7 +40,7 @@ class AlignmentHead(nn.Module):
 
 
 def block(unet: nn.Module, name: str) -> nn.Module:
-    """ "mid" -> the mid block, "upI" -> up block I."""
+    """The UNet block a REPA level names: "mid" the mid block, "upI" up block I."""
     if name == "mid":
         return unet.mid_block
     if name.startswith("up") and name[2:].isdigit() and int(name[2:]) < len(unet.up_blocks):
@@ -59,7 +59,8 @@ class BlockFeatures:
 
     def __init__(self, unet: nn.Module, names: tuple[str, ...]):
         self.values: dict[str, torch.Tensor] = {}
-        self._handles = [block(unet, n).register_forward_hook(self._keeper(n)) for n in names]
+        for n in names:
+            block(unet, n).register_forward_hook(self._keeper(n))
 
     def _keeper(self, name: str):
         def keep(_module: nn.Module, _inputs: tuple, output) -> None:
@@ -71,10 +72,6 @@ class BlockFeatures:
         """The kept outputs, forgotten here (they hold the graph; a model with them cannot be copied)."""
         values, self.values = self.values, {}
         return values
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
 
 
 def alignment_loss(
