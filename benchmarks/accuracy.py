@@ -128,7 +128,10 @@ TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
             ("da_pseudo_epoch", "CLIEA pseudo-labels, refreshed per epoch, all kept"),
             ("da_pseudo_zeroshot", "plain zero-shot pseudo-labels (aligned encoder, 'vanilla CLIP')"),
             ("da_select", "CLIEA per epoch, 1 warm-up epoch, per class the most confident 30% -> 80%"),
-            ("kcdp_da", "  + no class above an equal share (mini default)"),
+            (
+                "kcdp_da",
+                "CLIEA per epoch, per class top 30% -> 80%, no class above an equal share (mini default)",
+            ),
             ("da_select_agree", "CLIEA per epoch, per class top 30% -> 80%, only where the head agrees"),
         ],
     ),
