@@ -111,9 +111,13 @@ class ImageEncoder(nn.Module):
     def width(self) -> int:
         return self.head[0].in_features
 
+    def feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The backbone's last feature map [B, width, h, w]."""
+        return self.backbone((pixels - self.mean) / self.std)
+
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features [B, width] (before the alignment head)."""
-        return self.backbone((pixels - self.mean) / self.std).mean(dim=(2, 3))
+        return self.feature_map(pixels).mean(dim=(2, 3))
 
     def stages(self) -> list[nn.Module]:
         """The backbone as a chain of modules whose composition is its forward (parameters shared)."""
@@ -143,8 +147,7 @@ class ImageEncoder(nn.Module):
     def tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """The embedding head at every position of the last feature map: [B, embed_dim, h, w]
         (REPA's spatial targets; their mean is not the embedding, the head is not linear)."""
-        x = self.backbone((pixels - self.mean) / self.std)
-        return self._embed(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self._embed(self.feature_map(pixels).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
     def save_pretrained(self, folder: str | Path, dtype: torch.dtype = torch.float32) -> None:
         folder = Path(folder)

@@ -49,9 +49,8 @@ def block(unet: nn.Module, name: str) -> nn.Module:
 
 
 def block_channels(unet: nn.Module, name: str) -> int:
-    block(unet, name)  # the name's check
-    channels = unet.config.block_out_channels
-    return channels[-1] if name == "mid" else list(reversed(channels))[int(name[2:])]
+    """The channels of the block's output (its last resnet's)."""
+    return block(unet, name).resnets[-1].out_channels
 
 
 class BlockFeatures:
