@@ -96,6 +96,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "da_select": ("da", {"train": {**SELECT}}),
     "da_select_agree": ("da", {"train": {**SELECT, "pseudo_agreement": True}}),
     "da_no_tail": ("da", {"perception": {"image_tail": 0}}),
+    # AdaBN: the target's own BatchNorm statistics for CLIEA's epoch labels and in best/
+    "da_target_bn": ("da", {"train": {"target_bn": True}}),
     "da_frozen": ("da", {"perception": {"finetune": "frozen"}}),
     "da_kv": ("da", {"perception": {"finetune": "kv"}}),
     "da_full": ("da", {"perception": {"finetune": "full"}}),
@@ -168,6 +170,7 @@ TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
                 "KCDP (DA): + unlabelled target, CLIEA pseudo-labels per epoch, class-balanced (top 30 -> 80%, capped)",
             ),
             ("da_no_tail", "  KCDP (DA) with the frozen image embedding (no image tail, as before)"),
+            ("da_target_bn", "  KCDP (DA) + the target's BatchNorm statistics (AdaBN: pseudo-labels and best/)"),
             ("effnet", "EfficientNet-Lite0 (ImageNet) pooled features + logistic regression, source only"),
             ("effnet_style", "  + per-style feature standardisation (target: its own unlabelled statistics)"),
         ],

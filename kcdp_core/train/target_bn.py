@@ -1,0 +1,62 @@
+"""BatchNorm statistics of one domain (AdaBN, Li et al. 2017): per-style feature standardisation.
+
+In DA training every target batch passes BatchNorm on its own, so the layers learn to read target
+features standardised by target statistics; in eval mode they apply running statistics that mix the
+source's styles with the target. Recomputing them on the unlabelled target images makes evaluation
+read the target as training did. Images only: labels are never touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def recompute_statistics(model: nn.Module, batches: Iterable[dict], device=None) -> int:
+    """Running statistics of every BatchNorm = the mean and variance over `batches` (a cumulative
+    average, not an EMA); everything else runs in eval mode. Returns the number of images seen."""
+    bns = batch_norms(model)
+    was = model.training
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.eval()
+    for bn in bns:
+        bn.train()
+    seen = 0
+    try:
+        for batch in batches:
+            if len(batch["pixels"]) < 2:
+                continue  # a single image has no variance to standardise by
+            pixels, k, mask = (
+                batch[key].to(device) if device else batch[key] for key in ("pixels", "k", "k_mask")
+            )
+            model(pixels, k, mask)
+            seen += len(pixels)
+    finally:
+        for bn in bns:
+            bn.momentum = 0.1
+        model.train(was)
+    return seen
+
+
+@contextmanager
+def domain_statistics(model: nn.Module, batches: Iterable[dict], device=None) -> Iterator[int]:
+    """Inside the block BatchNorm uses the statistics of `batches`; the previous ones come back after."""
+    bns = batch_norms(model)
+    saved = [(bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()) for bn in bns]
+    try:
+        yield recompute_statistics(model, batches, device)
+    finally:
+        for bn, (mean, var, count) in zip(bns, saved, strict=True):
+            bn.running_mean.copy_(mean)
+            bn.running_var.copy_(var)
+            bn.num_batches_tracked.copy_(count)

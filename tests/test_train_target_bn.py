@@ -1,0 +1,64 @@
+"""AdaBN: BatchNorm statistics recomputed on one domain's images, and put back afterwards."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kcdp_core.train.target_bn import domain_statistics, recompute_statistics
+
+
+class Probe(nn.Module):
+    """pixels -> BatchNorm over the mean colour; k and k_mask ignored (the KCDP call signature)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(3)
+        self.dropout = nn.Dropout(0.5)
+
+    def forward(self, pixels, k, k_mask):
+        return self.dropout(self.bn(pixels.mean(dim=(2, 3))))
+
+
+def _batches(shift: float, n: int = 4, size: int = 8, seed: int = 0) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    return [
+        {
+            "pixels": torch.rand(size, 3, 4, 4, generator=g) + shift,
+            "k": torch.zeros(size, 2, 5),
+            "k_mask": torch.ones(size, 2),
+        }
+        for _ in range(n)
+    ] + [{"pixels": torch.rand(1, 3, 4, 4) + 100.0, "k": torch.zeros(1, 2, 5), "k_mask": torch.ones(1, 2)}]
+
+
+def test_recompute_takes_the_domains_mean_and_skips_single_images() -> None:
+    model = Probe().train()
+    batches = _batches(shift=2.0)
+    seen = recompute_statistics(model, batches)
+    assert seen == 32  # the lone last image (an outlier at +100) is not counted
+    colour = torch.cat([b["pixels"].mean(dim=(2, 3)) for b in batches[:-1]])
+    torch.testing.assert_close(model.bn.running_mean, colour.mean(0), atol=1e-5, rtol=0)
+    per_batch_var = torch.stack([c.var(0) for c in colour.split(8)]).mean(0)
+    torch.testing.assert_close(model.bn.running_var, per_batch_var, atol=1e-5, rtol=0)
+    assert model.training and model.bn.momentum == 0.1  # mode and EMA restored
+
+
+def test_domain_statistics_standardise_inside_and_restore_after() -> None:
+    model = Probe()
+    recompute_statistics(model, _batches(shift=0.0, seed=1))  # "source" statistics
+    before = (model.bn.running_mean.clone(), model.bn.running_var.clone())
+    target = _batches(shift=5.0, seed=2)[:-1]
+    model.eval()
+    with torch.no_grad():
+        raw = torch.cat([model(**b) for b in target])
+        assert raw.mean() > 10  # the source statistics leave the shifted target far off zero
+        with domain_statistics(model, target) as seen:
+            assert seen == 32
+            inside = torch.cat([model(**b) for b in target])
+        after = torch.cat([model(**b) for b in target])
+    assert inside.mean(0).abs().max() < 1e-4 and (inside.std(0) - 1).abs().max() < 0.2
+    torch.testing.assert_close(after, raw)
+    torch.testing.assert_close(model.bn.running_mean, before[0])
+    torch.testing.assert_close(model.bn.running_var, before[1])
+    assert not model.training
