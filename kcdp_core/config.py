@@ -165,8 +165,8 @@ class TrainConfig:
     num_workers: int = 0
     # Draw source batches class-balanced (with replacement): macro-F1 on skewed sets (happiness 19/44).
     balanced_sampling: bool = False
-    # DA: after training, recompute the BatchNorm statistics of the best model on the unlabelled
-    # target (AdaBN: per-style feature standardisation; images only, never labels).
+    # DA (AdaBN, train/target_bn.py): BatchNorm statistics of the unlabelled target (images only)
+    # when CLIEA labels it each epoch, and recomputed on it in best/ after training.
     target_bn: bool = False
 
 

@@ -129,7 +129,10 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--balanced", action="store_true", help="class-balanced source batches")
     p.add_argument(
-        "--target-bn", action="store_true", help="DA: recompute best/'s BatchNorm statistics on the target"
+        "--target-bn",
+        action="store_true",
+        help="DA (AdaBN): the unlabelled target's own BatchNorm statistics for CLIEA's per-epoch "
+        "pseudo-labels and in best/",
     )
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
