@@ -170,7 +170,10 @@ TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
                 "KCDP (DA): + unlabelled target, CLIEA pseudo-labels per epoch, class-balanced (top 30 -> 80%, capped)",
             ),
             ("da_no_tail", "  KCDP (DA) with the frozen image embedding (no image tail, as before)"),
-            ("da_target_bn", "  KCDP (DA) + the target's BatchNorm statistics (AdaBN: pseudo-labels and best/)"),
+            (
+                "da_target_bn",
+                "  KCDP (DA) + the target's BatchNorm statistics (AdaBN: pseudo-labels and best/)",
+            ),
             ("effnet", "EfficientNet-Lite0 (ImageNet) pooled features + logistic regression, source only"),
             ("effnet_style", "  + per-style feature standardisation (target: its own unlabelled statistics)"),
         ],
@@ -706,6 +709,8 @@ def fmt(values: list[float]) -> str:
 def build_table(table: str, args: argparse.Namespace) -> str:
     labels = preset_labels(args)
     title, rows = TABLES[table]
+    if {t.split(":")[0] for t in args.tasks or []} == {"loo"} and not table.startswith("avatars"):
+        title += ", on leave one avatar style out"
     if args.variants:
         rows = [r for r in rows if r[0] in args.variants]
     tasks = tasks_for(table, args)
