@@ -24,7 +24,7 @@ def recompute_statistics(model: nn.Module, batches: Iterable[dict], device=None)
     """Running statistics of every BatchNorm = the mean and variance over `batches` (a cumulative
     average, not an EMA); everything else runs in eval mode. Returns the number of images seen."""
     bns = batch_norms(model)
-    was = model.training
+    was, momenta = model.training, [bn.momentum for bn in bns]
     for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None
@@ -42,8 +42,8 @@ def recompute_statistics(model: nn.Module, batches: Iterable[dict], device=None)
             model(pixels, k, mask)
             seen += len(pixels)
     finally:
-        for bn in bns:
-            bn.momentum = 0.1
+        for bn, momentum in zip(bns, momenta, strict=True):
+            bn.momentum = momentum
         model.train(was)
     return seen
 
