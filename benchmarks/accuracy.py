@@ -96,7 +96,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "da_select": ("da", {"train": {**SELECT}}),
     "da_select_agree": ("da", {"train": {**SELECT, "pseudo_agreement": True}}),
     "da_no_tail": ("da", {"perception": {"image_tail": 0}}),
-    # AdaBN: the target's own BatchNorm statistics for CLIEA's epoch labels and in best/
+    # AdaBN: best/'s BatchNorm statistics recomputed on the unlabelled target after training
     "da_target_bn": ("da", {"train": {"target_bn": True}}),
     "da_frozen": ("da", {"perception": {"finetune": "frozen"}}),
     "da_kv": ("da", {"perception": {"finetune": "kv"}}),
@@ -172,7 +172,7 @@ TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
             ("da_no_tail", "  KCDP (DA) with the frozen image embedding (no image tail, as before)"),
             (
                 "da_target_bn",
-                "  KCDP (DA) + the target's BatchNorm statistics (AdaBN: pseudo-labels and best/)",
+                "  KCDP (DA) + AdaBN: best/'s BatchNorm statistics from the unlabelled target",
             ),
             ("effnet", "EfficientNet-Lite0 (ImageNet) pooled features + logistic regression, source only"),
             ("effnet_style", "  + per-style feature standardisation (target: its own unlabelled statistics)"),

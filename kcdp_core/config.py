@@ -165,8 +165,8 @@ class TrainConfig:
     num_workers: int = 0
     # Draw source batches class-balanced (with replacement): macro-F1 on skewed sets (happiness 19/44).
     balanced_sampling: bool = False
-    # DA (AdaBN, train/target_bn.py): BatchNorm statistics of the unlabelled target (images only)
-    # when CLIEA labels it each epoch, and recomputed on it in best/ after training.
+    # DA (AdaBN, train/target_bn.py): after training, recompute best/'s BatchNorm statistics on the
+    # unlabelled target (per-style feature standardisation; images only, never labels).
     target_bn: bool = False
 
 

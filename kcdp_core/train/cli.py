@@ -131,8 +131,7 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--target-bn",
         action="store_true",
-        help="DA (AdaBN): the unlabelled target's own BatchNorm statistics for CLIEA's per-epoch "
-        "pseudo-labels and in best/",
+        help="DA (AdaBN): recompute best/'s BatchNorm statistics on the unlabelled target",
     )
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -2,14 +2,15 @@
 
 In DA training every target batch passes BatchNorm on its own, so the layers learn to read target
 features standardised by target statistics; in eval mode they apply running statistics that mix the
-source's styles with the target. Recomputing them on the unlabelled target images makes evaluation
-read the target as training did. Images only: labels are never touched.
+source's styles with the target. Recomputing them on the unlabelled target images after training
+makes the saved model read the target as training did. Images only: labels are never touched.
+(Using the target's statistics for CLIEA's per-epoch pseudo-labels as well measured worse:
+benchmarks/RESULTS.md, drawn-faces notes, session 7.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -46,17 +47,3 @@ def recompute_statistics(model: nn.Module, batches: Iterable[dict], device=None)
             bn.momentum = momentum
         model.train(was)
     return seen
-
-
-@contextmanager
-def domain_statistics(model: nn.Module, batches: Iterable[dict], device=None) -> Iterator[int]:
-    """Inside the block BatchNorm uses the statistics of `batches`; the previous ones come back after."""
-    bns = batch_norms(model)
-    saved = [(bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()) for bn in bns]
-    try:
-        yield recompute_statistics(model, batches, device)
-    finally:
-        for bn, (mean, var, count) in zip(bns, saved, strict=True):
-            bn.running_mean.copy_(mean)
-            bn.running_var.copy_(var)
-            bn.num_batches_tracked.copy_(count)

@@ -22,7 +22,6 @@ import random
 import shutil
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +41,7 @@ from kcdp_core.train.datasets import (
 from kcdp_core.train.evaluate import classification_metrics, predict
 from kcdp_core.train.knowledge import Describe, KnowledgeTable
 from kcdp_core.train.pseudo_labels import TargetPredictions, fraction_at, select
-from kcdp_core.train.target_bn import batch_norms, domain_statistics, recompute_statistics
+from kcdp_core.train.target_bn import batch_norms, recompute_statistics
 
 STATE_JSON = "train_state.json"
 STATE_TENSORS = "train_state.safetensors"
@@ -387,23 +386,21 @@ class Trainer:
     @torch.no_grad()
     def _epoch_pseudo_labels(self, model) -> TargetPredictions:
         """CLIEA argmax and confidence, and the head's argmax, over the whole (un-augmented) target
-        with the current model (with train.target_bn: standardised by the target's own statistics)."""
+        with the current model."""
         loader = torch.utils.data.DataLoader(self.target_plain, batch_size=self.tc.batch_size)
-        device = self.accelerator.device
-        statistics = domain_statistics(model, loader, device) if self.tc.target_bn else nullcontext()
         labels, confs, heads = [], [], []
         was = model.training
-        with statistics:
-            model.eval()
-            for batch in loader:
-                k, m = batch["k"].to(device), batch["k_mask"].to(device)
-                with self.accelerator.autocast():
-                    out = model(batch["pixels"].to(device), k, m)
-                    scores = model.cliea_scores(out.features, k, m)
-                conf, y = scores.float().softmax(dim=-1).max(dim=-1)
-                labels.append(y.cpu())
-                confs.append(conf.cpu())
-                heads.append(out.logits.argmax(dim=-1).cpu())
+        model.eval()
+        device = self.accelerator.device
+        for batch in loader:
+            k, m = batch["k"].to(device), batch["k_mask"].to(device)
+            with self.accelerator.autocast():
+                out = model(batch["pixels"].to(device), k, m)
+                scores = model.cliea_scores(out.features, k, m)
+            conf, y = scores.float().softmax(dim=-1).max(dim=-1)
+            labels.append(y.cpu())
+            confs.append(conf.cpu())
+            heads.append(out.logits.argmax(dim=-1).cpu())
         model.train(was)
         return TargetPredictions(torch.cat(labels), torch.cat(confs), torch.cat(heads))
 
