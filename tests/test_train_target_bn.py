@@ -43,3 +43,17 @@ def test_recompute_takes_the_domains_mean_and_skips_single_images() -> None:
     per_batch_var = torch.stack([c.var(0) for c in colour.split(8)]).mean(0)
     torch.testing.assert_close(model.bn.running_var, per_batch_var, atol=1e-5, rtol=0)
     assert model.training and model.bn.momentum == 0.05  # mode and EMA restored
+
+
+def test_recompute_within_leaves_other_layers_statistics_alone() -> None:
+    """Only the layers a checkpoint keeps are adapted; a frozen upstream BatchNorm keeps its own."""
+    model = nn.Sequential()
+    model.frozen, model.kept = nn.BatchNorm1d(3), nn.BatchNorm1d(3)
+    model.forward = lambda pixels, k, k_mask: model.kept(model.frozen(pixels.mean(dim=(2, 3))))
+    batches = _batches(shift=3.0, seed=4)
+    seen = recompute_statistics(model, batches, within=[model.kept])
+    assert seen == 32
+    torch.testing.assert_close(model.frozen.running_mean, torch.zeros(3))  # untouched
+    colour = torch.cat([b["pixels"].mean(dim=(2, 3)) for b in batches[:-1]])
+    # the kept layer saw the frozen layer's eval output: colour normalised by mean 0, var 1 (eps aside)
+    torch.testing.assert_close(model.kept.running_mean, colour.mean(0), atol=1e-4, rtol=0)

@@ -132,13 +132,19 @@ class KCDPModel(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
-    def trained_state_dict(self) -> dict[str, torch.Tensor]:
-        """Trained parameters plus the BatchNorm running statistics of the FPN and the image tail
-        (learned from data too)."""
-        state = {n: p for n, p in self.named_parameters() if self._is_trained(n)}
-        state.update({n: b for n, b in self.fpn.named_buffers(prefix="fpn")})
+    def statistics_modules(self) -> dict[str, nn.Module]:
+        """The modules whose BatchNorm running statistics a checkpoint keeps (learned from data too):
+        the FPN and the image tail. The frozen image encoder's come from the foundation."""
+        modules: dict[str, nn.Module] = {"fpn": self.fpn}
         if self.image_tail is not None:
-            state.update({n: b for n, b in self.image_tail.named_buffers(prefix="image_tail")})
+            modules["image_tail"] = self.image_tail
+        return modules
+
+    def trained_state_dict(self) -> dict[str, torch.Tensor]:
+        """Trained parameters plus the buffers of `statistics_modules()`."""
+        state = {n: p for n, p in self.named_parameters() if self._is_trained(n)}
+        for prefix, module in self.statistics_modules().items():
+            state.update(dict(module.named_buffers(prefix=prefix)))
         return state
 
     def train(self, mode: bool = True) -> KCDPModel:

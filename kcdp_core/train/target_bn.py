@@ -3,9 +3,11 @@
 In DA training every target batch passes BatchNorm on its own, so the layers learn to read target
 features standardised by target statistics; in eval mode they apply running statistics that mix the
 source's styles with the target. Recomputing them on the unlabelled target images after training
-makes the saved model read the target as training did. Images only: labels are never touched.
-(Using the target's statistics for CLIEA's per-epoch pseudo-labels as well measured worse:
-benchmarks/RESULTS.md, drawn-faces notes, session 7.)
+makes the saved model read the target as training did. Only the layers a checkpoint keeps are
+recomputed: the frozen image encoder's statistics come back from the foundation on loading, and
+statistics downstream of a changed encoder would not fit the one that comes back. Images only:
+labels are never touched. (Target statistics for CLIEA's per-epoch pseudo-labels as well, and
+for the frozen encoder too, were measured: benchmarks/RESULTS.md, drawn-faces notes, session 7.)
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 
 @torch.no_grad()
-def recompute_statistics(model: nn.Module, batches: Iterable[dict], device=None) -> int:
-    """Running statistics of every BatchNorm = the mean and variance over `batches` (a cumulative
-    average, not an EMA); everything else runs in eval mode. Returns the number of images seen."""
-    bns = batch_norms(model)
+def recompute_statistics(
+    model: nn.Module, batches: Iterable[dict], device=None, within: Iterable[nn.Module] | None = None
+) -> int:
+    """Running statistics of every BatchNorm inside `within` (default: the whole model) = the mean
+    and variance over `batches` (a cumulative average, not an EMA); everything else runs in eval
+    mode with its own statistics. Returns the number of images seen."""
+    bns = [bn for root in (within or [model]) for bn in batch_norms(root)]
     was, momenta = model.training, [bn.momentum for bn in bns]
     for bn in bns:
         bn.reset_running_stats()

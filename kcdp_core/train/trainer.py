@@ -441,11 +441,11 @@ class Trainer:
         if marker.exists():
             return
         model = KCDPModel.from_pretrained(best)
-        if not batch_norms(model):
+        kept = list(model.statistics_modules().values())
+        if not any(batch_norms(m) for m in kept):
             return
-        recompute_statistics(
-            model, torch.utils.data.DataLoader(self.target_plain, batch_size=self.tc.batch_size)
-        )
+        loader = torch.utils.data.DataLoader(self.target_plain, batch_size=self.tc.batch_size)
+        recompute_statistics(model, loader, within=kept)
         self._publish_best(
             model, {"target_bn.json": {"target": str(self.target), "images": len(self.target_plain)}}
         )
