@@ -121,6 +121,7 @@ TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
             ),
             ("kcdp_uc", "KCDP (UC): source only, knowledge + CLIEA"),
             ("kcdp_da", "KCDP (DA): + unlabelled target, CLIEA pseudo-labels (the preset's selection)"),
+            ("da_target_bn", "  KCDP (DA) + AdaBN: best/'s BatchNorm statistics from the unlabelled target"),
         ],
     ),
     "pseudo": (
