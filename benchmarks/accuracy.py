@@ -109,6 +109,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "da_triplets_moe": ("da", {"knowledge": {"use_caption": False}}),
 }
 
+# a row of several tables: the same runs, the same label
+TARGET_BN_ROW = (
+    "da_target_bn",
+    "  KCDP (DA) + AdaBN: best/'s BatchNorm statistics from the unlabelled target",
+)
 TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
     "main": (
         "Main results: target accuracy / macro-F1",
@@ -121,7 +126,7 @@ TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
             ),
             ("kcdp_uc", "KCDP (UC): source only, knowledge + CLIEA"),
             ("kcdp_da", "KCDP (DA): + unlabelled target, CLIEA pseudo-labels (the preset's selection)"),
-            ("da_target_bn", "  KCDP (DA) + AdaBN: best/'s BatchNorm statistics from the unlabelled target"),
+            TARGET_BN_ROW,
         ],
     ),
     "pseudo": (
@@ -171,10 +176,7 @@ TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
                 "KCDP (DA): + unlabelled target, CLIEA pseudo-labels per epoch, class-balanced (top 30 -> 80%, capped)",
             ),
             ("da_no_tail", "  KCDP (DA) with the frozen image embedding (no image tail, as before)"),
-            (
-                "da_target_bn",
-                "  KCDP (DA) + AdaBN: best/'s BatchNorm statistics from the unlabelled target",
-            ),
+            TARGET_BN_ROW,
             ("effnet", "EfficientNet-Lite0 (ImageNet) pooled features + logistic regression, source only"),
             ("effnet_style", "  + per-style feature standardisation (target: its own unlabelled statistics)"),
         ],

@@ -111,9 +111,12 @@ class ImageEncoder(nn.Module):
     def width(self) -> int:
         return self.head[0].in_features
 
+    def _standardise(self, pixels: torch.Tensor) -> torch.Tensor:
+        return (pixels - self.mean) / self.std
+
     def feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
         """The backbone's last feature map [B, width, h, w]."""
-        return self.backbone((pixels - self.mean) / self.std)
+        return self.backbone(self._standardise(pixels))
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features [B, width] (before the alignment head)."""
@@ -127,7 +130,7 @@ class ImageEncoder(nn.Module):
 
     def trunk(self, pixels: torch.Tensor, tail: int) -> torch.Tensor:
         """The backbone's feature map before its last `tail` stages (where an ImageTail takes over)."""
-        x = (pixels - self.mean) / self.std
+        x = self._standardise(pixels)
         for stage in self.stages()[:-tail]:
             x = stage(x)
         return x

@@ -24,7 +24,7 @@ def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 @torch.no_grad()
 def recompute_statistics(
-    model: nn.Module, batches: Iterable[dict], device=None, within: Iterable[nn.Module] | None = None
+    model: nn.Module, batches: Iterable[dict], within: Iterable[nn.Module] | None = None
 ) -> int:
     """Running statistics of every BatchNorm inside `within` (default: the whole model) = the mean
     and variance over `batches` (a cumulative average, not an EMA); everything else runs in eval
@@ -42,11 +42,8 @@ def recompute_statistics(
         for batch in batches:
             if len(batch["pixels"]) < 2:
                 continue  # a single image has no variance to standardise by
-            pixels, k, mask = (
-                batch[key].to(device) if device else batch[key] for key in ("pixels", "k", "k_mask")
-            )
-            model(pixels, k, mask)
-            seen += len(pixels)
+            model(batch["pixels"], batch["k"], batch["k_mask"])
+            seen += len(batch["pixels"])
     finally:
         for bn, momentum in zip(bns, momenta, strict=True):
             bn.momentum = momentum
