@@ -96,8 +96,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "da_select": ("da", {"train": {**SELECT}}),
     "da_select_agree": ("da", {"train": {**SELECT, "pseudo_agreement": True}}),
     "da_no_tail": ("da", {"perception": {"image_tail": 0}}),
-    # AdaBN: best/'s BatchNorm statistics recomputed on the unlabelled target after training
-    "da_target_bn": ("da", {"train": {"target_bn": True}}),
+    # The preset's DA before AdaBN (best/'s BatchNorm statistics from the source, not the target)
+    "da_no_target_bn": ("da", {"train": {"target_bn": False}}),
     "da_frozen": ("da", {"perception": {"finetune": "frozen"}}),
     "da_kv": ("da", {"perception": {"finetune": "kv"}}),
     "da_full": ("da", {"perception": {"finetune": "full"}}),
@@ -110,10 +110,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 }
 
 # a row of several tables: the same runs, the same label
-TARGET_BN_ROW = (
-    "da_target_bn",
-    "  KCDP (DA) + AdaBN: best/'s BatchNorm statistics from the unlabelled target",
-)
+NO_TARGET_BN_ROW = ("da_no_target_bn", "  KCDP (DA) without AdaBN (BatchNorm statistics of the source)")
 TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
     "main": (
         "Main results: target accuracy / macro-F1",
@@ -125,8 +122,11 @@ TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
                 "source only (same v: UNet features ⊕ image embedding, + head; no knowledge, no CLIEA, no target)",
             ),
             ("kcdp_uc", "KCDP (UC): source only, knowledge + CLIEA"),
-            ("kcdp_da", "KCDP (DA): + unlabelled target, CLIEA pseudo-labels (the preset's selection)"),
-            TARGET_BN_ROW,
+            (
+                "kcdp_da",
+                "KCDP (DA): + unlabelled target, CLIEA pseudo-labels (the preset's selection), AdaBN",
+            ),
+            NO_TARGET_BN_ROW,
         ],
     ),
     "pseudo": (
@@ -173,10 +173,10 @@ TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
             ("kcdp_uc", "KCDP (UC): source only, knowledge + CLIEA"),
             (
                 "kcdp_da",
-                "KCDP (DA): + unlabelled target, CLIEA pseudo-labels per epoch, class-balanced (top 30 -> 80%, capped)",
+                "KCDP (DA): + unlabelled target, CLIEA pseudo-labels per epoch, class-balanced (top 30 -> 80%, capped), AdaBN",
             ),
             ("da_no_tail", "  KCDP (DA) with the frozen image embedding (no image tail, as before)"),
-            TARGET_BN_ROW,
+            NO_TARGET_BN_ROW,
             ("effnet", "EfficientNet-Lite0 (ImageNet) pooled features + logistic regression, source only"),
             ("effnet_style", "  + per-style feature standardisation (target: its own unlabelled statistics)"),
         ],
@@ -427,6 +427,32 @@ def run_name(variant: str, task: Task, seed: int, args: argparse.Namespace) -> P
     setting = VARIANTS[variant][0]
     tname = Path(task.target).stem if setting == "da" else "none"
     return Path(args.runs) / recipe_tag(args) / f"{variant}_{Path(task.source).stem}_{tname}_s{seed}"
+
+
+def recipe_changes(run_dir: Path, config) -> list[str]:
+    """Where a run folder's saved config differs from the one its variant builds today (a preset
+    changed since it trained): `section.field: saved -> now`; empty when it may be reused."""
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    saved_file = run_dir / "config.json"
+    if not saved_file.exists():
+        return []
+    from kcdp_core.config import KCDPConfig, TrainConfig
+
+    # through the dataclasses, so that fields added since the run read as their defaults
+    saved = flat(json.loads(KCDPConfig.load(run_dir).to_json()))
+    now = flat(json.loads(config.to_json()))
+    if config.train.setting == "uc":
+        for name in TrainConfig.DA_ONLY:
+            saved.pop(f"train.{name}", None), now.pop(f"train.{name}", None)
+    return [
+        f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(saved | now) if saved.get(k) != now.get(k)
+    ]
 
 
 def result_file(run_dir: Path, eval_data: Path) -> Path:
@@ -729,6 +755,12 @@ def build_table(table: str, args: argparse.Namespace) -> str:
                     jobs[run_dir][2].append(task.eval_data)
                 else:
                     jobs[run_dir] = (variant, task, [task.eval_data], run_dir, seed, args)
+    stale = {d: c for d, j in jobs.items() if (c := recipe_changes(d, config_for(j[0], args, j[4])))}
+    if stale:
+        listing = "\n".join(f"  {d}: {'; '.join(c)}" for d, c in stale.items())
+        raise SystemExit(
+            f"run folders trained under another recipe (move them away or use another --runs):\n{listing}"
+        )
     if trained:
         warm_knowledge(trained, tasks, args)
         execute(list(jobs.values()), args)

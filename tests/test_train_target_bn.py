@@ -57,3 +57,16 @@ def test_recompute_within_leaves_other_layers_statistics_alone() -> None:
     colour = torch.cat([b["pixels"].mean(dim=(2, 3)) for b in batches[:-1]])
     # the kept layer saw the frozen layer's eval output: colour normalised by mean 0, var 1 (eps aside)
     torch.testing.assert_close(model.kept.running_mean, colour.mean(0), atol=1e-4, rtol=0)
+
+
+def test_mini_adapts_by_default_and_the_cli_switches_it_either_way() -> None:
+    from kcdp_core.train.cli import _config_from_args, train_parser
+
+    def target_bn(*flags: str) -> bool:
+        args = train_parser().parse_args(["--source", "s", "--out", "o", "--setting", "da", *flags])
+        return _config_from_args(args).train.target_bn
+
+    assert target_bn("--preset", "mini") is True  # the recipe chosen on the validation tasks
+    assert target_bn("--preset", "mini", "--no-target-bn") is False
+    assert target_bn("--preset", "tiny", "--foundation", "f") is False
+    assert target_bn("--preset", "tiny", "--foundation", "f", "--target-bn") is True

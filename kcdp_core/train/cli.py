@@ -53,7 +53,7 @@ def _config_from_args(args: argparse.Namespace) -> KCDPConfig:
     extra = (
         ("train", "augment", False if args.no_augment else None),
         ("train", "balanced_sampling", True if args.balanced else None),
-        ("train", "target_bn", True if args.target_bn else None),
+        ("train", "target_bn", args.target_bn),
         ("perception", "finetune", args.finetune or None),
         ("head", "classifier", args.classifier or None),
         ("head", "use_knowledge", False if args.no_knowledge_head else None),
@@ -130,8 +130,8 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--balanced", action="store_true", help="class-balanced source batches")
     p.add_argument(
         "--target-bn",
-        action="store_true",
-        help="DA (AdaBN): recompute best/'s BatchNorm statistics on the unlabelled target",
+        action=argparse.BooleanOptionalAction,
+        help="DA (AdaBN): recompute best/'s BatchNorm statistics on the unlabelled target (default: the preset's; on for mini)",
     )
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
