@@ -45,6 +45,14 @@ def test_recompute_takes_the_domains_mean_and_skips_single_images() -> None:
     assert model.training and model.bn.momentum == 0.05  # mode and EMA restored
 
 
+def test_recompute_without_a_usable_batch_keeps_the_statistics() -> None:
+    model = Probe()
+    recompute_statistics(model, _batches(shift=2.0))
+    mean, var = model.bn.running_mean.clone(), model.bn.running_var.clone()
+    assert recompute_statistics(model, _batches(shift=50.0, n=0)) == 0  # a lone image only
+    assert torch.equal(model.bn.running_mean, mean) and torch.equal(model.bn.running_var, var)
+
+
 def test_recompute_within_leaves_other_layers_statistics_alone() -> None:
     """Only the layers a checkpoint keeps are adapted; a frozen upstream BatchNorm keeps its own."""
     model = nn.Sequential()

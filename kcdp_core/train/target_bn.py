@@ -28,9 +28,11 @@ def recompute_statistics(
 ) -> int:
     """Running statistics of every BatchNorm inside `within` (default: the whole model) = the mean
     and variance over `batches` (a cumulative average, not an EMA); everything else runs in eval
-    mode with its own statistics. Returns the number of images seen."""
+    mode with its own statistics. Returns the number of images seen; with none (no batch of two or
+    more images) the statistics stay as they were."""
     bns = [bn for root in (within or [model]) for bn in batch_norms(root)]
     was, momenta = model.training, [bn.momentum for bn in bns]
+    before = [{k: v.clone() for k, v in bn.state_dict().items()} for bn in bns]
     for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None
@@ -45,7 +47,9 @@ def recompute_statistics(
             model(batch["pixels"], batch["k"], batch["k_mask"])
             seen += len(batch["pixels"])
     finally:
-        for bn, momentum in zip(bns, momenta, strict=True):
+        for bn, momentum, state in zip(bns, momenta, before, strict=True):
             bn.momentum = momentum
+            if not seen:
+                bn.load_state_dict(state)
         model.train(was)
     return seen

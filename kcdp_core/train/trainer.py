@@ -445,7 +445,9 @@ class Trainer:
         if not any(batch_norms(m) for m in kept):
             return
         loader = torch.utils.data.DataLoader(self.target_plain, batch_size=self.tc.batch_size)
-        recompute_statistics(model, loader, within=kept)
+        if not recompute_statistics(model, loader, within=kept):
+            self.log("best/ keeps its source BatchNorm statistics: no target batch of two or more images")
+            return
         self._publish_best(
             model, {"target_bn.json": {"target": str(self.target), "images": len(self.target_plain)}}
         )
