@@ -448,8 +448,9 @@ def recipe_changes(run_dir: Path, config) -> list[str]:
     saved = flat(json.loads(KCDPConfig.load(run_dir).to_json()))
     now = flat(json.loads(config.to_json()))
     if config.train.setting == "uc":
-        for name in TrainConfig.DA_ONLY:
-            saved.pop(f"train.{name}", None), now.pop(f"train.{name}", None)
+        for key in (f"train.{name}" for name in TrainConfig.DA_ONLY):
+            saved.pop(key, None)
+            now.pop(key, None)
     return [
         f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(saved | now) if saved.get(k) != now.get(k)
     ]

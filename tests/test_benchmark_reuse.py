@@ -1,0 +1,46 @@
+"""benchmarks/accuracy.py reuses a finished run folder only if the recipe it was trained under is
+the one its variant builds today: a changed preset default must not pass old runs off as new."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy.py"
+
+
+def _accuracy():
+    spec = importlib.util.spec_from_file_location("accuracy", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["accuracy"] = module  # its dataclasses look their module up while being defined
+    spec.loader.exec_module(module)
+    return module
+
+
+ARGS = argparse.Namespace(
+    preset="mini", epochs=5, batch_size=None, lr=None, head_lr=None, balanced=False, set=None, foundation=None
+)
+
+
+def test_a_run_is_reused_only_under_its_own_recipe(tmp_path) -> None:
+    acc = _accuracy()
+    run = tmp_path / "kcdp_da_run"
+    assert acc.recipe_changes(run, acc.config_for("kcdp_da", ARGS, 0)) == []  # nothing trained yet
+
+    acc.config_for("da_no_target_bn", ARGS, 0).save(run)  # trained before AdaBN became the default
+    assert acc.recipe_changes(run, acc.config_for("da_no_target_bn", ARGS, 0)) == []
+    assert acc.recipe_changes(run, acc.config_for("kcdp_da", ARGS, 0)) == ["train.target_bn: False -> True"]
+    changes = acc.recipe_changes(run, acc.config_for("da_no_target_bn", ARGS, 1))
+    assert changes == ["train.seed: 0 -> 1"]
+
+
+def test_a_uc_run_ignores_fields_only_da_reads(tmp_path) -> None:
+    acc = _accuracy()
+    run = tmp_path / "source_only_run"
+    saved = acc.config_for("source_only", ARGS, 0)
+    saved.replace(train={"target_bn": False, "pseudo_fraction": 0.9}).save(run)
+    assert acc.recipe_changes(run, acc.config_for("source_only", ARGS, 0)) == []
+    saved.replace(train={"epochs": 7}).save(run)
+    assert acc.recipe_changes(run, acc.config_for("source_only", ARGS, 0)) == ["train.epochs: 7 -> 5"]
