@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -25,8 +26,11 @@ def test_two_processes_train_one_model(tmp_path) -> None:
     script = tmp_path / "train.py"
     script.write_text(TRAIN + "\n")
     env = {**os.environ, "KCDP_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    with socket.socket() as sock:  # a free port: a fixed one can be held by another run on the machine
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
         str(script), "--preset", "tiny", "--source", str(src), "--target", str(tgt), "--out", str(out),
         "--epochs", "2", "--batch-size", "4", "--seed", "3", "--quiet", "--threads", "1",
     ]  # fmt: skip
