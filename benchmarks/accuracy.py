@@ -439,14 +439,12 @@ def recipe_changes(run_dir: Path, config) -> list[str]:
             out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
         return out
 
-    saved_file = run_dir / "config.json"
-    if not saved_file.exists():
+    if not (run_dir / "config.json").exists():
         return []
     from kcdp_core.config import KCDPConfig, TrainConfig
 
     # through the dataclasses, so that fields added since the run read as their defaults
-    saved = flat(json.loads(KCDPConfig.load(run_dir).to_json()))
-    now = flat(json.loads(config.to_json()))
+    saved, now = flat(KCDPConfig.load(run_dir).to_dict()), flat(config.to_dict())
     if config.train.setting == "uc":
         for key in (f"train.{name}" for name in TrainConfig.DA_ONLY):
             saved.pop(key, None)
