@@ -134,6 +134,25 @@ def test_vae_stage_learns_and_resumes_exactly(tmp_path, corpus):
     assert 3 < va.psnr(corpus.images[:4], rec) < 60
 
 
+
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))],
+)
+def test_latents_and_reconstructions_follow_the_vae_and_come_back_to_the_cpu(corpus, device):
+    """Under `accelerate launch` the VAE stage ends with the VAE on the GPU; the latents it then encodes feed a
+    CPU cache and the CPU-side batch sampling of the UNet stage (on an H200 this step once failed)."""
+    options = va.VAEOptions(block_out_channels=(8, 16, 16, 16), norm_num_groups=4)
+    torch.manual_seed(0)
+    vae = va.build_vae(options, 64)
+    mean_cpu, _ = va.encode_latents(vae, corpus.images[:6], batch_size=4)
+    vae.to(device)
+    mean, std = va.encode_latents(vae, corpus.images[:6], batch_size=4)
+    assert mean.device.type == std.device.type == "cpu" and mean.shape == (6, 4, 8, 8)
+    torch.testing.assert_close(mean, mean_cpu, atol=1e-3, rtol=1e-3)
+    assert va.set_scaling_factor(vae, corpus) > 0
+    assert va.reconstruct(vae, corpus.images[:3]).shape == corpus.images[:3].shape
+
 def test_unet_stage_learns_and_resumes_exactly(tmp_path, corpus, text):
     torch.manual_seed(0)
     vae = va.build_vae(va.VAEOptions(block_out_channels=(8, 16, 16, 16), norm_num_groups=4), 64)

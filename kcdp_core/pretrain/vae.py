@@ -96,9 +96,11 @@ def encode_latents(
     for start in tqdm(
         starts, desc="encode latents", mininterval=10, disable=len(starts) < 8, file=sys.stderr
     ):
-        post = vae.encode(to_signed(images_to_tensor(images[start : start + batch_size]))).latent_dist
-        means.append(post.mean)
-        stds.append(post.std)
+        x = to_signed(images_to_tensor(images[start : start + batch_size])).to(vae.device)
+        post = vae.encode(x).latent_dist
+        # the cache and the UNet stage index these on the CPU, wherever the VAE runs
+        means.append(post.mean.cpu())
+        stds.append(post.std.cpu())
     return torch.cat(means), torch.cat(stds)
 
 
@@ -122,8 +124,8 @@ def reconstruct(vae: AutoencoderKL, images: np.ndarray, batch_size: int = 256) -
     vae.eval()
     out = []
     for start in range(0, len(images), batch_size):
-        x = to_signed(images_to_tensor(images[start : start + batch_size]))
-        rec = vae.decode(vae.encode(x).latent_dist.mode()).sample
+        x = to_signed(images_to_tensor(images[start : start + batch_size])).to(vae.device)
+        rec = vae.decode(vae.encode(x).latent_dist.mode()).sample.cpu()
         out.append(((rec.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
     return np.concatenate(out) if out else np.zeros_like(images)
 
