@@ -134,7 +134,6 @@ def test_vae_stage_learns_and_resumes_exactly(tmp_path, corpus):
     assert 3 < va.psnr(corpus.images[:4], rec) < 60
 
 
-
 @pytest.mark.parametrize(
     "device",
     ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))],
@@ -152,6 +151,7 @@ def test_latents_and_reconstructions_follow_the_vae_and_come_back_to_the_cpu(cor
     torch.testing.assert_close(mean, mean_cpu, atol=1e-3, rtol=1e-3)
     assert va.set_scaling_factor(vae, corpus) > 0
     assert va.reconstruct(vae, corpus.images[:3]).shape == corpus.images[:3].shape
+
 
 def test_unet_stage_learns_and_resumes_exactly(tmp_path, corpus, text):
     torch.manual_seed(0)
