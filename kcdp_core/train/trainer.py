@@ -231,6 +231,10 @@ class Trainer:
         )
         if not self.accelerator.is_main_process:
             self.log = lambda *_: None  # one voice per run under `accelerate launch`
+        acc = self.accelerator
+        self.log(
+            f"device {acc.device}, mixed precision {acc.mixed_precision}, {acc.num_processes} process(es)"
+        )
         seed_everything(tc.seed)
         model = KCDPModel.from_config(cfg)
         self.raw_model = model
