@@ -543,12 +543,16 @@ def run_one(variant: str, task: Task, eval_sets: list[Path], run_dir: Path, seed
         result = {
             "variant": variant, "seed": seed, "source": str(task.source), "target": str(eval_data),
             **m, "best_epoch": res.best_epoch, "best_source_val_macro_f1": res.best_val_macro_f1,
-            "train_seconds": round(seconds, 1), "score_seconds": round(time.time() - t1, 1),
+            # None: a finished training resumed (AdaBN or scoring only), its training time is not this call's
+            "train_seconds": round(seconds, 1) if res.epochs_run else None,
+            "score_seconds": round(time.time() - t1, 1),
         }  # fmt: skip
         if da:
             result["pseudo_labels"] = pseudo_label_report(run_dir, task.target, eval_data, config.labels)
         result_file(run_dir, eval_data).write_text(json.dumps(result, indent=1) + "\n")
-        log(f"target acc {m['accuracy']:.3f} macro-F1 {m['macro_f1']:.3f} (trained in {seconds:.0f}s)")
+        log(
+            f"target acc {m['accuracy']:.3f} macro-F1 {m['macro_f1']:.3f} ({seconds:.0f}s, {res.epochs_run} epochs)"
+        )
 
 
 def _init_worker(threads: int) -> None:
@@ -825,9 +829,16 @@ def build_table(table: str, args: argparse.Namespace) -> str:
             f"drawn label-blind; every cell is scored on all images of the target style (200 per class), "
             f"macro-F1 over the classes that style has. References: {args.reference_size} px inputs."
         )
-    if seconds:
+    timed = {v: [x for x in t if x is not None] for v, t in seconds.items()}
+    if any(timed.values()):
         meta += "  \nTraining time per run (mean): " + ", ".join(
-            f"{v} {np.mean(t) / 60:.1f} min" for v, t in seconds.items()
+            f"{v} {np.mean(t) / 60:.1f} min" for v, t in timed.items() if t
+        )
+    resumed = {v: len(t) - len(timed[v]) for v, t in seconds.items() if len(t) > len(timed[v])}
+    if resumed:
+        meta += (
+            "  \nTrained earlier and only adapted / scored by this command (no training time): "
+            + ", ".join(f"{v} {n} runs" for v, n in resumed.items())
         )
     if pseudo:
         lines += ["", *pseudo_table(pseudo, dict(rows))]

@@ -74,3 +74,19 @@ def test_epoch_pseudo_labels_and_threshold_run(domains) -> None:
     epoch = [r for r in rows if r["kind"] == "epoch"][-1]
     assert "val_macro_f1" in epoch and sum(epoch["pseudo_label_counts"].values()) <= 4 * len(steps)
     assert (root / "run_epoch" / "best" / "model.safetensors").exists()
+
+
+def test_resuming_a_finished_run_trains_no_epoch_and_says_so(domains) -> None:
+    """The benchmark reads `epochs_run` to tell a training's time from a re-score's (AdaBN on resume)."""
+    from kcdp_core.config import tiny
+    from kcdp_core.train.trainer import Trainer
+
+    root, src, tgt = domains
+    config = tiny().replace(train={"setting": "da", "epochs": 2, "seed": 5})
+    out = root / "run_resumed"
+    first = Trainer(config, src, out, target=tgt, progress=False, log=lambda m: None).run(resume=True)
+    weights = (out / "model.safetensors").read_bytes()
+    again = Trainer(config, src, out, target=tgt, progress=False, log=lambda m: None).run(resume=True)
+    assert (first.epochs_run, again.epochs_run) == (2, 0)
+    assert (again.best_epoch, again.best_val_macro_f1) == (first.best_epoch, first.best_val_macro_f1)
+    assert (out / "model.safetensors").read_bytes() == weights

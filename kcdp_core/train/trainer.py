@@ -56,7 +56,7 @@ class TrainResult:
     out: Path
     best_epoch: int
     best_val_macro_f1: float | None
-    epochs_run: int
+    epochs_run: int  # epochs trained by this call (0: a finished run resumed)
 
 
 class CyclicBatchSampler(torch.utils.data.Sampler[list[int]]):
@@ -660,4 +660,4 @@ class Trainer:
         if tc.setting == "da" and tc.target_bn and acc.is_main_process and (self.out / "best").exists():
             self._adapt_best_to_target()
         acc.end_training()
-        return TrainResult(self.out, best["epoch"], best["val_macro_f1"], tc.epochs)
+        return TrainResult(self.out, best["epoch"], best["val_macro_f1"], max(0, tc.epochs - start_epoch))
