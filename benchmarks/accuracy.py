@@ -98,6 +98,16 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "da_no_tail": ("da", {"perception": {"image_tail": 0}}),
     # The preset's DA before AdaBN (best/'s BatchNorm statistics from the source, not the target)
     "da_no_target_bn": ("da", {"train": {"target_bn": False}}),
+    "da_mixstyle": ("da", {"perception": {"mix_style": 0.5}}),
+    "source_only_mixstyle": (
+        "uc",
+        {
+            "knowledge": {"use_caption": False, "use_triplets": False},
+            "head": {"use_knowledge": False},
+            "cliea": {"enabled": False},
+            "perception": {"mix_style": 0.5},
+        },
+    ),
     "da_frozen": ("da", {"perception": {"finetune": "frozen"}}),
     "da_kv": ("da", {"perception": {"finetune": "kv"}}),
     "da_full": ("da", {"perception": {"finetune": "full"}}),

@@ -105,6 +105,8 @@ class PerceptionConfig:
     # and trained on the source, their pooled features fused into v instead of the frozen embedding
     # (kcdp_core/model/image_tail.py). 0: the frozen embedding.
     image_tail: int = 0
+    # MixStyle in the image tail while training (kcdp_core/model/mixstyle.py): probability per batch; 0 off.
+    mix_style: float = 0.0
 
 
 @dataclass

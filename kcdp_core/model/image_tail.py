@@ -18,10 +18,11 @@ import torch
 from torch import nn
 
 from kcdp_core.model.image_encoder import ImageEncoder
+from kcdp_core.model.mixstyle import MixStyle
 
 
 class ImageTail(nn.Module):
-    def __init__(self, encoder: ImageEncoder, stages: int):
+    def __init__(self, encoder: ImageEncoder, stages: int, mix_style: float = 0.0):
         super().__init__()
         chain = encoder.stages()
         if not 0 < stages < len(chain):
@@ -29,10 +30,14 @@ class ImageTail(nn.Module):
         self.size = stages
         self.stages = nn.ModuleList(copy.deepcopy(s) for s in chain[-stages:])
         self.dim = encoder.width
+        # Training only: style statistics mixed at the tail's input and after its first stage.
+        self.mix = MixStyle(p=mix_style) if mix_style > 0 else None
 
     def forward(self, trunk: torch.Tensor) -> torch.Tensor:
         """The frozen encoder's trunk map (ImageEncoder.trunk) -> pooled features [B, dim]."""
-        for stage in self.stages:
+        for i, stage in enumerate(self.stages):
+            if self.mix is not None and i < 2:
+                trunk = self.mix(trunk)
             trunk = stage(trunk)
         return trunk.mean(dim=(2, 3))
 

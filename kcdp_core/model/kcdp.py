@@ -71,7 +71,7 @@ class KCDPModel(nn.Module):
                     f"(preset {config.preset!r} has none)"
                 )
             if p.image_tail:
-                self.image_tail = ImageTail(self.image_encoder, p.image_tail)
+                self.image_tail = ImageTail(self.image_encoder, p.image_tail, p.mix_style)
             extra_dim = self.image_view_dim
         self.fpn = FPN(self.kadap.channels, p.fpn_dim, p.feature_dim, extra_dim)
         self.head = PredictionHead(config.head, p.feature_dim, text_dim, len(self.labels))
