@@ -187,6 +187,8 @@ TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
             ),
             ("da_no_tail", "  KCDP (DA) with the frozen image embedding (no image tail, as before)"),
             NO_TARGET_BN_ROW,
+            ("source_only_mixstyle", "  source only + MixStyle in the image tail (p 0.5)"),
+            ("da_mixstyle", "  KCDP (DA) + MixStyle in the image tail (p 0.5)"),
             ("effnet", "EfficientNet-Lite0 (ImageNet) pooled features + logistic regression, source only"),
             ("effnet_style", "  + per-style feature standardisation (target: its own unlabelled statistics)"),
         ],
@@ -754,6 +756,9 @@ def build_table(table: str, args: argparse.Namespace) -> str:
     if {t.split(":")[0] for t in args.tasks or []} == {"loo"} and not table.startswith("avatars"):
         title += ", on leave one avatar style out"
     if args.variants:
+        unknown = sorted(set(args.variants) - {v for v, _ in rows})
+        if unknown:  # a typo or another table's row would otherwise vanish from the run unnoticed
+            raise SystemExit(f"{table}: no row {', '.join(unknown)} (rows: {', '.join(v for v, _ in rows)})")
         rows = [r for r in rows if r[0] in args.variants]
     tasks = tasks_for(table, args)
     task_keys = list(dict.fromkeys(t.key for t in tasks))
