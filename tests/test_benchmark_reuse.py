@@ -8,6 +8,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy.py"
 
 
@@ -44,3 +46,10 @@ def test_a_uc_run_ignores_fields_only_da_reads(tmp_path) -> None:
     assert acc.recipe_changes(run, acc.config_for("source_only", ARGS, 0)) == []
     saved.replace(train={"epochs": 7}).save(run)
     assert acc.recipe_changes(run, acc.config_for("source_only", ARGS, 0)) == ["train.epochs: 7 -> 5"]
+
+
+def test_a_variant_that_is_no_row_of_the_table_stops_the_command() -> None:
+    acc = _accuracy()
+    args = argparse.Namespace(**vars(ARGS), variants=["kcdp_da", "da_mixstyl"], tasks=None)
+    with pytest.raises(SystemExit, match="avatars_loo: no row da_mixstyl"):
+        acc.build_table("avatars_loo", args)
