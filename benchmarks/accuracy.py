@@ -137,6 +137,7 @@ TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
                 "KCDP (DA): + unlabelled target, CLIEA pseudo-labels (the preset's selection), AdaBN",
             ),
             NO_TARGET_BN_ROW,
+            ("da_mixstyle", "  KCDP (DA) + MixStyle in the image tail (p 0.5)"),
         ],
     ),
     "pseudo": (

@@ -35,3 +35,23 @@ def test_identity_in_eval_with_p_zero_and_for_one_image() -> None:
     assert torch.equal(MixStyle(p=1.0).eval()(x), x)
     assert torch.equal(MixStyle(p=0.0).train()(x), x)
     assert torch.equal(MixStyle(p=1.0).train()(x[:1]), x[:1])
+
+
+def test_the_cli_option_puts_mixstyle_in_the_tail_and_the_checkpoint_keeps_no_state(tmp_path) -> None:
+    from kcdp_core.config import KCDPConfig, mini
+    from kcdp_core.model.image_encoder import ImageEncoder, ImageEncoderConfig
+    from kcdp_core.model.image_tail import ImageTail
+    from kcdp_core.train.cli import _config_from_args, train_parser
+
+    args = train_parser().parse_args(
+        ["--preset", "mini", "--source", "s", "--out", "o", "--mix-style", "0.5"]
+    )
+    config = _config_from_args(args)
+    assert config.perception.mix_style == 0.5 and mini().perception.mix_style == 0.0
+    config.save(tmp_path)
+    assert KCDPConfig.load(tmp_path).perception.mix_style == 0.5
+
+    encoder = ImageEncoder(ImageEncoderConfig(backbone="tiny_cnn"))
+    plain, mixed = ImageTail(encoder, 1), ImageTail(encoder, 1, mix_style=0.5)
+    assert mixed.mix is not None and plain.mix is None
+    assert mixed.state_dict().keys() == plain.state_dict().keys()  # nothing to save: checkpoints unchanged

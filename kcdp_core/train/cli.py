@@ -55,6 +55,7 @@ def _config_from_args(args: argparse.Namespace) -> KCDPConfig:
         ("train", "balanced_sampling", True if args.balanced else None),
         ("train", "target_bn", args.target_bn),
         ("perception", "finetune", args.finetune or None),
+        ("perception", "mix_style", args.mix_style),
         ("head", "classifier", args.classifier or None),
         ("head", "use_knowledge", False if args.no_knowledge_head else None),
         ("knowledge", "use_triplets", False if args.no_triplets else None),
@@ -110,6 +111,11 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "fp16", "bf16"])
     p.add_argument("--finetune", choices=["frozen", "kv", "lora", "full"])
     p.add_argument("--classifier", choices=["moe", "linear"])
+    p.add_argument(
+        "--mix-style",
+        type=float,
+        help="MixStyle in the image tail while training: probability per batch (0 off)",
+    )
     p.add_argument("--no-knowledge-head", action="store_true", help="the head sees v alone, not v + pool(k)")
     p.add_argument("--no-triplets", action="store_true", help="k from the caption alone")
     p.add_argument("--no-caption", action="store_true", help="k from the triplets alone")
