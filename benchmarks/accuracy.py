@@ -75,16 +75,15 @@ SELECT = {
     "pseudo_fraction_end": 0.8,
     "pseudo_warmup_epochs": 1,
 }
+# Source only: the same v and head, no knowledge, no CLIEA, no target.
+SOURCE_ONLY = {
+    "knowledge": {"use_caption": False, "use_triplets": False},
+    "head": {"use_knowledge": False},
+    "cliea": {"enabled": False},
+}
 # name -> (setting, config sections); every variant is the mini preset plus these changes.
 VARIANTS: dict[str, tuple[str, dict]] = {
-    "source_only": (
-        "uc",
-        {
-            "knowledge": {"use_caption": False, "use_triplets": False},
-            "head": {"use_knowledge": False},
-            "cliea": {"enabled": False},
-        },
-    ),
+    "source_only": ("uc", SOURCE_ONLY),
     "kcdp_uc": ("uc", {}),
     "kcdp_da": ("da", {}),
     "da_authors": ("da", {"train": {**AUTHORS}}),
@@ -99,15 +98,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # The preset's DA before AdaBN (best/'s BatchNorm statistics from the source, not the target)
     "da_no_target_bn": ("da", {"train": {"target_bn": False}}),
     "da_mixstyle": ("da", {"perception": {"mix_style": 0.5}}),
-    "source_only_mixstyle": (
-        "uc",
-        {
-            "knowledge": {"use_caption": False, "use_triplets": False},
-            "head": {"use_knowledge": False},
-            "cliea": {"enabled": False},
-            "perception": {"mix_style": 0.5},
-        },
-    ),
+    "source_only_mixstyle": ("uc", {**SOURCE_ONLY, "perception": {"mix_style": 0.5}}),
     "da_frozen": ("da", {"perception": {"finetune": "frozen"}}),
     "da_kv": ("da", {"perception": {"finetune": "kv"}}),
     "da_full": ("da", {"perception": {"finetune": "full"}}),
