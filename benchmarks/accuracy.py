@@ -841,11 +841,11 @@ def build_table(table: str, args: argparse.Namespace) -> str:
         meta += "  \nTraining time per run (mean): " + ", ".join(
             f"{v} {np.mean(t) / 60:.1f} min" for v, t in timed.items() if t
         )
-    resumed = {v: len(t) - len(timed[v]) for v, t in seconds.items() if len(t) > len(timed[v])}
+    resumed = [f"{v} {t.count(None)} runs" for v, t in seconds.items() if None in t]
     if resumed:
         meta += (
             "  \nTrained earlier and only adapted / scored by this command (no training time): "
-            + ", ".join(f"{v} {n} runs" for v, n in resumed.items())
+            + ", ".join(resumed)
         )
     if pseudo:
         lines += ["", *pseudo_table(pseudo, dict(rows))]

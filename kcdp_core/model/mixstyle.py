@@ -19,7 +19,7 @@ class MixStyle(nn.Module):
         self.beta = torch.distributions.Beta(alpha, alpha)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p <= 0 or x.shape[0] < 2 or torch.rand(()) >= self.p:
+        if not self.training or x.shape[0] < 2 or torch.rand(()) >= self.p:  # p <= 0: never mixes
             return x
         mu = x.mean(dim=(2, 3), keepdim=True)
         sig = (x.var(dim=(2, 3), keepdim=True) + self.eps).sqrt()

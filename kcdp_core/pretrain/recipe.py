@@ -175,7 +175,8 @@ def latents(ctx: Context) -> tuple[torch.Tensor, torch.Tensor, float]:
     if path.exists():
         z = load_file(str(path))
         return z["mean"], z["std"], float(vae.config.scaling_factor)
-    mean, std = vae_stage.encode_latents(vae, ctx.corpus.images)
+    # the whole corpus once: on the process's GPU under accelerate (the latents come back to the CPU)
+    mean, std = vae_stage.encode_latents(vae.to(ctx.state.device), ctx.corpus.images)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({"mean": mean.contiguous(), "std": std.contiguous()}, str(path))
     return mean, std, float(vae.config.scaling_factor)
