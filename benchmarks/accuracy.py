@@ -46,10 +46,12 @@ from pathlib import Path
 
 import numpy as np
 
+from kcdp_core.data.avatar_key import BENCHMARK_STYLES as AVATAR_STYLES
+from kcdp_core.data.avatar_key import EXTRA_STYLES
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 TASKS = ("glossy:line", "glossy:flat", "flat:line", "line:glossy")
-AVATAR_STYLES = ("avataaars", "open-peeps", "fun-emoji", "big-smile", "moods")
 
 # What users could pick instead (issue 6, measured by the pilot on these four tasks; not re-run here).
 REFERENCE = (
@@ -108,6 +110,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "da_moe_v": ("da", {"head": {"use_knowledge": False}}),
     "da_caption_moe": ("da", {"knowledge": {"use_triplets": False}}),
     "da_triplets_moe": ("da", {"knowledge": {"use_caption": False}}),
+    # Not DA: an upper bound. The left-out style's labels are read (oracle_task), KCDP (UC) trains.
+    "oracle": ("uc", {}),
 }
 
 # a row of several tables: the same runs, the same label
@@ -181,6 +185,11 @@ TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
             NO_TARGET_BN_ROW,
             ("source_only_mixstyle", "  source only + MixStyle in the image tail (p 0.5)"),
             ("da_mixstyle", "  KCDP (DA) + MixStyle in the image tail (p 0.5)"),
+            (
+                "oracle",
+                "oracle, not DA: KCDP (UC) with the same number of labelled images of the left-out style in the source "
+                "(scored on the rest of that style)",
+            ),
             ("effnet", "EfficientNet-Lite0 (ImageNet) pooled features + logistic regression, source only"),
             ("effnet_style", "  + per-style feature standardisation (target: its own unlabelled statistics)"),
         ],
@@ -289,13 +298,20 @@ def avatar_source(avatars: Path, task: str, style: str, args: argparse.Namespace
         rows = [
             (str((manifest.parent / r["path"]).resolve()), r["label"], r["domain"]) for r in csv.DictReader(f)
         ]
+    if args.extra_avatars:  # labelled corpus styles (`kcdp-data avatars --styles extra`) join every source
+        rows += [
+            (str(p.resolve()), p.parent.name, p.parent.parent.name)
+            for p in sorted(Path(args.extra_avatars, "domains").glob("*/*/*.png"))
+        ]
+        manifest = manifest.with_name(f"{manifest.stem}+extra.csv")
+    avatar_domains = set(AVATAR_STYLES) | set(EXTRA_STYLES)
     n, n_emoji = args.avatar_per_class, args.emoji_per_class
     groups: dict[tuple[str, str], list[tuple]] = {}
     for row in rows:
         groups.setdefault((row[2], row[1]), []).append(row)
     kept = []
     for (domain, label), members in sorted(groups.items()):
-        cap = n if domain in AVATAR_STYLES else n_emoji
+        cap = n if domain in avatar_domains else n_emoji
         members = sorted(members)
         if cap:
             members = sorted(
@@ -320,6 +336,34 @@ def avatar_target(avatars: Path, style: str, args: argparse.Namespace, runs: Pat
     draw = sorted(random.Random(f"{args.subset_seed}:target:{style}").sample(files, min(m, len(files))))
     return _write_csv(
         runs / "manifests" / f"target_{style}_m{m}_s{args.subset_seed}.csv", ["path"], [(p,) for p in draw]
+    )
+
+
+def oracle_task(task: Task, args: argparse.Namespace) -> Task:
+    """The supervised upper bound of a leave-one-style-out column: --avatar-per-class labelled images
+    per class of the left-out style join the source, and the style's other images are scored. The
+    only place a target style's labels train anything: the row says what DA could at most reach
+    with these sizes, it is not a DA method."""
+    if not task.truth_classes or task.key.startswith("emoji->"):
+        raise SystemExit(f"the oracle row is defined for leave one avatar style out only, not {task.key}")
+    n, runs = args.avatar_per_class or 10, Path(args.runs) / "manifests"
+    with Path(task.source).open(newline="") as f:
+        source = [(r["path"], r["label"], r["domain"]) for r in csv.DictReader(f)]
+    trained, scored = [], []
+    for folder in sorted(p for p in Path(task.eval_data).iterdir() if p.is_dir()):
+        files = sorted(str(p.resolve()) for p in folder.glob("*.png"))
+        drawn = set(random.Random(f"{args.subset_seed}:oracle:{task.key}:{folder.name}").sample(files, n))
+        trained += [(p, folder.name, task.key) for p in files if p in drawn]
+        scored += [(p, folder.name) for p in files if p not in drawn]
+    stem = f"oracle_{task.key}_n{n}_s{args.subset_seed}"
+    return Task(
+        task.key,
+        _write_csv(
+            runs / f"{Path(task.source).stem}+{stem}.csv", ["path", "label", "domain"], source + trained
+        ),
+        task.target,
+        _write_csv(runs / f"{stem}_rest.csv", ["path", "label"], scored),
+        truth_classes=True,
     )
 
 
@@ -753,13 +797,15 @@ def build_table(table: str, args: argparse.Namespace) -> str:
             raise SystemExit(f"{table}: no row {', '.join(unknown)} (rows: {', '.join(v for v, _ in rows)})")
         rows = [r for r in rows if r[0] in args.variants]
     tasks = tasks_for(table, args)
+    oracle = {t.key: oracle_task(t, args) for t in tasks} if any(v == "oracle" for v, _ in rows) else {}
+    tasks_of = lambda variant: [oracle[t.key] for t in tasks] if variant == "oracle" else tasks  # noqa: E731
     task_keys = list(dict.fromkeys(t.key for t in tasks))
     trained = [v for v, _ in rows if v in VARIANTS]
     # One job per run folder: a UC run serves every task with its source (scored on each target).
     jobs: dict[Path, tuple] = {}
     for variant in trained:
         for seed in args.seeds:
-            for task in tasks:
+            for task in tasks_of(variant):
                 run_dir = run_name(variant, task, seed, args)
                 if run_dir in jobs:
                     jobs[run_dir][2].append(task.eval_data)
@@ -772,7 +818,7 @@ def build_table(table: str, args: argparse.Namespace) -> str:
             f"run folders trained under another recipe (move them away or use another --runs):\n{listing}"
         )
     if trained:
-        warm_knowledge(trained, tasks, args)
+        warm_knowledge(trained, [t for v in trained for t in tasks_of(v)], args)
         execute(list(jobs.values()), args)
     # per row, per task: accuracy and macro-F1 over seeds (and folds)
     cells: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
@@ -780,7 +826,7 @@ def build_table(table: str, args: argparse.Namespace) -> str:
     pseudo: dict[str, list[list[dict]]] = {}
     for variant, _ in rows:
         cells[variant] = {k: ([], []) for k in task_keys}
-        for task in tasks:
+        for task in tasks_of(variant):
             if variant == "majority":
                 res = [majority(task, labels)]
             elif variant == "zeroshot":
@@ -917,6 +963,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--avatars", help="a `kcdp-data avatars` output (the avatar tasks)")
     p.add_argument("--avatar-per-class", type=int, help="images per class of each avatar style in the source")
     p.add_argument("--emoji-per-class", type=int, help="images per class of each emoji style in the source")
+    p.add_argument(
+        "--extra-avatars",
+        help="a `kcdp-data avatars --styles extra` output: labelled styles added to every avatar source",
+    )
     p.add_argument("--avatar-target", type=int, help="unlabelled target images for DA (label-blind draw)")
     p.add_argument("--subset-seed", type=int, default=0, help="seed of the source / target draws")
     p.add_argument("--reference-size", type=int, default=64, help="input size of the EfficientNet references")

@@ -53,3 +53,38 @@ def test_a_variant_that_is_no_row_of_the_table_stops_the_command() -> None:
     args = argparse.Namespace(**vars(ARGS), variants=["kcdp_da", "da_mixstyl"], tasks=None)
     with pytest.raises(SystemExit, match="avatars_loo: no row da_mixstyl"):
         acc.build_table("avatars_loo", args)
+
+
+def test_the_oracle_trains_on_drawn_images_of_the_left_out_style_and_scores_only_the_rest(tmp_path) -> None:
+    """The oracle row's source = the task's source + n labelled images per class of the left-out
+    style, its scored set = that style's other images; the extra labelled styles join every source."""
+    import csv
+
+    from kcdp_core.data.avatar_build import build_avatars
+    from kcdp_core.data.avatar_key import EXTRA_STYLES
+
+    acc = _accuracy()
+    avatars, extra = tmp_path / "avatars", tmp_path / "extra"
+    build_avatars(avatars, per_class=3, size=32, workers=1, corpus_per_style=0)
+    build_avatars(extra, per_class=3, size=32, workers=1, corpus_per_style=0, style_set="extra")
+    args = argparse.Namespace(
+        **vars(ARGS), tasks=["loo:moods"], avatars=str(avatars), extra_avatars=str(extra), data=str(tmp_path),
+        runs=str(tmp_path / "runs"), avatar_per_class=2, emoji_per_class=None, avatar_target=None, subset_seed=0,
+    )  # fmt: skip
+    (task,) = acc.tasks_for("avatars_loo", args)
+    oracle = acc.oracle_task(task, args)
+
+    def rows(manifest):
+        with open(manifest, newline="") as f:
+            return list(csv.DictReader(f))
+
+    source, scored = rows(oracle.source), rows(oracle.eval_data)
+    moods = [r for r in source if r["domain"] == "moods"]
+    assert len(moods) == 2 * 5 and {r["label"] for r in moods} == {p.name for p in task.eval_data.iterdir()}
+    assert len(scored) == 1 * 5 and not {r["path"] for r in scored} & {r["path"] for r in source}
+    assert rows(task.source) == [r for r in source if r["domain"] != "moods"]  # the task's source, unchanged
+    assert {r["domain"] for r in source} >= set(EXTRA_STYLES)
+    assert sum(r["domain"] == "critters" for r in source) == 2 * 5  # cut per class like a benchmark style
+    emoji_task = acc.Task("emoji->moods", oracle.source, task.target, task.eval_data, truth_classes=True)
+    with pytest.raises(SystemExit, match="leave one avatar style out only"):
+        acc.oracle_task(emoji_task, args)

@@ -12,10 +12,14 @@ import pytest
 from kcdp_core.data.avatar_build import build_avatars, class_options
 from kcdp_core.data.avatar_captions import EYES, MOUTHS
 from kcdp_core.data.avatar_key import (
+    AVATAR_HELDOUT_KEY_CSV,
     AVATAR_KEY_CSV,
     BENCHMARK_STYLES,
     CORPUS_EXPRESSION_STYLES,
     CORPUS_STYLES,
+    EXTRA_STYLES,
+    HELDOUT_STYLES,
+    STYLE_SETS,
     load_avatar_key,
 )
 from kcdp_core.data.cli import main as data_main
@@ -109,7 +113,7 @@ def test_two_builds_are_byte_identical_and_seed_start_gives_new_avatars(built, t
 @pytest.mark.parametrize(
     "row, message",
     [
-        ("nosuchstyle,anger,eyes,angry", "not a benchmark style"),
+        ("nosuchstyle,anger,eyes,angry", "style 'nosuchstyle' is not one of"),
         ("moods,anger,nose,angry", "has no component 'nose'"),
         ("moods,anger,eyes,furious", "has no variant"),
         ("moods,rage,eyes,angry", "is not one of"),
@@ -125,6 +129,41 @@ def test_a_bad_key_row_stops_the_build_before_anything_is_written(tmp_path, row,
     assert not (tmp_path / "out").exists()
     assert data_main(["avatars", "--out", str(tmp_path / "out"), "--key", str(bad)]) == 2
     assert f"key.csv:{line}" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("style_set", ["extra", "heldout"])
+def test_extra_and_heldout_sets_render_only_their_styles_by_their_own_key(tmp_path, style_set):
+    styles, key_csv = STYLE_SETS[style_set]
+    out = tmp_path / style_set
+    assert (
+        data_main(["avatars", "--out", str(out), "--styles", style_set, "--per-class", "2", "--size", "48"])
+        == 0
+    )
+    key = load_avatar_key(key_csv, styles)
+    rows = _index(out)
+    assert {r["style"] for r in rows} == set(styles) and {r["part"] for r in rows} == {"benchmark"}
+    assert len(rows) == 2 * sum(len(k.labels) for k in key.values())
+    for r in rows:
+        drawn = json.loads(r["options"])
+        for component, variants in key[r["style"]].classes[r["label"]].items():
+            assert drawn[f"{component}Variant"] in variants, (r["path"], component)
+    assert sorted(p.name for p in (out / "domains").iterdir()) == sorted(styles)
+    assert not (out / "tasks").exists() and not (out / "corpus").exists()  # scored or added, never a task
+
+
+def test_the_style_lists_keep_held_out_styles_out_of_everything_trained():
+    assert set(EXTRA_STYLES) <= set(CORPUS_EXPRESSION_STYLES)
+    assert not set(HELDOUT_STYLES) & (set(BENCHMARK_STYLES) | set(CORPUS_STYLES))
+
+
+def test_a_benchmark_style_in_the_held_out_key_and_a_corpus_for_held_out_styles_are_refused(tmp_path):
+    bad = tmp_path / "key.csv"
+    bad.write_text(AVATAR_HELDOUT_KEY_CSV.read_text() + "moods,anger,eyes,angry\n")
+    with pytest.raises(ValueError, match="style 'moods' is not one of"):
+        load_avatar_key(bad, HELDOUT_STYLES)
+    with pytest.raises(ValueError, match="no corpus"):
+        build_avatars(tmp_path / "out", per_class=1, corpus_per_style=5, style_set="heldout")
+    assert not (tmp_path / "out").exists()
 
 
 def test_class_options_force_and_show_every_listed_component():

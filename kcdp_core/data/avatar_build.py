@@ -7,6 +7,10 @@ Output layout (DIR = --out):
     DIR/corpus/captions.jsonl                                  {"path","caption","codepoint","domain",
                                                                 "license","face": true}, path relative to corpus/
     DIR/tasks/*.csv                                            leave-one-style-out and emoji -> style sources
+
+With --styles extra or heldout, DIR/domains/ holds another labelled set instead (avatar_key.py
+STYLE_SETS), with no corpus and no tasks: extra styles are added to training sources, held-out
+styles only score a finished model (nothing is trained or tuned on them).
     DIR/index.csv                                              path,part,style,label,seed,options,creator,license
     DIR/LICENSES.md, DIR/report.json                           credits per style; counts
 
@@ -32,6 +36,7 @@ from kcdp_core.data.avatar_key import (
     BENCHMARK_STYLES,
     CORPUS_STYLES,
     FACE_VISIBLE,
+    STYLE_SETS,
     StyleKey,
     load_avatar_key,
     style_credit,
@@ -117,9 +122,11 @@ def _run(job_and_root: tuple[Job, str, int]) -> tuple[Job, dict | None, str | No
     return job, _drawn(resolved), None
 
 
-def benchmark_jobs(key: dict[str, StyleKey], per_class: int, seed_start: int) -> list[Job]:
+def benchmark_jobs(
+    key: dict[str, StyleKey], per_class: int, seed_start: int, styles: tuple[str, ...] = BENCHMARK_STYLES
+) -> list[Job]:
     jobs = []
-    for style in BENCHMARK_STYLES:
+    for style in styles:
         for label in key[style].labels:
             opts = class_options(style, key[style].classes[label])
             for n in range(seed_start, seed_start + per_class):
@@ -165,13 +172,21 @@ def build_avatars(
     seed_start: int = 0,
     emoji: str | Path | None = None,
     key_path: str | Path | None = None,
+    style_set: str = "benchmark",
 ) -> AvatarBuildResult:
-    """Render the benchmark (and the corpus when corpus_per_style > 0); see the module docstring."""
+    """Render the benchmark (and the corpus when corpus_per_style > 0); see the module docstring.
+    style_set "extra" / "heldout": that labelled set instead (its own key; no corpus, no tasks)."""
     if per_class < 1 or size < 16 or corpus_per_style < 0:
         raise ValueError("--per-class must be >= 1, --size >= 16, --corpus-per-style >= 0")
-    key = load_avatar_key(key_path)  # every row checked before anything is written
-    if set(key) != set(BENCHMARK_STYLES):
-        raise ValueError(f"the key must cover exactly {BENCHMARK_STYLES}, it has {sorted(key)}")
+    if style_set not in STYLE_SETS:
+        raise ValueError(f"--styles {style_set!r}: expected one of {sorted(STYLE_SETS)}")
+    benchmark = style_set == "benchmark"
+    if not benchmark and (corpus_per_style or emoji is not None):
+        raise ValueError(f"--styles {style_set} renders labelled styles only: no corpus, no --emoji")
+    styles, default_key = STYLE_SETS[style_set]
+    key = load_avatar_key(key_path or default_key, styles)  # every row checked before anything is written
+    if set(key) != set(styles):
+        raise ValueError(f"the key must cover exactly {styles}, it has {sorted(key)}")
     emoji_domains = _emoji_domains(emoji) if emoji is not None else []
     t0 = time.perf_counter()
     out = Path(out)
@@ -179,7 +194,7 @@ def build_avatars(
         shutil.rmtree(out / part, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     result = AvatarBuildResult(out)
-    jobs = benchmark_jobs(key, per_class, seed_start) + corpus_jobs(corpus_per_style, seed_start)
+    jobs = benchmark_jobs(key, per_class, seed_start, styles) + corpus_jobs(corpus_per_style, seed_start)
     workers = workers if workers is not None else min(2, os.cpu_count() or 1)
     rows, captions = [], []
     for job, drawn, err in _map(jobs, str(out), size, workers):
@@ -226,8 +241,9 @@ def build_avatars(
         (out / "corpus").mkdir(exist_ok=True)
         with open(out / "corpus" / "captions.jsonl", "w", encoding="utf-8") as f:
             f.writelines(json.dumps(c, ensure_ascii=False) + "\n" for c in captions)
-    _write_tasks(out, rows, emoji_domains)
-    _write_licences(out, sorted(set(BENCHMARK_STYLES) | (set(result.corpus_counts))))
+    if benchmark:  # the tasks are the benchmark's
+        _write_tasks(out, rows, emoji_domains)
+    _write_licences(out, sorted(set(styles) | (set(result.corpus_counts))))
     result.seconds = time.perf_counter() - t0
     report = {
         "benchmark": result.counts,

@@ -18,6 +18,10 @@ from pathlib import Path
 from kcdp_core.labels import EMOJI7
 
 AVATAR_KEY_CSV = Path(__file__).resolve().parent / "avatar_label_key.csv"
+# Keys written by this project, in the same format: labelled corpus styles for training (extra),
+# and the held-out test styles (heldout).
+AVATAR_EXTRA_KEY_CSV = Path(__file__).resolve().parent / "avatar_extra_key.csv"
+AVATAR_HELDOUT_KEY_CSV = Path(__file__).resolve().parent / "avatar_heldout_key.csv"
 
 # The five benchmark styles: exactly those of the key.
 BENCHMARK_STYLES: tuple[str, ...] = ("avataaars", "open-peeps", "fun-emoji", "big-smile", "moods")
@@ -25,6 +29,18 @@ BENCHMARK_STYLES: tuple[str, ...] = ("avataaars", "open-peeps", "fun-emoji", "bi
 CORPUS_EXPRESSION_STYLES: tuple[str, ...] = ("critters", "sprouts", "line-face", "cameo")
 CORPUS_IDENTITY_STYLES: tuple[str, ...] = ("notionists", "adventurer", "lorelei", "big-ears")
 CORPUS_STYLES = CORPUS_EXPRESSION_STYLES + CORPUS_IDENTITY_STYLES
+# Corpus styles whose expression parts map onto the seven classes, rendered with labels as extra
+# training styles (more styles to generalise from; never scored as a benchmark target).
+EXTRA_STYLES: tuple[str, ...] = ("critters", "sprouts", "line-face")
+# Held-out test styles: in no list of DESIGN.md section 6b, so never trained, pretrained or tuned on;
+# rendered only to measure a finished model on styles it never saw.
+HELDOUT_STYLES: tuple[str, ...] = ("toon-head", "micah", "personas", "clay")
+# `kcdp-data avatars --styles NAME`: the styles and the key of each labelled set
+STYLE_SETS: dict[str, tuple[tuple[str, ...], Path]] = {
+    "benchmark": (BENCHMARK_STYLES, AVATAR_KEY_CSV),
+    "extra": (EXTRA_STYLES, AVATAR_EXTRA_KEY_CSV),
+    "heldout": (HELDOUT_STYLES, AVATAR_HELDOUT_KEY_CSV),
+}
 
 # Options that keep the face visible: whatever hides eyes or mouth is switched off (dark glasses,
 # eye patches, masks); the remaining accessories still vary by seed.
@@ -81,8 +97,11 @@ class StyleKey:
         return tuple(label for label in EMOJI7 if label in self.classes)
 
 
-def load_avatar_key(path: str | Path | None = None) -> dict[str, StyleKey]:
-    """style -> StyleKey; ValueError naming the file and row for any option DiceBear does not have."""
+def load_avatar_key(
+    path: str | Path | None = None, styles: tuple[str, ...] = BENCHMARK_STYLES
+) -> dict[str, StyleKey]:
+    """style -> StyleKey for a key over `styles`; ValueError naming the file and row for a style
+    outside them or any option DiceBear does not have."""
     path = Path(path) if path is not None else AVATAR_KEY_CSV
     table: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {}
     with open(path, newline="", encoding="utf-8") as f:
@@ -95,8 +114,8 @@ def load_avatar_key(path: str | Path | None = None) -> dict[str, StyleKey]:
             style, label = row["style"].strip(), row["class"].strip()
             component = row["component"].strip()
             variants = tuple(v.strip() for v in row["variants"].split(";") if v.strip())
-            if style not in BENCHMARK_STYLES:
-                raise ValueError(f"{where}: style {style!r} is not a benchmark style {BENCHMARK_STYLES}")
+            if style not in styles:
+                raise ValueError(f"{where}: style {style!r} is not one of {styles}")
             if label not in EMOJI7:
                 raise ValueError(f"{where}: class {label!r} is not one of {EMOJI7}")
             known = style_variants(style)

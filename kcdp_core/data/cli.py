@@ -56,6 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     a.add_argument("--key", type=Path, default=None, help="label key CSV (default: the package's)")
     a.add_argument(
+        "--styles",
+        choices=("benchmark", "extra", "heldout"),
+        default="benchmark",
+        help="benchmark: the five styles + corpus + tasks (default); extra: labelled corpus styles for "
+        "training; heldout: test-only styles never trained or tuned on (both: no corpus, no tasks)",
+    )
+    a.add_argument(
         "--contact-sheet", type=Path, default=None, help="also write a PNG: one row per style and class"
     )
     return p
@@ -110,10 +117,11 @@ def _avatars(args: argparse.Namespace) -> int:
             per_class=args.per_class,
             size=args.size,
             workers=args.workers,
-            corpus_per_style=args.corpus_per_style,
+            corpus_per_style=args.corpus_per_style if args.styles == "benchmark" else 0,
             seed_start=args.seed_start,
             emoji=args.emoji,
             key_path=args.key,
+            style_set=args.styles,
         )
     except (RuntimeError, OSError) as e:
         print(f"kcdp-data: error: {e}", file=sys.stderr)
