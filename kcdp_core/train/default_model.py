@@ -8,8 +8,10 @@
 five avatar styles of `kcdp-data avatars` (the first --avatar-per-class seeds of every class); the
 proprietary emoji styles (Apple, Facebook, JoyPixels, EmojiOne 4) are never used. The checkpoint is
 selected on a stratified validation split of that same pooled source (macro-F1). The model card
-scores the unseen proprietary emoji styles and, with --avatar-test, avatars rendered from seeds the
-model never saw (`kcdp-data avatars --seed-start N`). Only the trained tensors (LoRA, image tail, FPN,
+scores the unseen proprietary emoji styles, with --avatar-test avatars rendered from seeds the
+model never saw (`kcdp-data avatars --seed-start N`), and with --avatar-heldout the held-out avatar
+styles it never saw at all (`kcdp-data avatars --styles heldout`; scored, never selected on).
+--extra-avatars adds the labelled corpus styles (`--styles extra`) to the training data. Only the trained tensors (LoRA, image tail, FPN,
 head, CLIEA; fp16) and config.json are copied into kcdp_core/assets/default_model/, the foundation is
 referenced as `kcdp:foundation/mini`.
 """
@@ -45,9 +47,30 @@ def _seed_number(path: Path) -> int:
     return int(path.stem.rsplit("-", 1)[1])
 
 
+def _avatar_rows(avatars: Path, styles: tuple[str, ...], per_class: int) -> dict[str, list[Path]]:
+    """style -> its lowest-seed `per_class` images per class (the rest stay unseen seeds)."""
+    out = {}
+    for style in styles:
+        folder = avatars / "domains" / style
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: missing (build it with `kcdp-data avatars --out {avatars}`)")
+        out[style] = [
+            p
+            for label in sorted(d for d in folder.iterdir() if d.is_dir())
+            for p in sorted(label.glob("*.png"), key=_seed_number)[:per_class]
+        ]
+    return out
+
+
 def open_manifest(
-    data: Path, out: Path, avatars: Path | None = None, avatar_per_class: int = 0
+    data: Path,
+    out: Path,
+    avatars: Path | None = None,
+    avatar_per_class: int = 0,
+    extra_avatars: Path | None = None,
 ) -> tuple[Path, dict[str, int]]:
+    from kcdp_core.data.avatar_key import BENCHMARK_STYLES, EXTRA_STYLES
+
     rows, counts = [], {}
     for domain in OPEN_DOMAINS:
         folder = data / "domains" / domain
@@ -56,28 +79,35 @@ def open_manifest(
         images = sorted(folder.rglob("*.png"))
         counts[domain] = len(images)
         rows += [(str(p), p.parent.name) for p in images]
+    styles: dict[str, list[Path]] = {}
     if avatars is not None:
-        from kcdp_core.data.avatar_key import BENCHMARK_STYLES
-
-        for style in BENCHMARK_STYLES:
-            folder = avatars / "domains" / style
-            if not folder.is_dir():
-                raise FileNotFoundError(
-                    f"{folder}: missing (build it with `kcdp-data avatars --out {avatars}`)"
-                )
-            images = [
-                p
-                for label in sorted(d for d in folder.iterdir() if d.is_dir())
-                for p in sorted(label.glob("*.png"), key=_seed_number)[:avatar_per_class]
-            ]
-            counts[style] = len(images)
-            rows += [(str(p), p.parent.name) for p in images]
+        styles |= _avatar_rows(avatars, BENCHMARK_STYLES, avatar_per_class)
+    if extra_avatars is not None:
+        styles |= _avatar_rows(extra_avatars, EXTRA_STYLES, avatar_per_class)
+    for style, images in styles.items():
+        counts[style] = len(images)
+        rows += [(str(p), p.parent.name) for p in images]
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label"])
         writer.writerows(rows)
     return out, counts
+
+
+def score_styles(ckpt: Path, avatars: Path, styles: tuple[str, ...]) -> dict[str, dict]:
+    """Accuracy / macro-F1 (over the classes each style has) per style of a labelled avatar folder,
+    and their mean over the styles."""
+    from kcdp_core.train.evaluate import evaluate_checkpoint
+
+    scores = {}
+    for style in styles:
+        r = evaluate_checkpoint(ckpt, avatars / "domains" / style)
+        scores[style] = {k: round(float(r[k]), 4) for k in ("accuracy", "macro_f1")} | {"images": r["n"]}
+    scores["mean"] = {
+        k: round(sum(scores[s][k] for s in styles) / len(styles), 4) for k in ("accuracy", "macro_f1")
+    }
+    return scores
 
 
 def _licence(domain: str) -> str:
@@ -111,7 +141,15 @@ def main(argv: list[str] | None = None) -> int:
         "--avatar-per-class", type=int, default=40, help="avatars per class and style (lowest seeds)"
     )
     p.add_argument(
+        "--extra-avatars",
+        help="kcdp-data avatars --styles extra output: its three styles join the training data",
+    )
+    p.add_argument(
         "--avatar-test", help="kcdp-data avatars output rendered from other seeds: scored on the card"
+    )
+    p.add_argument(
+        "--avatar-heldout",
+        help="kcdp-data avatars --styles heldout output: styles never trained on, scored on the card",
     )
     p.add_argument("--work", default="runs/default_model", help="training checkpoint folder")
     p.add_argument("--out", default=str(ASSET))
@@ -133,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     avatars = Path(args.avatars) if args.avatars else None
+    extra = Path(args.extra_avatars) if args.extra_avatars else None
     manifest, counts = open_manifest(
-        Path(args.data), work / "training_data.csv", avatars, args.avatar_per_class
+        Path(args.data), work / "training_data.csv", avatars, args.avatar_per_class, extra
     )
     config = mini().replace(
         train={
@@ -151,19 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     from kcdp_core.train.evaluate import evaluate_checkpoint
 
     unseen = evaluate_checkpoint(work / "ckpt" / "best", Path(args.data) / "families" / UNSEEN_FAMILY)
-    avatar_test = {}
-    if args.avatar_test:
-        from kcdp_core.data.avatar_key import BENCHMARK_STYLES
+    from kcdp_core.data.avatar_key import BENCHMARK_STYLES, HELDOUT_STYLES
 
-        for style in BENCHMARK_STYLES:
-            r = evaluate_checkpoint(work / "ckpt" / "best", Path(args.avatar_test) / "domains" / style)
-            avatar_test[style] = {k: round(float(r[k]), 4) for k in ("accuracy", "macro_f1")} | {
-                "images": r["n"]
-            }
-        avatar_test["mean"] = {
-            k: round(sum(v[k] for v in avatar_test.values()) / len(BENCHMARK_STYLES), 4)
-            for k in ("accuracy", "macro_f1")
-        }
+    best = work / "ckpt" / "best"
+    avatar_test = score_styles(best, Path(args.avatar_test), BENCHMARK_STYLES) if args.avatar_test else {}
+    heldout = score_styles(best, Path(args.avatar_heldout), HELDOUT_STYLES) if args.avatar_heldout else {}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(work / "ckpt" / "best" / "config.json", out / "config.json")
@@ -193,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
         and {
             "data": f"{args.avatar_test}: kcdp-data avatars rendered from seeds never trained on",
             "styles": avatar_test,
+        },
+        "unseen_avatar_styles": heldout
+        and {
+            "data": f"{args.avatar_heldout}: kcdp-data avatars --styles heldout, styles never trained or tuned on",
+            "styles": heldout,
         },
         "foundation": config.foundation.unet.path,
         "foundation_sha256": _foundation_digest(config),

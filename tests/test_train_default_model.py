@@ -1,0 +1,41 @@
+"""The default model's training data: open emoji styles, the lowest avatar seeds per class of the
+benchmark styles and (optionally) of the extra labelled styles; never a held-out style."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from train_data import make_domain
+
+from kcdp_core.data.avatar_build import build_avatars
+from kcdp_core.data.avatar_key import (
+    AVATAR_EXTRA_KEY_CSV,
+    BENCHMARK_STYLES,
+    EXTRA_STYLES,
+    HELDOUT_STYLES,
+    load_avatar_key,
+)
+from kcdp_core.train.default_model import OPEN_DOMAINS, open_manifest
+
+
+def test_the_training_data_takes_the_lowest_seeds_of_every_labelled_style_and_no_held_out_one(tmp_path):
+    for domain in OPEN_DOMAINS:
+        make_domain(tmp_path / "emoji" / "domains" / domain, (200, 180, 40), per_class=1)
+    build_avatars(tmp_path / "avatars", per_class=3, size=32, workers=1, corpus_per_style=0)
+    build_avatars(tmp_path / "extra", per_class=3, size=32, workers=1, corpus_per_style=0, style_set="extra")
+
+    manifest, counts = open_manifest(
+        tmp_path / "emoji", tmp_path / "m.csv", tmp_path / "avatars", 2, tmp_path / "extra"
+    )
+    with manifest.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    extra_key = load_avatar_key(AVATAR_EXTRA_KEY_CSV, EXTRA_STYLES)
+    assert all(counts[d] == 7 for d in OPEN_DOMAINS)
+    assert all(counts[s] == 2 * len(extra_key[s].labels) for s in EXTRA_STYLES)
+    assert set(counts) == set(OPEN_DOMAINS) | set(BENCHMARK_STYLES) | set(EXTRA_STYLES)
+    avatars = [Path(r["path"]) for r in rows if "avatars" in r["path"] or "extra" in r["path"]]
+    assert {int(p.stem.rsplit("-", 1)[1]) for p in avatars} == {0, 1}  # seed 2 stays unseen
+    assert all(Path(r["path"]).parent.name == r["label"] for r in rows)
+    assert not any(style in r["path"] for r in rows for style in HELDOUT_STYLES)
+    assert len(rows) == sum(counts.values())
