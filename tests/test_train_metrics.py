@@ -41,6 +41,15 @@ def test_metrics_agree_with_scikit_learn() -> None:
     assert [m["per_class_recall"][name] for name in LABELS] == pytest.approx(list(recall), abs=1e-12)
 
 
+def test_macro_f1_over_the_truths_classes_leaves_out_a_class_only_predicted() -> None:
+    y_true = [1, 1, 2, 2]  # a style with two of the classes
+    y_pred = [1, 0, 2, 2]  # one image called anger, a class the style does not have
+    m = classification_metrics(y_true, y_pred, LABELS)
+    happiness, sadness = 2 * 1 / (2 + 1), 1.0
+    assert m["macro_f1_truth"] == pytest.approx((happiness + sadness) / 2, abs=1e-12)
+    assert m["macro_f1"] == pytest.approx((0.0 + happiness + sadness) / 3, abs=1e-12)
+
+
 def test_metrics_refuse_unlabelled() -> None:
     with pytest.raises(ValueError, match="unlabelled"):
         classification_metrics([0, UNLABELLED], [0, 1], LABELS)

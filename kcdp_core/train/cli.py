@@ -246,7 +246,8 @@ def eval_main(argv: list[str] | None = None) -> int:
     else:
         print(f"{report['data']}  ({report['n']} images, checkpoint {report['checkpoint']})")
         print(f"accuracy  {report['accuracy']:.4f}")
-        print(f"macro-F1  {report['macro_f1']:.4f}")
+        print(f"macro-F1  {report['macro_f1']:.4f} (classes in the data or the predictions)")
+        print(f"macro-F1  {report['macro_f1_truth']:.4f} (classes in the data only)")
         for name, value in report["per_class_recall"].items():
             print(f"  recall {name:<12} {'-' if value is None else f'{value:.3f}'}")
         for key in ("confusion_png", "tsne_png"):

@@ -25,7 +25,11 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
 def classification_metrics(
     y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]
 ) -> dict[str, object]:
-    """accuracy, macro_f1, per_class_recall {label: recall or None}, confusion [[...]], n."""
+    """accuracy, macro_f1, per_class_recall {label: recall or None}, confusion [[...]], n.
+
+    macro_f1 averages over the classes in the truth or the predictions (a prediction of a class the
+    data lacks adds an F1 of 0); macro_f1_truth over the classes in the truth only, as the avatar
+    tables report a style that has 3-7 of the classes."""
     y_true = np.asarray(y_true, dtype=int)
     y_pred = np.asarray(y_pred, dtype=int)
     if y_true.shape != y_pred.shape or y_true.ndim != 1:
@@ -46,6 +50,7 @@ def classification_metrics(
         "n": int(len(y_true)),
         "accuracy": float(tp.sum() / len(y_true)),
         "macro_f1": float(f1[present].mean()),
+        "macro_f1_truth": float(f1[support > 0].mean()),
         "per_class_recall": recall,
         "per_class_f1": {name: float(f1[i]) for i, name in enumerate(labels) if present[i]},
         "confusion": cm.tolist(),
