@@ -211,7 +211,11 @@ TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
 }
 
 
-TABLES["avatars_emoji"] = (TABLES["avatars_emoji"][0], TABLES["avatars_loo"][1])
+# the oracle is leave-one-style-out only (it adds the left-out style's labelled images to the source)
+TABLES["avatars_emoji"] = (
+    TABLES["avatars_emoji"][0],
+    [r for r in TABLES["avatars_loo"][1] if r[0] != "oracle"],
+)
 REFERENCE_ROWS = {"effnet": False, "effnet_style": True}  # row -> per-style standardisation
 
 
@@ -346,7 +350,9 @@ def oracle_task(task: Task, args: argparse.Namespace) -> Task:
     with these sizes, it is not a DA method."""
     if not task.truth_classes or task.key.startswith("emoji->"):
         raise SystemExit(f"the oracle row is defined for leave one avatar style out only, not {task.key}")
-    n, runs = args.avatar_per_class or 10, Path(args.runs) / "manifests"
+    if not args.avatar_per_class:
+        raise SystemExit("the oracle row needs --avatar-per-class N (labelled images per class it adds)")
+    n, runs = args.avatar_per_class, Path(args.runs) / "manifests"
     with Path(task.source).open(newline="") as f:
         source = [(r["path"], r["label"], r["domain"]) for r in csv.DictReader(f)]
     trained, scored = [], []
