@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from kcdp_core.data.avatar_key import STYLE_SETS
 from kcdp_core.data.emoji_sources import DOMAINS
 from kcdp_core.data.npm_cache import FetchError
 from kcdp_core.data.tarball import TarballError
@@ -57,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--key", type=Path, default=None, help="label key CSV (default: the package's)")
     a.add_argument(
         "--styles",
-        choices=("benchmark", "extra", "heldout"),
+        choices=sorted(STYLE_SETS),
         default="benchmark",
         help="benchmark: the five styles + corpus + tasks (default); extra: labelled corpus styles for "
         "training; heldout: test-only styles never trained or tuned on (both: no corpus, no tasks)",
