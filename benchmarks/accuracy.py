@@ -48,6 +48,7 @@ import numpy as np
 
 from kcdp_core.data.avatar_key import BENCHMARK_STYLES as AVATAR_STYLES
 from kcdp_core.data.avatar_key import EXTRA_STYLES
+from kcdp_core.recorded_paths import with_path_variables
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
@@ -220,13 +221,8 @@ REFERENCE_ROWS = {"effnet": False, "effnet_style": True}  # row -> per-style sta
 
 
 def recorded_command(script: str) -> str:
-    """This run's command line for a RESULTS table, with the folders of $DATA / $RUNS (when set)
-    written as those variables, as README and RESULTS.md name them, not this machine's paths."""
-    command = f"python benchmarks/{script} " + " ".join(sys.argv[1:])
-    for var in ("RUNS", "DATA"):
-        if os.environ.get(var):
-            command = command.replace(os.environ[var].rstrip("/"), f"${var}")
-    return command
+    """This run's command line for a RESULTS table, $DATA / $RUNS written as variables."""
+    return with_path_variables(f"python benchmarks/{script} " + " ".join(sys.argv[1:]))
 
 
 def machine() -> str:

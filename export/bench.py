@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from kcdp_core.recorded_paths import with_path_variables
 from kcdp_runtime.cli import IMAGE_SUFFIXES
 from kcdp_runtime.pipeline import STAGES, Pipeline
 
@@ -376,14 +377,14 @@ def latency(args: argparse.Namespace) -> int:
     if main_name == "onnx-int8":
         args.no_int8 = True  # it is the int8 engine
     report: dict[str, Any] = {
-        "command": shlex.join(["kcdp-bench", *sys.argv[1:]])
-        if args.argv is None
-        else shlex.join(["kcdp-bench", *args.argv]),
+        "command": with_path_variables(
+            shlex.join(["kcdp-bench", *(sys.argv[1:] if args.argv is None else args.argv)])
+        ),
         "machine": machine(),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "preset": fp32.manifest.preset,
         "images": len(images),
-        "images_dir": args.images,
+        "images_dir": with_path_variables(str(args.images)),
         "cold_repeats": args.cold_repeats,
         "engines": {},
     }

@@ -88,3 +88,20 @@ def test_the_oracle_trains_on_drawn_images_of_the_left_out_style_and_scores_only
     emoji_task = acc.Task("emoji->moods", oracle.source, task.target, task.eval_data, truth_classes=True)
     with pytest.raises(SystemExit, match="leave one avatar style out only"):
         acc.oracle_task(emoji_task, args)
+
+
+def test_recorded_commands_name_data_and_runs_as_variables(monkeypatch, tmp_path) -> None:
+    from kcdp_core.recorded_paths import with_path_variables
+
+    monkeypatch.setenv("DATA", str(tmp_path / "data") + "/")
+    monkeypatch.setenv("RUNS", str(tmp_path / "runs"))
+    text = f"kcdp-bench latency --images {tmp_path}/data/emoji/domains/twitter --results {tmp_path}/runs/l.md"
+    assert (
+        with_path_variables(text)
+        == "kcdp-bench latency --images $DATA/emoji/domains/twitter --results $RUNS/l.md"
+    )
+    monkeypatch.setattr(sys, "argv", ["accuracy.py", "avatars_loo", "--avatars", f"{tmp_path}/data/avatars"])
+    assert (
+        _accuracy().recorded_command("accuracy.py")
+        == "python benchmarks/accuracy.py avatars_loo --avatars $DATA/avatars"
+    )
