@@ -95,14 +95,14 @@ def open_manifest(
     return out, counts
 
 
-def score_styles(ckpt: Path, avatars: Path, styles: tuple[str, ...]) -> dict[str, dict]:
+def score_styles(ckpt: Path, model, avatars: Path, styles: tuple[str, ...]) -> dict[str, dict]:
     """Accuracy / macro-F1 per style of a labelled avatar folder, and their mean over the styles;
     macro-F1 over the classes each style has, as the avatar tables of benchmarks/RESULTS.md."""
     from kcdp_core.train.evaluate import evaluate_checkpoint
 
     scores = {}
     for style in styles:
-        r = evaluate_checkpoint(ckpt, avatars / "domains" / style)
+        r = evaluate_checkpoint(ckpt, avatars / "domains" / style, model=model)
         scores[style] = {
             "accuracy": round(float(r["accuracy"]), 4),
             "macro_f1": round(float(r["macro_f1_truth"]), 4),
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     from safetensors.torch import load_file, save_file
 
     from kcdp_core.config import mini
-    from kcdp_core.model.kcdp import WEIGHTS_NAME
+    from kcdp_core.model.kcdp import WEIGHTS_NAME, KCDPModel
     from kcdp_core.train.trainer import Trainer
 
     torch.set_num_threads(args.threads)
@@ -191,14 +191,18 @@ def main(argv: list[str] | None = None) -> int:
     result = Trainer(
         config, manifest, work / "ckpt", progress=False, log=lambda m: print(m, file=sys.stderr, flush=True)
     ).run(resume=True)
+    from kcdp_core.data.avatar_key import BENCHMARK_STYLES, HELDOUT_STYLES
     from kcdp_core.train.evaluate import evaluate_checkpoint
 
-    unseen = evaluate_checkpoint(work / "ckpt" / "best", Path(args.data) / "families" / UNSEEN_FAMILY)
-    from kcdp_core.data.avatar_key import BENCHMARK_STYLES, HELDOUT_STYLES
-
     best = work / "ckpt" / "best"
-    avatar_test = score_styles(best, Path(args.avatar_test), BENCHMARK_STYLES) if args.avatar_test else {}
-    heldout = score_styles(best, Path(args.avatar_heldout), HELDOUT_STYLES) if args.avatar_heldout else {}
+    model = KCDPModel.from_pretrained(best)  # loaded once for every scored set
+    unseen = evaluate_checkpoint(best, Path(args.data) / "families" / UNSEEN_FAMILY, model=model)
+    avatar_test = (
+        score_styles(best, model, Path(args.avatar_test), BENCHMARK_STYLES) if args.avatar_test else {}
+    )
+    heldout = (
+        score_styles(best, model, Path(args.avatar_heldout), HELDOUT_STYLES) if args.avatar_heldout else {}
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(work / "ckpt" / "best" / "config.json", out / "config.json")
