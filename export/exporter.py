@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from kcdp_core.recorded_paths import recorded_path
 from kcdp_export import validate
 from kcdp_export.graphs import GraphConfig, image_encoder_graph, perception_graph, text_encoder_graph
 from kcdp_export.manifest import write_manifest
@@ -631,14 +632,14 @@ def _manifest_body(
         "int8_accuracy_change": int8_change,
         "lora_merge": merge.manifest(),
         "checkpoint": {
-            "path": str(Path(ckpt_dir).resolve()),
+            "path": recorded_path(ckpt_dir),
             "selected": selected,
             "finetune": config.perception.finetune,
         },
         "calibration": None
         if real is None
         else {
-            "folder": str(Path(options.calibration).resolve()),
+            "folder": recorded_path(options.calibration),
             "images": len(real),
             "labelled": real.labels is not None,
             "skipped": real.skipped,

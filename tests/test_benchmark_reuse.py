@@ -105,3 +105,15 @@ def test_recorded_commands_name_data_and_runs_as_variables(monkeypatch, tmp_path
         _accuracy().recorded_command("accuracy.py")
         == "python benchmarks/accuracy.py avatars_loo --avatars $DATA/avatars"
     )
+
+
+def test_a_shipped_record_names_paths_relative_to_the_repository_or_as_variables(
+    monkeypatch, tmp_path
+) -> None:
+    from kcdp_core.recorded_paths import recorded_path
+
+    (tmp_path / "repo" / "assets").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "repo")
+    monkeypatch.setenv("DATA", str(tmp_path / "data"))
+    assert recorded_path("assets") == "assets"
+    assert recorded_path(tmp_path / "data" / "calib") == "$DATA/calib"
