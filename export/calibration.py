@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from kcdp_core.constants import IMAGE_SUFFIXES
 from kcdp_core.images import ImageError, load_image, preprocess
-from kcdp_core.knowledge.text_encoder import triplet_text
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+from kcdp_core.knowledge.assemble import KnowledgeRule, knowledge_texts
 
 
 @dataclass
@@ -23,7 +22,7 @@ class RealSet:
     labels: np.ndarray | None  # [N] label index, or None when the folder carries no labels
     pixels: np.ndarray  # [N, 3, S, S] float32 in [0, 1]
     captions: list[str]
-    triplets: list[list[tuple[str, str, str]]]
+    triplets: list[list[tuple[str, ...]]]  # as k holds them (KnowledgeRule applied)
     knowledge: np.ndarray  # [N, 2L, D]
     knowledge_mask: np.ndarray  # [N, 2L]
     texts: list[str] = field(default_factory=list)  # every text the text encoder saw (captions, triplets)
@@ -85,12 +84,9 @@ def load_real_set(model, root: Path, limit: int | None = 64, captions_csv: str |
     from kcdp_core.knowledge.triplets import TripletParser
 
     triplets = TripletParser(config.knowledge.parser_model).parse_many(captions)
-    triplets = [t[: config.knowledge.max_triplets] for t in triplets]
-    kc = config.knowledge
-    used_captions = [c if getattr(kc, "use_caption", True) else "" for c in captions]
-    used_triplets = [t if getattr(kc, "use_triplets", True) else [] for t in triplets]
+    used_captions, used_triplets = KnowledgeRule.of(config.knowledge).apply(captions, triplets)
     k, mask = model.encode_knowledge(used_captions, used_triplets)
-    texts = list(dict.fromkeys([*used_captions, *(triplet_text(t) for ts in used_triplets for t in ts)]))
+    texts = list(dict.fromkeys(knowledge_texts(used_captions, used_triplets)))
     pixel_array = np.stack(pixels).astype(np.float32)
     image_view = {}
     if model.image_input is not None:
@@ -103,7 +99,7 @@ def load_real_set(model, root: Path, limit: int | None = 64, captions_csv: str |
         labels=label_array,
         pixels=pixel_array,
         captions=captions,
-        triplets=triplets,
+        triplets=used_triplets,
         knowledge=k.astype(np.float32),
         knowledge_mask=mask.astype(np.float32),
         texts=texts,

@@ -30,7 +30,7 @@ from PIL import Image
 from tokenizers import Tokenizer
 
 from kcdp_core.images import ImageError, load_image, preprocess
-from kcdp_core.knowledge.assemble import assemble_batch, triplet_text
+from kcdp_core.knowledge.assemble import KnowledgeRule, assemble_batch, knowledge_texts
 from kcdp_runtime.bank_knowledge import FILE, BankKnowledge
 from kcdp_runtime.captioner import (
     CAPTION_JOIN,
@@ -174,11 +174,13 @@ class Pipeline:
         self.image_size = int(prep.get("image_size", 64))
         self.resize_filter = str(prep.get("resize_filter", "bicubic"))
         know = manifest.knowledge
-        self.max_triplets = int(know.get("max_triplets", 8))
         self.parser_model = str((know.get("parser") or {}).get("model", "en_core_web_sm"))
-        # Knowledge ablations the model was trained with (config.knowledge.use_caption / use_triplets).
-        self.use_caption = bool(know.get("use_caption", True))
-        self.use_triplets = bool(know.get("use_triplets", True))
+        # What of a caption goes into k: the model's max_triplets and knowledge ablations.
+        self.rule = KnowledgeRule(
+            int(know.get("max_triplets", 8)),
+            bool(know.get("use_caption", True)),
+            bool(know.get("use_triplets", True)),
+        )
         self.knowledge_cache_size = knowledge_cache_size
         self._knowledge_cache: OrderedDict[str, _Knowledge] = OrderedDict()
         self._parser: Any = None
@@ -370,7 +372,7 @@ class Pipeline:
             )
         t0 = time.perf_counter()
         triplets: dict[str, list[Triplet]] = {}
-        unparsed = [text for text, cap in todo.items() if cap.triplets is None and self.use_triplets]
+        unparsed = [text for text, cap in todo.items() if cap.triplets is None and self.rule.use_triplets]
         if unparsed and self.parsed_captions is not None:
             for text in unparsed:
                 known = self.parsed_captions.get(text)
@@ -385,17 +387,15 @@ class Pipeline:
             triplets.update(fresh)
             if self.parsed_captions is not None:
                 self.parsed_captions.put_many(fresh)
-        for text, cap in todo.items():
-            if not self.use_triplets:
-                triplets[text] = []
-            elif cap.triplets is not None:
-                triplets[text] = [tuple(t) for t in cap.triplets]
-            triplets[text] = triplets[text][: self.max_triplets]
+        encoded, used = self.rule.apply(
+            list(todo),
+            [cap.triplets if cap.triplets is not None else triplets.get(text) for text, cap in todo.items()],
+        )
+        triplets = dict(zip(todo, used, strict=True))
         _share(items, "parse", t0)
 
         t0 = time.perf_counter()
-        encoded = [text if self.use_caption else "" for text in todo]  # as training's KnowledgeTable
-        texts = encoded + [triplet_text(t) for text in todo for t in triplets[text]]
+        texts = knowledge_texts(encoded, used)
         states, masks = self.text.encode(texts) if texts and self.text is not None else (None, None)
         _share(items, "text_encoder", t0)
 
@@ -428,9 +428,7 @@ class Pipeline:
             ks, masks = self.bank_knowledge.get([row for _, row in found])
             bank_triplets = self.captioner.bank.triplets  # type: ignore[attr-defined]
             for (item, row), k, mask in zip(found, ks, masks, strict=True):
-                known = bank_triplets[row] if self.use_triplets else []
-                triplets = [tuple(t) for t in (known or [])][: self.max_triplets]
-                item.knowledge = _Knowledge(triplets, k, mask)
+                item.knowledge = _Knowledge(self.rule.triplets(bank_triplets[row]), k, mask)
             _share([item for item, _ in found], "assemble", t0)
             for item, _ in found:
                 item.latency.setdefault("parse", 0.0)

@@ -1,16 +1,58 @@
-"""k = concat(T(c), sum_i T(t_i)): the knowledge sequence, in numpy so that training and the
-torch-free runtime assemble it with the same code. Torch-free."""
+"""k = concat(T(c), sum_i T(t_i)): the knowledge sequence, in numpy so that training, export and the
+torch-free runtime assemble it with the same code, under the same rule for what goes in. Torch-free."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+Triplet = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class KnowledgeRule:
+    """What of a caption and its triplets goes into k (config.knowledge, recorded in an export's manifest).
+
+    The first `max_triplets` triplets; with `use_caption` off the caption is encoded as "" and with
+    `use_triplets` off there are no triplets: the ablations keep k's layout, so one graph serves all.
+    """
+
+    max_triplets: int = 8
+    use_caption: bool = True
+    use_triplets: bool = True
+
+    @classmethod
+    def of(cls, knowledge: Any) -> KnowledgeRule:
+        """From anything with the three fields (kcdp_core.config.KnowledgeConfig, the manifest's spec)."""
+        return cls(int(knowledge.max_triplets), bool(knowledge.use_caption), bool(knowledge.use_triplets))
+
+    def caption(self, text: str) -> str:
+        return text if self.use_caption else ""
+
+    def triplets(self, triplets: Sequence[Sequence[str]] | None) -> list[Triplet]:
+        if not self.use_triplets or not triplets:
+            return []
+        return [tuple(t) for t in triplets][: self.max_triplets]
+
+    def apply(
+        self, captions: Sequence[str], triplets: Sequence[Sequence[Sequence[str]] | None]
+    ) -> tuple[list[str], list[list[Triplet]]]:
+        """The captions and triplet lists of a batch as the text encoder is to see them."""
+        return [self.caption(c) for c in captions], [self.triplets(t) for t in triplets]
 
 
 def triplet_text(triplet: Sequence[str]) -> str:
     """How a triplet is written before encoding: "man is thrilled"."""
     return " ".join(part for part in triplet if part)
+
+
+def knowledge_texts(captions: Sequence[str], triplets: Sequence[Sequence[Sequence[str]]]) -> list[str]:
+    """The texts of one text-encoder call, in the order assemble_batch reads their states: the B
+    captions first, then every image's triplets in order."""
+    return [*captions, *(triplet_text(t) for ts in triplets for t in ts)]
 
 
 def assemble_knowledge(

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from kcdp_core.config import Source
-from kcdp_core.knowledge.assemble import assemble_batch, triplet_text
+from kcdp_core.knowledge.assemble import assemble_batch, knowledge_texts
 from kcdp_core.knowledge.pooling import sentence_embedding
 from kcdp_core.sources import resolve
 
@@ -66,6 +66,5 @@ class TextEncoder(torch.nn.Module):
         self, captions: Sequence[str], triplets: Sequence[Sequence[Triplet]]
     ) -> tuple[np.ndarray, np.ndarray]:
         """k [B, 2L, D] and its mask [B, 2L] for a batch of images (caption + their triplets)."""
-        texts = list(captions) + [triplet_text(t) for ts in triplets for t in ts]
-        states, mask = (x.numpy() for x in self.token_states(texts))
+        states, mask = (x.numpy() for x in self.token_states(knowledge_texts(captions, triplets)))
         return assemble_batch(states, mask, [len(ts) for ts in triplets])

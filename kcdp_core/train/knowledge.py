@@ -20,16 +20,13 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from kcdp_core.config import KCDPConfig
+from kcdp_core.constants import cache_root
+from kcdp_core.knowledge.assemble import KnowledgeRule
 from kcdp_core.knowledge.text_encoder import TextEncoder
 from kcdp_core.train.datasets import file_hash
 
 Triplet = tuple[str, str, str]
 Describe = Callable[[Sequence[Path]], list[tuple[str, list[Triplet]]]]
-
-
-def cache_root() -> Path:
-    """$KCDP_CACHE or ~/.cache/kcdp (shared with the tiny foundation and the knowledge cache)."""
-    return Path(os.environ.get("KCDP_CACHE", Path.home() / ".cache" / "kcdp"))
 
 
 def text_encoder_fingerprint(encoder: TextEncoder) -> str:
@@ -115,6 +112,7 @@ class KnowledgeTable:
         self.config = config
         self.encoder = text_encoder
         self.describe = describe or describe_with_knowledge_cache(config, progress=progress)
+        self.rule = KnowledgeRule.of(config.knowledge)
         key = {
             "encoder": text_encoder_fingerprint(text_encoder),
             "captioner": captioner_id(config),
@@ -140,16 +138,11 @@ class KnowledgeTable:
         )
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
-            k_cfg = self.config.knowledge
-            if k_cfg.use_caption or k_cfg.use_triplets:
+            if self.rule.use_caption or self.rule.use_triplets:
                 described = self.describe([p for _, p in chunk])
             else:  # neither half is used (source-only ablation): captioning would be thrown away
                 described = [("", [])] * len(chunk)
-            captions, triplets = [], []
-            for caption, trips in described:
-                captions.append(caption if self.config.knowledge.use_caption else "")
-                trips = list(trips)[: self.config.knowledge.max_triplets]
-                triplets.append(trips if self.config.knowledge.use_triplets else [])
+            captions, triplets = self.rule.apply([c for c, _ in described], [t for _, t in described])
             with torch.no_grad():
                 k, mask = self.encoder.knowledge(captions, triplets)
             for (sha, _), ki, mi in zip(chunk, k, mask, strict=True):
