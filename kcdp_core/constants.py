@@ -18,4 +18,5 @@ CAPTION_SEPARATOR = ". "
 def cache_root() -> Path:
     """$KCDP_CACHE, else ~/.cache/kcdp: the tiny foundation, knowledge and k caches, npm tarballs,
     parsed captions and onnxruntime's optimised graphs all live below it."""
-    return Path(os.environ.get("KCDP_CACHE") or Path.home() / ".cache" / "kcdp")
+    root = os.environ.get("KCDP_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "kcdp"

@@ -15,11 +15,9 @@ import os
 import re
 from pathlib import Path
 
+from kcdp_core.constants import cache_root
+
 Triplet = tuple[str, str, str]
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("KCDP_CACHE") or Path.home() / ".cache" / "kcdp")
 
 
 class ParsedCaptions:

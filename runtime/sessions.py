@@ -16,6 +16,8 @@ from typing import Any
 
 import onnxruntime as ort
 
+from kcdp_core.constants import cache_root
+
 log = logging.getLogger("kcdp_runtime")
 
 PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -187,7 +189,7 @@ def optimized_graph(
     keeps its folded shapes); the remaining hardware-specific optimisations still run at load.
     Written atomically; None (use the .onnx) if it cannot be made.
     """
-    root = Path(os.environ.get("KCDP_CACHE") or Path.home() / ".cache" / "kcdp") / "ort"
+    root = cache_root() / "ort"
     suffix = "".join(f"-{axis}1" for axis in fixed or [])
     target = root / f"{digest[:32]}{suffix}-ort{ort.__version__}.ort"
     if target.is_file():

@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from kcdp_core.constants import cache_root
 from kcdp_core.data.packages import NpmPackage
 
 NPM_TIMEOUT_S = 900
@@ -26,9 +27,7 @@ class FetchError(RuntimeError):
 
 def default_cache_dir() -> Path:
     """$KCDP_CACHE/npm if set, else ~/.cache/kcdp/npm."""
-    root = os.environ.get("KCDP_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "kcdp"
-    return base / "npm"
+    return cache_root() / "npm"
 
 
 def sri_of(path: Path) -> str:

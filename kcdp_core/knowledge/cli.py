@@ -21,12 +21,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+from kcdp_core.constants import IMAGE_SUFFIXES, cache_root
 
 
 def default_cache_dir() -> Path:
     """$KCDP_CACHE/knowledge (default ~/.cache/kcdp/knowledge), where training reads it."""
-    return Path(os.environ.get("KCDP_CACHE", Path.home() / ".cache" / "kcdp")) / "knowledge"
+    return cache_root() / "knowledge"
 
 
 def list_images(folder: Path) -> list[Path]:

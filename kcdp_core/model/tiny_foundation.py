@@ -17,6 +17,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from safetensors.torch import save_file
 
+from kcdp_core.constants import cache_root
 from kcdp_core.knowledge.pooling import sentence_embedding
 from kcdp_core.model.image_encoder import ImageEncoder, ImageEncoderConfig
 
@@ -204,13 +205,9 @@ def _build_tiny(folder: Path) -> None:
     )
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("KCDP_CACHE") or Path.home() / ".cache" / "kcdp")
-
-
 def ensure_tiny_foundation() -> Path:
     """The cached tiny foundation, built on first use (atomically: a temp folder renamed into place)."""
-    target = cache_dir() / f"tiny-foundation-v{TINY_VERSION}"
+    target = cache_root() / f"tiny-foundation-v{TINY_VERSION}"
     if (target / "foundation.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

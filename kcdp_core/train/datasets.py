@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
+from kcdp_core.constants import IMAGE_SUFFIXES
 from kcdp_core.images import ImageError, load_image, preprocess
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 UNLABELLED = -1
 
 
