@@ -1,4 +1,4 @@
-"""kcdp-infer: the DESIGN.md section 4 contract, bad inputs, globs, and running without torch."""
+"""kcdp-infer: its output contract (docs/architecture.md), bad inputs, globs, and running without torch."""
 
 from __future__ import annotations
 

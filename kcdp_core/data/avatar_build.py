@@ -1,4 +1,6 @@
-"""Build the drawn-faces benchmark and the avatar pretraining corpus with DiceBear (DESIGN.md s.6b).
+"""Build the drawn-faces benchmark and the avatar pretraining corpus with DiceBear.
+
+Styles, label key and tasks: kcdp_core/data/README.md.
 
 Output layout (DIR = --out):
 

@@ -1,4 +1,4 @@
-"""The drawn-faces benchmark's label key and style lists (DESIGN.md section 6b). Torch-free.
+"""The drawn-faces benchmark's label key and style lists (kcdp_core/data/README.md). Torch-free.
 
 avatar_label_key.csv (the project's data file, beside this module) fixes, per DiceBear style and
 emotion class, the variants each expression component may take; every other part of the avatar
@@ -32,7 +32,7 @@ CORPUS_STYLES = CORPUS_EXPRESSION_STYLES + CORPUS_IDENTITY_STYLES
 # Corpus styles whose expression parts map onto the seven classes, rendered with labels as extra
 # training styles (more styles to generalise from; never scored as a benchmark target).
 EXTRA_STYLES: tuple[str, ...] = ("critters", "sprouts", "line-face")
-# Held-out test styles: in no list of DESIGN.md section 6b, so never trained, pretrained or tuned on;
+# Held-out test styles: in none of the lists above, so never trained, pretrained or tuned on;
 # rendered only to measure a finished model on styles it never saw.
 HELDOUT_STYLES: tuple[str, ...] = ("toon-head", "micah", "personas", "clay")
 # `kcdp-data avatars --styles NAME`: the styles and the key of each labelled set

@@ -24,7 +24,7 @@ from kcdp_core.data.tarball import TarballError
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kcdp-data", description="Build KCDP datasets from npm emoji packages.")
     sub = p.add_subparsers(dest="command", required=True)
-    e = sub.add_parser("emoji", help="the emoji cross-style benchmark + pretraining corpus (DESIGN.md s.6)")
+    e = sub.add_parser("emoji", help="the emoji cross-style benchmark + pretraining corpus")
     e.add_argument("--out", required=True, type=Path, help="output folder")
     e.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     e.add_argument(
@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--no-corpus", action="store_true", help="build the benchmark only")
     e.add_argument("--workers", type=int, default=None, help="render processes (default min(2, cores))")
     e.add_argument("--offline", action="store_true", help="never run npm; use the cache only")
-    a = sub.add_parser("avatars", help="the drawn-faces benchmark + avatar corpus (DiceBear, DESIGN.md s.6b)")
+    a = sub.add_parser("avatars", help="the drawn-faces benchmark + avatar corpus (DiceBear)")
     a.add_argument("--out", required=True, type=Path, help="output folder")
     a.add_argument("--per-class", type=int, default=200, help="benchmark images per class and style (200)")
     a.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")

@@ -1,4 +1,4 @@
-"""Build the emoji cross-style benchmark and the pretraining corpus (DESIGN.md section 6).
+"""Build the emoji cross-style benchmark and the pretraining corpus (kcdp_core/data/README.md).
 
 Output layout (DIR = --out):
 
@@ -14,7 +14,7 @@ Output layout (DIR = --out):
 
 The corpus never holds the 44 benchmark emojis. It does hold the faces emoji_excluded.csv leaves
 out of the benchmark as ambiguous: they are not test images, and the pilot found the non-benchmark
-faces carry all of the emotion signal a captioner learns (DESIGN.md section 7).
+faces carry all of the emotion signal a captioner learns (kcdp_core/data/README.md, the pilot).
 """
 
 from __future__ import annotations

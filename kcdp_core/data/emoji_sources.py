@@ -23,7 +23,7 @@ class DomainSource:
     package: str
     layout: str  # "raster_files" | "svg_files" | "iconify"
     where: str  # folder prefix inside the tarball, or the Iconify JSON file
-    family: str  # DESIGN.md section 6 style family
+    family: str  # style family of the benchmark: glossy, flat, line or fluent
 
 
 DOMAINS: dict[str, DomainSource] = {

@@ -2,7 +2,7 @@
 
 Each pin was read with `npm view <name>@<version> dist.integrity`; a tarball whose sha512 differs
 is refused. `open_licence` marks art that may be redistributed and trained on for committed
-weights (DESIGN.md section 6); only those packages feed the pretraining corpus.
+weights; only those packages feed the pretraining corpus.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import numpy as np
 
 from kcdp_core.images import ImageError, load_pixels
 
-# Emoji faces carry the emotion signal (DESIGN.md section 7): CLDR group + a face subgroup.
+# Emoji faces carry the emotion signal (kcdp_core/data/README.md, the pilot): CLDR group + a face subgroup.
 FACE_GROUP = "Smileys & Emotion"
 
 

@@ -25,7 +25,7 @@ from kcdp_core.pretrain.augment import AugmentOptions, augment
 from kcdp_core.pretrain.corpus import Corpus, Domain, sampling_weights
 from kcdp_core.pretrain.stage import Stage, StageOptions
 
-# Style families of the benchmark (DESIGN.md section 6).
+# Style families of the benchmark (kcdp_core/data/README.md).
 FAMILIES: dict[str, tuple[str, ...]] = {
     "glossy": ("apple", "google", "facebook", "joypixels", "emojione4"),
     "flat": ("twitter", "openmoji", "noto_v1", "emojione_v1"),
