@@ -1,6 +1,6 @@
 """A tiny export folder for the runtime tests, built in milliseconds with onnx.helper.
 
-It honours the manifest contract (/work/notes/MANIFEST.md): the same graph names, inputs, outputs
+It honours the manifest contract (export/README.md, "manifest.json"): the same graph names, inputs, outputs
 and files as kcdp-export writes, with small hand-set weights instead of a trained model. The
 perception graph reads the image's mean colour, so tests can assert labels: a red image is
 "anger", a blue one "sadness", a yellow one "happiness".
