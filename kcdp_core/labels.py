@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 # The 7 classes of the emoji benchmark and of SER30K, in this fixed order.
 EMOJI7: tuple[str, ...] = ("anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise")
 SER30K = EMOJI7
@@ -40,12 +38,3 @@ def resolve_labels(spec: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     if len(labels) < 2 or len(set(labels)) != len(labels):
         raise ValueError(f"a label set needs at least two distinct names, got {labels!r}")
     return labels
-
-
-def labels_from_folder(root: str | Path) -> tuple[str, ...]:
-    """The label set a class-folder dataset defines: its subfolder names, sorted."""
-    root = Path(root)
-    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not names:
-        raise ValueError(f"{root}: no class subfolders (expected DIR/<label>/<image>)")
-    return resolve_labels(names)

@@ -9,7 +9,6 @@ prometheus-client's metrics are thread-safe: the pipeline worker thread records 
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from prometheus_client import (
@@ -92,12 +91,3 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-def resident_bytes(pid: int | str = "self") -> int:
-    """Current RSS from /proc (Linux); 0 where there is no /proc."""
-    try:
-        with open(f"/proc/{pid}/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0

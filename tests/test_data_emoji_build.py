@@ -11,7 +11,6 @@ import pytest
 from data_fixtures import KEY, build_fixture_cache
 from PIL import Image
 
-from kcdp_core.data.datasets import load_emoji_corpus, load_emoji_domain, load_emoji_family
 from kcdp_core.data.emoji_build import build_emoji
 from kcdp_core.data.emoji_catalog import norm_hex
 
@@ -80,9 +79,9 @@ def test_corpus_is_open_art_only_without_the_benchmark(built):
     assert wink["group"] == "Smileys & Emotion" and wink["subgroup"] == "face-smiling"
     assert wink["license"] == "fixture licence"
     assert by[("icons", "1F44D-1F3FF")]["caption"] == "thumbs up: dark skin tone: hand, up"
+    assert len(rows) == 7
     for r in rows:
         assert (out / "corpus" / r["path"]).is_file()
-    assert len(load_emoji_corpus(out)) == 7
 
 
 def test_index_records_provenance_of_every_image(built):
@@ -102,10 +101,10 @@ def test_index_records_provenance_of_every_image(built):
 
 def test_families_and_disjoint_folds(built):
     out, *_ = built
-    fam = load_emoji_family(out, "flat")
-    assert sorted(s.path.name for s in fam) == ["rast_1F600.png", "rast_1F622.png", "rast_263A-FE0F.png"]
-    assert {s.domain for s in fam} == {"rast"}
-    assert len(load_emoji_family(out, "glossy")) == 4
+    # A family pools its domains' images as <label>/<domain>_<codepoint>.png.
+    flat = sorted(p.name for p in (out / "families/flat").glob("*/*.png"))
+    assert flat == ["rast_1F600.png", "rast_1F622.png", "rast_263A-FE0F.png"]
+    assert len(list((out / "families/glossy").glob("*/*.png"))) == 4
     f0 = list(csv.DictReader(open(out / "splits/disjoint_fold0.csv")))
     f1 = list(csv.DictReader(open(out / "splits/disjoint_fold1.csv")))
     c0, c1 = {r["codepoint"] for r in f0}, {r["codepoint"] for r in f1}
@@ -113,9 +112,8 @@ def test_families_and_disjoint_folds(built):
     # Stratified: the two happiness emojis go to different folds.
     assert {r["label"] for r in f0 if r["label"] == "happiness"} == {"happiness"}
     assert {r["label"] for r in f1 if r["label"] == "happiness"} == {"happiness"}
-    d0 = load_emoji_domain(out, "closed", fold=0)
-    d1 = load_emoji_domain(out, "closed", fold=1)
-    assert len(d0) + len(d1) == 4 and not {s.path.stem for s in d0} & {s.path.stem for s in d1}
+    closed = {p.stem for p in (out / "domains/closed").glob("*/*.png")}
+    assert len(closed) == 4 and closed <= c0 | c1
 
 
 def test_second_run_reuses_every_domain(built):

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 from pretrain_fixture import make_fixture
+from safetensors.torch import load_file
 
 from kcdp_core.config import Source, mini
 from kcdp_core.model.foundation import load_foundation
 from kcdp_core.pretrain import recipe as recipe_mod
-from kcdp_core.pretrain.bank import read_caption_bank
 from kcdp_core.pretrain.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -59,7 +59,9 @@ def test_foundation_folder_layout_and_load(built):
     z = found.vae.encode(torch.rand(2, 3, 64, 64) * 2 - 1).latent_dist.mode()
     assert z.shape == (2, 4, 8, 8)
 
-    captions, emb = read_caption_bank(out / "caption_bank")
+    bank = out / "caption_bank"
+    captions = [json.loads(ln)["caption"] for ln in (bank / "captions.jsonl").read_text().splitlines()]
+    emb = load_file(str(bank / "embeddings.safetensors"))["embeddings"]
     assert len(captions) == emb.shape[0] == 12 and emb.dtype == torch.float16
     torch.testing.assert_close(emb.float().norm(dim=1), torch.ones(12), atol=2e-3, rtol=0)
     # Same order as the text encoder would embed them (MODEL_API.md), to half precision.

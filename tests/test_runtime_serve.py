@@ -17,12 +17,20 @@ from prometheus_client.parser import text_string_to_metric_families
 from runtime_export import build_fake_export
 from runtime_images import BLUE, RED, png_bytes
 
-from kcdp_runtime.metrics import resident_bytes
 from kcdp_runtime.pipeline import Pipeline
 from kcdp_runtime.serve import ServeConfig, create_app
 
 RED_PNG = png_bytes(Image.new("RGB", (24, 24), RED))
 BLUE_PNG = png_bytes(Image.new("RGB", (24, 24), BLUE))
+
+
+def resident_bytes(pid: int) -> int:
+    """A process's current RSS from /proc (Linux); 0 where there is no /proc."""
+    try:
+        with open(f"/proc/{pid}/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 @pytest.fixture(scope="module")

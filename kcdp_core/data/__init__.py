@@ -1,1 +1,1 @@
-"""Datasets: the emoji cross-style benchmark builder, the pretraining corpus, dataset loaders."""
+"""Datasets: the emoji and drawn-faces benchmark builders and the pretraining corpus."""

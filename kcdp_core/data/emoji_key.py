@@ -1,8 +1,9 @@
-"""The emoji benchmark's label key: 44 face emojis in 7 classes, and the faces left out.
+"""The emoji benchmark's label key: 44 face emojis in 7 classes.
 
-Both are the project's own data files (emoji_label_key.csv, emoji_excluded.csv beside this
-module), labelled from Unicode/CLDR names with a rationale per row; the excluded faces are
-ambiguous and carry the reason. Torch-free.
+The key is the project's own data file (emoji_label_key.csv beside this module), labelled from
+Unicode/CLDR names with a rationale per row. emoji_excluded.csv beside it lists the ambiguous faces
+left out, each with its reason: a record for readers (a test keeps it disjoint from the key).
+Torch-free.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from kcdp_core.labels import EMOJI7, MIKELS8
 
 _HERE = Path(__file__).resolve().parent
 LABEL_KEY_CSV = _HERE / "emoji_label_key.csv"
-EXCLUDED_CSV = _HERE / "emoji_excluded.csv"
 
 
 @dataclass(frozen=True)
@@ -58,15 +58,3 @@ def load_label_key(path: str | Path | None = None) -> list[KeyEmoji]:
     if len({e.key for e in out}) != len(out):
         raise ValueError(f"{path}: an emoji is listed twice")
     return out
-
-
-def load_excluded(path: str | Path | None = None) -> list[dict[str, str]]:
-    """The faces left out as ambiguous: unified, short_name, unicode_name, cldr_name, why_excluded."""
-    path = Path(path) if path is not None else EXCLUDED_CSV
-    with open(path, newline="", encoding="utf-8") as f:
-        return [dict(r) for r in csv.DictReader(f)]
-
-
-def benchmark_keys(key: list[KeyEmoji] | None = None) -> frozenset[str]:
-    """Normalised code points of the benchmark emojis (for excluding them from the corpus)."""
-    return frozenset(e.key for e in (key if key is not None else load_label_key()))

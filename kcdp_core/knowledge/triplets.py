@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import importlib
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 # Bump whenever the rules or the pipeline change: cached triplets are keyed by it.
@@ -269,8 +269,3 @@ def _noun_triplets(noun: Any) -> list[Triplet]:
                 if p is c or p.pos_ in ("NOUN", "PROPN", "PRON")
             )
     return out
-
-
-def parse_texts(texts: Iterable[str], model: str = "en_core_web_sm") -> list[list[Triplet]]:
-    """One-shot helper for scripts: a parser built once for a batch of texts."""
-    return TripletParser(model).parse_many(list(texts))

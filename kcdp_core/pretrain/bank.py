@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 
 def write_caption_bank(folder: str | Path, captions: list[str], embeddings: torch.Tensor) -> Path:
@@ -22,11 +22,3 @@ def write_caption_bank(folder: str | Path, captions: list[str], embeddings: torc
     emb = torch.nn.functional.normalize(embeddings.float(), dim=-1).half().contiguous()
     save_file({"embeddings": emb}, str(folder / "embeddings.safetensors"))
     return folder
-
-
-def read_caption_bank(folder: str | Path) -> tuple[list[str], torch.Tensor]:
-    folder = Path(folder)
-    captions = [
-        json.loads(ln)["caption"] for ln in (folder / "captions.jsonl").read_text().splitlines() if ln
-    ]
-    return captions, load_file(str(folder / "embeddings.safetensors"))["embeddings"]
