@@ -7,8 +7,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# Image files every folder walk picks up (datasets, the knowledge cache, calibration, kcdp-infer, kcdp-bench).
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+# Image files every folder walk picks up (datasets, the knowledge cache, calibration, kcdp-infer, kcdp-bench):
+# what kcdp_core.images reads (SVG is rasterised with resvg).
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".svg"})
 
 # A top-k retrieval captioner joins its k bank captions with this into one caption (training's
 # captioner and the runtime's alike; an export records it as knowledge.retrieval_separator).

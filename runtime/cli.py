@@ -4,10 +4,11 @@ An export runs on onnxruntime without torch; a training checkpoint runs the same
 (kcdp_export.checkpoint, found through the `kcdp.openers` entry point, so this package never imports
 torch or kcdp_export) where the training install is present, else the message says to export it.
 
-Arguments may be files, directories (searched recursively for images) or glob patterns. With
---json, one JSON object per image and line: {"image", "label", "scores", "caption", "triplets",
-"latency_ms"} or {"image", "error"}. Exit status 0 if every image succeeded, 1 if any failed,
-2 for usage errors (including a model that cannot be loaded).
+Arguments may be files, directories (searched recursively for images: PNG, JPEG, GIF, WebP, BMP,
+TIFF, SVG) or glob patterns. With --json, one JSON object per image and line: {"image", "label",
+"scores", "caption", "triplets", "latency_ms"} (and "frames" for an animation) or {"image",
+"error"}. Exit status 0 if every image succeeded, 1 if any failed, 2 for usage errors (including a
+model that cannot be loaded), 141 when the reader of the output went away (`| head -1`).
 """
 
 from __future__ import annotations
@@ -17,14 +18,17 @@ import glob
 import importlib.util
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from kcdp_core.constants import IMAGE_SUFFIXES
 from kcdp_runtime.manifest import ModelError, is_checkpoint
 
 DEFAULT_MODEL = Path(__file__).parent / "default_model"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
+# The shell's status for a writer whose reader closed the pipe (128 + SIGPIPE).
+BROKEN_PIPE_STATUS = 141
 
 
 def expand_inputs(args: list[str]) -> Iterator[tuple[str, str | None]]:
@@ -123,6 +127,18 @@ def _positive(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return _classify(args)
+    except BrokenPipeError:
+        # The reader went away (`kcdp-infer DIR --json | head -1`): stop quietly. stdout goes to
+        # /dev/null so that the interpreter's flush at exit does not report the broken pipe again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return BROKEN_PIPE_STATUS
+
+
+def _classify(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="kcdp-infer: %(message)s",

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 from tokenizers import Tokenizer
 
-from kcdp_core.images import ImageError, load_image, preprocess
+from kcdp_core.images import MAX_FRAMES, Frames, ImageError, load_frames, preprocess
 from kcdp_core.knowledge.assemble import KnowledgeRule, assemble_batch, knowledge_texts
 from kcdp_runtime.bank_knowledge import FILE, BankKnowledge
 from kcdp_runtime.captioner import (
@@ -138,6 +138,9 @@ def _pad_token(manifest: Manifest, spec: dict[str, Any], tokenizer: Tokenizer) -
 
 class Pipeline:
     """An export folder loaded for inference. `run(images)` -> one result dict per image."""
+
+    # Frames classified per animated image (GIF / WebP / APNG), spread evenly through it.
+    max_frames: int = MAX_FRAMES
 
     def __init__(
         self,
@@ -322,24 +325,31 @@ class Pipeline:
     def _run_batch(
         self, images: list[ImageInput], names: list[str], captions: list[str] | None
     ) -> list[dict[str, Any]]:
-        items = [_Item(name) for name in names]
-        for item, source in zip(items, images, strict=True):
+        # One item per classified frame: a still image is one, an animation up to max_frames.
+        groups: list[tuple[list[_Item], Frames | None]] = []
+        for name, source in zip(names, images, strict=True):
             t0 = time.perf_counter()
             try:
-                item.image = load_image(source, name=item.name)
-                item.pixels = preprocess(item.image, self.image_size, self.resize_filter)
+                # SVG is drawn at the model's input size: nothing finer reaches the model
+                frames = load_frames(source, name, self.max_frames, svg_side=self.image_size)
+                group = [
+                    _Item(name, img, preprocess(img, self.image_size, self.resize_filter))
+                    for img in frames.images
+                ]
             except ImageError as exc:
-                item.error = str(exc)
+                frames, group = None, [_Item(name, error=str(exc))]
             except Exception as exc:  # noqa: BLE001 - any decoder failure is this image's problem only
-                item.error = f"{item.name}: could not read image ({type(exc).__name__}: {exc})"
-            item.latency["preprocess"] = _ms(t0)
-        good = [n for n, item in enumerate(items) if item.error is None]
-        ok = [items[n] for n in good]
+                error = f"{name}: could not read image ({type(exc).__name__}: {exc})"
+                frames, group = None, [_Item(name, error=error)]
+            _share(group, "preprocess", t0)
+            groups.append((group, frames))
+        good = [(item, n) for n, (group, _) in enumerate(groups) for item in group if item.error is None]
+        ok = [item for item, _ in good]
         if ok:
-            self._caption(ok, [captions[n] for n in good] if captions is not None else None)
+            self._caption(ok, [captions[n] for _, n in good] if captions is not None else None)
             self._knowledge(ok)
             self._perceive(ok)
-        return [self._result(i) for i in items]
+        return [self._result(group, frames) for group, frames in groups]
 
     def _caption(self, items: list[_Item], given: list[str] | None) -> None:
         t0 = time.perf_counter()
@@ -462,21 +472,29 @@ class Pipeline:
             return np.stack([k[output] for k in known])
         return encode_images(self.sessions["image_encoder"], pixels)[output]
 
-    def _result(self, item: _Item) -> dict[str, Any]:
-        if item.error is not None:
-            return {"image": item.name, "error": item.error}
-        probs = item.probs
-        assert probs is not None and item.caption is not None and item.knowledge is not None
-        latency = {stage: round(item.latency.get(stage, 0.0), 3) for stage in STAGES}
+    def _result(self, group: list[_Item], frames: Frames | None) -> dict[str, Any]:
+        """One image's result from its frames' items. An animation scores the mean of its frames'
+        probabilities: still a distribution, and one odd frame (a blink) cannot outvote the rest as
+        a max would; caption and triplets are those of the frame that scores the label highest."""
+        if group[0].error is not None:
+            return {"image": group[0].name, "error": group[0].error}
+        probs = np.mean([item.probs for item in group], axis=0)
+        top = int(np.argmax(probs))
+        item = max(group, key=lambda i: i.probs[top])  # the first of equals: a still image's only item
+        assert item.caption is not None and item.knowledge is not None
+        latency = {stage: round(sum(i.latency.get(stage, 0.0) for i in group), 3) for stage in STAGES}
         latency["total"] = round(sum(latency.values()), 3)
-        return {
+        result = {
             "image": item.name,
-            "label": self.labels[int(np.argmax(probs))],
+            "label": self.labels[top],
             "scores": {label: round(float(p), 6) for label, p in zip(self.labels, probs, strict=True)},
             "caption": item.caption.text,
             "triplets": [list(t) for t in item.knowledge.triplets],
             "latency_ms": latency,
         }
+        if frames is not None and frames.animated:
+            result["frames"] = {"count": frames.count, "classified": frames.indices}
+        return result
 
     # -- knowledge memo ---------------------------------------------------------------------------
     def _cache_get(self, text: str) -> _Knowledge | None:

@@ -25,6 +25,31 @@ def jpeg_bytes(img: Image.Image, **kw) -> bytes:
     return buf.getvalue()
 
 
+def blues(n: int) -> list[tuple[int, int, int]]:
+    """n blues, each a step apart: GIF and WebP writers merge identical consecutive frames."""
+    return [(BLUE[0], BLUE[1], BLUE[2] - 4 * i) for i in range(n)]
+
+
+def animation(colours: list[tuple[int, int, int]], size: int = 32) -> list[Image.Image]:
+    return [Image.new("RGB", (size, size), c) for c in colours]
+
+
+def gif_bytes(frames: list[Image.Image]) -> bytes:
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=40, loop=0)
+    return buf.getvalue()
+
+
+def svg_bytes(colour: tuple[int, int, int], width: int = 40, height: int = 30, extra: str = "") -> bytes:
+    """An SVG sticker: a filled rectangle on a transparent canvas (white once composited)."""
+    r, g, b = colour
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<svg xmlns="http://www.w3.org/2000/svg" '
+        f'width="{width}" height="{height}" viewBox="0 0 {width} {height}">'
+        f'<rect x="0" y="0" width="{width}" height="{height}" fill="rgb({r},{g},{b})"/>{extra}</svg>'
+    ).encode()
+
+
 def _noise(size=(48, 40), seed=0) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
@@ -68,12 +93,15 @@ def write_tricky(folder: Path) -> dict[str, tuple[Path, str]]:
     (folder / "red.png").write_bytes(png_bytes(red))
     out["plain_red"] = (folder / "red.png", "anger")
 
-    # animated: first frame red, later frames blue -> the first frame decides
-    frames = [Image.new("RGB", (32, 32), c) for c in (RED, BLUE, BLUE)]
+    # animated: one red frame, then three blue: the frames' mean scores sadness (the first frame alone, anger)
+    frames = animation([RED, *blues(3)])
     frames[0].save(folder / "anim.gif", save_all=True, append_images=frames[1:], duration=50, loop=0)
-    out["animated_gif"] = (folder / "anim.gif", "anger")
+    out["animated_gif"] = (folder / "anim.gif", "sadness")
     frames[0].save(folder / "anim.webp", save_all=True, append_images=frames[1:], duration=50, lossless=True)
-    out["animated_webp"] = (folder / "anim.webp", "anger")
+    out["animated_webp"] = (folder / "anim.webp", "sadness")
+
+    (folder / "red.svg").write_bytes(svg_bytes(RED))
+    out["svg"] = (folder / "red.svg", "anger")
 
     cmyk = Image.new("CMYK", (32, 32), (0, 255, 255, 0))  # pure red in CMYK
     cmyk.save(folder / "cmyk.jpg", quality=95)
