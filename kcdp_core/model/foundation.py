@@ -21,7 +21,6 @@ from kcdp_core.model.tiny_foundation import (  # noqa: F401 - re-exported: tests
     TINY_TEXT_DIM,
     TINY_VERSION,
     build_tiny_foundation,
-    cache_dir,
     ensure_tiny_foundation,
 )
 from kcdp_core.sources import resolve
