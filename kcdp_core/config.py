@@ -343,9 +343,9 @@ def mini(labels: tuple[str, ...] = EMOJI7) -> KCDPConfig:
         cliea=CLIEAConfig(dim=128, num_heads=4),
         # The recipe of benchmarks/RESULTS.md (chosen on the -> fluent validation tasks). DA: CLIEA's
         # labels refreshed per epoch after one source-only epoch, per class the most confident
-        # 30% -> 80%, no class above an equal share (RESULTS.md, "Pseudo-labels": all of them only
+        # 30% -> 80%, no class above an equal share (HISTORY.md, "Why DA did not adapt": all of them only
         # confirmed the head, skewed to one class). Then AdaBN: best/'s BatchNorm statistics from the
-        # unlabelled target (RESULTS.md, "AdaBN": .729 -> .750 macro-F1 there, nine of nine cells up).
+        # unlabelled target (RESULTS.md, "Recipe choice": .729 -> .750 macro-F1 there, nine of nine cells up).
         train=TrainConfig(
             lr=1e-4,
             head_lr=1e-3,

@@ -39,7 +39,7 @@ class UNetOptions:
     beta_start: float = 0.00085
     beta_end: float = 0.012
     # REPA (kcdp_core/pretrain/repa.py): weight of the alignment to the image encoder (0: off; off by
-    # default since the v2 control without it probed better: benchmarks/RESULTS.md, foundation v2),
+    # default since the v2 control without it probed better: benchmarks/HISTORY.md, foundation v2),
     # the UNet blocks aligned ("mid", "up0", ...) and the target: "embedding" (global) or "tokens"
     # (the encoder's embedding head at every position of its last feature map).
     repa_weight: float = 0.0
