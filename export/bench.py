@@ -37,8 +37,10 @@ from typing import Any
 
 import numpy as np
 
+from kcdp_core.extras import names_missing_extra
 from kcdp_core.recorded_paths import with_path_variables
 from kcdp_runtime.cli import IMAGE_SUFFIXES
+from kcdp_runtime.manifest import ModelError
 from kcdp_runtime.pipeline import STAGES, Pipeline
 
 RESULTS = Path("benchmarks/RESULTS.md")
@@ -589,13 +591,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@names_missing_extra("kcdp-bench")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv
-    if args.command == "latency":
-        return latency(args)
-    if args.command == "accuracy":
-        return accuracy(args)
+    try:
+        if args.command == "latency":
+            return latency(args)
+        if args.command == "accuracy":
+            return accuracy(args)
+    except ModelError as exc:  # a model folder the runtime cannot load: what to do, not a traceback
+        print(f"kcdp-bench: error: {exc}", file=sys.stderr)
+        return 2
     if args.command == "_eager-time":
         return eager_time(args)
     return eager_infer(args)

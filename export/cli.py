@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+from kcdp_core.extras import names_missing_extra
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -73,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@names_missing_extra("kcdp-export")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from kcdp_export.exporter import ExportError, ExportOptions, export_checkpoint

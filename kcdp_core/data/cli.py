@@ -19,6 +19,7 @@ from kcdp_core.data.avatar_key import STYLE_SETS
 from kcdp_core.data.emoji_sources import DOMAINS
 from kcdp_core.data.npm_cache import FetchError
 from kcdp_core.data.tarball import TarballError
+from kcdp_core.extras import EXIT_USAGE, names_missing_extra
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@names_missing_extra("kcdp-data")
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "avatars":
@@ -126,7 +128,8 @@ def _avatars(args: argparse.Namespace) -> int:
         )
     except (RuntimeError, OSError) as e:
         print(f"kcdp-data: error: {e}", file=sys.stderr)
-        return 1
+        # a library of the train extra missing is a usage error (exit 2), as for every command
+        return EXIT_USAGE if isinstance(e.__cause__, ModuleNotFoundError) else 1
     except ValueError as e:  # a bad key row or argument: nothing was written
         print(f"kcdp-data: error: {e}", file=sys.stderr)
         return 2

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from kcdp_core.constants import IMAGE_SUFFIXES, cache_root
+from kcdp_core.extras import names_missing_extra
 
 
 def default_cache_dir() -> Path:
@@ -159,6 +160,7 @@ class Shard:
         return [sum(c[i] for c in gathered) for i in range(len(counts))]
 
 
+@names_missing_extra("kcdp-knowledge")
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "parse":

@@ -15,6 +15,8 @@ import json
 import sys
 from pathlib import Path
 
+from kcdp_core.extras import names_missing_extra
+
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "assets" / "foundation" / "mini"
 
 
@@ -125,6 +127,7 @@ def _recipe(args: argparse.Namespace):
     return recipe
 
 
+@names_missing_extra("kcdp-pretrain")
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     recipe = _recipe(args)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from kcdp_core.config import KCDPConfig, preset
+from kcdp_core.extras import names_missing_extra
 
 
 def _config_from_args(args: argparse.Namespace) -> KCDPConfig:
@@ -145,6 +146,7 @@ def train_parser() -> argparse.ArgumentParser:
     return p
 
 
+@names_missing_extra("kcdp-train")
 def train_main(argv: list[str] | None = None) -> int:
     args = train_parser().parse_args(argv)
     if args.setting is None:
@@ -221,6 +223,7 @@ def checkpoint_model_dir(ckpt: Path, last: bool = False) -> Path:
     return best if not last and (best / "model.safetensors").exists() else ckpt
 
 
+@names_missing_extra("kcdp-eval")
 def eval_main(argv: list[str] | None = None) -> int:
     args = eval_parser().parse_args(argv)
     if args.tsne and not args.source:
