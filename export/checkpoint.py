@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from kcdp_core.images import RESIZE_FILTER
-from kcdp_runtime.captioner import CAPTION_JOIN, GivenCaptioner, InstructBlipCaptioner, RetrievalCaptioner
-from kcdp_runtime.manifest import Manifest, ModelError
+from kcdp_export.manifest import runtime_manifest
+from kcdp_runtime.captioner import GivenCaptioner, InstructBlipCaptioner, RetrievalCaptioner
+from kcdp_runtime.manifest import GraphSpec, ModelError
 from kcdp_runtime.pipeline import Pipeline, TextEncoderStage
 from kcdp_runtime.sessions import SessionConfig
 
@@ -92,7 +92,6 @@ def open_checkpoint(
     import torch
 
     from kcdp_core.knowledge.caption_bank import CaptionBank
-    from kcdp_core.knowledge.triplets import PARSER_VERSION
     from kcdp_core.model.kcdp import KCDPModel
 
     config_ = session_config or SessionConfig()
@@ -138,32 +137,8 @@ def open_checkpoint(
         lambda *args: tuple(model(*args)[:3]), inputs, ["logits", "probs", "features"], device
     )
 
-    knowledge: dict[str, Any] = {
-        "captioner": kc.captioner,
-        "text_length": length,
-        "max_triplets": kc.max_triplets,
-        "retrieval_top_k": kc.retrieval_top_k,
-        "retrieval_separator": CAPTION_JOIN,
-        "parser": {"model": kc.parser_model, "version": PARSER_VERSION},
-        "use_caption": kc.use_caption,
-        "use_triplets": kc.use_triplets,
-    }
-    if kc.captioner == "instructblip":
-        from kcdp_export.exporter import instructblip_spec
-
-        knowledge["instructblip"] = instructblip_spec(kc)
-    manifest = Manifest(
-        ckpt,
-        {
-            "preset": config.preset,
-            "labels": list(model.labels),
-            "precision": "fp32",
-            "preprocessing": {"image_size": size, "resize_filter": RESIZE_FILTER},
-            "knowledge": knowledge,
-            "graphs": {name: {"file": None, "engine": "pytorch-eager"} for name in sessions},
-            "checkpoint": {"path": str(ckpt.resolve())},
-        },
-    )
+    graphs = {name: GraphSpec(file=None, engine="pytorch-eager") for name in sessions}
+    manifest = runtime_manifest(ckpt, model, graphs, record={"checkpoint": {"path": str(ckpt.resolve())}})
     captioner: Any
     if kc.captioner == "retrieval":
         if "image_encoder" not in sessions or model.caption_bank_dir is None:
@@ -171,11 +146,10 @@ def open_checkpoint(
                 f"{ckpt}: the retrieval captioner needs the foundation's image encoder and caption bank"
             )
         bank = CaptionBank.load(model.caption_bank_dir)
-        captioner = RetrievalCaptioner(
-            sessions["image_encoder"], bank, kc.retrieval_top_k, False, CAPTION_JOIN
-        )
+        know = manifest.knowledge
+        captioner = RetrievalCaptioner(sessions["image_encoder"], bank, know.retrieval_top_k, False, know.separator)
     elif kc.captioner == "instructblip":
-        captioner = InstructBlipCaptioner(knowledge["instructblip"])
+        captioner = InstructBlipCaptioner(manifest.knowledge.instructblip or {})
     else:
         captioner = GivenCaptioner()
     text = HFTextEncoderStage(sessions["text_encoder"], model.text_encoder.tokenizer, length)

@@ -20,18 +20,18 @@ from typing import Any
 
 import numpy as np
 
+from kcdp_core.constants import CAPTION_SEPARATOR
 from kcdp_core.recorded_paths import recorded_path
 from kcdp_export import validate
 from kcdp_export.graphs import GraphConfig, image_encoder_graph, perception_graph, text_encoder_graph
-from kcdp_export.manifest import write_manifest
+from kcdp_export.manifest import runtime_manifest, write_manifest
 from kcdp_export.onnx_export import DEFAULT_OPSET, convert_fp16, export_graph
 from kcdp_export.tokenizer import check_tokenizer, encode, export_tokenizer
 from kcdp_runtime.bank_knowledge import FILE as BANK_KNOWLEDGE_FILE
 from kcdp_runtime.bank_knowledge import BankKnowledge
-from kcdp_runtime.manifest import Manifest
+from kcdp_runtime.manifest import BankKnowledgeSpec, CaptionBankSpec, GraphSpec, Manifest, TokenizerSpec
 
 PRECISIONS = ("fp32", "fp16", "int8")
-RETRIEVAL_SEPARATOR = ". "  # kcdp_core.knowledge.captioners.RetrievalCaptioner's default
 
 
 class ExportError(RuntimeError):
@@ -198,10 +198,12 @@ def _export(ckpt: Path, work: Path, options: ExportOptions) -> dict:
     if bank is not None:
         caption_bank = _export_bank(bank, model.caption_bank_dir, work / "caption_bank", kc, options)
     # What the runtime reads of the manifest, before the manifest exists.
-    runtime_manifest = Manifest(work, _runtime_body(model, config, caption_bank))
+    tokenizer = TokenizerSpec(max_length=length)
+    fp32_graphs = {g.name: GraphSpec(**g.manifest()) for g in graphs}
+    run_manifest = runtime_manifest(work, model, fp32_graphs, "fp32", caption_bank, tokenizer)
     knowledge_k = None
-    if caption_bank is not None and options.bank_knowledge and "triplets_parser" in caption_bank:
-        knowledge_k = _bank_k(runtime_manifest, sessions["text_encoder"])
+    if caption_bank is not None and options.bank_knowledge and caption_bank.triplets_parser is not None:
+        knowledge_k = _bank_k(run_manifest, sessions["text_encoder"])
     drop_text = knowledge_k is not None and not options.keep_text_encoder
     lap("caption_bank")
 
@@ -213,7 +215,7 @@ def _export(ckpt: Path, work: Path, options: ExportOptions) -> dict:
         torch_probs = np.concatenate([probe.run_torch(f)["probs"] for f in real_feeds["perception"]])
         torch_labels = torch_probs.argmax(-1)
         exact = None if knowledge_k is None else BankKnowledge.pack(*knowledge_k, "fp32")
-        labels, captions = _run_runtime(runtime_manifest, sessions, real, exact)
+        labels, captions = _run_runtime(run_manifest, sessions, real, exact)
         end_to_end["fp32"] = _agreement(labels, torch_labels, real.labels)
         end_to_end["fp32"]["caption_agreement"] = _same(captions, real.captions)
         _log(options, f"end to end fp32 vs PyTorch: {end_to_end['fp32']}")
@@ -223,8 +225,8 @@ def _export(ckpt: Path, work: Path, options: ExportOptions) -> dict:
     if knowledge_k is not None:
         shipped_knowledge = BankKnowledge.pack(*knowledge_k, options.precision)
         shipped_knowledge.save(work / BANK_KNOWLEDGE_FILE)
-        caption_bank["knowledge"] = _knowledge_spec(shipped_knowledge, knowledge_k, drop_text)
-        _log(options, f"bank knowledge: {caption_bank['knowledge']}")
+        caption_bank.knowledge = _knowledge_spec(shipped_knowledge, knowledge_k, drop_text)
+        _log(options, f"bank knowledge: {caption_bank.knowledge}")
     if drop_text:
         graphs = [g for g in graphs if g.name != "text_encoder"]
 
@@ -296,7 +298,7 @@ def _export(ckpt: Path, work: Path, options: ExportOptions) -> dict:
         attempts = []
         while True:
             sessions_v = {g.name: validate.session(work / g.file) for g in graphs}
-            labels, captions = _run_runtime(runtime_manifest, sessions_v, real, shipped_knowledge)
+            labels, captions = _run_runtime(run_manifest, sessions_v, real, shipped_knowledge)
             figures = _agreement(labels, torch_labels, real.labels)
             figures["caption_agreement"] = _same(captions, real.captions)
             figures["graphs"] = dict(graph_precision)
@@ -329,21 +331,12 @@ def _export(ckpt: Path, work: Path, options: ExportOptions) -> dict:
     lap("end_to_end_variant")
     shutil.rmtree(fp32_dir, ignore_errors=True)
 
-    body = _manifest_body(
-        model,
-        config,
-        graphs,
-        parity,
-        end_to_end,
-        int8_change,
-        caption_bank,
-        options,
-        merge,
-        selected,
-        ckpt_dir,
-        real,
-        graph_precision,
-    )
+    shipped_graphs = {g.name: GraphSpec(**g.manifest(), precision=graph_precision[g.name]) for g in graphs}
+    manifest = runtime_manifest(
+        work, model, shipped_graphs, options.precision, caption_bank, tokenizer,
+        _record(model, parity, end_to_end, int8_change, options, merge, selected, ckpt_dir, real),
+    )  # fmt: skip
+    body = manifest.record
 
     if options.triton:
         from kcdp_export.triton import write_repository
@@ -363,8 +356,8 @@ def _export(ckpt: Path, work: Path, options: ExportOptions) -> dict:
         validate.run_onnx(sess, graph.dummy(1, np.random.default_rng(options.seed + 3)))
     lap("reload")
     body["timings_s"] = timings
-    write_manifest(work, body)
-    return json.loads((work / "manifest.json").read_text())
+    write_manifest(manifest)
+    return manifest.to_dict()
 
 
 def name_file(graphs: list[GraphConfig], name: str) -> str:
@@ -385,15 +378,15 @@ def _variant_problem(figures: dict, fp32: dict, options: ExportOptions) -> str |
     return None
 
 
-def _export_bank(bank, src: Path, dst: Path, kc, options: ExportOptions) -> dict:
+def _export_bank(bank, src: Path, dst: Path, kc, options: ExportOptions) -> CaptionBankSpec:
     dst.mkdir()
     shutil.copy2(src / "embeddings.safetensors", dst / "embeddings.safetensors")
-    spec: dict[str, Any] = {
-        "captions": "caption_bank/captions.jsonl",
-        "embeddings": "caption_bank/embeddings.safetensors",
-        "size": len(bank),
-        "separator": RETRIEVAL_SEPARATOR,
-    }
+    spec = CaptionBankSpec(
+        captions="caption_bank/captions.jsonl",
+        embeddings="caption_bank/embeddings.safetensors",
+        size=len(bank),
+        separator=CAPTION_SEPARATOR,
+    )
     if kc.retrieval_top_k != 1:
         shutil.copy2(src / "captions.jsonl", dst / "captions.jsonl")  # joined captions get parsed at run time
         return spec
@@ -406,7 +399,7 @@ def _export_bank(bank, src: Path, dst: Path, kc, options: ExportOptions) -> dict
                 json.dumps({"caption": caption, "triplets": [list(t) for t in triplets]}, ensure_ascii=False)
                 + "\n"
             )
-    spec["triplets_parser"] = PARSER_VERSION
+    spec.triplets_parser = PARSER_VERSION
     _log(options, f"caption bank: {len(bank)} captions, triplets parsed with {PARSER_VERSION}")
     return spec
 
@@ -498,43 +491,40 @@ def _optimize(graph: GraphConfig, path: Path, options: ExportOptions, real: list
 def _bank_k(manifest: Manifest, text_session: Any, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """k [N, 2L, D] and mask [N, 2L] of every bank caption, with the runtime's tokenizer stage over
     the fp32 text encoder graph (held to parity with PyTorch above) and the bank's parsed triplets."""
-    from kcdp_core.knowledge.assemble import assemble_batch, triplet_text
+    from kcdp_core.knowledge.assemble import assemble_batch, knowledge_texts
     from kcdp_core.knowledge.caption_bank import CaptionBank
     from kcdp_runtime.pipeline import TextEncoderStage
 
-    know = manifest.knowledge
-    use_caption, use_triplets = know.get("use_caption", True), know.get("use_triplets", True)
-    bank = CaptionBank.load(manifest.path(manifest.caption_bank["captions"]).parent)
+    assert manifest.caption_bank is not None
+    rule = manifest.knowledge.rule
+    bank = CaptionBank.load(manifest.path(manifest.caption_bank.captions).parent)
     stage = TextEncoderStage.load(manifest, text_session)
     ks, masks = [], []
     for start in range(0, len(bank), chunk):
-        captions = bank.captions[start : start + chunk]
-        triplets = [
-            list(t or [])[: int(know["max_triplets"])] if use_triplets else []
-            for t in bank.triplets[start : start + chunk]
-        ]
-        texts = [c if use_caption else "" for c in captions] + [
-            triplet_text(t) for ts in triplets for t in ts
-        ]
-        states, mask = stage.encode(texts)
+        captions, triplets = rule.apply(
+            bank.captions[start : start + chunk], bank.triplets[start : start + chunk]
+        )
+        states, mask = stage.encode(knowledge_texts(captions, triplets))
         k, m = assemble_batch(states, mask, [len(ts) for ts in triplets])
         ks.append(k)
         masks.append(m)
     return np.concatenate(ks), np.concatenate(masks)
 
 
-def _knowledge_spec(shipped: BankKnowledge, exact: tuple[np.ndarray, np.ndarray], drop_text: bool) -> dict:
+def _knowledge_spec(
+    shipped: BankKnowledge, exact: tuple[np.ndarray, np.ndarray], drop_text: bool
+) -> BankKnowledgeSpec:
     k, mask = exact
     stored, _ = shipped.get(range(len(shipped)))
-    return {
-        "file": BANK_KNOWLEDGE_FILE,
-        "dtype": shipped.dtype,
-        "rows": len(shipped),
-        "tokens": int(len(shipped.values)),
-        "computed_with": "the fp32 text encoder graph (parity-checked against PyTorch) and the bank triplets",
-        "max_abs_diff": float(np.abs(stored - k * mask[..., None]).max()),
-        "text_encoder_shipped": not drop_text,
-    }
+    return BankKnowledgeSpec(
+        file=BANK_KNOWLEDGE_FILE,
+        dtype=shipped.dtype,
+        rows=len(shipped),
+        tokens=int(len(shipped.values)),
+        computed_with="the fp32 text encoder graph (parity-checked against PyTorch) and the bank triplets",
+        max_abs_diff=float(np.abs(stored - k * mask[..., None]).max()),
+        text_encoder_shipped=not drop_text,
+    )
 
 
 def _run_runtime(
@@ -599,33 +589,15 @@ def _tensorrt(work: Path, graphs, options: ExportOptions, real_feeds) -> dict:
     return {"built": True, "engines": [asdict(r) for r in reports]}
 
 
-def _manifest_body(
-    model,
-    config,
-    graphs,
-    parity,
-    end_to_end,
-    int8_change,
-    caption_bank,
-    options,
-    merge,
-    selected,
-    ckpt_dir,
-    real,
-    graph_precision,
-) -> dict:
+def _record(model, parity, end_to_end, int8_change, options, merge, selected, ckpt_dir, real) -> dict:
+    """The manifest's evidence and provenance: what was checked, against what, from which checkpoint."""
+    config = model.config
     return {
-        "preset": config.preset,
-        "labels": list(model.labels),
-        "precision": options.precision,
-        **_runtime_body(model, config, caption_bank),
         "prompts": {
             "template": config.cliea.prompt_template,
             "per_label": [config.cliea.prompt_template.format(label) for label in model.labels],
             "used_by": "CLIEA pseudo-labels at training time; not needed for inference",
         },
-        # A reduced-precision export may keep some graphs fp32 (or int8 weights): say which, per graph.
-        "graphs": {g.name: {**g.manifest(), "precision": graph_precision[g.name]} for g in graphs},
         "opset": options.opset,
         "parity": {name: _flat_parity(p, options.precision) for name, p in parity.items()},
         "end_to_end": end_to_end,
@@ -645,78 +617,6 @@ def _manifest_body(
             "skipped": real.skipped,
         },
         "config": config.to_dict(),
-    }
-
-
-def instructblip_spec(kc) -> dict:
-    """The manifest's `knowledge.instructblip`: what the runtime's InstructBLIP stage loads and runs
-    (an export's and a checkpoint's alike)."""
-    src = kc.captioner_source
-    return {
-        "source": None if src is None else {"path": src.path, "subfolder": src.subfolder},
-        "stage": "transformers",
-        "why": "optimum's ONNX exporter (optimum-onnx) has no InstructBLIP config; it runs as a transformers stage",
-        "prompt": kc.prompt,
-        "generation": {
-            "num_beams": kc.num_beams,
-            "repetition_penalty": kc.repetition_penalty,
-            "min_new_tokens": kc.min_new_tokens,
-            "max_new_tokens": kc.max_new_tokens,
-            "do_sample": False,
-        },
-    }
-
-
-def _runtime_body(model, config, caption_bank: dict | None) -> dict:
-    """The manifest sections the runtime reads: labels, preprocessing, knowledge, tokenizer, bank."""
-    from kcdp_core.images import RESIZE_FILTER
-
-    kc = config.knowledge
-    try:
-        from kcdp_core.knowledge.triplets import PARSER_VERSION
-    except ImportError:  # pragma: no cover
-        PARSER_VERSION = None
-    use_triplets = getattr(kc, "use_triplets", True)
-    # Free-text captions (InstructBLIP, CSV, joined top-k retrievals) are parsed at run time: the
-    # runtime then needs spaCy (kcdp[parser]); a top-1 bank carries every caption's triplets.
-    bank_parsed = caption_bank is not None and "triplets_parser" in caption_bank
-    knowledge: dict[str, Any] = {
-        "captioner": kc.captioner,
-        "text_length": kc.text_length,
-        "max_triplets": kc.max_triplets,
-        "retrieval_top_k": kc.retrieval_top_k,
-        "parser": {
-            "model": kc.parser_model,
-            "version": PARSER_VERSION,
-            "required": bool(use_triplets and not bank_parsed),
-        },
-        "use_caption": getattr(kc, "use_caption", True),
-        "use_triplets": use_triplets,
-        "triplet_text": "subject verb object joined by spaces",
-        "knowledge_layout": "k = concat(T(caption), sum_i T(triplet_i)) via kcdp_core.knowledge.assemble",
-    }
-    if kc.captioner == "retrieval":
-        knowledge["retrieval_separator"] = RETRIEVAL_SEPARATOR
-    if kc.captioner == "instructblip":
-        knowledge["instructblip"] = instructblip_spec(kc)
-    return {
-        "labels": list(model.labels),
-        "preprocessing": {
-            "image_size": int(config.foundation.image_size),
-            "resize_filter": RESIZE_FILTER,
-            "pixel_range": [0, 1],
-            "layout": "NCHW",
-            "pad_to_square": "white",
-            "alpha": "composite on white",
-            "normalisation": "inside each graph",
-        },
-        "knowledge": knowledge,
-        "tokenizer": {
-            "folder": "tokenizer",
-            "file": "tokenizer/tokenizer.json",
-            "max_length": int(kc.text_length),
-        },
-        "caption_bank": caption_bank,
     }
 
 

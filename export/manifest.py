@@ -1,25 +1,88 @@
-"""manifest.json of an export folder (notes/MANIFEST.md): what the torch-free runtime needs to run the
-graphs, and the evidence (parity figures, file hashes) that they are the trained model."""
+"""Filling and writing an export's manifest.json; the schema itself is kcdp_runtime.manifest, which
+the runtime reads. `runtime_manifest` fills what the runtime needs from a checkpoint's model: the
+exporter's manifest and the checkpoint opener's (`kcdp-infer --model CKPT`) come from it alike."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-FORMAT = "kcdp-export"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
+from kcdp_core.constants import CAPTION_SEPARATOR
+from kcdp_core.images import RESIZE_FILTER
+from kcdp_runtime.manifest import (
+    MANIFEST,
+    CaptionBankSpec,
+    GraphSpec,
+    KnowledgeSpec,
+    Manifest,
+    ParserSpec,
+    Preprocessing,
+    TokenizerSpec,
+    sha256,
+)
 
 
-def sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def runtime_manifest(
+    folder: Path,
+    model: Any,
+    graphs: dict[str, GraphSpec],
+    precision: str = "fp32",
+    caption_bank: CaptionBankSpec | None = None,
+    tokenizer: TokenizerSpec | None = None,
+    record: dict[str, Any] | None = None,
+) -> Manifest:
+    """The manifest of `model` (a KCDPModel) run from `folder`: labels, preprocessing and knowledge
+    from its config; graphs, bank, tokenizer and the export's record as given."""
+    from kcdp_core.knowledge.triplets import PARSER_VERSION
+
+    config = model.config
+    kc = config.knowledge
+    # Free-text captions (InstructBLIP, CSV, joined top-k retrievals) are parsed at run time: the
+    # runtime then needs spaCy (kcdp[parser]); a top-1 bank carries every caption's triplets.
+    bank_parsed = caption_bank is not None and caption_bank.triplets_parser is not None
+    knowledge = KnowledgeSpec(
+        captioner=kc.captioner,
+        text_length=int(kc.text_length),
+        max_triplets=int(kc.max_triplets),
+        retrieval_top_k=int(kc.retrieval_top_k),
+        parser=ParserSpec(kc.parser_model, PARSER_VERSION, bool(kc.use_triplets and not bank_parsed)),
+        use_caption=bool(kc.use_caption),
+        use_triplets=bool(kc.use_triplets),
+        retrieval_separator=CAPTION_SEPARATOR if kc.captioner == "retrieval" else None,
+        instructblip=instructblip_spec(kc) if kc.captioner == "instructblip" else None,
+    )
+    return Manifest(
+        folder=Path(folder),
+        labels=tuple(model.labels),
+        graphs=graphs,
+        knowledge=knowledge,
+        preprocessing=Preprocessing(image_size=int(config.foundation.image_size), resize_filter=RESIZE_FILTER),
+        tokenizer=tokenizer,
+        caption_bank=caption_bank,
+        preset=config.preset,
+        precision=precision,
+        record=dict(record or {}),
+    )
+
+
+def instructblip_spec(kc: Any) -> dict[str, Any]:
+    """The manifest's `knowledge.instructblip`: what the runtime's InstructBLIP stage loads and runs."""
+    src = kc.captioner_source
+    return {
+        "source": None if src is None else {"path": src.path, "subfolder": src.subfolder},
+        "stage": "transformers",
+        "why": "optimum's ONNX exporter (optimum-onnx) has no InstructBLIP config; it runs as a transformers stage",
+        "prompt": kc.prompt,
+        "generation": {
+            "num_beams": kc.num_beams,
+            "repetition_penalty": kc.repetition_penalty,
+            "min_new_tokens": kc.min_new_tokens,
+            "max_new_tokens": kc.max_new_tokens,
+            "do_sample": False,
+        },
+    }
 
 
 def file_hashes(folder: Path) -> dict[str, str]:
@@ -45,31 +108,13 @@ def package_version() -> str:
         return KCDPConfig.__dataclass_fields__["version"].default
 
 
-def write_manifest(folder: Path, body: dict[str, Any]) -> Path:
-    """Complete body with the format header and file hashes, and write folder/manifest.json."""
-    folder = Path(folder)
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "package_version": package_version(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **body,
-    }
-    manifest["files"] = file_hashes(folder)
-    path = folder / MANIFEST
+def write_manifest(manifest: Manifest) -> Path:
+    """Stamp the package version, date and every file's sha256, and write manifest.json atomically."""
+    manifest.package_version = package_version()
+    manifest.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    manifest.files = file_hashes(manifest.folder)
+    path = manifest.folder / MANIFEST
     tmp = path.with_name(MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
     tmp.replace(path)
     return path
-
-
-def verify_files(folder: Path) -> list[str]:
-    """Files whose sha256 differs from the manifest (or that are missing); [] when all match."""
-    folder = Path(folder)
-    manifest = json.loads((folder / MANIFEST).read_text())
-    bad = []
-    for rel, digest in manifest["files"].items():
-        p = folder / rel
-        if not p.is_file() or sha256(p) != digest:
-            bad.append(rel)
-    return bad

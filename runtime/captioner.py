@@ -16,12 +16,11 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
+from kcdp_core.constants import CAPTION_SEPARATOR
 from kcdp_core.knowledge.caption_bank import CaptionBank
 from kcdp_runtime.manifest import Manifest, ModelError
 
 Triplet = tuple[str, str, str]
-# Retrieved captions (top-k > 1) are joined with this separator, as kcdp_core's RetrievalCaptioner does.
-CAPTION_JOIN = ". "
 
 
 @dataclass
@@ -51,13 +50,13 @@ def load_bank(manifest: Manifest) -> tuple[CaptionBank, bool]:
     spec = manifest.caption_bank
     if not spec:
         raise ModelError(f"{manifest.folder}: the retrieval captioner needs a caption_bank in manifest.json")
-    folder = manifest.path(spec["captions"]).parent
+    folder = manifest.path(spec.captions).parent
     try:
         bank = CaptionBank.load(folder)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"{folder}: unreadable caption bank ({exc})") from None
-    parser_version = (manifest.knowledge.get("parser") or {}).get("version")
-    trusted = bool(parser_version) and spec.get("triplets_parser") == parser_version
+    parser_version = manifest.knowledge.parser.version
+    trusted = bool(parser_version) and spec.triplets_parser == parser_version
     return bank, trusted
 
 
@@ -80,7 +79,7 @@ class RetrievalCaptioner:
         bank: CaptionBank,
         top_k: int = 1,
         bank_triplets: bool = False,
-        separator: str = CAPTION_JOIN,
+        separator: str = CAPTION_SEPARATOR,
     ):
         self.session = session
         self.separator = separator

@@ -1,4 +1,14 @@
-"""The export folder's manifest.json (written by kcdp_export, read here): validation and file checks.
+"""manifest.json of an export folder: its typed schema (written by kcdp_export, read here) and the checks.
+
+One schema for every writer and reader. `Manifest` holds what the runtime reads, typed (labels,
+preprocessing, knowledge, tokenizer, caption bank, graphs, file hashes); the evidence an export
+records beside it (parity, end-to-end figures, LoRA merge, calibration, the training config,
+timings) is kept as `record`, written and read back unchanged. kcdp-export fills it from the
+checkpoint (kcdp_export.manifest.runtime_manifest), the checkpoint opener fills the same fields for
+`kcdp-infer --model CKPT`, and the runtime reads nothing else.
+
+Older exports of the same format version may lack keys that later ones write: the defaults here are
+what those exports were run with (a missing `use_caption` is True, and so on), so they load unchanged.
 
 The runtime trusts nothing but the manifest: every file it loads is listed there with its sha256,
 so a half-copied or edited export fails at load time with a message naming the file, instead of
@@ -9,12 +19,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from kcdp_core.constants import CAPTION_SEPARATOR
+from kcdp_core.knowledge.assemble import KnowledgeRule
+
 FORMAT = "kcdp-export"
 FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
 GRAPHS = ("text_encoder", "image_encoder", "perception")
 
 
@@ -22,48 +36,194 @@ class ModelError(ValueError):
     """A model folder that the runtime cannot use; the message says why and what to do."""
 
 
+# -- the schema ------------------------------------------------------------------------------------
+@dataclass
+class Preprocessing:
+    """kcdp_core.images.preprocess with these settings gives every graph's `pixels`."""
+
+    image_size: int = 64
+    resize_filter: str = "bicubic"
+    # What preprocess does, written down for a reader of the folder (the runtime calls preprocess).
+    pixel_range: tuple[int, int] = (0, 1)
+    layout: str = "NCHW"
+    pad_to_square: str = "white"
+    alpha: str = "composite on white"
+    normalisation: str = "inside each graph"
+
+
+@dataclass
+class ParserSpec:
+    model: str = "en_core_web_sm"  # the spaCy model of kcdp_core.knowledge.triplets.TripletParser
+    version: str | None = None  # PARSER_VERSION that training used (keys the parsed-caption memo)
+    # Whether captions need spaCy at run time; None (older exports): decided from the bank.
+    required: bool | None = None
+
+
+@dataclass
+class KnowledgeSpec:
+    """How k is made: the captioner, the text length of each half of k, the knowledge rule."""
+
+    captioner: str = "retrieval"  # retrieval | instructblip | csv
+    text_length: int | None = None
+    max_triplets: int = 8
+    retrieval_top_k: int = 1
+    parser: ParserSpec = field(default_factory=ParserSpec)
+    use_caption: bool = True
+    use_triplets: bool = True
+    triplet_text: str = "subject verb object joined by spaces"
+    knowledge_layout: str = "k = concat(T(caption), sum_i T(triplet_i)) via kcdp_core.knowledge.assemble"
+    retrieval_separator: str | None = None  # retrieval only; None reads as CAPTION_SEPARATOR
+    instructblip: dict[str, Any] | None = None  # what the InstructBLIP stage loads (captioner_source, generation)
+
+    @property
+    def rule(self) -> KnowledgeRule:
+        return KnowledgeRule.of(self)
+
+    @property
+    def separator(self) -> str:
+        return self.retrieval_separator if self.retrieval_separator is not None else CAPTION_SEPARATOR
+
+
+@dataclass
+class TokenizerSpec:
+    folder: str = "tokenizer"
+    file: str = "tokenizer/tokenizer.json"
+    max_length: int | None = None  # None: knowledge.text_length
+
+
+@dataclass
+class BankKnowledgeSpec:
+    """caption_bank/knowledge.safetensors: every bank caption's k, precomputed (kcdp_runtime.bank_knowledge)."""
+
+    file: str
+    dtype: str | None = None
+    rows: int | None = None
+    tokens: int | None = None
+    computed_with: str | None = None
+    max_abs_diff: float | None = None
+    text_encoder_shipped: bool | None = None
+
+
+@dataclass
+class CaptionBankSpec:
+    captions: str  # captions.jsonl, one {"caption", "triplets"?} per line
+    embeddings: str
+    size: int | None = None
+    separator: str | None = None
+    triplets_parser: str | None = None  # the parser version that wrote the bank's triplets, if it did
+    knowledge: BankKnowledgeSpec | None = None
+
+
+@dataclass
+class GraphSpec:
+    file: str | None  # None: not a file (the checkpoint opener's PyTorch sessions)
+    inputs: dict[str, list[Any]] = field(default_factory=dict)  # name -> [dims..., dtype]
+    outputs: dict[str, list[Any]] = field(default_factory=dict)
+    precision: str | None = None  # fp32 | fp16 | int8 | int8-weights | fp16-weights
+    engine: str | None = None  # "pytorch-eager" for the checkpoint opener's sessions
+
+    def batch_axes(self) -> list[str]:
+        """Names of the symbolic batch axes of the inputs (what a batch-1 session fixes to 1)."""
+        return sorted({dims[0] for dims in self.inputs.values() if dims and isinstance(dims[0], str)})
+
+
 @dataclass
 class Manifest:
+    """An export folder's manifest.json, typed; `folder` is where its relative paths point."""
+
     folder: Path
-    data: dict[str, Any]
+    labels: tuple[str, ...]
+    graphs: dict[str, GraphSpec]
+    knowledge: KnowledgeSpec
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    tokenizer: TokenizerSpec | None = None  # None only for the checkpoint opener (transformers tokenizer)
+    caption_bank: CaptionBankSpec | None = None
+    preset: str = "?"
+    precision: str = "fp32"
+    files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
+    package_version: str | None = None
+    created: str | None = None
+    # The export's evidence and provenance (prompts, opset, parity, end_to_end, int8_accuracy_change,
+    # lora_merge, checkpoint, calibration, config, timings_s, triton, tensorrt), kept as written.
+    record: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def labels(self) -> tuple[str, ...]:
-        return tuple(self.data["labels"])
-
-    @property
-    def preset(self) -> str:
-        return str(self.data.get("preset", "?"))
-
-    @property
-    def precision(self) -> str:
-        return str(self.data.get("precision", "fp32"))
-
-    @property
-    def preprocessing(self) -> dict[str, Any]:
-        return dict(self.data.get("preprocessing", {}))
-
-    @property
-    def knowledge(self) -> dict[str, Any]:
-        return dict(self.data.get("knowledge", {}))
-
-    @property
-    def tokenizer(self) -> dict[str, Any]:
-        return dict(self.data["tokenizer"])
-
-    @property
-    def caption_bank(self) -> dict[str, Any] | None:
-        return self.data.get("caption_bank")
-
-    def graph(self, name: str) -> dict[str, Any] | None:
-        return self.data.get("graphs", {}).get(name)
+    def graph(self, name: str) -> GraphSpec | None:
+        return self.graphs.get(name)
 
     def path(self, relative: str) -> Path:
         return self.folder / relative
 
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of manifest.json (the folder is where it is written, not part of it)."""
+        out: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION}
+        for name in ("package_version", "created", "preset", "labels", "precision", "preprocessing",
+                     "knowledge", "tokenizer", "caption_bank", "graphs"):  # fmt: skip
+            value = getattr(self, name)
+            if value is not None or name == "caption_bank":
+                out[name] = _plain(value)
+        out.update(self.record)
+        out["files"] = dict(self.files)
+        return out
 
+    @classmethod
+    def from_dict(cls, folder: Path, data: dict[str, Any]) -> Manifest:
+        """Raises ModelError naming the key when a section has the wrong shape."""
+        where = folder / MANIFEST
+        try:
+            known = {f.name for f in fields(cls)} | {"format", "format_version"}
+            know = dict(data.get("knowledge") or {})
+            know["parser"] = _section(ParserSpec, know.get("parser") or {})
+            bank = data.get("caption_bank")
+            if bank is not None:
+                bank = dict(bank)
+                bank["knowledge"] = _section(BankKnowledgeSpec, bank.get("knowledge"))
+            return cls(
+                folder=Path(folder),
+                labels=tuple(data["labels"]),
+                graphs={name: _section(GraphSpec, g) for name, g in data["graphs"].items() if g},
+                knowledge=_section(KnowledgeSpec, know),
+                preprocessing=_section(Preprocessing, data.get("preprocessing") or {}),
+                tokenizer=_section(TokenizerSpec, data.get("tokenizer")),
+                caption_bank=_section(CaptionBankSpec, bank),
+                preset=str(data.get("preset", "?")),
+                precision=str(data.get("precision", "fp32")),
+                files=dict(data.get("files") or {}),
+                package_version=data.get("package_version"),
+                created=data.get("created"),
+                record={k: v for k, v in data.items() if k not in known},
+            )
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ModelError(f"{where}: malformed manifest ({exc})") from None
+
+
+def _section(cls: type, data: dict[str, Any] | None) -> Any:
+    """A schema section from its JSON object (None stays None); keys this runtime does not know are
+    ignored, a missing required key is a TypeError naming it."""
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise TypeError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
+    names = {f.name for f in fields(cls)}
+    section = cls(**{k: v for k, v in data.items() if k in names})
+    if cls is Preprocessing:
+        section.pixel_range = tuple(section.pixel_range)
+    return section
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: dataclasses as objects without their unset (None) fields, tuples as lists."""
+    if is_dataclass(value):
+        return {f.name: _plain(v) for f in fields(value) if (v := getattr(value, f.name)) is not None}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# -- reading ---------------------------------------------------------------------------------------
 def is_export(folder: str | Path) -> bool:
-    return (Path(folder) / "manifest.json").is_file()
+    return (Path(folder) / MANIFEST).is_file()
 
 
 def is_checkpoint(folder: str | Path) -> bool:
@@ -85,7 +245,7 @@ def load_manifest(folder: str | Path, verify: Literal["sha256", "presence", "non
             f"Export it first: `kcdp-export --ckpt {folder} --out {folder}-export`, "
             f"then pass --model {folder}-export"
         )
-    path = folder / "manifest.json"
+    path = folder / MANIFEST
     if not path.is_file():
         raise ModelError(f"{folder}: no manifest.json (not a kcdp export folder; make one with kcdp-export)")
     try:
@@ -102,12 +262,12 @@ def load_manifest(folder: str | Path, verify: Literal["sha256", "presence", "non
     for key in ("labels", "graphs", "tokenizer"):
         if key not in data:
             raise ModelError(f"{path}: missing required key {key!r}")
+    manifest = Manifest.from_dict(folder, data)
     # The text encoder may be left out when the caption bank's knowledge is precomputed (bank_knowledge).
-    precomputed = bool((data.get("caption_bank") or {}).get("knowledge"))
+    precomputed = manifest.caption_bank is not None and manifest.caption_bank.knowledge is not None
     for name in ("perception",) if precomputed else ("text_encoder", "perception"):
-        if name not in data["graphs"]:
+        if name not in manifest.graphs:
             raise ModelError(f"{path}: graphs.{name} is missing")
-    manifest = Manifest(folder, data)
     if verify != "none":
         verify_files(manifest, hashes=verify == "sha256")
     return manifest
@@ -115,14 +275,14 @@ def load_manifest(folder: str | Path, verify: Literal["sha256", "presence", "non
 
 def verify_files(manifest: Manifest, hashes: bool = True) -> None:
     """Every file the manifest names exists (and matches its sha256); graph files must be listed."""
-    files: dict[str, str] = manifest.data.get("files", {})
-    needed = {g["file"] for g in manifest.data["graphs"].values() if g}
-    needed.add(manifest.tokenizer["file"])
-    for relative in sorted(needed | set(files)):
+    needed = {g.file for g in manifest.graphs.values() if g.file}
+    if manifest.tokenizer is not None:
+        needed.add(manifest.tokenizer.file)
+    for relative in sorted(needed | set(manifest.files)):
         path = manifest.path(relative)
         if not path.is_file():
             raise ModelError(f"{manifest.folder}: {relative} is missing (incomplete export?)")
-        if hashes and relative in files and sha256(path) != files[relative]:
+        if hashes and relative in manifest.files and sha256(path) != manifest.files[relative]:
             raise ModelError(
                 f"{manifest.folder}: {relative} does not match its sha256 in manifest.json (corrupt or edited)"
             )

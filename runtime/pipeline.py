@@ -30,10 +30,9 @@ from PIL import Image
 from tokenizers import Tokenizer
 
 from kcdp_core.images import MAX_FRAMES, Frames, ImageError, load_frames, preprocess
-from kcdp_core.knowledge.assemble import KnowledgeRule, assemble_batch, knowledge_texts
+from kcdp_core.knowledge.assemble import assemble_batch, knowledge_texts
 from kcdp_runtime.bank_knowledge import FILE, BankKnowledge
 from kcdp_runtime.captioner import (
-    CAPTION_JOIN,
     Caption,
     Captioner,
     GivenCaptioner,
@@ -42,7 +41,7 @@ from kcdp_runtime.captioner import (
     encode_images,
     load_bank,
 )
-from kcdp_runtime.manifest import Manifest, ModelError, load_manifest
+from kcdp_runtime.manifest import Manifest, ModelError, TokenizerSpec, load_manifest
 from kcdp_runtime.parsed_captions import ParsedCaptions
 from kcdp_runtime.sessions import SessionConfig, create_session, describe
 
@@ -90,8 +89,10 @@ class TextEncoderStage:
     @classmethod
     def load(cls, manifest: Manifest, session: Any) -> TextEncoderStage:
         spec = manifest.tokenizer
-        length = int(spec.get("max_length") or manifest.knowledge["text_length"])
-        tokenizer = Tokenizer.from_file(str(manifest.path(spec["file"])))
+        if spec is None:
+            raise ModelError(f"{manifest.folder}: manifest.json names no tokenizer for the text encoder")
+        length = int(spec.max_length or manifest.knowledge.text_length or 0)
+        tokenizer = Tokenizer.from_file(str(manifest.path(spec.file)))
         tokenizer.enable_truncation(max_length=length)
         pad_token = _pad_token(manifest, spec, tokenizer)
         pad_id = tokenizer.token_to_id(pad_token) if pad_token is not None else None
@@ -118,12 +119,12 @@ class TextEncoderStage:
         return np.concatenate(states), np.concatenate(masks)
 
 
-def _pad_token(manifest: Manifest, spec: dict[str, Any], tokenizer: Tokenizer) -> str | None:
+def _pad_token(manifest: Manifest, spec: TokenizerSpec, tokenizer: Tokenizer) -> str | None:
     """The padding token, as transformers would pick it: tokenizer.json's, then tokenizer_config.json's."""
     padding = json.loads(tokenizer.to_str()).get("padding") or {}
     if padding.get("pad_token"):
         return padding["pad_token"]
-    config = manifest.path(spec.get("folder", "tokenizer")) / "tokenizer_config.json"
+    config = manifest.path(spec.folder) / "tokenizer_config.json"
     if config.is_file():
         value = json.loads(config.read_text()).get("pad_token")
         if isinstance(value, dict):
@@ -173,22 +174,17 @@ class Pipeline:
         self.captioner = captioner
         self.session_config = session_config
         self.labels = manifest.labels
-        prep = manifest.preprocessing
-        self.image_size = int(prep.get("image_size", 64))
-        self.resize_filter = str(prep.get("resize_filter", "bicubic"))
+        self.image_size = int(manifest.preprocessing.image_size)
+        self.resize_filter = manifest.preprocessing.resize_filter
         know = manifest.knowledge
-        self.parser_model = str((know.get("parser") or {}).get("model", "en_core_web_sm"))
+        self.parser_model = know.parser.model
         # What of a caption goes into k: the model's max_triplets and knowledge ablations.
-        self.rule = KnowledgeRule(
-            int(know.get("max_triplets", 8)),
-            bool(know.get("use_caption", True)),
-            bool(know.get("use_triplets", True)),
-        )
+        self.rule = know.rule
         self.knowledge_cache_size = knowledge_cache_size
         self._knowledge_cache: OrderedDict[str, _Knowledge] = OrderedDict()
         self._parser: Any = None
         # Parsed bank captions persist across processes (keyed by parser version): no spaCy at cold start.
-        parser_version = (know.get("parser") or {}).get("version")
+        parser_version = know.parser.version
         self.parsed_captions = (
             ParsedCaptions(f"{parser_version}-{self.parser_model}")
             if parse_cache and parser_version
@@ -224,17 +220,12 @@ class Pipeline:
         sessions = {}
         for name in ("image_encoder", "text_encoder", "perception"):
             spec = manifest.graph(name)
-            if spec:
+            if spec is not None and spec.file:
                 # the sha256 keys the ORT-format cache: none, no cache (SessionConfig.uncached_graphs)
                 cached = verify == "sha256" and name not in config.uncached_graphs
-                digest = manifest.data.get("files", {}).get(spec["file"]) if cached else None
-                axes = {
-                    dims[0]
-                    for dims in (spec.get("inputs") or {}).values()
-                    if dims and isinstance(dims[0], str)
-                }
+                digest = manifest.files.get(spec.file) if cached else None
                 sessions[name] = create_session(
-                    manifest.path(spec["file"]), config, digest, sorted(axes), name
+                    manifest.path(spec.file), config, digest, spec.batch_axes(), name
                 )
         return cls.from_sessions(manifest, sessions, config, knowledge_cache_size, parse_cache)
 
@@ -257,30 +248,30 @@ class Pipeline:
             TextEncoderStage.load(manifest, sessions["text_encoder"]) if "text_encoder" in sessions else None
         )
         know = manifest.knowledge
-        kind = know.get("captioner", "retrieval")
+        kind = know.captioner
         if captioner is not None:
             pass
         elif kind == "retrieval":
             if "image_encoder" not in sessions:
                 raise ModelError(f"{folder}: captioner 'retrieval' needs graphs.image_encoder")
             bank, trusted = load_bank(manifest)
-            top_k = int(know.get("retrieval_top_k", 1))
-            separator = str(know.get("retrieval_separator", CAPTION_JOIN))
-            captioner = RetrievalCaptioner(sessions["image_encoder"], bank, top_k, trusted, separator)
+            captioner = RetrievalCaptioner(
+                sessions["image_encoder"], bank, know.retrieval_top_k, trusted, know.separator
+            )
         elif kind == "instructblip":
-            captioner = InstructBlipCaptioner(know.get("instructblip") or {})
+            captioner = InstructBlipCaptioner(know.instructblip or {})
         elif kind == "csv":
             captioner = GivenCaptioner()
         else:
             raise ModelError(f"{folder}: unknown captioner {kind!r} in manifest.json")
         if parser_required(manifest, captioner) and not parser_installed():
             raise ModelError(f"{folder}: {PARSER_MISSING}")
-        spec = (manifest.caption_bank or {}).get("knowledge")
-        if bank_knowledge is None and spec and isinstance(captioner, RetrievalCaptioner):
+        spec = manifest.caption_bank.knowledge if manifest.caption_bank is not None else None
+        if bank_knowledge is None and spec is not None and isinstance(captioner, RetrievalCaptioner):
             try:
-                bank_knowledge = BankKnowledge.load(manifest.path(spec["file"]))
+                bank_knowledge = BankKnowledge.load(manifest.path(spec.file))
             except (OSError, ValueError, KeyError) as exc:
-                raise ModelError(f"{folder}: unreadable {spec.get('file')} ({exc})") from None
+                raise ModelError(f"{folder}: unreadable {spec.file} ({exc})") from None
         pipe = cls(
             manifest, sessions, text, captioner, config, knowledge_cache_size, parse_cache, bank_knowledge
         )
@@ -537,10 +528,9 @@ def parser_required(manifest: Manifest, captioner: Captioner) -> bool:
     top-1 retrieval captioner whose bank carries every caption's triplets, parsed by the parser
     version training used, can do without (captions handed to run() still get parsed)."""
     know = manifest.knowledge
-    stated = (know.get("parser") or {}).get("required")
-    if stated is not None:
-        return bool(stated)
-    if not know.get("use_triplets", True):
+    if know.parser.required is not None:
+        return know.parser.required
+    if not know.use_triplets:
         return False
     if not isinstance(captioner, RetrievalCaptioner):
         return True

@@ -215,7 +215,7 @@ def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> Any:
 
     app = FastAPI(
         title="kcdp-serve",
-        version=pipeline.manifest.data.get("package_version", "0.1.0"),
+        version=pipeline.manifest.package_version or "0.1.0",
         description="KCDP visual emotion recognition (onnxruntime, micro-batched).",
         lifespan=lifespan,
     )

@@ -107,6 +107,22 @@ def test_manifest_checks(export, tmp_path):
         load_manifest(newer)
 
 
+def test_the_shipped_manifest_reads_into_the_schema_and_writes_back_unchanged():
+    from kcdp_runtime.cli import DEFAULT_MODEL
+
+    manifest = load_manifest(DEFAULT_MODEL, verify="none")
+    assert manifest.to_dict() == json.loads((DEFAULT_MODEL / "manifest.json").read_text())
+    assert manifest.knowledge.rule.max_triplets == 8 and manifest.knowledge.parser.required is False
+    assert manifest.caption_bank is not None and manifest.caption_bank.knowledge is not None
+    assert "text_encoder" not in manifest.graphs  # the bank's k is precomputed
+
+
+def test_an_older_manifest_reads_with_the_defaults_it_was_run_with(export):
+    know = load_manifest(export).knowledge  # the fake export predates use_caption, use_triplets, separator
+    assert (know.use_caption, know.use_triplets, know.separator, know.parser.required) == (True, True, ". ", None)
+    assert know.rule.max_triplets == 4
+
+
 def test_providers_fall_back_to_cpu(export):
     assert candidate_providers(SessionConfig(providers=["tensorrt", "cuda"]))[-1] == "CPUExecutionProvider"
     pipe = Pipeline.from_pretrained(export, session_config=SessionConfig(providers=["tensorrt", "cuda"]))

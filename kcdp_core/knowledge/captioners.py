@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from kcdp_core.config import KCDPConfig, KnowledgeConfig, Source
+from kcdp_core.constants import CAPTION_SEPARATOR
 from kcdp_core.images import preprocess
 from kcdp_core.knowledge.caption_bank import CaptionBank
 
@@ -130,7 +131,9 @@ class InstructBLIPCaptioner(Captioner):
 class RetrievalCaptioner(Captioner):
     """Nearest captions of a bank to the image embedding; the top-k are joined into one caption."""
 
-    def __init__(self, image_encoder: Any, bank: CaptionBank, top_k: int = 1, separator: str = ". "):
+    def __init__(
+        self, image_encoder: Any, bank: CaptionBank, top_k: int = 1, separator: str = CAPTION_SEPARATOR
+    ):
         self.encoder = image_encoder.eval()
         self.bank = bank
         self.top_k = max(1, int(top_k))
