@@ -14,6 +14,17 @@ import torch
 from train_data import make_domain
 
 TRAIN = "from kcdp_core.train.cli import train_main; raise SystemExit(train_main())"
+# The same run with a pause after every training step, so that the test can kill it mid-epoch.
+SLOW_TRAIN = """
+import time
+from kcdp_core.train import trainer
+step = trainer.training_step
+def slow_step(*args, **kwargs):
+    out = step(*args, **kwargs)
+    time.sleep(0.4)
+    return out
+trainer.training_step = slow_step
+""" + TRAIN
 
 
 def _args(src, tgt, out) -> list[str]:
@@ -40,10 +51,10 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, monkeypat
     finally:
         torch.set_num_threads(threads)
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "KCDP_TRAIN_STEP_SLEEP": "0.4"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, "-c", TRAIN, *_args(src, tgt, out)], env=env,
+        [sys.executable, "-c", SLOW_TRAIN, *_args(src, tgt, out)], env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.time() + 240
@@ -61,7 +72,6 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, monkeypat
     assert json.loads((out / "train_state.json").read_text())["epoch"] == 1
     assert any(r["kind"] == "step" and r["epoch"] == 2 for r in _rows(out))  # killed mid-epoch 2
 
-    env.pop("KCDP_TRAIN_STEP_SLEEP")
     done = subprocess.run(
         [sys.executable, "-c", TRAIN, *_args(src, tgt, out), "--resume"],
         env=env,

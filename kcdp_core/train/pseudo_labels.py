@@ -14,14 +14,22 @@ towards the source's majority class, so training on them only confirms the head.
   predicted proportions, skew included).
 - `agreement`: only labels on which the classification head agrees with CLIEA.
 
+Where the labels come from, one object per mode (`labeller`): CLIEA on each target batch as it
+is drawn (`BatchPseudoLabels`, the authors' way), or one set over the whole target per epoch
+(`EpochPseudoLabels`: CLIEA refreshed each epoch, or the aligned encoder's zero-shot computed once),
+which the selection above then filters.
+
 Everything here is a function of predictions on unlabelled images; target labels never enter.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from kcdp_core.config import KCDPConfig
 
 
 @dataclass
@@ -85,3 +93,100 @@ def select(
             quota = int(fraction * int(keep.sum()) / max(1, classes) + 1e-9)
         return keep & class_fraction(labels, conf, fraction, quota)
     raise ValueError(f"unknown pseudo-label selection {mode!r} (all, class_fraction, class_quota)")
+
+
+# -- where an epoch's pseudo-labels come from -----------------------------------------------------
+
+
+@dataclass
+class EpochLabels:
+    """What one epoch trained on, in target order, for the metrics log (`how`: the mode)."""
+
+    how: str
+    pred: TargetPredictions
+    keep: torch.Tensor  # [N] bool
+
+
+class BatchPseudoLabels:
+    """CLIEA's argmax on each target batch, with the model as it is at that step (the authors' way).
+
+    `label` is called inside the training step; `finish_epoch` returns the last label each target
+    image got this epoch (-1 where it was not drawn), for the log."""
+
+    how = "batch"
+    pool = None  # draws from the whole target
+
+    def __init__(self, model, n_targets: int, agreement: bool):
+        self.model, self.n, self.agreement = model, n_targets, agreement
+        self._log: EpochLabels | None = None
+
+    def start_epoch(self, epoch: int) -> EpochLabels | None:
+        n = self.n
+        self._log = EpochLabels(
+            "batch",
+            TargetPredictions(torch.full((n,), -1), torch.zeros(n), torch.full((n,), -1)),
+            torch.zeros(n, dtype=torch.bool),
+        )
+        return None  # nothing is known before the batches are drawn
+
+    def label(self, index: torch.Tensor, out_t, k: torch.Tensor, k_mask: torch.Tensor):
+        """(pseudo [B], keep [B]) for one target batch's model output `out_t`."""
+        with torch.no_grad():
+            scores = self.model.cliea_scores(out_t.features.detach(), k, k_mask)
+        pseudo, keep = self.model.cliea.pseudo_labels(scores.float())
+        head = out_t.logits.detach().argmax(dim=-1)
+        if self.agreement:
+            keep = keep & (head == pseudo)
+        if self._log is not None:
+            idx, pred = index.cpu(), self._log.pred
+            pred.cliea[idx] = pseudo.cpu()
+            pred.confidence[idx] = scores.float().softmax(-1).max(-1)[0].cpu()
+            pred.head[idx] = head.cpu()
+            self._log.keep[idx] = keep.cpu()
+        return pseudo, keep
+
+    def finish_epoch(self) -> EpochLabels | None:
+        log, self._log = self._log, None
+        return log
+
+
+class EpochPseudoLabels:
+    """One set of labels over the whole (un-augmented) target per epoch, then the selection.
+
+    `predict()` gives the predictions: CLIEA with the current model ("epoch", called every epoch) or
+    the aligned encoder's zero-shot ("zeroshot", called once: its labels never change). `pool` lists
+    the selected images the target sampler draws from (None: all of them)."""
+
+    def __init__(
+        self,
+        how: str,
+        predict: Callable[[], TargetPredictions],
+        config: KCDPConfig,
+        refresh: bool = True,
+    ):
+        self.how, self.predict, self.refresh = how, predict, refresh
+        self.tc, self.threshold = config.train, config.cliea.threshold
+        self._fixed = None if refresh else predict()
+        self.labels: torch.Tensor | None = None
+        self.keep: torch.Tensor | None = None
+        self.pool: list[int] | None = None
+
+    def start_epoch(self, epoch: int) -> EpochLabels:
+        tc = self.tc
+        pred = self.predict() if self.refresh else self._fixed
+        ramp = tc.epochs - tc.pseudo_warmup_epochs
+        fraction = fraction_at(
+            epoch - tc.pseudo_warmup_epochs, ramp, tc.pseudo_fraction, tc.pseudo_fraction_end
+        )
+        keep = select(pred, tc.pseudo_select, fraction, tc.pseudo_agreement, self.threshold)
+        self.labels, self.keep = pred.cliea, keep
+        selective = tc.pseudo_select != "all" or tc.pseudo_agreement
+        self.pool = keep.nonzero(as_tuple=True)[0].tolist() if selective else None
+        return EpochLabels(self.how, pred, keep)
+
+    def label(self, index: torch.Tensor, out_t, k: torch.Tensor, k_mask: torch.Tensor):
+        idx, device = index.cpu(), out_t.logits.device
+        return self.labels[idx].to(device), self.keep[idx].to(device)
+
+    def finish_epoch(self) -> EpochLabels | None:
+        return None  # logged when the epoch started

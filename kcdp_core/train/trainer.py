@@ -40,15 +40,13 @@ from kcdp_core.train.datasets import (
 )
 from kcdp_core.train.evaluate import classification_metrics, predict
 from kcdp_core.train.knowledge import Describe, KnowledgeTable
-from kcdp_core.train.pseudo_labels import TargetPredictions, fraction_at, select
+from kcdp_core.train.pseudo_labels import BatchPseudoLabels, EpochPseudoLabels, TargetPredictions
 from kcdp_core.train.target_bn import batch_norms, recompute_statistics
 
 STATE_JSON = "train_state.json"
 STATE_TENSORS = "train_state.safetensors"
 METRICS = "metrics.jsonl"
 WEIGHTS = "model.safetensors"
-# Seconds to sleep after each step: lets the crash-safety test kill a run mid-epoch reliably.
-_STEP_SLEEP = float(os.environ.get("KCDP_TRAIN_STEP_SLEEP", "0") or 0)
 
 
 @dataclass
@@ -311,7 +309,6 @@ class Trainer:
                 model, optimizer, train_loader, scheduler
             )
             self.target_loader = None
-        self.zeroshot_labels: TargetPredictions | None = None
         # Whether captions were computed now or read from the cache must not change what follows.
         seed_everything(tc.seed + 1)
 
@@ -486,35 +483,43 @@ class Trainer:
             raise RuntimeError(f"processes disagree on the trained weights (max checksum gap {spread:.3g})")
 
     # -- the loop ------------------------------------------------------------------------
-    def run(self, resume: bool = False) -> TrainResult:
-        from tqdm.auto import tqdm
+    def _pseudo_labeller(self, model) -> BatchPseudoLabels | EpochPseudoLabels | None:
+        """The DA run's pseudo-labeller for its mode (None: UC)."""
+        tc = self.tc
+        if tc.setting != "da":
+            return None
+        if tc.pseudo_labels == "batch":
+            return BatchPseudoLabels(model, len(self.target_ds), tc.pseudo_agreement)
+        if tc.pseudo_labels == "epoch":
+            return EpochPseudoLabels("epoch", lambda: self._epoch_pseudo_labels(model), self.config)
+        return EpochPseudoLabels(
+            "zeroshot", lambda: self._zeroshot_pseudo_labels(model), self.config, refresh=False
+        )
 
-        from kcdp_core.model.losses import total_loss
-
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._build()
-        acc, tc, cfg = self.accelerator, self.tc, self.config
+    def _begin(self, resume: bool) -> tuple[int, dict]:
+        """(first epoch to train, best so far): a fresh run, or where the checkpoint in `out` ended."""
         self.global_step = 0
-        start_epoch = 0
         best: dict = {"epoch": -1, "score": None, "val_macro_f1": None, "val_accuracy": None}
         if resume and (self.out / STATE_JSON).exists():
             state = self._load_checkpoint()
-            start_epoch, self.global_step, best = state["epoch"], state["step"], state["best"]
-            self.log(f"resuming {self.out} after epoch {start_epoch} (step {self.global_step})")
-        elif resume:
+            self.global_step = state["step"]
+            self.log(f"resuming {self.out} after epoch {state['epoch']} (step {self.global_step})")
+            return state["epoch"], state["best"]
+        if resume:
             self.log(f"--resume: no checkpoint in {self.out} yet, starting from scratch")
-            if self._metrics_path().exists():
-                self._metrics_path().unlink()
-        elif self._metrics_path().exists():
+        if self._metrics_path().exists():
             self._metrics_path().unlink()  # a fresh run owns its log
-        if not (self.out / "config.json").exists():
-            cfg.save(self.out)
+        return 0, best
 
-        model = self.model
-        raw = acc.unwrap_model(model)
-        if tc.setting == "da" and tc.pseudo_labels == "zeroshot":
-            self.zeroshot_labels = self._zeroshot_pseudo_labels(raw)
-        device = acc.device
+    def run(self, resume: bool = False) -> TrainResult:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._build()
+        acc, tc = self.accelerator, self.tc
+        start_epoch, best = self._begin(resume)
+        if not (self.out / "config.json").exists():
+            self.config.save(self.out)
+        raw = acc.unwrap_model(self.model)
+        labeller = self._pseudo_labeller(raw)
         for epoch in range(start_epoch, tc.epochs):
             t0 = time.time()
             # accelerate's loaders keep their own epoch counter (reset on resume): set it explicitly.
@@ -524,140 +529,134 @@ class Trainer:
             ):  # fmt: skip
                 if obj is not None and hasattr(obj, "set_epoch"):
                     obj.set_epoch(epoch)
-            epoch_labels = None
             # Warm-up epochs train on the source alone: CLIEA's labels are noise before it has learnt.
-            use_target = tc.setting == "da" and epoch >= tc.pseudo_warmup_epochs
-            if use_target and tc.pseudo_labels in ("epoch", "zeroshot"):
-                pred = self._epoch_pseudo_labels(raw) if tc.pseudo_labels == "epoch" else self.zeroshot_labels
-                fraction = fraction_at(
-                    epoch - tc.pseudo_warmup_epochs,
-                    tc.epochs - tc.pseudo_warmup_epochs,
-                    tc.pseudo_fraction,
-                    tc.pseudo_fraction_end,
-                )
-                keep_all = select(pred, tc.pseudo_select, fraction, tc.pseudo_agreement, cfg.cliea.threshold)
-                epoch_labels = (pred.cliea, keep_all)
-                self._log_pseudo_labels(epoch, pred, keep_all, tc.pseudo_labels)
-                if tc.pseudo_select != "all" or tc.pseudo_agreement:
-                    self.target_sampler.set_pool(keep_all.nonzero(as_tuple=True)[0].tolist())
-            batch_log = None
-            if use_target and tc.pseudo_labels == "batch":
-                # What the batches used, last draw per target image (-1: not drawn this epoch).
-                n_t = len(self.target_ds)
-                batch_log = TargetPredictions(
-                    torch.full((n_t,), -1), torch.zeros(n_t), torch.full((n_t,), -1)
-                )
-                batch_keep = torch.zeros(n_t, dtype=torch.bool)
-            model.train()
-            sums: dict[str, float] = {}
-            hist = torch.zeros(len(cfg.labels), dtype=torch.long)
-            target_iter = iter(self.target_loader) if self.target_loader is not None and use_target else None
-            bar = tqdm(
-                self.train_loader,
-                desc=f"epoch {epoch + 1}/{tc.epochs}",
-                disable=not (self.progress and acc.is_local_main_process),
-                leave=False,
-            )
-            for batch in bar:
-                with acc.accumulate(model):
-                    with acc.autocast():
-                        out_s = model(batch["pixels"], batch["k"], batch["k_mask"])
-                        scores_s = (
-                            raw.cliea_scores(out_s.features, batch["k"], batch["k_mask"])
-                            if raw.cliea
-                            else None
-                        )
-                        out_t = pseudo = keep = None
-                        if target_iter is not None:
-                            tb = next(target_iter)
-                            out_t = model(tb["pixels"], tb["k"], tb["k_mask"])
-                            if epoch_labels is not None:
-                                idx = tb["index"].cpu()
-                                pseudo, keep = (
-                                    epoch_labels[0][idx].to(device),
-                                    epoch_labels[1][idx].to(device),
-                                )
-                            else:
-                                with torch.no_grad():
-                                    scores_t = raw.cliea_scores(
-                                        out_t.features.detach(), tb["k"], tb["k_mask"]
-                                    )
-                                pseudo, keep = raw.cliea.pseudo_labels(scores_t.float())
-                                head_t = out_t.logits.detach().argmax(dim=-1)
-                                if tc.pseudo_agreement:
-                                    keep = keep & (head_t == pseudo)
-                                if batch_log is not None:
-                                    idx = tb["index"].cpu()
-                                    batch_log.cliea[idx] = pseudo.cpu()
-                                    batch_log.confidence[idx] = scores_t.float().softmax(-1).max(-1)[0].cpu()
-                                    batch_log.head[idx] = head_t.cpu()
-                                    batch_keep[idx] = keep.cpu()
-                            hist += torch.bincount(pseudo[keep].cpu(), minlength=len(cfg.labels))
-                        loss, parts = total_loss(cfg, out_s, batch["label"], scores_s, out_t, pseudo, keep)
-                    acc.backward(loss)
-                    if acc.sync_gradients:
-                        acc.clip_grad_norm_(raw.trainable_parameters(), 1.0)
-                    self.optimizer.step()
-                    self.scheduler.step()
-                    self.optimizer.zero_grad()
-                self.global_step += 1
-                for key, value in parts.items():
-                    sums[key] = sums.get(key, 0.0) + value
-                row = {
-                    "kind": "step",
-                    "epoch": epoch + 1,
-                    "step": self.global_step,
-                    "lr": self.scheduler.get_last_lr()[0],
-                }
-                row.update({k: round(v, 6) for k, v in parts.items()})
-                self._append_metrics(row)
-                bar.set_postfix(loss=f"{parts['loss']:.3f}")
-                if _STEP_SLEEP:
-                    time.sleep(_STEP_SLEEP)
-            bar.close()
-            if batch_log is not None:
-                self._log_pseudo_labels(epoch, batch_log, batch_keep, "batch")
-            n = max(1, len(self.train_loader))  # this process's batches (a shard under several)
-            row = {"kind": "epoch", "epoch": epoch + 1, "step": self.global_step}
-            row.update({f"train_{k}": round(v / n, 6) for k, v in sums.items()})
-            if use_target:
-                hist = acc.reduce(hist.to(device), "sum").cpu()  # every process labels its own shard
-                row["pseudo_label_counts"] = dict(zip(cfg.labels, hist.tolist(), strict=True))
-            if self.val_ds is not None:
-                preds = predict(
-                    raw, torch.utils.data.DataLoader(self.val_ds, batch_size=tc.batch_size), device
-                )
-                m = classification_metrics(preds.labels, preds.predicted, cfg.labels)
-                row["val_accuracy"] = round(m["accuracy"], 6)
-                row["val_macro_f1"] = round(m["macro_f1"], 6)
-                score = m["macro_f1"]
-            else:
-                score = -float(row.get("train_loss", 0.0))  # no validation split: lowest training loss
-            improved = best["epoch"] < 0 or score > best["score"]
-            if improved:
-                best = {
-                    "epoch": epoch + 1,
-                    "score": score,
-                    "val_macro_f1": row.get("val_macro_f1"),
-                    "val_accuracy": row.get("val_accuracy"),
-                }
-                if acc.is_main_process:
-                    self._publish_best(raw)
-            row["best_epoch"] = best["epoch"]
-            self._append_metrics(row)
-            self.log(
-                f"epoch {epoch + 1}/{tc.epochs}: loss {row.get('train_loss', float('nan')):.4f}"
-                + (
-                    f", source-val acc {row['val_accuracy']:.3f} macro-F1 {row['val_macro_f1']:.3f}"
-                    if "val_accuracy" in row
-                    else ""
-                )
-                + (f", pseudo-labels {row['pseudo_label_counts']}" if "pseudo_label_counts" in row else "")
-                + f" ({time.time() - t0:.1f}s)"
-            )
-            self._assert_processes_agree(raw)
-            self._save_checkpoint(epoch + 1, best)
+            active = labeller if labeller is not None and epoch >= tc.pseudo_warmup_epochs else None
+            if active is not None:
+                chosen = active.start_epoch(epoch)
+                if chosen is not None:
+                    self._log_pseudo_labels(epoch, chosen.pred, chosen.keep, chosen.how)
+                    if isinstance(active, EpochPseudoLabels) and active.pool is not None:
+                        self.target_sampler.set_pool(active.pool)
+            row = self._train_epoch(epoch, active)
+            if active is not None:
+                used = active.finish_epoch()
+                if used is not None:
+                    self._log_pseudo_labels(epoch, used.pred, used.keep, used.how)
+            best = self._end_epoch(epoch, row, best, t0)
         if tc.setting == "da" and tc.target_bn and acc.is_main_process and (self.out / "best").exists():
             self._adapt_best_to_target()
         acc.end_training()
         return TrainResult(self.out, best["epoch"], best["val_macro_f1"], max(0, tc.epochs - start_epoch))
+
+    def _train_epoch(self, epoch: int, labeller) -> dict:
+        """One pass over the source (and, with a labeller, as many target batches); the epoch's row."""
+        from tqdm.auto import tqdm
+
+        acc, tc, cfg, model = self.accelerator, self.tc, self.config, self.model
+        raw = acc.unwrap_model(model)
+        model.train()
+        sums: dict[str, float] = {}
+        hist = torch.zeros(len(cfg.labels), dtype=torch.long)
+        target_iter = iter(self.target_loader) if self.target_loader is not None and labeller else None
+        bar = tqdm(
+            self.train_loader,
+            desc=f"epoch {epoch + 1}/{tc.epochs}",
+            disable=not (self.progress and acc.is_local_main_process),
+            leave=False,
+        )
+        for batch in bar:
+            with acc.accumulate(model):
+                with acc.autocast():
+                    step = training_step(cfg, model, raw, batch, target_iter, labeller)
+                    if step.pseudo is not None:
+                        kept = step.pseudo[step.keep].cpu()
+                        hist += torch.bincount(kept, minlength=len(cfg.labels))
+                acc.backward(step.loss)
+                if acc.sync_gradients:
+                    acc.clip_grad_norm_(raw.trainable_parameters(), 1.0)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad()
+            self.global_step += 1
+            for key, value in step.parts.items():
+                sums[key] = sums.get(key, 0.0) + value
+            row = {"kind": "step", "epoch": epoch + 1, "step": self.global_step}
+            row["lr"] = self.scheduler.get_last_lr()[0]
+            row.update({k: round(v, 6) for k, v in step.parts.items()})
+            self._append_metrics(row)
+            bar.set_postfix(loss=f"{step.parts['loss']:.3f}")
+        bar.close()
+        n = max(1, len(self.train_loader))  # this process's batches (a shard under several)
+        row = {"kind": "epoch", "epoch": epoch + 1, "step": self.global_step}
+        row.update({f"train_{k}": round(v / n, 6) for k, v in sums.items()})
+        if labeller is not None:
+            hist = acc.reduce(hist.to(acc.device), "sum").cpu()  # every process labels its own shard
+            row["pseudo_label_counts"] = dict(zip(cfg.labels, hist.tolist(), strict=True))
+        return row
+
+    def _end_epoch(self, epoch: int, row: dict, best: dict, t0: float) -> dict:
+        """Source validation, best/ when it improved, the epoch's log row and checkpoint; the new best."""
+        acc, cfg = self.accelerator, self.config
+        raw = acc.unwrap_model(self.model)
+        if self.val_ds is not None:
+            loader = torch.utils.data.DataLoader(self.val_ds, batch_size=self.tc.batch_size)
+            preds = predict(raw, loader, acc.device)
+            m = classification_metrics(preds.labels, preds.predicted, cfg.labels)
+            row["val_accuracy"] = round(m["accuracy"], 6)
+            row["val_macro_f1"] = round(m["macro_f1"], 6)
+            score = m["macro_f1"]
+        else:
+            score = -float(row.get("train_loss", 0.0))  # no validation split: lowest training loss
+        if best["epoch"] < 0 or score > best["score"]:
+            best = {
+                "epoch": epoch + 1,
+                "score": score,
+                "val_macro_f1": row.get("val_macro_f1"),
+                "val_accuracy": row.get("val_accuracy"),
+            }
+            if acc.is_main_process:
+                self._publish_best(raw)
+        row["best_epoch"] = best["epoch"]
+        self._append_metrics(row)
+        self.log(
+            f"epoch {epoch + 1}/{self.tc.epochs}: loss {row.get('train_loss', float('nan')):.4f}"
+            + (
+                f", source-val acc {row['val_accuracy']:.3f} macro-F1 {row['val_macro_f1']:.3f}"
+                if "val_accuracy" in row
+                else ""
+            )
+            + (f", pseudo-labels {row['pseudo_label_counts']}" if "pseudo_label_counts" in row else "")
+            + f" ({time.time() - t0:.1f}s)"
+        )
+        self._assert_processes_agree(raw)
+        self._save_checkpoint(epoch + 1, best)
+        return best
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor
+    parts: dict[str, float]  # each loss term, for the log
+    pseudo: torch.Tensor | None  # [B] the target batch's pseudo-labels (None: no target batch)
+    keep: torch.Tensor | None  # [B] bool: which of them trained
+
+
+def training_step(
+    cfg: KCDPConfig, model, raw, batch: dict, target_batches: Iterator[dict] | None, labeller
+) -> StepOutput:
+    """Forward passes and the loss of one step: the source batch, then the next target batch with
+    its pseudo-labels from `labeller` when there are target batches. `model` is the (possibly
+    wrapped) model the gradients flow through, `raw` the same model unwrapped (CLIEA is called on it
+    directly). The target batch is drawn after the source forward: the loader's first draw seeds
+    from the global RNG, and the source forward's dropout must see the same RNG state on resume."""
+    from kcdp_core.model.losses import total_loss
+
+    out_s = model(batch["pixels"], batch["k"], batch["k_mask"])
+    scores_s = raw.cliea_scores(out_s.features, batch["k"], batch["k_mask"]) if raw.cliea else None
+    out_t = pseudo = keep = None
+    if target_batches is not None:
+        tb = next(target_batches)
+        out_t = model(tb["pixels"], tb["k"], tb["k_mask"])
+        pseudo, keep = labeller.label(tb["index"], out_t, tb["k"], tb["k_mask"])
+    loss, parts = total_loss(cfg, out_s, batch["label"], scores_s, out_t, pseudo, keep)
+    return StepOutput(loss, parts, pseudo, keep)
