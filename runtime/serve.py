@@ -1,27 +1,36 @@
 """kcdp-serve --model EXPORT [--host 127.0.0.1 --port 8000]: the emotion classifier over HTTP.
 
-FastAPI on uvicorn. POST /v1/classify (one image) and POST /v1/batch (several) feed one queue; a
-micro-batcher collects up to --max-batch images or waits --max-wait-ms after the first, then runs
-ONE pipeline call in a worker thread, so concurrent clients share batched ONNX runs while the event
-loop keeps accepting requests. Bodies over --max-body-mb are refused with 413 while streaming in;
-an image not answered within --timeout seconds gets 504. GET /health, GET /metrics (Prometheus),
-GET /openapi.json and /docs (FastAPI).
+FastAPI on uvicorn. POST /v1/classify (one image) and POST /v1/batch (several) take a multipart
+upload (fields `image` / `images`) or a JSON body with base64 images ({"image": "<base64>"} /
+{"images": ["<base64>", ...]}), told apart by Content-Type. Both feed one queue; a micro-batcher
+collects up to --max-batch images or waits --max-wait-ms after the first, then runs ONE pipeline
+call in a worker thread, so concurrent clients share batched ONNX runs while the event loop keeps
+accepting requests. Bodies over --max-body-mb are refused with 413 by Content-Length or while they
+stream in (chunked uploads too); an image not answered within --timeout seconds gets 504. Every
+response carries X-Request-ID (the client's, or one made here), and so does every log line written
+while the request runs. GET /health, GET /metrics (Prometheus), GET /openapi.json and /docs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
 import contextlib
+import contextvars
 import functools
+import json
 import logging
+import re
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 from kcdp_runtime.manifest import ModelError
 from kcdp_runtime.pipeline import Pipeline
@@ -29,18 +38,29 @@ from kcdp_runtime.pipeline import Pipeline
 log = logging.getLogger("kcdp_runtime")
 
 try:
-    from fastapi import FastAPI, File, HTTPException, Request, UploadFile
+    from fastapi import FastAPI, HTTPException, Request
     from fastapi.responses import JSONResponse, Response
     from pydantic import BaseModel
+    from starlette.datastructures import UploadFile
 
     from kcdp_runtime.metrics import CONTENT_TYPE, Metrics
 except ImportError:  # pragma: no cover - the message is the point
     FastAPI = None  # type: ignore[assignment,misc]
     BaseModel = object  # type: ignore[assignment,misc]
 
+# The request a log line belongs to ("-" outside requests); RequestIdFilter writes it into records.
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("kcdp_request_id", default="-")
+# A client's X-Request-ID is echoed only if it is a plain token (it ends up in logs and headers).
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class Frames(BaseModel):
+    count: int
+    classified: list[int]
+
 
 class Result(BaseModel):
-    """One classified image (DESIGN.md section 4)."""
+    """One classified image."""
 
     image: str
     label: str
@@ -48,11 +68,16 @@ class Result(BaseModel):
     caption: str
     triplets: list[list[str]]
     latency_ms: dict[str, float]
+    frames: Frames | None = None  # animated images only
 
 
 class ErrorEntry(BaseModel):
     image: str
     error: str
+
+
+class Problem(BaseModel):
+    detail: str
 
 
 class BatchResponse(BaseModel):
@@ -69,6 +94,16 @@ class Health(BaseModel):
     max_batch: int
 
 
+class ClassifyJSON(BaseModel):
+    image: str  # base64 of the image file's bytes; a data: URI prefix is allowed
+    name: str | None = None  # echoed as "image" in the result (default "image")
+
+
+class BatchJSON(BaseModel):
+    images: list[str]
+    names: list[str] | None = None  # default image0, image1, ...
+
+
 @dataclass
 class ServeConfig:
     max_batch: int = 8  # images per pipeline call
@@ -83,6 +118,7 @@ class _Job:
     data: bytes
     name: str
     future: asyncio.Future
+    request_id: str
 
 
 class MicroBatcher:
@@ -110,7 +146,7 @@ class MicroBatcher:
 
     async def submit(self, data: bytes, name: str) -> dict[str, Any]:
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put(_Job(data, name, future))
+        await self.queue.put(_Job(data, name, future, REQUEST_ID.get()))
         self.metrics.queue_depth = self.queue.qsize()
         return await asyncio.wait_for(future, self.config.timeout_s)  # cancels the job on timeout
 
@@ -146,7 +182,8 @@ class MicroBatcher:
                     ),
                 )
             except Exception as exc:  # noqa: BLE001 - a failing batch must fail its requests, not the server
-                log.exception("pipeline failed on a batch of %d", len(jobs))
+                ids = ", ".join(sorted({j.request_id for j in jobs}))
+                log.exception("pipeline failed on a batch of %d (requests %s)", len(jobs), ids)
                 for job in jobs:
                     if not job.future.done():
                         job.future.set_exception(exc)
@@ -159,7 +196,12 @@ class MicroBatcher:
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for a body over the limit, by Content-Length or while it streams in."""
+    """ASGI middleware: 413 for a body over the limit, by Content-Length or while it streams in.
+
+    A body found too large while streaming (chunked, no Content-Length) stops the app's read with
+    an exception that the body parsers may catch and answer themselves (Starlette's form parser
+    answered 400 "There was an error parsing the body"): whatever the app sends after that is
+    dropped and the 413 goes out instead."""
 
     def __init__(self, app: Any, max_bytes: int):
         self.app = app
@@ -171,32 +213,121 @@ class BodyLimit:
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await self._refuse(send)
+            return await self._refuse(send, f"{int(length)} bytes (Content-Length)")
         seen = 0
+        exceeded = False
+        started = False
 
         async def limited_receive() -> dict:
-            nonlocal seen
+            nonlocal seen, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                scope["kcdp.body_bytes"] = seen
                 if seen > self.max_bytes:
+                    exceeded = True
                     raise _TooLarge
             return message
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except _TooLarge:
-            await self._refuse(send)
+        async def guarded_send(message: dict) -> None:
+            nonlocal started
+            if exceeded:
+                return  # the app's own answer to the interrupted read
+            started = started or message["type"] == "http.response.start"
+            await send(message)
 
-    async def _refuse(self, send: Any) -> None:
-        body = f'{{"detail": "request body exceeds {self.max_bytes} bytes"}}'.encode()
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except _TooLarge:
+            pass
+        if exceeded and not started:
+            await self._refuse(send, f"over {seen} bytes streamed")
+
+    async def _refuse(self, send: Any, what: str) -> None:
+        detail = f"request body exceeds {self.max_bytes} bytes (the limit, --max-body-mb): {what}"
+        log.warning("413 %s", detail)
+        body = json.dumps({"detail": detail}).encode()
         await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})  # fmt: skip
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})  # fmt: skip
         await send({"type": "http.response.body", "body": body})
 
 
 class _TooLarge(Exception):
     pass
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds the current request's id to every log record (`%(request_id)s` in the format)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = REQUEST_ID.get()
+        return True
+
+
+def _problem(status: int, detail: str) -> HTTPException:
+    """A request-level refusal, logged with the request's id (the body is {"detail": ...})."""
+    log.warning("%d %s", status, detail)
+    return HTTPException(status, detail)
+
+
+def _body_kind(request: Request, fields: str) -> str:
+    """'multipart' or 'json' by Content-Type; 415 naming both forms otherwise."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        return "multipart"
+    if content_type == "application/json" or content_type.endswith("+json"):
+        return "json"
+    raise _problem(
+        415,
+        f"Content-Type {content_type or '(none)'} is not accepted: send multipart/form-data with file "
+        f"field {fields}, or application/json with base64 images",
+    )
+
+
+async def _json_body(request: Request) -> Any:
+    try:
+        return json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _problem(400, f"the body is not valid JSON ({exc})") from None
+
+
+def decode_base64(text: Any, name: str) -> bytes | str:
+    """The bytes of a base64 image (standard or URL-safe alphabet, an optional data: URI prefix), or
+    the error text naming the image."""
+    if not isinstance(text, str):
+        return f"{name}: expected a base64 string, got {type(text).__name__}"
+    if text.startswith("data:"):
+        head, _, text = text.partition(",")
+        if not head.endswith(";base64"):
+            return f"{name}: a data: URI must be base64 (data:image/png;base64,...)"
+    compact = "".join(text.split()).replace("-", "+").replace("_", "/")
+    try:
+        return base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        return f"{name}: not valid base64 ({exc})"
+
+
+def _upload_error(value: Any, field: str) -> str | None:
+    if isinstance(value, UploadFile):
+        return None
+    return f"multipart field {field!r} must be a file upload (curl -F '{field}=@face.png'), not a text value"
+
+
+def _openapi_body(field: str, many: bool, model: type) -> dict[str, Any]:
+    item = {"type": "string", "format": "binary"}
+    files = {"type": "array", "items": item} if many else item
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "required": [field], "properties": {field: files}}
+                },
+                "application/json": {"schema": model.model_json_schema()},
+            },
+        }
+    }
 
 
 def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> Any:
@@ -216,50 +347,116 @@ def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> Any:
     app = FastAPI(
         title="kcdp-serve",
         version=pipeline.manifest.package_version or "0.1.0",
-        description="KCDP visual emotion recognition (onnxruntime, micro-batched).",
+        description=(
+            "KCDP visual emotion recognition (onnxruntime, micro-batched). Images: PNG, JPEG, WebP, GIF, "
+            "BMP, TIFF, SVG; animated GIF/WebP/PNG are scored over up to 4 frames. Bodies: multipart "
+            "uploads or JSON with base64 images."
+        ),
         lifespan=lifespan,
     )
     app.state.batcher = batcher
     app.state.metrics = metrics
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    endpoints: set[str] = set()  # the app's route paths: the /metrics label of a request
 
     @app.middleware("http")
-    async def count(request: Request, call_next: Any) -> Any:
+    async def observe(request: Request, call_next: Any) -> Any:
+        given = request.headers.get("x-request-id", "")
+        request_id = given if _REQUEST_ID_OK.match(given) else uuid.uuid4().hex
+        REQUEST_ID.set(request_id)  # the app below runs in a task that inherits it
         t0 = time.perf_counter()
         response = await call_next(request)
-        route = request.scope.get("route")  # the route template: unknown paths do not add label values
+        response.headers["X-Request-ID"] = request_id
+        path = request.url.path
         length = request.headers.get("content-length")
-        size = int(length) if length is not None and length.isdigit() else None
-        metrics.request(getattr(route, "path", "other"), response.status_code, time.perf_counter() - t0, size)
+        size = int(length) if length is not None and length.isdigit() else request.scope.get("kcdp.body_bytes")
+        metrics.request(path if path in endpoints else "other", response.status_code, time.perf_counter() - t0, size)  # fmt: skip
+        if response.status_code >= 400:
+            log.info("%s %s -> %d", request.method, path, response.status_code)
         return response
 
-    async def classify_bytes(data: bytes, name: str) -> dict[str, Any]:
+    async def classify_bytes(data: bytes | str, name: str) -> dict[str, Any]:
+        if isinstance(data, str):  # the upload could not be read as bytes: its error entry
+            metrics.images.labels(outcome="error").inc()
+            return {"image": name, "error": data}
         try:
             return await batcher.submit(data, name)
         except asyncio.TimeoutError:
-            raise HTTPException(504, f"{name}: not classified within {config.timeout_s} s") from None
+            raise _problem(504, f"{name}: not classified within {config.timeout_s} s") from None
+
+    errors = {
+        400: {"model": Problem, "description": "a body that cannot be parsed (invalid JSON, broken multipart)"},
+        413: {"model": Problem, "description": f"body over the size limit (default {ServeConfig.max_body_bytes} bytes)"},
+        415: {"model": Problem, "description": "neither multipart/form-data nor application/json"},
+        504: {"model": Problem, "description": "not classified within the timeout"},
+    }  # fmt: skip
 
     @app.post(
         "/v1/classify",
         response_model=Result,
-        responses={422: {"model": ErrorEntry, "description": "the upload is not a usable image"}},
-        summary="Classify one image (multipart field `image`)",
+        response_model_exclude_none=True,
+        responses={
+            **errors,
+            422: {"model": ErrorEntry, "description": 'not a usable image ({"detail"}: a field missing)'},
+        },
+        summary="Classify one image: multipart field `image`, or JSON {\"image\": \"<base64>\"}",
+        openapi_extra=_openapi_body("image", False, ClassifyJSON),
     )
-    async def classify(image: Annotated[UploadFile, File(description="the image file")]) -> Any:
-        result = await classify_bytes(await image.read(), image.filename or "image")
+    async def classify(request: Request) -> Any:
+        if _body_kind(request, "'image'") == "json":
+            body = await _json_body(request)
+            if not isinstance(body, dict) or "image" not in body:
+                raise _problem(422, 'the JSON body needs "image": "<base64 of the image file>"')
+            name = str(body.get("name") or "image")
+            data = decode_base64(body["image"], name)
+        else:
+            async with request.form() as form:  # closes the spooled upload files
+                if "image" not in form:
+                    sent = ", ".join(repr(k) for k in form) or "none"
+                    raise _problem(422, f"multipart field 'image' is missing (fields sent: {sent}); /v1/batch takes 'images'")  # fmt: skip
+                upload = form["image"]
+                if (problem := _upload_error(upload, "image")) is not None:
+                    raise _problem(422, problem)
+                name = upload.filename or "image"
+                data = await upload.read()
+        result = await classify_bytes(data, name)
         if "error" in result:
+            log.info("422 %s", result["error"])
             return JSONResponse(result, status_code=422)
         return result
 
     @app.post(
         "/v1/batch",
         response_model=BatchResponse,
-        summary="Classify several images (multipart field `images`)",
+        response_model_exclude_none=True,
+        responses={**errors, 422: {"model": Problem, "description": "a field missing or of the wrong type"}},
+        summary="Classify several images: multipart fields `images`, or JSON {\"images\": [\"<base64>\", ...]}",
+        openapi_extra=_openapi_body("images", True, BatchJSON),
     )
-    async def batch(images: Annotated[list[UploadFile], File(description="image files")]) -> Any:
-        if len(images) > config.max_images:
-            raise HTTPException(413, f"{len(images)} images in one request; the limit is {config.max_images}")
-        payloads = [(await f.read(), f.filename or f"image{i}") for i, f in enumerate(images)]
+    async def batch(request: Request) -> Any:
+        if _body_kind(request, "'images' (repeated)") == "json":
+            body = await _json_body(request)
+            images = body.get("images") if isinstance(body, dict) else None
+            if not isinstance(images, list) or not images:
+                raise _problem(422, 'the JSON body needs "images": ["<base64>", ...] (a non-empty list)')
+            names = body.get("names") or [f"image{i}" for i in range(len(images))]
+            if not isinstance(names, list) or len(names) != len(images):
+                raise _problem(422, f'"names" must be a list of {len(images)} strings, one per image')
+            _check_count(len(images), config)
+            payloads = [(decode_base64(b, str(n)), str(n)) for b, n in zip(images, names, strict=True)]
+        else:
+            async with request.form() as form:
+                uploads = form.getlist("images")
+                if not uploads:
+                    sent = ", ".join(repr(k) for k in form) or "none"
+                    raise _problem(422, f"multipart field 'images' is missing (fields sent: {sent}); /v1/classify takes 'image'")  # fmt: skip
+                _check_count(len(uploads), config)
+                payloads = []
+                for i, upload in enumerate(uploads):
+                    if (problem := _upload_error(upload, "images")) is not None:
+                        payloads.append((f"images[{i}]: {problem}", f"images[{i}]"))
+                    else:
+                        payloads.append((await upload.read(), upload.filename or f"image{i}"))
         results = await asyncio.gather(*(classify_bytes(d, n) for d, n in payloads))
         return {"results": list(results)}
 
@@ -274,7 +471,13 @@ def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> Any:
         metrics.queue_depth = batcher.queue.qsize()
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
+    endpoints.update(route.path for route in app.routes)
     return app
+
+
+def _check_count(n: int, config: ServeConfig) -> None:
+    if n > config.max_images:
+        raise _problem(413, f"{n} images in one request; the limit is {config.max_images}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -286,7 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-batch", type=int, default=8, help="images per pipeline call")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="wait for more images after the first")
-    p.add_argument("--max-body-mb", type=float, default=10.0, help="request size limit")
+    p.add_argument("--max-body-mb", type=float, default=10.0, help="request size limit (MiB)")
+    p.add_argument("--max-images", type=int, default=64, help="images per /v1/batch request")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds before an image gets 504")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: auto)")
     p.add_argument("--providers", help="comma list of execution providers (tensorrt,cuda,cpu)")
@@ -295,7 +499,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="kcdp-serve: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO, format="kcdp-serve: [%(request_id)s] %(message)s", stream=sys.stderr
+    )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RequestIdFilter())
     try:
         import uvicorn
     except ImportError:
@@ -311,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        max_images=args.max_images,
         timeout_s=args.timeout,
     )
     app = create_app(pipeline, config)
@@ -320,7 +529,9 @@ def main(argv: list[str] | None = None) -> int:
         args.host,
         args.port,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    # log_config=None: uvicorn's own records (an exception in a request) reach the handler above,
+    # with the request id, instead of uvicorn's formatter
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False, log_config=None)
     return 0
 
 
