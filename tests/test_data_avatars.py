@@ -9,20 +9,28 @@ from pathlib import Path
 
 import pytest
 
-from kcdp_core.data.avatar_build import build_avatars, class_options
+from kcdp_core.data.avatar_build import build_avatars, class_options, corpus_jobs
 from kcdp_core.data.avatar_captions import EYES, MOUTHS
 from kcdp_core.data.avatar_key import (
     AVATAR_HELDOUT_KEY_CSV,
     AVATAR_KEY_CSV,
+    AVATAR_LABELLED_KEY_CSV,
     BENCHMARK_STYLES,
     CORPUS_EXPRESSION_STYLES,
     CORPUS_STYLES,
     EXTRA_STYLES,
     HELDOUT_STYLES,
+    LABELLED_OPTIONS,
+    LABELLED_STYLES,
     STYLE_SETS,
+    TRAINING_STYLES_CSV,
+    check_trainable,
     load_avatar_key,
+    load_training_styles,
+    style_credit,
 )
 from kcdp_core.data.cli import main as data_main
+from kcdp_core.labels import EMOJI7
 
 
 @pytest.fixture(scope="module")
@@ -132,18 +140,18 @@ def test_a_bad_key_row_stops_the_build_before_anything_is_written(tmp_path, row,
     assert f"key.csv:{line}" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("style_set", ["extra", "heldout"])
-def test_extra_and_heldout_sets_render_only_their_styles_by_their_own_key(tmp_path, style_set):
+@pytest.mark.parametrize("style_set, per_class", [("extra", 2), ("heldout", 2), ("labelled", 1)])
+def test_other_sets_render_every_class_of_their_styles_by_their_own_key(tmp_path, style_set, per_class):
     styles, key_csv = STYLE_SETS[style_set]
     out = tmp_path / style_set
-    assert (
-        data_main(["avatars", "--out", str(out), "--styles", style_set, "--per-class", "2", "--size", "48"])
-        == 0
-    )
+    argv = ["avatars", "--out", str(out), "--styles", style_set, "--per-class", str(per_class), "--size", "48"]
+    assert data_main(argv) == 0
     key = load_avatar_key(key_csv, styles)
     rows = _index(out)
     assert {r["style"] for r in rows} == set(styles) and {r["part"] for r in rows} == {"benchmark"}
-    assert len(rows) == 2 * sum(len(k.labels) for k in key.values())
+    assert len(rows) == per_class * sum(len(k.labels) for k in key.values())
+    for style in styles:  # every class the key lists for a style has its images
+        assert sorted(p.name for p in (out / "domains" / style).iterdir()) == sorted(key[style].labels)
     for r in rows:
         drawn = json.loads(r["options"])
         for component, variants in key[r["style"]].classes[r["label"]].items():
@@ -155,6 +163,86 @@ def test_extra_and_heldout_sets_render_only_their_styles_by_their_own_key(tmp_pa
 def test_the_style_lists_keep_held_out_styles_out_of_everything_trained():
     assert set(EXTRA_STYLES) <= set(CORPUS_EXPRESSION_STYLES)
     assert not set(HELDOUT_STYLES) & (set(BENCHMARK_STYLES) | set(CORPUS_STYLES))
+    trained = set(load_training_styles())
+    for name, (styles, key_csv) in STYLE_SETS.items():
+        if name != "heldout":
+            assert set(styles) <= trained, name  # every labelled set that may train is on the list
+            assert not set(styles) & set(HELDOUT_STYLES), name
+            assert not set(load_avatar_key(key_csv, styles)) & set(HELDOUT_STYLES)
+    assert set(CORPUS_STYLES) <= trained and not trained & set(HELDOUT_STYLES)
+    assert not trained & set(LABELLED_OPTIONS) - set(LABELLED_STYLES)  # options only for labelled renders
+    for style in HELDOUT_STYLES + ("thumbs", "miniavs", "initial-face"):
+        with pytest.raises(ValueError, match="not on the list of training styles"):
+            check_trainable(("moods", style))
+    check_trainable(BENCHMARK_STYLES + EXTRA_STYLES + LABELLED_STYLES + ("procedural",))
+
+
+def test_the_list_of_training_styles_matches_the_keys_and_the_style_definitions():
+    listed = load_training_styles()
+    keyed = {}
+    for name, (styles, key_csv) in STYLE_SETS.items():
+        if name != "heldout":
+            keyed.update({s: (name, k.labels) for s, k in load_avatar_key(key_csv, styles).items()})
+    for style, row in listed.items():
+        assert row.family in listed, style  # a close-up's base style is a training style too
+        if row.set == "procedural":
+            assert row.classes == EMOJI7
+            continue
+        assert row.license == style_credit(style)[1], style  # the licence as the style's definition says
+        if row.set == "corpus":
+            assert style in CORPUS_STYLES and not row.classes and style not in keyed
+        else:
+            assert (row.set, row.classes) == keyed[style], style
+    assert set(keyed) <= set(listed)
+    assert listed["avataaars-neutral"].family == "avataaars" and listed["croodles"].family == "croodles"
+
+
+def test_a_held_out_style_on_the_training_list_is_refused_with_file_and_row(tmp_path):
+    bad = tmp_path / "training_styles.csv"
+    bad.write_text(TRAINING_STYLES_CSV.read_text() + "micah,labelled,micah,happiness,CC BY 4.0,dicebear-styles\n")
+    line = len(TRAINING_STYLES_CSV.read_text().splitlines()) + 1
+    with pytest.raises(ValueError, match=f"training_styles.csv:{line} .*micah is held out"):
+        load_training_styles(bad)
+    twice = tmp_path / "twice.csv"
+    twice.write_text(TRAINING_STYLES_CSV.read_text() + "moods,benchmark,moods,anger,CC0 1.0,dicebear-styles\n")
+    with pytest.raises(ValueError, match="moods is listed twice"):
+        load_training_styles(twice)
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ("croodles,anger,eyes,variant99", r"croodles.eyes has no variant\(s\) \['variant99'\]"),
+        ("dylan,anger,mouth,angry", "dylan has no component 'mouth'"),
+        ("toon-head,anger,eyes,wide", "style 'toon-head' is not one of"),
+        ("thumbs,happiness,eyes,variant01", "style 'thumbs' is not one of"),
+    ],
+)
+def test_a_bad_labelled_key_row_names_the_file_and_row(tmp_path, row, message):
+    bad = tmp_path / "labelled.csv"
+    bad.write_text(AVATAR_LABELLED_KEY_CSV.read_text() + row + "\n")
+    line = len(AVATAR_LABELLED_KEY_CSV.read_text().splitlines()) + 1
+    with pytest.raises(ValueError, match=message) as err:
+        build_avatars(tmp_path / "out", per_class=1, key_path=bad, corpus_per_style=0, style_set="labelled")
+    assert f"labelled.csv:{line}" in str(err.value) and not (tmp_path / "out").exists()
+
+
+def test_labelled_renders_get_their_options_and_every_other_render_keeps_its_own():
+    key = load_avatar_key(AVATAR_LABELLED_KEY_CSV, LABELLED_STYLES)
+    opts = class_options("adventurer", key["adventurer"].classes["anger"])
+    assert opts["glassesProbability"] == 0 and all(h.startswith("short") for h in opts["hairVariant"])
+    assert opts["eyebrowsVariant"] == ["variant01", "variant02"]
+    # the corpus renders of the same style keep FACE_VISIBLE alone (their images stay byte-identical)
+    corpus = [j for j in corpus_jobs(1, 0) if j.style == "adventurer"]
+    assert corpus and "glassesProbability" not in corpus[0].options
+    bench = load_avatar_key()
+    assert class_options("moods", bench["moods"].classes["anger"]) == {
+        "animationVariant": ["none"],
+        "eyesVariant": ["angry"],
+        "eyesProbability": 100,
+        "mouthVariant": ["line", "frown", "wavy"],
+        "mouthProbability": 100,
+    }
 
 
 def test_a_benchmark_style_in_the_held_out_key_and_a_corpus_for_held_out_styles_are_refused(tmp_path):

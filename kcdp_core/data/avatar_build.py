@@ -10,9 +10,10 @@ Output layout (DIR = --out):
                                                                 "license","face": true}, path relative to corpus/
     DIR/tasks/*.csv                                            leave-one-style-out and emoji -> style sources
 
-With --styles extra or heldout, DIR/domains/ holds another labelled set instead (avatar_key.py
-STYLE_SETS), with no corpus and no tasks: extra styles are added to training sources, held-out
-styles only score a finished model (nothing is trained or tuned on them).
+With --styles extra, labelled or heldout, DIR/domains/ holds another labelled set instead
+(avatar_key.py STYLE_SETS), with no corpus and no tasks: extra and labelled styles are added to
+training sources (they must be on training_styles.csv), held-out styles only score a finished model
+(nothing is trained or tuned on them).
     DIR/index.csv                                              path,part,style,label,seed,options,creator,license
     DIR/LICENSES.md, DIR/report.json                           credits per style; counts
 
@@ -38,8 +39,10 @@ from kcdp_core.data.avatar_key import (
     BENCHMARK_STYLES,
     CORPUS_STYLES,
     FACE_VISIBLE,
+    LABELLED_OPTIONS,
     STYLE_SETS,
     StyleKey,
+    check_trainable,
     load_avatar_key,
     style_credit,
     style_definition,
@@ -71,7 +74,7 @@ class Job:
 
 def class_options(style: str, components: dict[str, tuple[str, ...]]) -> dict:
     """DiceBear options forcing every listed component to one of its variants, always shown."""
-    opts = dict(FACE_VISIBLE.get(style, {}))
+    opts = {**FACE_VISIBLE.get(style, {}), **LABELLED_OPTIONS.get(style, {})}
     for component, variants in components.items():
         opts[f"{component}Variant"] = list(variants)
         opts[f"{component}Probability"] = 100
@@ -187,6 +190,8 @@ def build_avatars(
         raise ValueError(f"--styles {style_set} renders labelled styles only: no corpus, no --emoji")
     styles, default_key = STYLE_SETS[style_set]
     key = load_avatar_key(key_path or default_key, styles)  # every row checked before anything is written
+    if style_set != "heldout":  # whatever may train must be on the written list of training styles
+        check_trainable(styles)
     if set(key) != set(styles):
         raise ValueError(f"the key must cover exactly {styles}, it has {sorted(key)}")
     emoji_domains = _emoji_domains(emoji) if emoji is not None else []
@@ -245,7 +250,7 @@ def build_avatars(
             f.writelines(json.dumps(c, ensure_ascii=False) + "\n" for c in captions)
     if benchmark:  # the tasks are the benchmark's
         _write_tasks(out, rows, emoji_domains)
-    _write_licences(out, sorted(set(styles) | (set(result.corpus_counts))))
+    _write_licences(out, sorted(set(styles) | (set(result.corpus_counts))), style_set)
     result.seconds = time.perf_counter() - t0
     report = {
         "benchmark": result.counts,
@@ -315,7 +320,7 @@ def _write_manifest(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
-def _write_licences(out: Path, styles: list[str]) -> None:
+def _write_licences(out: Path, styles: list[str], style_set: str) -> None:
     lines = [
         "# Sources and licences of the avatars in this folder",
         "",
@@ -327,7 +332,7 @@ def _write_licences(out: Path, styles: list[str]) -> None:
     ]
     for style in styles:
         creator, licence = style_credit(style)
-        part = "benchmark" if style in BENCHMARK_STYLES else "corpus"
+        part = style_set if style_set != "benchmark" else "benchmark" if style in BENCHMARK_STYLES else "corpus"
         lines.append(f"| {style} | {part} | {creator} | {licence} |")
     (out / "LICENSES.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 

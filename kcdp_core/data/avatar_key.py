@@ -1,10 +1,19 @@
-"""The drawn-faces benchmark's label key and style lists (kcdp_core/data/README.md). Torch-free.
+"""The drawn-faces label keys, style lists and list of training styles (kcdp_core/data/README.md).
+
+Torch-free.
 
 avatar_label_key.csv (the project's data file, beside this module) fixes, per DiceBear style and
 emotion class, the variants each expression component may take; every other part of the avatar
 (hair, skin, clothes, accessories, background) stays random by seed, so only the expression
 carries the class. The key is checked against the style definitions of `dicebear-styles` before
 anything is rendered: a row naming an unknown style, component or variant stops the build.
+avatar_extra_key.csv, avatar_labelled_key.csv and avatar_heldout_key.csv are keys of the same
+format for the other style sets (STYLE_SETS).
+
+training_styles.csv is the project's one written list of the drawn styles that may be trained,
+pretrained, tuned or selected on (with the classes each shows, its art family and licence). A style
+not on it is held out: load_training_styles() refuses a list that names a held-out style, and
+check_trainable() is the gate for anything about to train on a set of styles.
 """
 
 from __future__ import annotations
@@ -22,6 +31,10 @@ AVATAR_KEY_CSV = Path(__file__).resolve().parent / "avatar_label_key.csv"
 # and the held-out test styles (heldout).
 AVATAR_EXTRA_KEY_CSV = Path(__file__).resolve().parent / "avatar_extra_key.csv"
 AVATAR_HELDOUT_KEY_CSV = Path(__file__).resolve().parent / "avatar_heldout_key.csv"
+# More DiceBear styles whose parts show expressions, each labelled by eye on contact sheets.
+AVATAR_LABELLED_KEY_CSV = Path(__file__).resolve().parent / "avatar_labelled_key.csv"
+# The project's one list of the styles that may be trained on (see load_training_styles).
+TRAINING_STYLES_CSV = Path(__file__).resolve().parent / "training_styles.csv"
 
 # The five benchmark styles: exactly those of the key.
 BENCHMARK_STYLES: tuple[str, ...] = ("avataaars", "open-peeps", "fun-emoji", "big-smile", "moods")
@@ -32,6 +45,31 @@ CORPUS_STYLES = CORPUS_EXPRESSION_STYLES + CORPUS_IDENTITY_STYLES
 # Corpus styles whose expression parts map onto the seven classes, rendered with labels as extra
 # training styles (more styles to generalise from; never scored as a benchmark target).
 EXTRA_STYLES: tuple[str, ...] = ("critters", "sprouts", "line-face")
+# Further styles labelled by eye, each with the classes its parts can show (training_styles.csv).
+LABELLED_STYLES: tuple[str, ...] = (
+    "voxel-art",
+    "lorelei",
+    "pixel-art",
+    "adventurer",
+    "big-ears",
+    "notionists",
+    "croodles",
+    "cutouts",
+    "marbles",
+    "bottts",
+    "pixelbot",
+    "voxel-bot",
+    "dylan",
+    # Face-only close-ups of a style above or of avataaars, with the same parts: the expression at a
+    # larger scale. Same art family as their base style (a leave-one-style-out run leaves both out).
+    "avataaars-neutral",
+    "adventurer-neutral",
+    "big-ears-neutral",
+    "croodles-neutral",
+    "lorelei-neutral",
+    "notionists-neutral",
+    "pixel-art-neutral",
+)
 # Held-out test styles: in none of the lists above, so never trained, pretrained or tuned on;
 # rendered only to measure a finished model on styles it never saw.
 HELDOUT_STYLES: tuple[str, ...] = ("toon-head", "micah", "personas", "clay")
@@ -39,6 +77,7 @@ HELDOUT_STYLES: tuple[str, ...] = ("toon-head", "micah", "personas", "clay")
 STYLE_SETS: dict[str, tuple[tuple[str, ...], Path]] = {
     "benchmark": (BENCHMARK_STYLES, AVATAR_KEY_CSV),
     "extra": (EXTRA_STYLES, AVATAR_EXTRA_KEY_CSV),
+    "labelled": (LABELLED_STYLES, AVATAR_LABELLED_KEY_CSV),
     "heldout": (HELDOUT_STYLES, AVATAR_HELDOUT_KEY_CSV),
 }
 
@@ -55,6 +94,22 @@ FACE_VISIBLE: dict[str, dict] = {
     "critters": {"animationVariant": ["none"]},
     "sprouts": {"animationVariant": ["none"]},
     "notionists": {"glassesVariant": ["variant01", "variant02", "variant03", "variant04", "variant05"]},
+}
+# The same for the labelled renders of LABELLED_STYLES, on top of FACE_VISIBLE. Kept apart so that
+# the corpus renders of notionists, adventurer, lorelei and big-ears stay byte-identical. Checked on
+# contact sheets: beards and moustaches cover mouths, dark glasses the eyes, long hair an eye.
+LABELLED_OPTIONS: dict[str, dict] = {
+    "voxel-art": {"animationVariant": ["none"], "beardProbability": 0, "glassesVariant": ["round", "square", "cat"]},
+    "lorelei": {"beardProbability": 0},
+    "pixel-art": {"glassesProbability": 0},
+    "adventurer": {"glassesProbability": 0, "hairVariant": [f"short{n:02d}" for n in range(1, 20)]},
+    "notionists": {"glassesProbability": 0},
+    "croodles": {"mustacheProbability": 0, "beardProbability": 0},
+    "pixelbot": {"animationVariant": ["none"]},
+    "voxel-bot": {"animationVariant": ["none"]},
+    "adventurer-neutral": {"glassesProbability": 0},
+    "notionists-neutral": {"glassesProbability": 0},
+    "pixel-art-neutral": {"glassesProbability": 0},
 }
 
 
@@ -83,6 +138,56 @@ def style_credit(name: str) -> tuple[str, str]:
     creator = meta.get("creator", {}).get("name", "")
     source = meta.get("source", {}).get("name", "")
     return (f"{source} by {creator}" if source else creator), meta.get("license", {}).get("name", "")
+
+
+@dataclass(frozen=True)
+class TrainingStyle:
+    """One row of training_styles.csv."""
+
+    style: str
+    set: str  # benchmark | extra | labelled | corpus (captions only) | procedural
+    family: str  # the art it shares with other rows (a close-up "-neutral" style: its base style)
+    classes: tuple[str, ...]  # the classes it is labelled with; () for a captions-only corpus style
+    license: str
+    source: str
+
+
+TRAINING_SETS = ("benchmark", "extra", "labelled", "corpus", "procedural")
+
+
+@cache
+def load_training_styles(path: str | Path | None = None) -> dict[str, TrainingStyle]:
+    """style -> TrainingStyle from training_styles.csv; ValueError naming the file and row for a held-out
+    style, a style listed twice, an unknown set or class."""
+    path = Path(path) if path is not None else TRAINING_STYLES_CSV
+    table: dict[str, TrainingStyle] = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        for row_number, row in enumerate(csv.DictReader(f), start=2):
+            where = f"{path}:{row_number} ({row['style']})"
+            style = row["style"].strip()
+            classes = tuple(row["classes"].split())
+            if style in HELDOUT_STYLES:
+                raise ValueError(f"{where}: {style} is held out for good and can never be a training style")
+            if style in table:
+                raise ValueError(f"{where}: {style} is listed twice")
+            if row["set"] not in TRAINING_SETS:
+                raise ValueError(f"{where}: set {row['set']!r} is not one of {TRAINING_SETS}")
+            if any(c not in EMOJI7 for c in classes):
+                raise ValueError(f"{where}: classes {classes} are not all in {EMOJI7}")
+            table[style] = TrainingStyle(
+                style, row["set"], row["family"].strip(), classes, row["license"].strip(), row["source"]
+            )
+    return table
+
+
+def check_trainable(styles: tuple[str, ...] | list[str] | set[str]) -> None:
+    """ValueError unless every style is on the list of training styles (training_styles.csv)."""
+    outside = sorted(set(styles) - set(load_training_styles()))
+    if outside:
+        raise ValueError(
+            f"{outside}: not on the list of training styles ({TRAINING_STYLES_CSV.name}); "
+            "a style not on it is held out and never trained, tuned or selected on"
+        )
 
 
 @dataclass(frozen=True)

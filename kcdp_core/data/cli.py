@@ -4,6 +4,7 @@
                     [--workers N] [--offline]
     kcdp-data avatars --out DIR [--per-class 200] [--size 128] [--workers N] [--corpus-per-style 1500]
                       [--seed-start 0] [--emoji EMOJI_DIR] [--key CSV]
+                      [--styles benchmark|extra|labelled|heldout] [--contact-sheet PNG]
 
 Exit status: 0 built, 1 a package could not be fetched/verified or images failed, 2 usage errors.
 """
@@ -62,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
         choices=sorted(STYLE_SETS),
         default="benchmark",
         help="benchmark: the five styles + corpus + tasks (default); extra: labelled corpus styles for "
-        "training; heldout: test-only styles never trained or tuned on (both: no corpus, no tasks)",
+        "training; labelled: further styles labelled by eye for training (training_styles.csv lists "
+        "every training style); heldout: test-only styles never trained or tuned on (these three: no "
+        "corpus, no tasks)",
     )
     a.add_argument(
         "--contact-sheet", type=Path, default=None, help="also write a PNG: one row per style and class"
