@@ -48,7 +48,8 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.request_bytes = Histogram(
-            "kcdp_request_bytes", "Request body size (Content-Length) by endpoint.", ["endpoint"],
+            "kcdp_request_bytes", "Request body size by endpoint (Content-Length, else the bytes a chunked body sent).",
+            ["endpoint"],
             buckets=SIZE_BUCKETS, registry=r,
         )  # fmt: skip
         self.stage_seconds = Histogram(
@@ -74,6 +75,8 @@ class Metrics:
         self._queue.set(value)
 
     def request(self, endpoint: str, status: int, seconds: float, size: int | None = None) -> None:
+        """One answered request; endpoint is the route's path ("other" for unknown paths, so that
+        scanners cannot grow the label set), a refused one (413 before routing) included."""
         self.requests.labels(endpoint=endpoint, code=str(status)).inc()
         self.latency.labels(endpoint=endpoint).observe(seconds)
         if size is not None:

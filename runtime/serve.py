@@ -241,7 +241,7 @@ class BodyLimit:
         except _TooLarge:
             pass
         if exceeded and not started:
-            await self._refuse(send, f"over {seen} bytes streamed")
+            await self._refuse(send, f"{seen} bytes received so far (no Content-Length)")
 
     async def _refuse(self, send: Any, what: str) -> None:
         detail = f"request body exceeds {self.max_bytes} bytes (the limit, --max-body-mb): {what}"

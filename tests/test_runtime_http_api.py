@@ -4,6 +4,7 @@ name the problem, size limits on streamed bodies, request ids, SVG and animated 
 from __future__ import annotations
 
 import base64
+import json
 import logging
 
 import pytest
@@ -114,6 +115,12 @@ def test_streamed_body_over_the_limit_is_413_under_its_endpoint(client):
     assert r.status_code == 413 and "Content-Length" in r.json()["detail"]
     assert metric(client, "kcdp_requests_total", endpoint="/v1/classify", code="413") == before + 3
     assert metric(client, "kcdp_requests_total", endpoint="other", code="413") == 0
+    # a chunked body under the limit runs, and its size is what it sent
+    small = json.dumps({"images": [b64(RED_PNG)]}).encode()
+    sent = metric(client, "kcdp_request_bytes_sum", endpoint="/v1/batch")
+    r = client.post("/v1/batch", content=iter([small[:50], small[50:]]), headers={"content-type": "application/json"})
+    assert r.status_code == 200 and r.json()["results"][0]["label"] == "anger"
+    assert metric(client, "kcdp_request_bytes_sum", endpoint="/v1/batch") == sent + len(small)
 
 
 def test_request_id_echoed_generated_and_logged(client, caplog):
