@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from kcdp_core.constants import IMAGE_SUFFIXES
+from kcdp_core.images import MAX_FRAMES
 from kcdp_runtime.manifest import ModelError, is_checkpoint
 
 DEFAULT_MODEL = Path(__file__).parent / "default_model"
@@ -114,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--providers", help="comma list of execution providers (tensorrt,cuda,cpu); default: best"
     )
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: auto)")
+    parser.add_argument(
+        "--max-frames", type=_positive, default=MAX_FRAMES,
+        help="frames classified per animated GIF/WebP/PNG, spread through it (1: the first frame only)",
+    )  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no log line on stderr")
     return parser
 
@@ -147,6 +152,7 @@ def _classify(args: argparse.Namespace) -> int:
     pipe = open_pipeline(args.model, args.providers, args.threads, "kcdp-infer")
     if pipe is None:
         return 2
+    pipe.max_frames = args.max_frames
     failed = False
     pending: list[str] = []
 

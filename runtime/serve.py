@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kcdp_core.images import MAX_FRAMES
 from kcdp_runtime.manifest import ModelError
 from kcdp_runtime.pipeline import Pipeline
 
@@ -492,6 +493,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-mb", type=float, default=10.0, help="request size limit (MiB)")
     p.add_argument("--max-images", type=int, default=64, help="images per /v1/batch request")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds before an image gets 504")
+    p.add_argument(
+        "--max-frames", type=int, default=MAX_FRAMES,
+        help="frames classified per animated GIF/WebP/PNG, spread through it (1: the first frame only)",
+    )  # fmt: skip
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: auto)")
     p.add_argument("--providers", help="comma list of execution providers (tensorrt,cuda,cpu)")
     return p
@@ -514,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     pipeline = open_pipeline(args.model, args.providers, args.threads, "kcdp-serve")
     if pipeline is None:
         return 2
+    pipeline.max_frames = max(1, args.max_frames)
     pipeline.warmup()
     config = ServeConfig(
         max_batch=args.max_batch,

@@ -162,3 +162,12 @@ def test_broken_pipe_ends_quietly(export, tmp_path):
         shlex.join(cmd) + " | head -1", shell=True, capture_output=True, text=True, timeout=120
     )
     assert shell.returncode == 0 and shell.stderr == "" and len(shell.stdout.splitlines()) == 1
+
+
+def test_max_frames_option(export, tmp_path, capsys):
+    (tmp_path / "anim.gif").write_bytes(gif_bytes(animation([RED, *blues(7)])))
+    for option, classified in ((["--max-frames", "2"], [0, 4]), (["--max-frames", "1"], [0]), ([], [0, 2, 4, 6])):
+        assert main([str(tmp_path / "anim.gif"), "--model", str(export), "--json", *option]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["frames"] == {"count": 8, "classified": classified}
+        assert result["label"] == ("anger" if classified == [0] else "sadness")
