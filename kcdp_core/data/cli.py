@@ -5,6 +5,8 @@
     kcdp-data avatars --out DIR [--per-class 200] [--size 128] [--workers N] [--corpus-per-style 1500]
                       [--seed-start 0] [--emoji EMOJI_DIR] [--key CSV]
                       [--styles benchmark|extra|labelled|heldout] [--contact-sheet PNG]
+    kcdp-data procedural --out DIR [--per-class 300] [--size 128] [--seed-start 0] [--workers N]
+                         [--contact-sheet PNG]
 
 Exit status: 0 built, 1 a package could not be fetched/verified or images failed, 2 usage errors.
 """
@@ -70,6 +72,20 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--contact-sheet", type=Path, default=None, help="also write a PNG: one row per style and class"
     )
+    f = sub.add_parser(
+        "procedural", help="procedurally drawn faces: FACS-like expression geometry, everything else random"
+    )
+    f.add_argument("--out", required=True, type=Path, help="output folder: DIR/<label>/<n>.png")
+    f.add_argument("--per-class", type=int, default=300, help="faces per class (300)")
+    f.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    f.add_argument("--seed-start", type=int, default=0, help="first face number: fresh faces for a test set")
+    f.add_argument("--workers", type=int, default=None, help="render processes (default min(2, cores))")
+    f.add_argument(
+        "--contact-sheet",
+        type=Path,
+        default=None,
+        help="also write a PNG, one row per class (outside --out: a PNG there would be read as a face)",
+    )
     return p
 
 
@@ -78,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "avatars":
         return _avatars(args)
+    if args.command == "procedural":
+        return _procedural(args)
     from kcdp_core.data.emoji_build import build_emoji  # heavy imports only once arguments are valid
 
     domains = [d.strip() for d in args.domains.split(",") if d.strip()] if args.domains else None
@@ -151,6 +169,29 @@ def _avatars(args: argparse.Namespace) -> int:
         print(f"contact sheet: {contact_sheet(args.out, args.contact_sheet)}")
     print(f"built {args.out} in {res.seconds:.1f} s")
     return 1 if res.errors else 0
+
+
+def _procedural(args: argparse.Namespace) -> int:
+    from kcdp_core.data.procedural_faces import build_procedural, contact_sheet
+
+    if args.contact_sheet and args.contact_sheet.resolve().is_relative_to(args.out.resolve()):
+        print("kcdp-data: error: --contact-sheet must lie outside --out", file=sys.stderr)
+        return 2
+    try:
+        res = build_procedural(
+            args.out, per_class=args.per_class, size=args.size, seed_start=args.seed_start, workers=args.workers
+        )
+    except OSError as e:
+        print(f"kcdp-data: error: {e}", file=sys.stderr)
+        return 1
+    except ValueError as e:
+        print(f"kcdp-data: error: {e}", file=sys.stderr)
+        return 2
+    print(" ".join(f"{label} {n}" for label, n in res.counts.items()))
+    if args.contact_sheet:
+        print(f"contact sheet: {contact_sheet(args.out, args.contact_sheet)}")
+    print(f"built {args.out} in {res.seconds:.1f} s")
+    return 0
 
 
 if __name__ == "__main__":
