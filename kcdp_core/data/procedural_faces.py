@@ -468,12 +468,9 @@ def _mouth(c: _Canvas, look: Appearance, col: dict, e: Expression) -> None:
         return
     lift = 0.13 * e.mouth_curve
 
-    def upper(n: int = 24) -> np.ndarray:
-        pts = _bezier((-hw, y0 - lift), (0, y0 + lift), (hw, y0 - lift), n)
-        raise_ = e.sneer * 0.14 * np.clip(e.sneer_side * pts[:, 0] / hw, 0, 1) ** 0.7
-        return pts - np.stack([np.zeros_like(raise_), raise_], 1)
-
-    top = upper()
+    top = _bezier((-hw, y0 - lift), (0, y0 + lift), (hw, y0 - lift))
+    # AU10 on one side (disgust): that half of the upper lip is pulled up
+    top[:, 1] -= e.sneer * 0.14 * np.clip(e.sneer_side * top[:, 0] / hw, 0, 1) ** 0.7
     if e.mouth_open < 0.05:
         c.line(top, col["ink"], look.stroke)
         return
