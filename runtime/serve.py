@@ -96,13 +96,19 @@ class Health(BaseModel):
 
 
 class ClassifyJSON(BaseModel):
-    image: str  # base64 of the image file's bytes; a data: URI prefix is allowed
-    name: str | None = None  # echoed as "image" in the result (default "image")
+    """One image as JSON. image: base64 of the image file (standard or URL-safe alphabet, line breaks
+    and a data:image/...;base64, prefix allowed); name: echoed as "image" in the result (default "image")."""
+
+    image: str
+    name: str | None = None
 
 
 class BatchJSON(BaseModel):
+    """Several images as JSON. images: base64 of each image file, as for /v1/classify; names: one per
+    image, echoed in the results (default image0, image1, ...)."""
+
     images: list[str]
-    names: list[str] | None = None  # default image0, image1, ...
+    names: list[str] | None = None
 
 
 @dataclass
