@@ -86,9 +86,13 @@ class HFTextEncoderStage(TextEncoderStage):
 
 
 def open_checkpoint(
-    folder: str | Path, session_config: SessionConfig | None = None, parse_cache: bool = True
+    folder: str | Path,
+    session_config: SessionConfig | None = None,
+    parse_cache: bool = True,
+    knowledge_cache_size: int = 4096,
 ) -> Pipeline:
-    """A Pipeline over the checkpoint in `folder` (CKPT/best/ when present). Raises ModelError."""
+    """A Pipeline over the checkpoint in `folder` (CKPT/best/ when present). Raises ModelError.
+    The options are Pipeline.from_pretrained's (kcdp-bench times it with the knowledge memo off)."""
     import torch
 
     from kcdp_core.knowledge.caption_bank import CaptionBank
@@ -153,7 +157,7 @@ def open_checkpoint(
     else:
         captioner = GivenCaptioner()
     text = HFTextEncoderStage(sessions["text_encoder"], model.text_encoder.tokenizer, length)
-    return Pipeline(manifest, sessions, text, captioner, config_, parse_cache=parse_cache)
+    return Pipeline(manifest, sessions, text, captioner, config_, knowledge_cache_size, parse_cache)
 
 
 def wants_gpu(config: SessionConfig) -> bool:

@@ -53,7 +53,7 @@ COMMANDS = {
     "kcdp-data": ("kcdp_core.data.cli:main", ["avatars", "--out", "{out}"], TRAIN),
     "kcdp-knowledge": ("kcdp_core.knowledge.cli:main", ["parse", "a man hugs a woman"], "pip install 'kcdp[parser]'"),
     # the ONNX benchmarks run in the edge install; a checkpoint gets told to export it first
-    "kcdp-bench": ("kcdp_export.bench:main", ["accuracy", "--model", CKPT, "--data", "{data}"], "kcdp-export --ckpt"),
+    "kcdp-bench": ("kcdp_bench.cli:main", ["accuracy", "--model", CKPT, "--data", "{data}"], "kcdp-export --ckpt"),
 }  # fmt: skip
 
 

@@ -9,7 +9,7 @@ from PIL import Image
 from runtime_export import build_fake_export
 from runtime_images import BLUE, RED, YELLOW
 
-from kcdp_export.bench import main
+from kcdp_bench.cli import main
 from kcdp_runtime.pipeline import STAGES
 
 

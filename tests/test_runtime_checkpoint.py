@@ -75,6 +75,34 @@ def test_checkpoint_matches_its_export(model, capsys, monkeypatch, tmp_path):
         assert set(a["latency_ms"]) == set(b["latency_ms"])
 
 
+def test_kcdp_bench_times_the_checkpoint_through_the_runtime_pipeline(model, capsys, monkeypatch, tmp_path):
+    """kcdp-bench latency --ckpt: the torch-eager engine is the checkpoint opened as kcdp-infer opens it,
+    timed in a process of its own, and its cold start is `kcdp-infer --model CKPT`."""
+    import shutil
+
+    from kcdp_bench.cli import main as bench
+    from kcdp_runtime.pipeline import STAGES
+
+    monkeypatch.setenv("KCDP_CACHE", str(tmp_path / "cache"))
+    root, images = model
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for path in images:
+        if "broken" not in path:
+            shutil.copy2(path, folder)
+    argv = ["latency", "--model", str(root / "export"), "--ckpt", str(root / "ckpt"), "--images", str(folder),
+            "--no-int8", "--no-memo", "--batch-sizes", "1", "--count", "4", "--cold-repeats", "1",
+            "--threads", "1", "--results", "-", "--figure", str(tmp_path / "fig.png"), "--json"]  # fmt: skip
+    assert bench(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["engines"]) == {"onnx-fp32", "torch-eager"}
+    (run,) = report["engines"]["torch-eager"]["runs"]
+    assert run["batch"] == 1 and run["images"] >= 4 and set(run["stages"]) == {*STAGES, "total"}
+    assert run["stages"]["perception"]["p50"] > 0 and run["stages"]["text_encoder"]["p50"] > 0  # memo off
+    assert report["engines"]["torch-eager"]["cold"]["first_result_s"] > 0
+    assert report["speedups"]["onnx-fp32 vs torch-eager"] > 0
+
+
 def test_checkpoint_best_subfolder_and_plain_output(model, capsys, tmp_path, monkeypatch):
     import shutil
 
