@@ -100,7 +100,7 @@ FACE_VISIBLE: dict[str, dict] = {
 # contact sheets: beards and moustaches cover mouths, dark glasses the eyes, long hair an eye.
 LABELLED_OPTIONS: dict[str, dict] = {
     "voxel-art": {"animationVariant": ["none"], "beardProbability": 0, "glassesVariant": ["round", "square", "cat"]},
-    "lorelei": {"beardProbability": 0},
+    "lorelei": {"beardProbability": 0, "glassesVariant": ["variant01", "variant03", "variant04", "variant05"]},
     "pixel-art": {"glassesProbability": 0},
     "adventurer": {"glassesProbability": 0, "hairVariant": [f"short{n:02d}" for n in range(1, 20)]},
     "notionists": {"glassesProbability": 0},
@@ -108,6 +108,7 @@ LABELLED_OPTIONS: dict[str, dict] = {
     "pixelbot": {"animationVariant": ["none"]},
     "voxel-bot": {"animationVariant": ["none"]},
     "adventurer-neutral": {"glassesProbability": 0},
+    "lorelei-neutral": {"glassesVariant": ["variant01", "variant03", "variant04", "variant05"]},
     "notionists-neutral": {"glassesProbability": 0},
     "pixel-art-neutral": {"glassesProbability": 0},
 }
