@@ -170,6 +170,14 @@ class TrainConfig:
     # DA (AdaBN, train/target_bn.py): after training, recompute best/'s BatchNorm statistics on the
     # unlabelled target (per-style feature standardisation; images only, never labels).
     target_bn: bool = False
+    # Start from a trained checkpoint's tensors (LoRA, image tail, FPN, heads, CLIEA; a folder with
+    # config.json + model.safetensors, or `kcdp:<asset>`) instead of fresh heads: adaptation
+    # (kcdp-adapt) fine-tunes a trained model. Its architecture must be this config's.
+    init_checkpoint: str | None = None
+    # DA: weight of a consistency term between two augmented views of each target image (the
+    # head's softmax on one view, gradient-free, is the soft target of the other); 0 off. Costs a
+    # second forward and backward pass of every target batch.
+    consistency_weight: float = 0.0
 
     # Read only when setting == "da": a UC run is the same run whatever they hold.
     DA_ONLY = (
@@ -180,6 +188,7 @@ class TrainConfig:
         "pseudo_agreement",
         "pseudo_warmup_epochs",
         "target_bn",
+        "consistency_weight",
     )
 
 

@@ -137,7 +137,8 @@ def _foundation_digest(config) -> str:
     return h.hexdigest()
 
 
-def main(argv: list[str] | None = None) -> int:
+def recipe_parser() -> argparse.ArgumentParser:
+    """The recipe's options (kcdp-adapt reads a model card's recorded recipe with it)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data/emoji", help="kcdp-data emoji output")
     p.add_argument("--avatars", help="kcdp-data avatars output: its five styles join the training data")
@@ -163,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--head-lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--foundation", help="foundation folder instead of kcdp:foundation/mini (trials only)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = recipe_parser()
     args = p.parse_args(argv)
 
     import torch

@@ -30,11 +30,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from kcdp_core.config import KCDPConfig
+from kcdp_core.images import preprocess
 from kcdp_core.train.datasets import (
     AugmentConfig,
     EpochSampler,
     ImageKnowledgeDataset,
     Record,
+    augment,
     load_records,
     split_validation,
 )
@@ -98,6 +100,52 @@ class BalancedSampler(EpochSampler):
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch + 31)
         return iter(torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist())
+
+
+class TwoViews(torch.utils.data.Dataset):
+    """A target dataset whose items carry a second augmented view ("pixels2") of the same image,
+    drawn from its own (seed, epoch, index) stream: for the consistency term."""
+
+    def __init__(self, dataset: ImageKnowledgeDataset):
+        self.dataset = dataset
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        ds = self.dataset
+        rng = np.random.default_rng([ds.seed, ds.epoch, i, 2])
+        second = preprocess(augment(ds.images[i], rng, ds.augment), ds.size)
+        return {**ds[i], "pixels2": torch.from_numpy(second)}
+
+
+def load_initial_weights(model, checkpoint: str | Path) -> None:
+    """The trained tensors of `checkpoint` (a folder with model.safetensors, or `kcdp:<asset>`) into
+    `model`, cast to its dtypes (the shipped default model stores fp16). Every tensor the model
+    trains must be there, and nothing else: another architecture is refused, naming the file."""
+    from kcdp_core.config import Source
+    from kcdp_core.model.kcdp import WEIGHTS_NAME
+    from kcdp_core.sources import resolve
+
+    folder = Path(resolve(Source(str(checkpoint)))[0])
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: missing (init_checkpoint names a checkpoint folder)")
+    state = load_file(str(weights))
+    expected = model.trained_state_dict()
+    missing, unexpected = set(expected) - set(state), set(state) - set(expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"{weights}: not this architecture's trained tensors "
+            f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
+        )
+    for name, value in state.items():
+        if value.shape != expected[name].shape:
+            raise ValueError(f"{weights}: {name} has shape {tuple(value.shape)}, the model {tuple(expected[name].shape)}")
+    model.load_state_dict({n: v.to(expected[n].dtype) for n, v in state.items()}, strict=False)
 
 
 def seed_everything(seed: int) -> None:
@@ -235,6 +283,9 @@ class Trainer:
         )
         seed_everything(tc.seed)
         model = KCDPModel.from_config(cfg)
+        if tc.init_checkpoint:
+            load_initial_weights(model, tc.init_checkpoint)
+            self.log(f"initial weights: {tc.init_checkpoint}")
         self.raw_model = model
         labels = cfg.labels
 
@@ -263,6 +314,10 @@ class Trainer:
         )
         if self.target_records:
             self.target_ds = ImageKnowledgeDataset(self.target_records, kt, mt, size, aug, tc.seed + 1)
+            if tc.setting == "da" and tc.consistency_weight > 0:
+                if aug is None:
+                    raise ValueError("consistency_weight compares two augmented views: it needs augment")
+                self.target_ds = TwoViews(self.target_ds)
             self.target_plain = ImageKnowledgeDataset(self.target_records, kt, mt, size, None)
 
         bs = tc.batch_size
@@ -659,4 +714,12 @@ def training_step(
         out_t = model(tb["pixels"], tb["k"], tb["k_mask"])
         pseudo, keep = labeller.label(tb["index"], out_t, tb["k"], tb["k_mask"])
     loss, parts = total_loss(cfg, out_s, batch["label"], scores_s, out_t, pseudo, keep)
+    if target_batches is not None and "pixels2" in tb:
+        # The head's prediction on one view, gradient-free, is the soft target of the other view.
+        other = model(tb["pixels2"], tb["k"], tb["k_mask"])
+        soft = out_t.logits.detach().float().softmax(dim=-1)
+        consistency = -(soft * other.logits.float().log_softmax(dim=-1)).sum(dim=-1).mean()
+        loss = loss + cfg.train.consistency_weight * consistency
+        parts = {**parts, "consistency": float(consistency.detach())}
+        parts["loss"] = float(loss.detach())
     return StepOutput(loss, parts, pseudo, keep)

@@ -1,0 +1,631 @@
+"""Adapt a trained KCDP model to a folder of unlabelled images: the training side of `kcdp-adapt`.
+
+The method is KCDP's DA setting, started from a trained checkpoint instead of fresh heads
+(`TrainConfig.init_checkpoint`): the checkpoint's labelled sources train beside the unlabelled
+target, CLIEA labels the target once per epoch (per class the most confident share, no class above
+an equal share), and AdaBN gives the result the target's BatchNorm statistics.
+
+- Target: every image under the folder, in any layout. Its labels are never read: the images are
+  ordered by content hash, so folder and file names cannot change what is trained.
+- Sources: the starting model's recipe (the shipped default model: the open emoji styles and the
+  drawn-face styles of its model card, built on demand by `kcdp-data` into $KCDP_CACHE/adapt/sources
+  and reused), or labelled folders / CSVs given by the caller. A held-aside *check set* never trains:
+  for the recipe, avatars of seeds the starting model never saw; otherwise a stratified share.
+- Budget: the seconds per image of the first pass over target + check set (the "before"
+  diagnostics) price a training step; the epochs are fixed (4 unless given) and the source images
+  per class and style are the most that fit the minutes left after a reserve for AdaBN, the "after"
+  diagnostics and the export. The plan is saved, so a resumed run trains exactly what was planned.
+- Diagnostics, all without target labels: the predicted-class histogram, mean confidence,
+  CLIEA-head agreement and the share of target predictions changed from the starting model, the
+  pseudo-label histogram of every epoch, and the check set's accuracy / macro-F1 before and after.
+
+`adapt()` returns the adapted checkpoint, a calibration folder (source + target sample) and the
+report; exporting and the exit status are the command's (kcdp_export.adapt).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import shlex
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kcdp_core.config import KCDPConfig, Source
+from kcdp_core.constants import IMAGE_SUFFIXES, cache_root
+
+DEFAULT_MODEL = "kcdp:default_model"
+DEFAULT_EPOCHS = 4
+CHECK_PER_CLASS = 10  # check-set images per class and style (or source)
+CALIBRATION_PER_SIDE = 32  # source and target images each in the int8 calibration folder
+# A training step on a source + a target batch costs this many times the per-image time of the
+# eval pass it is priced from (forward + backward of the trained parts; measured on this CPU: 1.2).
+TRAIN_COST = 1.3
+EXPORT_SECONDS = 240.0  # reserve for the export (mini int8 on 2 CPU cores, parity checks included)
+
+
+class AdaptError(ValueError):
+    """Bad input for an adaptation (no images, no sources, an unreadable model)."""
+
+
+# -- the target ----------------------------------------------------------------------------------
+
+
+@dataclass
+class TargetSet:
+    folder: Path
+    paths: list[Path]  # readable images, ordered by (content hash, path)
+    digest: str  # sha256 over the sorted content hashes: the same images give the same digest
+    skipped: list[str] = field(default_factory=list)  # "path: problem" of images that could not be read
+
+
+def read_target(folder: str | Path) -> TargetSet:
+    """Every readable image under `folder` (recursively, hidden folders skipped). Names and folders
+    are never interpreted; an unreadable image is skipped with its reason."""
+    from kcdp_core.images import ImageError, load_image
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise AdaptError(f"{folder}: not a folder of images")
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+    rows, skipped = [], []
+    for path in files:
+        try:
+            load_image(path)
+        except ImageError as exc:
+            skipped.append(f"{path}: {exc}")
+            continue
+        rows.append((hashlib.sha256(path.read_bytes()).hexdigest(), path))
+    if not rows:
+        raise AdaptError(f"{folder}: no readable images (looked for {sorted(IMAGE_SUFFIXES)})")
+    rows.sort(key=lambda r: (r[0], str(r[1])))
+    digest = hashlib.sha256("\n".join(h for h, _ in rows).encode()).hexdigest()
+    return TargetSet(folder, [p for _, p in rows], digest, skipped)
+
+
+# -- labelled sources ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Labelled:
+    path: Path
+    label: str
+    group: str  # the domain / style (or source folder) it belongs to
+
+
+@dataclass
+class SourcePool:
+    """Per (group, label), the images training may use, in the order they are taken, and the check set."""
+
+    train: dict[tuple[str, str], list[Path]]
+    check: list[Labelled]
+    origin: list[str]  # where they came from, for the report
+
+    def subsample(self, per_class: int) -> list[Labelled]:
+        return [
+            Labelled(p, label, group)
+            for (group, label), paths in sorted(self.train.items())
+            for p in paths[:per_class]
+        ]
+
+    def size(self, per_class: int) -> int:
+        return sum(min(per_class, len(paths)) for paths in self.train.values())
+
+    @property
+    def largest(self) -> int:
+        return max(len(paths) for paths in self.train.values())
+
+
+def _seed_number(path: Path) -> int:
+    return int(path.stem.rsplit("-", 1)[1])
+
+
+def recipe_of(model_dir: Path) -> list[str] | None:
+    """The default-model recipe's arguments recorded in `model_dir`/model_card.json, or None."""
+    card = model_dir / "model_card.json"
+    if not card.is_file():
+        return None
+    recipe = json.loads(card.read_text()).get("recipe", "")
+    words = shlex.split(recipe)
+    prefix = ["python", "-m", "kcdp_core.train.default_model"]
+    return words[len(prefix) :] if words[: len(prefix)] == prefix else None
+
+
+def recipe_sources(
+    recipe: list[str], labels: Sequence[str], cache: Path, log: Callable[[str], None]
+) -> SourcePool:
+    """The labelled sources of a default-model recipe, built on demand under `cache` (kcdp-data).
+
+    Training may use the images the starting model trained on (the open emoji styles, the lowest
+    `--avatar-per-class` seeds of each avatar style and class); the check set is the next
+    CHECK_PER_CLASS seeds of each avatar style and class, which it never saw."""
+    from kcdp_core.data.avatar_key import BENCHMARK_STYLES, EXTRA_STYLES
+    from kcdp_core.train.default_model import OPEN_DOMAINS, recipe_parser
+
+    args, _ = recipe_parser().parse_known_args(recipe)
+    per_class = int(args.avatar_per_class)
+    avatars_n = str(per_class + CHECK_PER_CLASS)
+    builds = [("emoji128", ["emoji", "--size", "128", "--no-corpus", "--domains", ",".join(OPEN_DOMAINS)])]
+    if args.avatars:
+        builds.append(("avatars", ["avatars", "--per-class", avatars_n, "--corpus-per-style", "0"]))
+    if args.extra_avatars:
+        builds.append(("avatars_extra", ["avatars", "--styles", "extra", "--per-class", avatars_n]))
+    roots = {name: ensure_built(cache / name, argv, log) for name, argv in builds}
+    train: dict[tuple[str, str], list[Path]] = {}
+    check: list[Labelled] = []
+    for domain in OPEN_DOMAINS:
+        for folder in _class_folders(roots["emoji128"] / "domains" / domain, labels):
+            train[(domain, folder.name)] = sorted(folder.glob("*.png"))
+    styles = [("avatars", s) for s in BENCHMARK_STYLES if args.avatars]
+    styles += [("avatars_extra", s) for s in EXTRA_STYLES if args.extra_avatars]
+    for root, style in styles:
+        for folder in _class_folders(roots[root] / "domains" / style, labels):
+            paths = sorted(folder.glob("*.png"), key=_seed_number)
+            train[(style, folder.name)] = paths[:per_class]
+            check += [Labelled(p, folder.name, style) for p in paths[per_class : per_class + CHECK_PER_CLASS]]
+    if not check:
+        raise AdaptError("the recipe's sources hold no image the starting model did not train on")
+    return SourcePool(train, check, [f"$KCDP_CACHE/adapt/sources/{name}" for name in roots])
+
+
+def _class_folders(folder: Path, labels: Sequence[str]) -> list[Path]:
+    if not folder.is_dir():
+        raise AdaptError(f"{folder}: missing from the built sources")
+    return sorted(d for d in folder.iterdir() if d.is_dir() and d.name in labels)
+
+
+def ensure_built(folder: Path, argv: list[str], log: Callable[[str], None]) -> Path:
+    """`kcdp-data ARGV --out folder`, unless a finished build is there (report.json is written last).
+    Built into a sibling folder and renamed: a killed build is never mistaken for a finished one."""
+    if (folder / "report.json").is_file():
+        return folder
+    from kcdp_core.data.cli import main as kcdp_data
+
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    log(f"building the labelled source {folder.name}: kcdp-data {' '.join(argv)}")
+    if kcdp_data([*argv, "--out", str(partial)]) != 0 or not (partial / "report.json").is_file():
+        raise AdaptError(f"kcdp-data {' '.join(argv)} failed: pass labelled data with --source instead")
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+    return folder
+
+
+def given_sources(sources: Sequence[str | Path], labels: Sequence[str], seed: int) -> SourcePool:
+    """Labelled folders (DIR/<label>/<image>) or CSV manifests; per source and class a stratified
+    share (15%, at most CHECK_PER_CLASS, at least one of three or more) is held aside as the check set."""
+    from kcdp_core.train.datasets import load_records
+
+    train: dict[tuple[str, str], list[Path]] = {}
+    check: list[Labelled] = []
+    rng = np.random.default_rng(seed + 4051)
+    for source in sources:
+        group = str(source)
+        by_label: dict[str, list[Path]] = {}
+        for rec in load_records(source, labels, with_labels=True):
+            by_label.setdefault(labels[rec.label], []).append(rec.path)
+        for label, paths in sorted(by_label.items()):
+            order = [paths[i] for i in rng.permutation(len(paths))]
+            n = min(CHECK_PER_CLASS, int(round(0.15 * len(order))))
+            n = 1 if n == 0 and len(order) >= 3 else n
+            check += [Labelled(p, label, group) for p in order[:n]]
+            train[(group, label)] = order[n:]
+    if not check:
+        raise AdaptError("the sources are too small to hold a check set aside (3 images per class at least)")
+    return SourcePool(train, check, [str(s) for s in sources])
+
+
+def write_manifest(rows: Sequence[Labelled] | Sequence[Path], out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as f:
+        writer = csv.writer(f)
+        if rows and isinstance(rows[0], Labelled):
+            writer.writerow(["path", "label"])
+            writer.writerows([str(r.path), r.label] for r in rows)
+        else:
+            writer.writerow(["path"])
+            writer.writerows([str(p)] for p in rows)
+    return out
+
+
+# -- the budget ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    epochs: int
+    per_class: int  # source images per class and style (or source)
+    source_images: int
+    seconds_per_image: float  # the eval pass's, which priced the plan
+    estimated_training_s: float
+    how: str
+
+
+def plan_budget(
+    pool: SourcePool,
+    n_target: int,
+    seconds_per_image: float,
+    seconds_left: float | None,
+    batch_size: int,
+    val_fraction: float,
+    epochs: int | None = None,
+    per_class: int | None = None,
+    rounds: int = 1,
+    views: int = 1,
+) -> Plan:
+    """Epochs and source images per class that fit `seconds_left` of training (None: no budget).
+
+    A step trains a source batch and `views` target batches of `batch_size`, at TRAIN_COST times the
+    eval pass's seconds per image; every epoch also labels the target and validates on the source."""
+    epochs = epochs or DEFAULT_EPOCHS
+
+    def cost(p: int, e: int) -> float:
+        n = pool.size(p)
+        steps = math.ceil(n * (1 - val_fraction) / batch_size)
+        step = batch_size * (1 + views) * TRAIN_COST * seconds_per_image
+        per_epoch = steps * step + (n_target + n * val_fraction) * seconds_per_image
+        return rounds * e * per_epoch + n_target * seconds_per_image  # + AdaBN
+
+    if per_class is None:
+        if seconds_left is None:
+            per_class, how = pool.largest, "no budget: every source image"
+        else:
+            per_class = 0
+            lo, hi = 1, pool.largest
+            while lo <= hi:  # the most images per class whose cost fits
+                mid = (lo + hi) // 2
+                if cost(mid, epochs) <= seconds_left:
+                    per_class, lo = mid, mid + 1
+                else:
+                    hi = mid - 1
+            how = f"{seconds_left:.0f} s of training left: the most source images per class that fit"
+            if per_class < 4:
+                per_class = min(4, pool.largest)
+                how = f"{seconds_left:.0f} s of training left is too little: the minimum, 4 per class"
+    else:
+        how = "given"
+    return Plan(
+        epochs, per_class, pool.size(per_class), round(seconds_per_image, 5),
+        round(cost(per_class, epochs), 1), how,
+    )  # fmt: skip
+
+
+# -- diagnostics (no target label anywhere) --------------------------------------------------------
+
+
+@dataclass
+class TargetView:
+    """A model's predictions on the target: head argmax and confidence, CLIEA argmax."""
+
+    head: np.ndarray
+    confidence: np.ndarray
+    cliea: np.ndarray
+
+
+def _loader(dataset, batch_size: int):
+    import torch
+
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size)
+
+
+def target_view(model, dataset, batch_size: int = 32) -> TargetView:
+    import torch
+
+    heads, confs, cliea = [], [], []
+    model.eval()
+    with torch.no_grad():
+        for batch in _loader(dataset, batch_size):
+            out = model(batch["pixels"], batch["k"], batch["k_mask"])
+            conf, head = out.probs.float().max(dim=-1)
+            heads.append(head.numpy())
+            confs.append(conf.numpy())
+            if model.cliea is not None:
+                scores = model.cliea_scores(out.features, batch["k"], batch["k_mask"])
+                cliea.append(scores.argmax(dim=-1).numpy())
+            else:
+                cliea.append(np.full(len(head), -1))
+    return TargetView(np.concatenate(heads), np.concatenate(confs), np.concatenate(cliea))
+
+
+def _histogram(labels: np.ndarray, names: Sequence[str]) -> dict[str, int]:
+    counts = np.bincount(labels[labels >= 0], minlength=len(names))
+    return dict(zip(names, (int(c) for c in counts), strict=True))
+
+
+def summarize(view: TargetView, names: Sequence[str], start: TargetView | None = None) -> dict:
+    out = {
+        "predicted": _histogram(view.head, names),
+        "mean_confidence": round(float(view.confidence.mean()), 4),
+        "cliea_head_agreement": round(float((view.cliea == view.head).mean()), 4),
+    }
+    if start is not None:
+        out["changed_from_start"] = round(float((view.head != start.head).mean()), 4)
+    return out
+
+
+def check_metrics(model, dataset, names: Sequence[str], batch_size: int = 32) -> dict:
+    from kcdp_core.train.evaluate import classification_metrics, predict
+
+    preds = predict(model, _loader(dataset, batch_size))
+    m = classification_metrics(preds.labels, preds.predicted, names)
+    return {"images": m["n"], "accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4)}
+
+
+def pseudo_label_history(metrics: Path, names: Sequence[str]) -> list[dict]:
+    """Per trained epoch: CLIEA's label histogram over the whole target and that of the kept labels."""
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
+    history = []
+    for row in rows:
+        if row["kind"] != "pseudo_labels":
+            continue
+        cliea, keep = np.asarray(row["cliea"]), np.asarray(row["keep"], dtype=bool)
+        history.append(
+            {
+                "epoch": row["epoch"],
+                "cliea": _histogram(cliea, names),
+                "kept": _histogram(cliea[keep], names),
+                "kept_share": round(float(keep.mean()), 4),
+            }
+        )
+    return history
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+@dataclass
+class AdaptOptions:
+    target: Path
+    model: str = DEFAULT_MODEL  # checkpoint folder (its best/ when present) or kcdp:<asset>
+    sources: list[Path] = field(default_factory=list)  # labelled; empty: the model's recipe
+    minutes: float | None = 15.0  # the whole run, export included (None: no budget)
+    epochs: int | None = None
+    per_class: int | None = None
+    rounds: int = 1  # self-training rounds: each restarts from the previous round's adapted model
+    consistency: float = 0.0  # TrainConfig.consistency_weight
+    lr: float | None = None
+    head_lr: float | None = None
+    seed: int = 0
+    max_drop: float = 5.0  # check-set points (accuracy or macro-F1) the adaptation may lose
+    work: Path | None = None
+    resume: bool = False
+    progress: bool = True
+
+
+@dataclass
+class AdaptResult:
+    checkpoint: Path  # the adapted checkpoint folder (config.json + model.safetensors)
+    calibration: Path  # source + target sample, for int8
+    work: Path
+    report: dict
+    dropped: bool  # the check set lost more than max_drop points
+
+
+def resolve_model(model: str) -> Path:
+    from kcdp_core.sources import resolve
+
+    folder = Path(resolve(Source(model))[0])
+    if (folder / "best" / "model.safetensors").is_file():
+        folder = folder / "best"
+    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+        raise AdaptError(f"{folder}: not a checkpoint (config.json + model.safetensors)")
+    return folder
+
+
+def _run_key(options: AdaptOptions, model_dir: Path, target: TargetSet) -> str:
+    """What decides the training: the same key finds the same work folder (for --resume)."""
+    fields = asdict(options)
+    for name in ("target", "work", "resume", "progress", "max_drop", "model"):
+        fields.pop(name)
+    fields["sources"] = [str(Path(s).resolve()) for s in options.sources]
+    fields["weights"] = hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
+    fields["target"] = target.digest
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def adapt_config(start: KCDPConfig, options: AdaptOptions, plan: Plan, init: str) -> KCDPConfig:
+    """The starting model's config in the DA setting, trained from `init` (the mini preset's DA
+    selection; no source-only warm-up: the starting model's CLIEA is already trained)."""
+    train = {
+        "setting": "da",
+        "epochs": plan.epochs,
+        "seed": options.seed,
+        "init_checkpoint": init,
+        "pseudo_labels": "epoch",
+        "pseudo_select": "class_quota",
+        "pseudo_fraction": 0.3,
+        "pseudo_fraction_end": 0.8,
+        "pseudo_warmup_epochs": 0,
+        "target_bn": True,
+        "consistency_weight": options.consistency,
+        "lr": options.lr if options.lr is not None else 1e-4,
+        "head_lr": options.head_lr if options.head_lr is not None else 1e-3,
+    }
+    return start.replace(train=train)
+
+
+def _calibration(work: Path, pool: list[Labelled], target: TargetSet, seed: int) -> Path:
+    """A folder of CALIBRATION_PER_SIDE source and target images (copies, named by content hash):
+    source images under <label>/, target images under target/ (no label, so none is inferred)."""
+    folder = work / "calibration"
+    shutil.rmtree(folder, ignore_errors=True)
+    rng = np.random.default_rng(seed + 11)
+    picks = [pool[i] for i in sorted(rng.permutation(len(pool))[:CALIBRATION_PER_SIDE])]
+    for row in picks:
+        dst = folder / "source" / row.label / f"{hashlib.sha256(row.path.read_bytes()).hexdigest()}{row.path.suffix}"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(row.path, dst)
+    for i in sorted(rng.permutation(len(target.paths))[:CALIBRATION_PER_SIDE]):
+        path = target.paths[i]
+        dst = folder / "target" / f"{hashlib.sha256(path.read_bytes()).hexdigest()}{path.suffix.lower()}"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, dst)
+    return folder
+
+
+def _plain_dataset(model, rows: Sequence[Path], labels: Sequence[int] | None, progress: bool):
+    from kcdp_core.train.datasets import ImageKnowledgeDataset, Record
+    from kcdp_core.train.knowledge import KnowledgeTable
+
+    records = [Record(p, labels[i] if labels is not None else -1) for i, p in enumerate(rows)]
+    k, mask = KnowledgeTable(model.config, model.text_encoder, progress=progress).knowledge(rows)
+    return ImageKnowledgeDataset(records, k, mask, model.config.foundation.image_size, None)
+
+
+def adapt(options: AdaptOptions, log: Callable[[str], None] = print) -> AdaptResult:
+    from accelerate import PartialState
+
+    from kcdp_core.model.kcdp import KCDPModel
+    from kcdp_core.train.trainer import Trainer
+
+    t0 = time.time()
+    budget = None if options.minutes is None else 60.0 * options.minutes
+    model_dir = resolve_model(options.model)
+    target = read_target(options.target)
+    for problem in target.skipped:
+        log(f"skipped {problem}")
+    start = KCDPModel.from_pretrained(model_dir)
+    names = list(start.config.labels)
+    if not start.config.cliea.enabled:
+        raise AdaptError(f"{model_dir}: adaptation needs CLIEA (the pseudo-labeller); this model has none")
+    key = _run_key(options, model_dir, target)
+    work = Path(options.work) if options.work else cache_root() / "adapt" / "runs" / key
+    plan_file = work / "plan.json"
+    state = PartialState()
+    with state.main_process_first():  # one process prepares the work folder, the others read it
+        saved = json.loads(plan_file.read_text()) if plan_file.is_file() else None
+        if saved is not None and options.resume and saved["key"] == key:
+            log(f"--resume: continuing {work}")
+        elif state.is_main_process:
+            if options.resume:
+                log(f"--resume: nothing to resume in {work}, starting afresh")
+            shutil.rmtree(work, ignore_errors=True)
+            saved = None
+        else:
+            saved = json.loads(plan_file.read_text())
+    work.mkdir(parents=True, exist_ok=True)
+    log(f"work folder {work}")
+
+    if options.sources:
+        pool = given_sources(options.sources, names, options.seed)
+    else:
+        recipe = recipe_of(model_dir)
+        if recipe is None:
+            raise AdaptError(f"{model_dir}: no recorded recipe of labelled sources: pass --source DIR")
+        pool = recipe_sources(recipe, names, cache_root() / "adapt" / "sources", log)
+    check_rows = pool.check
+    target_ds = _plain_dataset(start, target.paths, None, options.progress)
+    check_ds = _plain_dataset(start, [r.path for r in check_rows], [names.index(r.label) for r in check_rows], options.progress)
+
+    tic = time.time()
+    start_view = target_view(start, target_ds)
+    check_before = check_metrics(start, check_ds, names)
+    seconds_per_image = (time.time() - tic) / (len(target_ds) + len(check_ds))
+    tc = start.config.train
+    if saved is None:
+        reserve = EXPORT_SECONDS + 3 * (len(target_ds) + len(check_ds)) * seconds_per_image
+        left = None if budget is None else budget - (time.time() - t0) - reserve
+        plan = plan_budget(
+            pool, len(target_ds), seconds_per_image, left, tc.batch_size, tc.val_fraction,
+            options.epochs, options.per_class, options.rounds, 2 if options.consistency > 0 else 1,
+        )  # fmt: skip
+        if state.is_main_process:
+            plan_file.write_text(json.dumps({"key": key, "plan": asdict(plan)}, indent=1) + "\n")
+    else:
+        plan = Plan(**saved["plan"])
+    log(
+        f"plan: {plan.epochs} epochs x {options.rounds} round(s), {plan.per_class} source images per class "
+        f"and style ({plan.source_images} images), about {plan.estimated_training_s:.0f} s of training ({plan.how})"
+    )
+    rows = pool.subsample(plan.per_class)
+    source_csv = write_manifest(rows, work / "source.csv")
+    target_csv = write_manifest(target.paths, work / "target.csv")
+
+    init = str(model_dir)
+    trained_s = 0.0
+    for r in range(options.rounds):
+        out = work / f"round{r + 1}"
+        config = adapt_config(start.config, options, plan, init)
+        tic = time.time()
+        Trainer(
+            config, source_csv, out, target=target_csv, progress=options.progress, log=log
+        ).run(resume=options.resume)
+        trained_s += time.time() - tic
+        init = str(out / "best")
+    final = Path(init)
+
+    adapted = KCDPModel.from_pretrained(final)
+    after_view = target_view(adapted, target_ds)
+    check_after = check_metrics(adapted, check_ds, names)
+    drop = {k: round(100 * (check_before[k] - check_after[k]), 2) for k in ("accuracy", "macro_f1")}
+    dropped = max(drop.values()) > options.max_drop
+    history = [
+        {"round": r + 1, **row}
+        for r in range(options.rounds)
+        for row in pseudo_label_history(work / f"round{r + 1}" / "metrics.jsonl", names)
+    ]
+    report = {
+        "model": options.model if options.model.startswith("kcdp:") else str(model_dir),
+        "target": {
+            "images": len(target.paths),
+            "skipped": len(target.skipped),
+            "sha256": target.digest,
+            "hash_of": "sorted sha256 of every image's bytes (names and folders do not count)",
+        },
+        "work": str(work),  # the training run: --resume continues it, --force --resume exports it
+        "sources": {"from": pool.origin, "images": len(rows), "check_images": len(check_rows)},
+        "plan": asdict(plan) | {"rounds": options.rounds, "consistency_weight": options.consistency},
+        "time_s": {"training": round(trained_s, 1), "total_before_export": round(time.time() - t0, 1)},
+        "diagnostics": {
+            "target_before": summarize(start_view, names),
+            "target_after": summarize(after_view, names, start_view),
+            "pseudo_labels_per_epoch": history,
+            "source_check_before": check_before,
+            "source_check_after": check_after,
+            "source_check_drop_points": drop,
+            "max_drop_points": options.max_drop,
+        },
+    }
+    calibration = _calibration(work, rows, target, options.seed)
+    (work / "adaptation.json").write_text(json.dumps(report, indent=1) + "\n")
+    return AdaptResult(final, calibration, work, report, dropped)
+
+
+def format_report(report: dict) -> str:
+    """The diagnostics as a few lines a user reads without labels."""
+    d = report["diagnostics"]
+    before, after = d["target_before"], d["target_after"]
+    cb, ca, drop = d["source_check_before"], d["source_check_after"], d["source_check_drop_points"]
+    lines = [
+        f"target: {report['target']['images']} images (sha256 {report['target']['sha256'][:12]}...)",
+        f"predicted classes before: {before['predicted']}",
+        f"predicted classes after:  {after['predicted']}",
+        f"mean confidence {before['mean_confidence']:.3f} -> {after['mean_confidence']:.3f}; "
+        f"CLIEA-head agreement {before['cliea_head_agreement']:.3f} -> {after['cliea_head_agreement']:.3f}; "
+        f"{100 * after['changed_from_start']:.1f}% of target predictions changed",
+    ]
+    for row in d["pseudo_labels_per_epoch"]:
+        lines.append(
+            f"round {row['round']} epoch {row['epoch']}: pseudo-labels kept {row['kept']} "
+            f"({100 * row['kept_share']:.0f}% of the target)"
+        )
+    lines.append(
+        f"source check set ({cb['images']} labelled images held aside): accuracy {cb['accuracy']:.3f} -> "
+        f"{ca['accuracy']:.3f}, macro-F1 {cb['macro_f1']:.3f} -> {ca['macro_f1']:.3f} "
+        f"(drop {drop['accuracy']:+.1f} / {drop['macro_f1']:+.1f} points, limit {d['max_drop_points']})"
+    )
+    return "\n".join(lines)
+

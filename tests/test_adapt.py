@@ -1,0 +1,192 @@
+"""kcdp-adapt end to end on the `tiny` preset: target labels never read, the export runs without
+torch, the diagnostics are recorded, the source-check guard exits 3, a killed run resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from train_data import make_domain
+
+from kcdp_core.labels import EMOJI7
+
+# The manifest keys that record when and how fast an export ran, not what it holds.
+RUN_KEYS = ("created", "timings_s")
+
+
+def _garbage_copy(folder: Path, out: Path) -> Path:
+    """The same images in folders named after the wrong classes (and nonsense), renamed, with a
+    label CSV whose column is garbage: nothing here may change what is trained."""
+    for i, path in enumerate(sorted(folder.rglob("*.png"))):
+        wrong = [EMOJI7[(EMOJI7.index(path.parent.name) + 3) % 7], "???", "not-a-class"][i % 3]
+        dst = out / wrong / f"img{(i * 7919) % 101:03d}.png"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, dst)
+    (out / "labels.csv").write_text("path,label\n" + "".join(f"x{i}.png,anger\n" for i in range(5)))
+    return out
+
+
+def _args(target: Path, out: Path, start: Path, src: Path, *extra: str) -> list[str]:
+    return [
+        str(target), "--out", str(out), "--model", str(start), "--source", str(src),
+        "--epochs", "2", "--per-class", "3", "--precision", "fp32", "--quiet", *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def adapted(tmp_path_factory, one_torch_thread):
+    from kcdp_core.config import tiny
+    from kcdp_core.train.trainer import Trainer
+    from kcdp_export.adapt import main
+
+    root = tmp_path_factory.mktemp("adapt")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("KCDP_CACHE", str(root / "cache"))
+    src = make_domain(root / "src", (250, 200, 40), per_class=4, seed=0)
+    target = make_domain(root / "target", (255, 255, 255), per_class=2, seed=1)
+    garbage = _garbage_copy(target, root / "target_garbage")
+    start = root / "start"
+    config = tiny().replace(train={"setting": "uc", "epochs": 1, "seed": 2})
+    Trainer(config, src, start, progress=False, log=lambda m: None).run()
+    assert main(_args(target, root / "export", start, src)) == 0
+    assert main(_args(garbage, root / "export_garbage", start, src)) == 0
+    yield root, src, target, start
+    mp.undo()
+
+
+def test_target_labels_and_names_never_change_the_export(adapted) -> None:
+    root = adapted[0]
+    a, b = root / "export", root / "export_garbage"
+    files = sorted(str(p.relative_to(a)) for p in a.rglob("*") if p.is_file())
+    assert files == sorted(str(p.relative_to(b)) for p in b.rglob("*") if p.is_file())
+    assert "perception.onnx" in files
+    for name in files:
+        if name in ("manifest.json", "adaptation.json"):
+            continue
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    ma, mb = (json.loads((d / "manifest.json").read_text()) for d in (a, b))
+    for key in RUN_KEYS:
+        ma.pop(key), mb.pop(key)
+    assert ma == mb
+    ra, rb = (json.loads((d / "adaptation.json").read_text()) for d in (a, b))
+    assert ra["target"] == rb["target"] and ra["diagnostics"] == rb["diagnostics"]
+
+
+def test_diagnostics_are_recorded(adapted) -> None:
+    root = adapted[0]
+    report = json.loads((root / "export" / "adaptation.json").read_text())
+    assert report["target"]["images"] == 14 and len(report["target"]["sha256"]) == 64
+    d = report["diagnostics"]
+    history = d["pseudo_labels_per_epoch"]
+    assert [row["epoch"] for row in history] == [1, 2]  # no source-only warm-up from a trained model
+    for row in history:
+        assert sum(row["cliea"].values()) == 14 and sum(row["kept"].values()) <= 14
+        assert 0 < row["kept_share"] <= 1
+    assert history[0]["kept_share"] < history[1]["kept_share"]  # the kept share ramps up (0.3 -> 0.8)
+    after = d["target_after"]
+    assert sum(after["predicted"].values()) == 14
+    assert 0 <= after["changed_from_start"] <= 1 and 0 <= after["cliea_head_agreement"] <= 1
+    assert 0 < after["mean_confidence"] <= 1
+    for side in ("source_check_before", "source_check_after"):
+        assert d[side]["images"] == 7 and 0 <= d[side]["macro_f1"] <= 1  # one per class held aside
+    assert d["source_check_drop_points"]["accuracy"] == pytest.approx(
+        100 * (d["source_check_before"]["accuracy"] - d["source_check_after"]["accuracy"]), abs=0.01
+    )
+    assert report["plan"]["epochs"] == 2 and report["plan"]["per_class"] == 3
+    assert report["time_s"]["total"] >= report["time_s"]["training"] > 0
+    manifest = json.loads((root / "export" / "manifest.json").read_text())
+    assert manifest["config"]["train"]["setting"] == "da" and manifest["config"]["train"]["target_bn"]
+
+
+NO_TORCH = """
+import sys
+sys.modules["torch"] = None  # any `import torch` now raises ImportError
+from kcdp_runtime.cli import main
+code = main(sys.argv[1:])
+assert sys.modules["torch"] is None
+sys.exit(code)
+"""
+
+
+def test_export_runs_in_the_runtime_without_torch(adapted) -> None:
+    root, _, target, _ = adapted
+    image = sorted(target.rglob("*.png"))[0]
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, str(image), "--model", str(root / "export"), "--json"],
+        capture_output=True, text=True, timeout=120, env=dict(os.environ),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = json.loads(proc.stdout.splitlines()[0])
+    assert row["label"] in EMOJI7 and abs(sum(row["scores"].values()) - 1) < 1e-3
+
+
+def test_a_source_check_drop_past_the_limit_exits_3_and_exports_nothing(adapted, capsys) -> None:
+    from kcdp_export.adapt import EXIT_DROP, main
+
+    root, src, target, start = adapted
+    out = root / "export_refused"
+    # Any result "drops" more than -1000 points; --resume reuses the finished run (no training).
+    assert main(_args(target, out, start, src, "--max-drop", "-1000", "--resume")) == EXIT_DROP
+    err = capsys.readouterr().err
+    assert "WARNING" in err and "--force --resume" in err and "resuming" in err
+    assert not out.exists()
+
+
+SLOW_ADAPT = """
+import sys, time
+from pathlib import Path
+from kcdp_core.train import trainer
+from kcdp_core.train.adapt import AdaptOptions, adapt
+step = trainer.training_step
+def slow_step(*args, **kwargs):
+    out = step(*args, **kwargs)
+    time.sleep(0.5)
+    return out
+trainer.training_step = slow_step
+target, start, src, work = sys.argv[1:]
+adapt(AdaptOptions(Path(target), start, [Path(src)], epochs=2, per_class=3, work=Path(work), progress=False),
+      log=lambda m: None)
+"""
+
+
+def test_a_killed_adaptation_resumes_to_the_same_model(adapted) -> None:
+    from kcdp_core.train.adapt import AdaptOptions, adapt
+
+    root, src, target, start = adapted
+    work = root / "killed"
+    metrics = work / "round1" / "metrics.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_ADAPT, str(target), str(start), str(src), str(work)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+            if any(r["kind"] == "step" and r["epoch"] == 2 for r in rows):
+                break  # epoch 1 is checkpointed, epoch 2 under way
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert json.loads((work / "round1" / "train_state.json").read_text())["epoch"] == 1
+    options = AdaptOptions(target, str(start), [src], epochs=2, per_class=3, work=work, resume=True, progress=False)
+    said: list[str] = []
+    result = adapt(options, log=said.append)
+    assert any("resuming" in m for m in said)
+    reference = Path(json.loads((root / "export" / "adaptation.json").read_text())["work"])
+    for name in ("round1/model.safetensors", "round1/best/model.safetensors"):
+        assert (work / name).read_bytes() == (reference / name).read_bytes(), name
+    assert result.report["diagnostics"] == json.loads((root / "export" / "adaptation.json").read_text())[
+        "diagnostics"
+    ]
