@@ -183,8 +183,10 @@ def _emit(result: dict, as_json: bool) -> bool:
         print(f"error: {result['error']}", file=sys.stderr, flush=True)
     else:
         score = result["scores"][result["label"]]
+        frames = result.get("frames")
+        seen = f"  ({len(frames['classified'])} of {frames['count']} frames)" if frames else ""
         print(
-            f"{result['image']}: {result['label']} ({score:.2f})  "
+            f"{result['image']}: {result['label']} ({score:.2f}){seen}  "
             f"caption: {result['caption']!r}  {result['latency_ms']['total']:.1f} ms",
             flush=True,
         )

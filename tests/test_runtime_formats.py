@@ -171,3 +171,5 @@ def test_max_frames_option(export, tmp_path, capsys):
         result = json.loads(capsys.readouterr().out)
         assert result["frames"] == {"count": 8, "classified": classified}
         assert result["label"] == ("anger" if classified == [0] else "sadness")
+    assert main([str(tmp_path / "anim.gif"), "--model", str(export)]) == 0
+    assert "anim.gif: sadness (0.7" in (out := capsys.readouterr().out) and "(4 of 8 frames)" in out
