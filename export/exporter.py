@@ -1,10 +1,13 @@
-"""export_checkpoint: checkpoint folder -> validated export folder (notes/MANIFEST.md).
+"""export_checkpoint: checkpoint folder -> validated export folder.
 
-Order: load the checkpoint, caption real images and compute their k with PyTorch, merge LoRA (checked),
-trace each graph to fp32 ONNX and hold it to parity (refused otherwise), derive fp16/int8 variants and
-measure them against the same PyTorch reference, check the whole pipeline end to end on the real
-images, then write tokenizer, caption bank, manifest and optionally Triton/TensorRT. Everything is
-built in a hidden scratch folder next to EXPORT and moved into place only when every check passed.
+The export is a sequence of named stages (STAGES) over one ExportRun, each timed into the manifest's
+timings_s: load the checkpoint; caption the real images and compute their k with PyTorch; merge
+LoRA (checked); write the tokenizer; trace each graph to fp32 ONNX and hold it to parity (refused
+otherwise); write the caption bank and its precomputed k; check the runtime's own Pipeline end to
+end on the real images; derive the fp16/int8 graphs, measured against the same PyTorch reference,
+with a per-graph and then an end-to-end fallback; optional Triton/TensorRT assets; a torch-free
+reload. manifest.json (kcdp_runtime.manifest's schema) comes last. Everything is built in a hidden
+scratch folder next to EXPORT and moved into place only when every check passed.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +34,11 @@ from kcdp_export.tokenizer import check_tokenizer, encode, export_tokenizer
 from kcdp_runtime.bank_knowledge import FILE as BANK_KNOWLEDGE_FILE
 from kcdp_runtime.bank_knowledge import BankKnowledge
 from kcdp_runtime.manifest import BankKnowledgeSpec, CaptionBankSpec, GraphSpec, Manifest, TokenizerSpec
+
+if TYPE_CHECKING:
+    from kcdp_core.knowledge.caption_bank import CaptionBank
+    from kcdp_export.calibration import RealSet
+    from kcdp_export.merge import MergeReport
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -101,263 +110,351 @@ def export_checkpoint(ckpt: Path, out: Path, options: ExportOptions | None = Non
             shutil.rmtree(scratch, ignore_errors=True)
 
 
+@dataclass
+class ExportRun:
+    """What the stages of one export share: each stage reads what earlier ones made and adds its own."""
+
+    options: ExportOptions
+    work: Path  # the scratch folder that becomes EXPORT
+    ckpt_dir: Path
+    selected: str  # "best" | "last": which checkpoint of the run folder
+    model: Any = None  # KCDPModel; its LoRA is merged in place by the merge stage
+    real: RealSet | None = None  # real images with their PyTorch captions and k (--calibration)
+    bank: CaptionBank | None = None  # the retrieval captioner's caption bank
+    graphs: list[GraphConfig] = field(default_factory=list)  # the graphs to ship, in runtime order
+    merge: MergeReport | None = None
+    tokenizer_json: Path | None = None
+    real_feeds: dict[str, list[dict[str, np.ndarray]]] = field(default_factory=dict)  # per graph
+    sessions: dict[str, Any] = field(default_factory=dict)  # the fp32 graphs on onnxruntime
+    parity: dict[str, dict] = field(default_factory=dict)  # per graph, per precision
+    caption_bank: CaptionBankSpec | None = None
+    runtime: Manifest | None = None  # what the runtime reads, before manifest.json exists
+    knowledge_k: tuple[np.ndarray, np.ndarray] | None = None  # every bank caption's exact k and mask
+    shipped_knowledge: BankKnowledge | None = None  # ...stored at the export's precision
+    torch_labels: np.ndarray | None = None  # PyTorch's labels of the real images
+    end_to_end: dict[str, Any] = field(default_factory=dict)
+    graph_precision: dict[str, str] = field(default_factory=dict)
+    int8_change: dict | None = None
+    assets: dict[str, Any] = field(default_factory=dict)  # the manifest's triton / tensorrt entries
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def fp32_dir(self) -> Path:
+        return self.work / ".fp32"
+
+    @property
+    def sizes(self) -> tuple[int, int, int]:
+        """Image size, text length L and text width D."""
+        config = self.model.config
+        return (
+            int(config.foundation.image_size),
+            int(config.knowledge.text_length),
+            int(self.model.text_encoder.dim),
+        )
+
+    def log(self, message: str) -> None:
+        _log(self.options, message)
+
+
 def _export(ckpt: Path, work: Path, options: ExportOptions) -> dict:
+    """The stages in order, each timed into the manifest's timings_s, then manifest.json."""
+    ckpt_dir, selected = resolve_checkpoint(ckpt, options.use_last)
+    run = ExportRun(options, work, ckpt_dir, selected)
+    for name, stage in STAGES:
+        t0 = time.perf_counter()
+        stage(run)
+        if name is not None:
+            run.timings[name.format(precision=options.precision)] = round(time.perf_counter() - t0, 3)
+    manifest = _manifest(run)
+    write_manifest(manifest)
+    return manifest.to_dict()
+
+
+def _load(run: ExportRun) -> None:
     import torch
 
     from kcdp_core.model.kcdp import KCDPModel
 
-    torch.manual_seed(options.seed)
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
+    torch.manual_seed(run.options.seed)
+    run.log(f"loading {run.ckpt_dir} ({run.selected})")
+    run.model = KCDPModel.from_pretrained(run.ckpt_dir).eval()
 
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = round(now - clock, 3)
-        clock = now
 
-    ckpt_dir, selected = resolve_checkpoint(ckpt, options.use_last)
-    _log(options, f"loading {ckpt_dir} ({selected})")
-    model = KCDPModel.from_pretrained(ckpt_dir).eval()
-    config = model.config
-    kc = config.knowledge
-    size, length, dim = int(config.foundation.image_size), int(kc.text_length), int(model.text_encoder.dim)
-    lap("load")
+def _real_images(run: ExportRun) -> None:
+    options = run.options
+    if options.calibration is None:
+        return
+    from kcdp_export.calibration import load_real_set
 
-    real = None
-    if options.calibration is not None:
-        from kcdp_export.calibration import load_real_set
+    run.real = load_real_set(
+        run.model, Path(options.calibration), options.max_images or None, options.captions_csv
+    )
+    run.log(f"{len(run.real)} real images from {options.calibration} ({run.real.captioner})")
 
-        real = load_real_set(
-            model, Path(options.calibration), options.max_images or None, options.captions_csv
-        )
-        _log(options, f"{len(real)} real images from {options.calibration} ({real.captioner})")
-    lap("real_images")
 
-    bank = None
-    if model.caption_bank_dir is not None and kc.captioner == "retrieval":
-        from kcdp_core.knowledge.caption_bank import CaptionBank
-
-        bank = CaptionBank.load(model.caption_bank_dir)
-    graphs: list[GraphConfig] = [text_encoder_graph(model.text_encoder, length)]
-    # The image encoder serves the retrieval captioner and, when the model fuses it into v, perception.
-    if model.image_encoder is not None and (kc.captioner == "retrieval" or config.perception.image_embedding):
-        graphs.append(image_encoder_graph(model, size, None if bank is None else bank.embeddings))
-
-    # LoRA merge, checked on random and real inputs before anything is traced.
+def _merge(run: ExportRun) -> None:
+    """The graphs to trace, and the LoRA merge, checked on random and real inputs before any tracing."""
     from kcdp_export.merge import merge_lora
 
-    probe = perception_graph(model, size, length, dim, len(model.labels))
-    check = validate.random_feeds(probe, seed=options.seed + 7)
-    if real is not None:
-        check += list(validate.batched({k: v[:32] for k, v in real.perception_feeds().items()}, 16))
-    merge = merge_lora(model, check)
-    _log(options, f"LoRA merge: {merge.lora_layers} layers, max abs logit diff {merge.max_abs_diff:.3g}")
-    graphs.append(probe)  # wraps the same (now merged) model
-    lap("merge")
+    model, config = run.model, run.model.config
+    size, length, dim = run.sizes
+    if model.caption_bank_dir is not None and config.knowledge.captioner == "retrieval":
+        from kcdp_core.knowledge.caption_bank import CaptionBank
 
-    # Tokenizer first: the text encoder's real inputs come from the exported tokenizer.json.
-    tokenizer_json = export_tokenizer(model.text_encoder.tokenizer, work / "tokenizer", length)
-    prompts = [config.cliea.prompt_template.format(label) for label in model.labels]
+        run.bank = CaptionBank.load(model.caption_bank_dir)
+    run.graphs = [text_encoder_graph(model.text_encoder, length)]
+    # The image encoder serves the retrieval captioner and, when the model fuses it into v, perception.
+    if model.image_encoder is not None and (
+        config.knowledge.captioner == "retrieval" or config.perception.image_embedding
+    ):
+        run.graphs.append(image_encoder_graph(model, size, None if run.bank is None else run.bank.embeddings))
+    probe = perception_graph(model, size, length, dim, len(model.labels))
+    check = validate.random_feeds(probe, seed=run.options.seed + 7)
+    if run.real is not None:
+        check += list(validate.batched({k: v[:32] for k, v in run.real.perception_feeds().items()}, 16))
+    run.merge = merge_lora(model, check)
+    run.log(f"LoRA merge: {run.merge.lora_layers} layers, max abs logit diff {run.merge.max_abs_diff:.3g}")
+    run.graphs.append(probe)  # wraps the same (now merged) model
+
+
+def _tokenizer(run: ExportRun) -> None:
+    """tokenizer.json first: the text encoder's real inputs come from it, as at run time."""
+    model, real, bank = run.model, run.real, run.bank
+    run.tokenizer_json = export_tokenizer(model.text_encoder.tokenizer, run.work / "tokenizer", run.sizes[1])
+    prompts = [model.config.cliea.prompt_template.format(label) for label in model.labels]
     token_texts = list(
         dict.fromkeys([*(real.texts if real else []), *prompts, *(bank.captions[:256] if bank else [])])
     )
-    check_tokenizer(tokenizer_json, model.text_encoder, token_texts)
-    lap("tokenizer")
+    check_tokenizer(run.tokenizer_json, model.text_encoder, token_texts)
+    run.real_feeds = _real_feeds(run.graphs, real, run.tokenizer_json)
 
-    real_feeds = _real_feeds(graphs, real, tokenizer_json)
-    fp32_dir = work / ".fp32"
-    parity: dict[str, dict] = {}
-    sessions: dict[str, Any] = {}
+
+def _fp32_graphs(run: ExportRun) -> None:
+    """Each graph traced to fp32 ONNX and held to parity with PyTorch (refused on any miss)."""
+    options = run.options
     # A top-1 retrieval bank gets its knowledge precomputed; the text encoder then ships only on request.
-    table_planned = bank is not None and options.bank_knowledge and kc.retrieval_top_k == 1
-    for graph in graphs:
+    table_planned = (
+        run.bank is not None and options.bank_knowledge and run.model.config.knowledge.retrieval_top_k == 1
+    )
+    for graph in run.graphs:
         t0 = time.perf_counter()
-        path = fp32_dir / graph.file
+        path = run.fp32_dir / graph.file
         export_graph(graph, path, options.opset, options.seed)
         fused = None
         if "transformer" in graph.meta and (options.keep_text_encoder or not table_planned):
-            fused = _optimize(graph, path, options, real_feeds[graph.name])
+            fused = _optimize(graph, path, options, run.real_feeds[graph.name])
         validate.check_model(path)
         sess = validate.session(path)
         result = validate.measure(
-            graph, sess, validate.random_feeds(graph, options.seed + 1), real_feeds[graph.name]
+            graph, sess, validate.random_feeds(graph, options.seed + 1), run.real_feeds[graph.name]
         )
-        _log(options, result.summary())
+        run.log(result.summary())
         validate.enforce(result, graph.label_output)  # fp32: refuse on any miss
-        parity[graph.name] = {"fp32": result.manifest()}
+        run.parity[graph.name] = {"fp32": result.manifest()}
         if fused:
-            parity[graph.name]["fp32"]["transformer_optimizer"] = fused
-        sessions[graph.name] = sess
-        timings[f"export_{graph.name}"] = round(time.perf_counter() - t0, 3)
-    clock = time.perf_counter()
+            run.parity[graph.name]["fp32"]["transformer_optimizer"] = fused
+        run.sessions[graph.name] = sess
+        run.timings[f"export_{graph.name}"] = round(time.perf_counter() - t0, 3)
 
-    # Caption bank (with its triplets parsed) and, for top-1 retrieval, every bank caption's k: the
-    # runtime pipeline below reads them from the folder being built.
-    caption_bank = None
-    if bank is not None:
-        caption_bank = _export_bank(bank, model.caption_bank_dir, work / "caption_bank", kc, options)
-    # What the runtime reads of the manifest, before the manifest exists.
-    tokenizer = TokenizerSpec(max_length=length)
-    fp32_graphs = {g.name: GraphSpec(**g.manifest()) for g in graphs}
-    run_manifest = runtime_manifest(work, model, fp32_graphs, "fp32", caption_bank, tokenizer)
-    knowledge_k = None
-    if caption_bank is not None and options.bank_knowledge and caption_bank.triplets_parser is not None:
-        knowledge_k = _bank_k(run_manifest, sessions["text_encoder"])
-    drop_text = knowledge_k is not None and not options.keep_text_encoder
-    lap("caption_bank")
 
-    # End-to-end on real images: the runtime's own pipeline (image files in; its captions, k, labels)
-    # over the fp32 graphs vs PyTorch.
-    end_to_end: dict[str, Any] = {}
-    torch_labels = None
-    if real is not None:
-        torch_probs = np.concatenate([probe.run_torch(f)["probs"] for f in real_feeds["perception"]])
-        torch_labels = torch_probs.argmax(-1)
-        exact = None if knowledge_k is None else BankKnowledge.pack(*knowledge_k, "fp32")
-        labels, captions = _run_runtime(run_manifest, sessions, real, exact)
-        end_to_end["fp32"] = _agreement(labels, torch_labels, real.labels)
-        end_to_end["fp32"]["caption_agreement"] = _same(captions, real.captions)
-        _log(options, f"end to end fp32 vs PyTorch: {end_to_end['fp32']}")
-    lap("end_to_end_fp32")
+def _caption_bank(run: ExportRun) -> None:
+    """The caption bank (its triplets parsed) and, for top-1 retrieval, every bank caption's k: the
+    runtime pipeline of the next stages reads them from the folder being built."""
+    options = run.options
+    if run.bank is not None:
+        run.caption_bank = _export_bank(
+            run.bank,
+            run.model.caption_bank_dir,
+            run.work / "caption_bank",
+            run.model.config.knowledge,
+            options,
+        )
+    fp32_graphs = {g.name: GraphSpec(**g.manifest()) for g in run.graphs}
+    run.runtime = runtime_manifest(
+        run.work, run.model, fp32_graphs, "fp32", run.caption_bank, TokenizerSpec(max_length=run.sizes[1])
+    )
+    if (
+        run.caption_bank is not None
+        and options.bank_knowledge
+        and run.caption_bank.triplets_parser is not None
+    ):
+        run.knowledge_k = _bank_k(run.runtime, run.sessions["text_encoder"])
 
-    shipped_knowledge = None
-    if knowledge_k is not None:
-        shipped_knowledge = BankKnowledge.pack(*knowledge_k, options.precision)
-        shipped_knowledge.save(work / BANK_KNOWLEDGE_FILE)
-        caption_bank.knowledge = _knowledge_spec(shipped_knowledge, knowledge_k, drop_text)
-        _log(options, f"bank knowledge: {caption_bank.knowledge}")
+
+def _end_to_end_fp32(run: ExportRun) -> None:
+    """The runtime's own Pipeline (image files in; its captions, k, labels) over the fp32 graphs vs PyTorch."""
+    real = run.real
+    if real is None:
+        return
+    probe = next(g for g in run.graphs if g.name == "perception")
+    torch_probs = np.concatenate([probe.run_torch(f)["probs"] for f in run.real_feeds["perception"]])
+    run.torch_labels = torch_probs.argmax(-1)
+    exact = None if run.knowledge_k is None else BankKnowledge.pack(*run.knowledge_k, "fp32")
+    labels, captions = _run_runtime(run.runtime, run.sessions, real, exact)
+    run.end_to_end["fp32"] = _agreement(labels, run.torch_labels, real.labels)
+    run.end_to_end["fp32"]["caption_agreement"] = _same(captions, real.captions)
+    run.log(f"end to end fp32 vs PyTorch: {run.end_to_end['fp32']}")
+
+
+def _precision(run: ExportRun) -> None:
+    """The bank's k and every graph at the requested precision; a graph that fails parity there falls
+    back on its own (int8 weights with fp32 compute, else fp32), the others keep theirs."""
+    options = run.options
+    drop_text = run.knowledge_k is not None and not options.keep_text_encoder
+    if run.knowledge_k is not None:
+        assert run.caption_bank is not None
+        run.shipped_knowledge = BankKnowledge.pack(*run.knowledge_k, options.precision)
+        run.shipped_knowledge.save(run.work / BANK_KNOWLEDGE_FILE)
+        run.caption_bank.knowledge = _knowledge_spec(run.shipped_knowledge, run.knowledge_k, drop_text)
+        run.log(f"bank knowledge: {run.caption_bank.knowledge}")
     if drop_text:
-        graphs = [g for g in graphs if g.name != "text_encoder"]
+        run.graphs = [g for g in run.graphs if g.name != "text_encoder"]
+    for graph in run.graphs:
+        run.graph_precision[graph.name] = _reduce(run, graph)
 
-    # The requested precision.
-    graph_precision: dict[str, str] = {}
-    for graph in graphs:
-        src, dst = fp32_dir / graph.file, work / graph.file
-        graph_precision[graph.name] = options.precision
-        if options.precision == "fp32":
-            _move_graph(src, dst)
-            continue
-        if options.precision == "fp16":
-            convert_fp16(src, dst)
-        else:
-            from kcdp_export.quantize import quantize_graph
 
-            calib = real_feeds[graph.name]
-            calib_arrays = (
-                {
-                    k: _spread(np.concatenate([f[k] for f in calib]), options.calibration_images)
-                    for k in calib[0]
-                }
-                if calib
-                else None
-            )
-            quantize_graph(src, dst, graph.quantization, calib_arrays, graph.quantize_ops)
-        validate.check_model(dst)
+def _reduce(run: ExportRun, graph: GraphConfig) -> str:
+    """One graph into place at the requested precision; returns the precision it ships at."""
+    options, parity = run.options, run.parity[graph.name]
+    src, dst = run.fp32_dir / graph.file, run.work / graph.file
+    if options.precision == "fp32":
+        _move_graph(src, dst)
+        return "fp32"
+    if options.precision == "fp16":
+        convert_fp16(src, dst)
+    else:
+        from kcdp_export.quantize import quantize_graph
+
+        calib = run.real_feeds[graph.name]
+        calib_arrays = (
+            {k: _spread(np.concatenate([f[k] for f in calib]), options.calibration_images) for k in calib[0]}
+            if calib
+            else None
+        )
+        quantize_graph(src, dst, graph.quantization, calib_arrays, graph.quantize_ops)
+    validate.check_model(dst)
+    try:
+        parity[options.precision] = _measure_variant(graph, dst, options, run.real_feeds[graph.name])
+        return options.precision
+    except validate.ParityError as exc:
+        parity[f"{options.precision}_rejected"] = exc.parity.manifest()
+        reason: validate.ParityError = exc
+    if options.precision == "int8":  # int8 activations were the problem: try int8 weights, fp32 compute
+        from kcdp_export.quantize import int8_weights
+
+        int8_weights(src, dst)
         try:
-            parity[graph.name][options.precision] = _measure_variant(
-                graph, dst, options, real_feeds[graph.name]
-            )
+            parity["int8_weights"] = _measure_variant(graph, dst, options, run.real_feeds[graph.name])
+            run.log(f"{graph.name}: {reason}; int8 weights with fp32 compute instead")
+            return "int8-weights"
         except validate.ParityError as exc:
-            # One graph that does not survive reduced precision falls back on its own: int8 weights
-            # with fp32 compute when int8 activations were the problem, else fp32; the rest keep theirs.
-            parity[graph.name][f"{options.precision}_rejected"] = exc.parity.manifest()
-            graph_precision[graph.name] = "fp32"
-            reason: validate.ParityError = exc
-            if options.precision == "int8":
-                from kcdp_export.quantize import int8_weights
+            reason = exc
+    run.log(f"{graph.name}: {reason}; keeping this graph in fp32")
+    _move_graph(src, dst)
+    return "fp32"
 
-                int8_weights(src, dst)
-                try:
-                    parity[graph.name]["int8_weights"] = _measure_variant(
-                        graph, dst, options, real_feeds[graph.name]
-                    )
-                    _log(options, f"{graph.name}: {exc}; int8 weights with fp32 compute instead")
-                    graph_precision[graph.name] = "int8-weights"
-                except validate.ParityError as exc2:
-                    reason = exc2
-            if graph_precision[graph.name] == "fp32":
-                _log(options, f"{graph.name}: {reason}; keeping this graph in fp32")
-                _move_graph(src, dst)
-    lap(f"precision_{options.precision}")
 
-    int8_change = None
-    if options.precision != "fp32" and real is not None and _can_run(work, graphs):
-        assert torch_labels is not None
-        # Greedy fallback: while the end-to-end figures miss the floors, put back the fp32 graph that
-        # buys the least speed (text encoder, then image encoder); refuse when the last reduced graph
-        # (the perception UNet, where the time goes) still misses.
-        # A graph kept at int8 weights (its int8 activations failed parity) is reduced too, and goes back
-        # in two steps: fp16-stored weights (half the file, fp32 compute), then fp32.
+def _end_to_end_variant(run: ExportRun) -> None:
+    """The reduced-precision export end to end vs PyTorch. Greedy fallback: while the figures miss the
+    floors, put back the fp32 graph that buys the least speed (text encoder, then image encoder);
+    refuse when the last reduced graph (the perception UNet, where the time goes) still misses. A
+    graph kept at int8 weights goes back in two steps: fp16-stored weights (half the file, fp32
+    compute), then fp32."""
+    options, real, precision = run.options, run.real, run.graph_precision
+    if options.precision != "fp32" and real is not None and _can_run(run.work, run.graphs):
+        assert run.torch_labels is not None and run.runtime is not None
         reduced_kinds = {options.precision, "int8-weights", "fp16-weights"}
         order = [
-            n
-            for n in ("text_encoder", "image_encoder", "perception")
-            if graph_precision.get(n) in reduced_kinds
+            n for n in ("text_encoder", "image_encoder", "perception") if precision.get(n) in reduced_kinds
         ]
         attempts = []
         while True:
-            sessions_v = {g.name: validate.session(work / g.file) for g in graphs}
-            labels, captions = _run_runtime(run_manifest, sessions_v, real, shipped_knowledge)
-            figures = _agreement(labels, torch_labels, real.labels)
+            sessions = {g.name: validate.session(run.work / g.file) for g in run.graphs}
+            labels, captions = _run_runtime(run.runtime, sessions, real, run.shipped_knowledge)
+            figures = _agreement(labels, run.torch_labels, real.labels)
             figures["caption_agreement"] = _same(captions, real.captions)
-            figures["graphs"] = dict(graph_precision)
+            figures["graphs"] = dict(precision)
             attempts.append(figures)
-            _log(options, f"end to end {options.precision} vs PyTorch: {figures}")
-            problem = _variant_problem(figures, end_to_end["fp32"], options)
+            run.log(f"end to end {options.precision} vs PyTorch: {figures}")
+            problem = _variant_problem(figures, run.end_to_end["fp32"], options)
             if problem is None:
                 break
-            reduced = [n for n in order if graph_precision[n] in reduced_kinds]
+            reduced = [n for n in order if precision[n] in reduced_kinds]
             if len(reduced) <= 1:
                 raise ExportError(f"{options.precision} refused: {problem} (attempts: {attempts})")
-            name = reduced[0]
-            file = name_file(graphs, name)
-            if graph_precision[name] == "int8-weights":
-                _log(options, f"{problem}: storing the {name} graph's weights in fp16 instead of int8")
-                from kcdp_export.quantize import fp16_weights
-
-                fp16_weights(fp32_dir / file, work / file)
-                graph_precision[name] = "fp16-weights"
-                continue
-            _log(options, f"{problem}: putting back the fp32 {name} graph")
-            _move_graph(fp32_dir / file, work / file)
-            graph_precision[name] = "fp32"
-            parity[name][f"{options.precision}_rejected"] = parity[name].pop(options.precision, None)
-        end_to_end[options.precision] = figures
+            _put_back(run, reduced[0], problem)
+        run.end_to_end[options.precision] = figures
         if len(attempts) > 1:
-            end_to_end[f"{options.precision}_attempts"] = attempts
+            run.end_to_end[f"{options.precision}_attempts"] = attempts
         if options.precision == "int8":
-            int8_change = _int8_change(figures, end_to_end["fp32"], len(real))
-    lap("end_to_end_variant")
-    shutil.rmtree(fp32_dir, ignore_errors=True)
+            run.int8_change = _int8_change(figures, run.end_to_end["fp32"], len(real))
+    shutil.rmtree(run.fp32_dir, ignore_errors=True)
 
-    shipped_graphs = {g.name: GraphSpec(**g.manifest(), precision=graph_precision[g.name]) for g in graphs}
-    manifest = runtime_manifest(
-        work, model, shipped_graphs, options.precision, caption_bank, tokenizer,
-        _record(model, parity, end_to_end, int8_change, options, merge, selected, ckpt_dir, real),
-    )  # fmt: skip
-    body = manifest.record
 
+def _put_back(run: ExportRun, name: str, problem: str) -> None:
+    """One step of the fallback for graph `name`: int8 weights -> fp16 weights, anything else -> fp32."""
+    file = name_file(run.graphs, name)
+    if run.graph_precision[name] == "int8-weights":
+        from kcdp_export.quantize import fp16_weights
+
+        run.log(f"{problem}: storing the {name} graph's weights in fp16 instead of int8")
+        fp16_weights(run.fp32_dir / file, run.work / file)
+        run.graph_precision[name] = "fp16-weights"
+        return
+    run.log(f"{problem}: putting back the fp32 {name} graph")
+    _move_graph(run.fp32_dir / file, run.work / file)
+    run.graph_precision[name] = "fp32"
+    parity = run.parity[name]
+    parity[f"{run.options.precision}_rejected"] = parity.pop(run.options.precision, None)
+
+
+def _assets(run: ExportRun) -> None:
+    """Optional serving assets: a Triton model repository, TensorRT engines."""
+    options = run.options
     if options.triton:
         from kcdp_export.triton import write_repository
 
-        write_repository(work, graphs, options.max_batch, options.precision)
-        body["triton"] = {
+        write_repository(run.work, run.graphs, options.max_batch, options.precision)
+        run.assets["triton"] = {
             "repository": "triton",
-            "models": [g.name for g in graphs],
+            "models": [g.name for g in run.graphs],
             "max_batch_size": options.max_batch,
         }
     if options.tensorrt:
-        body["tensorrt"] = _tensorrt(work, graphs, options, real_feeds)
-    lap("assets")
-    # Torch-free reload of the finished folder before it is declared done.
-    for graph in graphs:
-        sess = validate.session(work / graph.file)
-        validate.run_onnx(sess, graph.dummy(1, np.random.default_rng(options.seed + 3)))
-    lap("reload")
-    body["timings_s"] = timings
-    write_manifest(manifest)
-    return manifest.to_dict()
+        run.assets["tensorrt"] = _tensorrt(run.work, run.graphs, options, run.real_feeds)
+
+
+def _reload(run: ExportRun) -> None:
+    """Torch-free reload of the finished folder's graphs before it is declared done."""
+    for graph in run.graphs:
+        sess = validate.session(run.work / graph.file)
+        validate.run_onnx(sess, graph.dummy(1, np.random.default_rng(run.options.seed + 3)))
+
+
+# (timings_s key or None, stage); "{precision}" is the export's. The fp32 stage times each graph itself.
+STAGES: tuple[tuple[str | None, Callable[[ExportRun], None]], ...] = (
+    ("load", _load),
+    ("real_images", _real_images),
+    ("merge", _merge),
+    ("tokenizer", _tokenizer),
+    (None, _fp32_graphs),
+    ("caption_bank", _caption_bank),
+    ("end_to_end_fp32", _end_to_end_fp32),
+    ("precision_{precision}", _precision),
+    ("end_to_end_variant", _end_to_end_variant),
+    ("assets", _assets),
+    ("reload", _reload),
+)
+
+
+def _manifest(run: ExportRun) -> Manifest:
+    """manifest.json of the finished folder: what the runtime reads, and the export's evidence."""
+    graphs = {g.name: GraphSpec(**g.manifest(), precision=run.graph_precision[g.name]) for g in run.graphs}
+    record = {**_record(run), **run.assets, "timings_s": run.timings}
+    tokenizer = TokenizerSpec(max_length=run.sizes[1])
+    return runtime_manifest(
+        run.work, run.model, graphs, run.options.precision, run.caption_bank, tokenizer, record
+    )
 
 
 def name_file(graphs: list[GraphConfig], name: str) -> str:
@@ -589,9 +686,11 @@ def _tensorrt(work: Path, graphs, options: ExportOptions, real_feeds) -> dict:
     return {"built": True, "engines": [asdict(r) for r in reports]}
 
 
-def _record(model, parity, end_to_end, int8_change, options, merge, selected, ckpt_dir, real) -> dict:
+def _record(run: ExportRun) -> dict[str, Any]:
     """The manifest's evidence and provenance: what was checked, against what, from which checkpoint."""
+    model, options, real = run.model, run.options, run.real
     config = model.config
+    assert run.merge is not None
     return {
         "prompts": {
             "template": config.cliea.prompt_template,
@@ -599,13 +698,13 @@ def _record(model, parity, end_to_end, int8_change, options, merge, selected, ck
             "used_by": "CLIEA pseudo-labels at training time; not needed for inference",
         },
         "opset": options.opset,
-        "parity": {name: _flat_parity(p, options.precision) for name, p in parity.items()},
-        "end_to_end": end_to_end,
-        "int8_accuracy_change": int8_change,
-        "lora_merge": merge.manifest(),
+        "parity": {name: _flat_parity(p, options.precision) for name, p in run.parity.items()},
+        "end_to_end": run.end_to_end,
+        "int8_accuracy_change": run.int8_change,
+        "lora_merge": run.merge.manifest(),
         "checkpoint": {
-            "path": recorded_path(ckpt_dir),
-            "selected": selected,
+            "path": recorded_path(run.ckpt_dir),
+            "selected": run.selected,
             "finetune": config.perception.finetune,
         },
         "calibration": None

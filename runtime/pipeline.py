@@ -303,7 +303,7 @@ class Pipeline:
         captions: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
         """One dict per image, in order: {"image", "label", "scores", "caption", "triplets",
-        "latency_ms"} or {"image", "error"} (DESIGN.md section 4)."""
+        "latency_ms"} (an animation adds "frames") or {"image", "error"}: what `kcdp-infer --json` prints."""
         if names is None:
             names = [str(i) if not isinstance(i, bytes) else f"<bytes {n}>" for n, i in enumerate(images)]
         results: list[dict[str, Any]] = []
