@@ -153,6 +153,8 @@ def _classify(args: argparse.Namespace) -> int:
     if pipe is None:
         return 2
     pipe.max_frames = args.max_frames
+    # a retrieval captioner's caption is the bank's nearest, not a description of the image: say so
+    caption_is = "nearest bank caption" if getattr(pipe.captioner, "name", "") == "retrieval" else "caption"
     failed = False
     pending: list[str] = []
 
@@ -160,13 +162,13 @@ def _classify(args: argparse.Namespace) -> int:
         nonlocal failed
         if pending:
             for result in pipe.run(pending, batch_size=args.batch_size):
-                failed |= _emit(result, args.json)
+                failed |= _emit(result, args.json, caption_is)
             pending.clear()
 
     for name, error in expand_inputs(args.images):
         if error is not None:
             flush()  # keep output in argument order
-            failed |= _emit({"image": name, "error": error}, args.json)
+            failed |= _emit({"image": name, "error": error}, args.json, caption_is)
         else:
             pending.append(name)
             if len(pending) >= args.batch_size:
@@ -175,7 +177,7 @@ def _classify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _emit(result: dict, as_json: bool) -> bool:
+def _emit(result: dict, as_json: bool, caption_is: str = "caption") -> bool:
     """Print one result; True if it is an error."""
     if as_json:
         print(json.dumps(result, ensure_ascii=False), flush=True)
@@ -187,7 +189,7 @@ def _emit(result: dict, as_json: bool) -> bool:
         seen = f"  ({len(frames['classified'])} of {frames['count']} frames)" if frames else ""
         print(
             f"{result['image']}: {result['label']} ({score:.2f}){seen}  "
-            f"caption: {result['caption']!r}  {result['latency_ms']['total']:.1f} ms",
+            f"{caption_is}: {result['caption']!r}  {result['latency_ms']['total']:.1f} ms",
             flush=True,
         )
     return "error" in result

@@ -173,3 +173,4 @@ def test_max_frames_option(export, tmp_path, capsys):
         assert result["label"] == ("anger" if classified == [0] else "sadness")
     assert main([str(tmp_path / "anim.gif"), "--model", str(export)]) == 0
     assert "anim.gif: sadness (0.7" in (out := capsys.readouterr().out) and "(4 of 8 frames)" in out
+    assert "  nearest bank caption: '" in out  # a retrieval captioner's caption, named as such
