@@ -1,6 +1,6 @@
-"""The drawn-faces label keys, style lists and list of training styles (kcdp_core/data/README.md).
+"""The drawn-faces label keys, style lists and the list of training styles. Torch-free.
 
-Torch-free.
+kcdp_core/data/README.md describes the sets and the styles in them.
 
 avatar_label_key.csv (the project's data file, beside this module) fixes, per DiceBear style and
 emotion class, the variants each expression component may take; every other part of the avatar
