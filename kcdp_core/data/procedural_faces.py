@@ -5,7 +5,7 @@ drawn as a cartoonist would): brow height and tilt, eye openness and lids, mouth
 and shape, nose wrinkle. `sample_expression` draws one face's geometry around its class prototype;
 `sample_appearance` draws everything that must not carry the class: head shape, palette, outline
 and stroke width, fills, hair, ears, accessories that leave the face visible (clear glasses, hats,
-earrings, blush, freckles), pose (scale, position, rotation), background and the rendering (flat
+earrings, blush, freckles), pose (scale, position, rotation, a turn of the head), background and the rendering (flat
 colour, line art, edge drawing, grayscale, duotone). Pure numpy + PIL, deterministic by
 (class, seed): `render_face("anger", 7)` is the same image on every machine.
 
@@ -212,7 +212,8 @@ class Appearance:
     scale: float  # head half-width as a fraction of the image side
     dx: float
     dy: float
-    rotation: float  # degrees
+    rotation: float  # degrees, in the image plane
+    yaw: float  # radians: the head turned left or right, features shifted over a sphere
     duotone: tuple[tuple[int, int, int], tuple[int, int, int]] = field(default=((0, 0, 0), (255, 255, 255)))
 
 
@@ -264,6 +265,7 @@ def sample_appearance(rng: np.random.Generator) -> Appearance:
         dx=float(rng.uniform(-0.07, 0.07)),
         dy=float(rng.uniform(-0.05, 0.08)),
         rotation=float(rng.uniform(-18, 18)),
+        yaw=float(rng.uniform(-0.35, 0.35)),
         duotone=(_pick(rng, [(20, 30, 80), (60, 20, 40), (10, 60, 50), (0, 0, 0)]), _pick(rng, LIGHT)),
     )
 
@@ -273,7 +275,7 @@ def sample_appearance(rng: np.random.Generator) -> Appearance:
 
 
 class _Canvas:
-    """A PIL drawing in face units: scale, rotation and position of the head applied to every point."""
+    """A PIL drawing in face units: turn, scale, rotation and position of the head applied to every point."""
 
     def __init__(self, size: int, look: Appearance):
         self.px = size * SUPERSAMPLE
@@ -284,9 +286,14 @@ class _Canvas:
         self.cy = self.px * (0.5 + look.dy)
         a = math.radians(look.rotation)
         self.cos, self.sin = math.cos(a), math.sin(a)
+        self.yaw, self.aspect = look.yaw, look.head_aspect
 
     def pts(self, xy: np.ndarray) -> list[tuple[float, float]]:
         x, y = xy[:, 0], xy[:, 1]
+        # A turned head: points on the face lie on an ellipsoid, so they move by their depth; the
+        # outline (depth 0) stays, features near the centre move most.
+        z = np.sqrt(np.clip(1 - x**2 - (y / self.aspect) ** 2, 0, 1))
+        x = x * math.cos(self.yaw) + z * math.sin(self.yaw)
         u = self.cx + self.s * (x * self.cos - y * self.sin)
         v = self.cy + self.s * (x * self.sin + y * self.cos)
         return list(zip(u.tolist(), v.tolist(), strict=True))
