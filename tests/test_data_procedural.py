@@ -132,6 +132,8 @@ def test_appearance_varies_across_faces():
     assert {lk.glasses for lk in looks} == {True, False} and {lk.hat for lk in looks} == {True, False}
     rotations = np.array([lk.rotation for lk in looks])
     assert rotations.min() < -12 and rotations.max() > 12
+    yaws = np.array([lk.yaw for lk in looks])
+    assert yaws.min() < -0.25 and yaws.max() > 0.25
 
 
 def test_the_command_writes_class_folders_an_index_and_a_sheet(tmp_path, capsys):
