@@ -66,8 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="source check-set points (accuracy or macro-F1) the adaptation may lose (default 5)",
     )
     p.add_argument("--force", action="store_true", help="export even past --max-drop")
-    p.add_argument("--resume", action="store_true", help="continue the killed (or finished) run of these arguments")
-    p.add_argument("--work", type=Path, help="work folder (default $KCDP_CACHE/adapt/runs/<key of the arguments>)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the killed (or finished) run of these arguments"
+    )
+    p.add_argument(
+        "--work", type=Path, help="work folder (default $KCDP_CACHE/adapt/runs/<key of the arguments>)"
+    )
     p.add_argument("--threads", type=int, help="CPU threads for torch (1 is fastest on a busy machine)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -152,8 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     if result.dropped:
         report["forced_past_drop"] = True
     (out / "adaptation.json").write_text(json.dumps(report, indent=1) + "\n")
-    log(f"exported {out} ({args.precision}) in {report['time_s']['total']:.0f} s; report {out / 'adaptation.json'}")
-    print(json.dumps({"export": str(out), "report": str(out / "adaptation.json"), "time_s": report["time_s"]}))
+    log(
+        f"exported {out} ({args.precision}) in {report['time_s']['total']:.0f} s; "
+        f"report {out / 'adaptation.json'}"
+    )
+    print(
+        json.dumps({"export": str(out), "report": str(out / "adaptation.json"), "time_s": report["time_s"]})
+    )
     return 0
 
 

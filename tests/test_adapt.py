@@ -180,13 +180,16 @@ def test_a_killed_adaptation_resumes_to_the_same_model(adapted) -> None:
         if proc.poll() is None:
             proc.kill()
     assert json.loads((work / "round1" / "train_state.json").read_text())["epoch"] == 1
-    options = AdaptOptions(target, str(start), [src], epochs=2, per_class=3, work=work, resume=True, progress=False)
+    options = AdaptOptions(
+        target, str(start), [src], epochs=2, per_class=3, work=work, resume=True, progress=False
+    )
     said: list[str] = []
     result = adapt(options, log=said.append)
     assert any("resuming" in m for m in said)
     reference = Path(json.loads((root / "export" / "adaptation.json").read_text())["work"])
     for name in ("round1/model.safetensors", "round1/best/model.safetensors"):
         assert (work / name).read_bytes() == (reference / name).read_bytes(), name
-    assert result.report["diagnostics"] == json.loads((root / "export" / "adaptation.json").read_text())[
-        "diagnostics"
-    ]
+    assert (
+        result.report["diagnostics"]
+        == json.loads((root / "export" / "adaptation.json").read_text())["diagnostics"]
+    )

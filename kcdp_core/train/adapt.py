@@ -48,7 +48,9 @@ CALIBRATION_PER_SIDE = 32  # source and target images each in the int8 calibrati
 # A training step on a source + a target batch costs this many times the per-image time of the
 # eval pass it is priced from (forward + backward of the trained parts; measured on this CPU: 1.2).
 TRAIN_COST = 1.3
-EXPORT_SECONDS = 240.0  # reserve for the export (mini int8 on 2 CPU cores, parity checks included)
+# Reserve for the export, in eval-pass images: measured, the mini int8 export (parity checks and the
+# caption bank's knowledge included) took 280 s where the eval pass took 0.026 s per image.
+EXPORT_IMAGES = 11_000
 
 
 class AdaptError(ValueError):
@@ -123,6 +125,10 @@ class SourcePool:
 
     def size(self, per_class: int) -> int:
         return sum(min(per_class, len(paths)) for paths in self.train.values())
+
+    def uncached(self, per_class: int, cached: set[Path]) -> int:
+        """How many of the first `per_class` images per class have no knowledge cached yet."""
+        return sum(1 for paths in self.train.values() for p in paths[:per_class] if p not in cached)
 
     @property
     def largest(self) -> int:
@@ -250,6 +256,7 @@ class Plan:
     per_class: int  # source images per class and style (or source)
     source_images: int
     seconds_per_image: float  # the eval pass's, which priced the plan
+    knowledge_seconds_per_image: float  # captioning + k of an image not cached yet
     estimated_training_s: float
     how: str
 
@@ -265,19 +272,24 @@ def plan_budget(
     per_class: int | None = None,
     rounds: int = 1,
     views: int = 1,
+    knowledge_seconds_per_image: float = 0.0,
+    cached: set[Path] | None = None,
 ) -> Plan:
     """Epochs and source images per class that fit `seconds_left` of training (None: no budget).
 
     A step trains a source batch and `views` target batches of `batch_size`, at TRAIN_COST times the
-    eval pass's seconds per image; every epoch also labels the target and validates on the source."""
+    eval pass's seconds per image; every epoch also labels the target and validates on the source;
+    source images whose knowledge is not in `cached` are captioned first."""
     epochs = epochs or DEFAULT_EPOCHS
+    cached = cached or set()
 
     def cost(p: int, e: int) -> float:
         n = pool.size(p)
         steps = math.ceil(n * (1 - val_fraction) / batch_size)
         step = batch_size * (1 + views) * TRAIN_COST * seconds_per_image
         per_epoch = steps * step + (n_target + n * val_fraction) * seconds_per_image
-        return rounds * e * per_epoch + n_target * seconds_per_image  # + AdaBN
+        captioning = pool.uncached(p, cached) * knowledge_seconds_per_image
+        return captioning + rounds * e * per_epoch + n_target * seconds_per_image  # + AdaBN
 
     if per_class is None:
         if seconds_left is None:
@@ -299,7 +311,7 @@ def plan_budget(
         how = "given"
     return Plan(
         epochs, per_class, pool.size(per_class), round(seconds_per_image, 5),
-        round(cost(per_class, epochs), 1), how,
+        round(knowledge_seconds_per_image, 5), round(cost(per_class, epochs), 1), how,
     )  # fmt: skip
 
 
@@ -465,7 +477,12 @@ def _calibration(work: Path, pool: list[Labelled], target: TargetSet, seed: int)
     rng = np.random.default_rng(seed + 11)
     picks = [pool[i] for i in sorted(rng.permutation(len(pool))[:CALIBRATION_PER_SIDE])]
     for row in picks:
-        dst = folder / "source" / row.label / f"{hashlib.sha256(row.path.read_bytes()).hexdigest()}{row.path.suffix}"
+        dst = (
+            folder
+            / "source"
+            / row.label
+            / f"{hashlib.sha256(row.path.read_bytes()).hexdigest()}{row.path.suffix}"
+        )
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(row.path, dst)
     for i in sorted(rng.permutation(len(target.paths))[:CALIBRATION_PER_SIDE]):
@@ -476,19 +493,20 @@ def _calibration(work: Path, pool: list[Labelled], target: TargetSet, seed: int)
     return folder
 
 
-def _plain_dataset(model, rows: Sequence[Path], labels: Sequence[int] | None, progress: bool):
+def _plain_dataset(table, rows: Sequence[Path], labels: Sequence[int] | None):
+    """Un-augmented images with their knowledge k (from `table`, a KnowledgeTable)."""
     from kcdp_core.train.datasets import ImageKnowledgeDataset, Record
-    from kcdp_core.train.knowledge import KnowledgeTable
 
     records = [Record(p, labels[i] if labels is not None else -1) for i, p in enumerate(rows)]
-    k, mask = KnowledgeTable(model.config, model.text_encoder, progress=progress).knowledge(rows)
-    return ImageKnowledgeDataset(records, k, mask, model.config.foundation.image_size, None)
+    k, mask = table.knowledge(rows)
+    return ImageKnowledgeDataset(records, k, mask, table.config.foundation.image_size, None)
 
 
 def adapt(options: AdaptOptions, log: Callable[[str], None] = print) -> AdaptResult:
     from accelerate import PartialState
 
     from kcdp_core.model.kcdp import KCDPModel
+    from kcdp_core.train.knowledge import KnowledgeTable
     from kcdp_core.train.trainer import Trainer
 
     t0 = time.time()
@@ -527,8 +545,13 @@ def adapt(options: AdaptOptions, log: Callable[[str], None] = print) -> AdaptRes
             raise AdaptError(f"{model_dir}: no recorded recipe of labelled sources: pass --source DIR")
         pool = recipe_sources(recipe, names, cache_root() / "adapt" / "sources", log)
     check_rows = pool.check
-    target_ds = _plain_dataset(start, target.paths, None, options.progress)
-    check_ds = _plain_dataset(start, [r.path for r in check_rows], [names.index(r.label) for r in check_rows], options.progress)
+    table = KnowledgeTable(start.config, start.text_encoder, progress=options.progress)
+    cached = {p for paths in pool.train.values() for p in paths if table.cached(p)}
+    tic = time.time()
+    fresh = sum(not table.cached(p) for p in target.paths + [r.path for r in check_rows])
+    target_ds = _plain_dataset(table, target.paths, None)
+    check_ds = _plain_dataset(table, [r.path for r in check_rows], [names.index(r.label) for r in check_rows])
+    knowledge_spi = (time.time() - tic) / fresh if fresh else 0.0
 
     tic = time.time()
     start_view = target_view(start, target_ds)
@@ -536,11 +559,16 @@ def adapt(options: AdaptOptions, log: Callable[[str], None] = print) -> AdaptRes
     seconds_per_image = (time.time() - tic) / (len(target_ds) + len(check_ds))
     tc = start.config.train
     if saved is None:
-        reserve = EXPORT_SECONDS + 3 * (len(target_ds) + len(check_ds)) * seconds_per_image
+        # the export, then AdaBN and the after-diagnostics (about three passes over target + check set)
+        reserve = (
+            max(60.0, EXPORT_IMAGES * seconds_per_image)
+            + 3 * (len(target_ds) + len(check_ds)) * seconds_per_image
+        )
         left = None if budget is None else budget - (time.time() - t0) - reserve
         plan = plan_budget(
             pool, len(target_ds), seconds_per_image, left, tc.batch_size, tc.val_fraction,
             options.epochs, options.per_class, options.rounds, 2 if options.consistency > 0 else 1,
+            knowledge_spi, cached,
         )  # fmt: skip
         if state.is_main_process:
             plan_file.write_text(json.dumps({"key": key, "plan": asdict(plan)}, indent=1) + "\n")
@@ -548,7 +576,8 @@ def adapt(options: AdaptOptions, log: Callable[[str], None] = print) -> AdaptRes
         plan = Plan(**saved["plan"])
     log(
         f"plan: {plan.epochs} epochs x {options.rounds} round(s), {plan.per_class} source images per class "
-        f"and style ({plan.source_images} images), about {plan.estimated_training_s:.0f} s of training ({plan.how})"
+        f"and style ({plan.source_images} images), about {plan.estimated_training_s:.0f} s of training "
+        f"({plan.how})"
     )
     rows = pool.subsample(plan.per_class)
     source_csv = write_manifest(rows, work / "source.csv")
@@ -560,9 +589,9 @@ def adapt(options: AdaptOptions, log: Callable[[str], None] = print) -> AdaptRes
         out = work / f"round{r + 1}"
         config = adapt_config(start.config, options, plan, init)
         tic = time.time()
-        Trainer(
-            config, source_csv, out, target=target_csv, progress=options.progress, log=log
-        ).run(resume=options.resume)
+        Trainer(config, source_csv, out, target=target_csv, progress=options.progress, log=log).run(
+            resume=options.resume
+        )
         trained_s += time.time() - tic
         init = str(out / "best")
     final = Path(init)
@@ -628,4 +657,3 @@ def format_report(report: dict) -> str:
         f"(drop {drop['accuracy']:+.1f} / {drop['macro_f1']:+.1f} points, limit {d['max_drop_points']})"
     )
     return "\n".join(lines)
-

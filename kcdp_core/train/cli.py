@@ -138,7 +138,8 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--target-bn",
         action=argparse.BooleanOptionalAction,
-        help="DA (AdaBN): recompute best/'s BatchNorm statistics on the unlabelled target (default: the preset's; on for mini)",
+        help="DA (AdaBN): recompute best/'s BatchNorm statistics on the unlabelled target "
+        "(default: the preset's; on for mini)",
     )
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

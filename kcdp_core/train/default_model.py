@@ -241,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         },
         "unseen_avatar_styles": heldout
         and {
-            "data": f"{args.avatar_heldout}: kcdp-data avatars --styles heldout, styles never trained or tuned on",
+            "data": f"{args.avatar_heldout}: kcdp-data avatars --styles heldout, "
+            "styles never trained or tuned on",
             "styles": heldout,
         },
         "foundation": config.foundation.unet.path,

@@ -130,6 +130,10 @@ class KnowledgeTable:
     def _file(self, sha: str) -> Path:
         return self.folder / sha[:2] / f"{sha}.safetensors"
 
+    def cached(self, path: str | Path) -> bool:
+        """Whether this image file's knowledge is in the cache already (kcdp-adapt prices the rest)."""
+        return self._file(file_hash(path)).exists()
+
     def knowledge(self, paths: Sequence[Path], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
         paths = [Path(p) for p in paths]
         hashes = [file_hash(p) for p in paths]

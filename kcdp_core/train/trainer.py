@@ -144,7 +144,8 @@ def load_initial_weights(model, checkpoint: str | Path) -> None:
         )
     for name, value in state.items():
         if value.shape != expected[name].shape:
-            raise ValueError(f"{weights}: {name} has shape {tuple(value.shape)}, the model {tuple(expected[name].shape)}")
+            want = tuple(expected[name].shape)
+            raise ValueError(f"{weights}: {name} has shape {tuple(value.shape)}, the model {want}")
     model.load_state_dict({n: v.to(expected[n].dtype) for n, v in state.items()}, strict=False)
 
 
