@@ -6,7 +6,13 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
+import socket
+import subprocess
+import sys
+import time
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -101,8 +107,6 @@ def test_streamed_body_over_the_limit_is_413_under_its_endpoint(client):
     r = client.post("/v1/classify", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413 and "request body exceeds 4000 bytes" in r.json()["detail"]
     files = {"image": ("big.png", base64.b64decode(big), "image/png")}
-    import httpx
-
     request = httpx.Request("POST", "http://x/v1/classify", files=files)
     body = request.read()
     r = client.post(
@@ -151,3 +155,38 @@ def test_svg_and_animated_uploads(client):
     r = client.post("/v1/classify", files={"image": ("anim.gif", gif, "image/gif")})
     assert r.status_code == 200 and r.json()["frames"] == {"count": 8, "classified": [0, 2, 4, 6]}
     assert r.json()["label"] == "sadness"
+
+
+def test_live_server_chunked_413_and_request_id_in_its_log(tmp_path_factory):
+    """On uvicorn itself: a chunked upload over --max-body-mb gets 413, and kcdp-serve's log line for
+    it starts with the request's id."""
+    export = build_fake_export(tmp_path_factory.mktemp("live") / "fake")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "kcdp_runtime.serve", "--model", str(export), "--port", str(port), "--max-body-mb", "0.01"]  # fmt: skip
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        body = json.dumps({"image": "A" * 40000}).encode()
+        r = httpx.post(
+            f"{base}/v1/classify",
+            content=(body[i : i + 4096] for i in range(0, len(body), 4096)),  # chunked: no Content-Length
+            headers={"content-type": "application/json", "x-request-id": "chunk-1"},
+            timeout=30,
+        )
+        assert r.status_code == 413 and r.headers["x-request-id"] == "chunk-1"
+        assert "request body exceeds 10485 bytes" in r.json()["detail"]
+        ok = httpx.post(f"{base}/v1/classify", json={"image": b64(RED_PNG)}, timeout=30)
+        assert ok.status_code == 200 and ok.json()["label"] == "anger"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    log = server.stderr.read().decode()
+    assert "kcdp-serve: [chunk-1] 413 request body exceeds 10485 bytes" in log, log
