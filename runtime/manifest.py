@@ -29,7 +29,6 @@ from kcdp_core.knowledge.assemble import KnowledgeRule
 FORMAT = "kcdp-export"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-GRAPHS = ("text_encoder", "image_encoder", "perception")
 
 
 class ModelError(ValueError):

@@ -51,3 +51,12 @@ def calibration_images(folder: Path, per_label: int = 2) -> Path:
             img.save(sub / f"face{j}.png")
     (folder / "broken.png").write_bytes(b"not a png")
     return folder
+
+
+def tiny_export_inputs(root: Path) -> tuple[Path, float, Path]:
+    """Under root: a tiny foundation, a checkpoint on it (tiny_checkpoint) and calibration images.
+    Returns (ckpt, the LoRA's logit effect, calibration folder)."""
+    from kcdp_core.model.foundation import build_tiny_foundation
+
+    ckpt, lora_effect = tiny_checkpoint(root / "ckpt", build_tiny_foundation(root / "foundation"))
+    return ckpt, lora_effect, calibration_images(root / "calib")

@@ -14,18 +14,15 @@ from kcdp_core.labels import EMOJI7
 
 pytest.importorskip("torch")
 
-from export_fixtures import calibration_images, tiny_checkpoint  # noqa: E402
+from export_fixtures import tiny_export_inputs  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from kcdp_core.model.foundation import build_tiny_foundation
     from kcdp_export.cli import main
 
     root = tmp_path_factory.mktemp("export32")
-    foundation = build_tiny_foundation(root / "foundation")
-    ckpt, lora_effect = tiny_checkpoint(root / "ckpt", foundation)
-    calib = calibration_images(root / "calib")
+    ckpt, lora_effect, calib = tiny_export_inputs(root)
     out = root / "export"
     # --keep-text-encoder: these tests also run the text encoder graph; test_runtime_parity covers the
     # default (bank knowledge only, no text encoder).

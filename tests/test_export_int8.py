@@ -8,18 +8,15 @@ import pytest
 
 pytest.importorskip("torch")
 
-from export_fixtures import calibration_images, tiny_checkpoint  # noqa: E402
+from export_fixtures import tiny_export_inputs  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from kcdp_core.model.foundation import build_tiny_foundation
     from kcdp_export.exporter import ExportOptions, export_checkpoint
 
     root = tmp_path_factory.mktemp("export8")
-    foundation = build_tiny_foundation(root / "foundation")
-    ckpt, _ = tiny_checkpoint(root / "ckpt", foundation)
-    calib = calibration_images(root / "calib")
+    ckpt, _, calib = tiny_export_inputs(root)
     out = root / "export"
     # A random tiny model has near-tied logits: the floors are the CLI's job on real models; here the
     # test asserts the figures are measured and reported.

@@ -105,6 +105,13 @@ def test_manifest_checks(export, tmp_path):
     (newer / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(ModelError, match="newer than this runtime"):
         load_manifest(newer)
+    malformed = tmp_path / "malformed"
+    shutil.copytree(export, malformed)
+    data = json.loads((malformed / "manifest.json").read_text())
+    del data["caption_bank"]["captions"]
+    (malformed / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ModelError, match="malformed manifest .*captions"):
+        load_manifest(malformed)
 
 
 def test_the_shipped_manifest_reads_into_the_schema_and_writes_back_unchanged():
