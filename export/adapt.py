@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from kcdp_core.extras import names_missing_extra
+
 EXIT_DROP = 3
 
 EPILOG = """\
@@ -77,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@names_missing_extra("kcdp-adapt")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.rounds < 1 or (args.epochs is not None and args.epochs < 1) or args.minutes <= 0:

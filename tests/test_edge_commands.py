@@ -51,6 +51,7 @@ COMMANDS = {
     "kcdp-export": ("kcdp_export.cli:main", ["--ckpt", CKPT, "--out", "{out}"], TRAIN),
     "kcdp-pretrain": ("kcdp_core.pretrain.cli:main", ["run", "--data", "{data}", "--work", "{out}"], TRAIN),
     "kcdp-data": ("kcdp_core.data.cli:main", ["avatars", "--out", "{out}"], TRAIN),
+    "kcdp-adapt": ("kcdp_export.adapt:main", ["{data}", "--out", "{out}"], TRAIN),
     "kcdp-knowledge": ("kcdp_core.knowledge.cli:main", ["parse", "a man hugs a woman"], "pip install 'kcdp[parser]'"),
     # the ONNX benchmarks run in the edge install; a checkpoint gets told to export it first
     "kcdp-bench": ("kcdp_bench.cli:main", ["accuracy", "--model", CKPT, "--data", "{data}"], "kcdp-export --ckpt"),
