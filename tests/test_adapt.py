@@ -193,3 +193,21 @@ def test_a_killed_adaptation_resumes_to_the_same_model(adapted) -> None:
         result.report["diagnostics"]
         == json.loads((root / "export" / "adaptation.json").read_text())["diagnostics"]
     )
+
+
+def test_the_budget_takes_the_most_source_images_that_fit() -> None:
+    from kcdp_core.train.adapt import Labelled, SourcePool, plan_budget
+
+    pool = SourcePool(
+        {("a", "anger"): [Path(f"a{i}") for i in range(1000)], ("b", "happiness"): [Path("b0")] * 10},
+        [Labelled(Path("c"), "anger", "a")],
+        [],
+    )
+    kw = {"n_target": 400, "seconds_per_image": 0.02, "batch_size": 16, "val_fraction": 0.15}
+    small, large = plan_budget(pool, seconds_left=60, **kw), plan_budget(pool, seconds_left=200, **kw)
+    assert 4 <= small.per_class < large.per_class < 1000 and small.epochs == large.epochs == 4
+    assert small.estimated_training_s <= 60 and large.estimated_training_s <= 200
+    slower = plan_budget(pool, seconds_left=200, knowledge_seconds_per_image=0.05, **kw)
+    assert slower.per_class < large.per_class  # uncaptioned source images cost time too
+    assert plan_budget(pool, seconds_left=None, **kw).per_class == 1000
+    assert plan_budget(pool, seconds_left=1, **kw).per_class == 4  # the floor, said so in `how`

@@ -90,3 +90,33 @@ def test_resuming_a_finished_run_trains_no_epoch_and_says_so(domains) -> None:
     assert (first.epochs_run, again.epochs_run) == (2, 0)
     assert (again.best_epoch, again.best_val_macro_f1) == (first.best_epoch, first.best_val_macro_f1)
     assert (out / "model.safetensors").read_bytes() == weights
+
+
+def test_init_checkpoint_starts_from_trained_weights_and_consistency_trains(domains) -> None:
+    """init_checkpoint loads a run's trained tensors (any other architecture is refused); the
+    two-view consistency term is logged and changes what is trained."""
+    import json
+
+    from kcdp_core.config import tiny
+    from kcdp_core.model.kcdp import KCDPModel
+    from kcdp_core.train.trainer import load_initial_weights
+
+    root, src, tgt = domains
+    base = root / "run_uc_init"
+    _train(tiny().replace(train={"setting": "uc", "epochs": 1, "seed": 4}), src, None, base)
+    model = KCDPModel.from_config(tiny())
+    load_initial_weights(model, base)
+    trained = load_file(str(base / "model.safetensors"))
+    state = model.trained_state_dict()
+    assert all(state[n].equal(trained[n]) for n in trained)
+    with pytest.raises(ValueError, match="not this architecture"):
+        load_initial_weights(KCDPModel.from_config(tiny().replace(head={"classifier": "linear"})), base)
+
+    config = tiny().replace(
+        train={"setting": "da", "epochs": 1, "seed": 4, "init_checkpoint": str(base), "pseudo_labels": "epoch"}
+    )
+    plain = _train(config, src, tgt, root / "run_init")
+    both = _train(config.replace(train={"consistency_weight": 1.0}), src, tgt, root / "run_consistency")
+    rows = [json.loads(x) for x in (root / "run_consistency" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["consistency"] >= 0 for r in rows if r["kind"] == "step")
+    assert any(not plain[n].equal(both[n]) for n in plain)
