@@ -515,6 +515,10 @@ def _plain_dataset(table, rows: Sequence[Path], labels: Sequence[int] | None):
     return ImageKnowledgeDataset(records, k, mask, table.config.foundation.image_size, None)
 
 
+def _silent(_: str) -> None:
+    pass
+
+
 def adapt(options: AdaptOptions, log: Callable[[str], None] = print) -> AdaptResult:
     from accelerate import PartialState
 
@@ -535,28 +539,32 @@ def adapt(options: AdaptOptions, log: Callable[[str], None] = print) -> AdaptRes
     key = _run_key(options, model_dir, target)
     work = Path(options.work) if options.work else cache_root() / "adapt" / "runs" / key
     plan_file = work / "plan.json"
-    state = PartialState()
-    with state.main_process_first():  # one process prepares the work folder, the others read it
-        saved = json.loads(plan_file.read_text()) if plan_file.is_file() else None
-        if saved is not None and options.resume and saved["key"] == key:
-            log(f"--resume: continuing {work}")
-        elif state.is_main_process:
-            if options.resume:
-                log(f"--resume: nothing to resume in {work}, starting afresh")
-            shutil.rmtree(work, ignore_errors=True)
-            saved = None
-        else:
-            saved = json.loads(plan_file.read_text())
-    work.mkdir(parents=True, exist_ok=True)
-    log(f"work folder {work}")
+    import torch
 
-    if options.sources:
-        pool = given_sources(options.sources, names, options.seed)
-    else:
-        recipe = recipe_of(model_dir)
-        if recipe is None:
-            raise AdaptError(f"{model_dir}: no recorded recipe of labelled sources: pass --source DIR")
-        pool = recipe_sources(recipe, names, cache_root() / "adapt" / "sources", log)
+    # The trainer's Accelerator shares this state: the same device choice, made before it exists.
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if not state.is_main_process:
+        log = _silent  # one voice under `accelerate launch`
+    # Under several processes the first one prepares (work folder, sources, plan), the others wait.
+    with state.main_process_first():
+        saved = json.loads(plan_file.read_text()) if plan_file.is_file() else None
+        resuming = saved is not None and options.resume and saved["key"] == key
+        if state.is_main_process:
+            if resuming:
+                log(f"--resume: continuing {work}")
+            else:
+                if options.resume:
+                    log(f"--resume: nothing to resume in {work}, starting afresh")
+                shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True, exist_ok=True)
+        log(f"work folder {work}")
+        if options.sources:
+            pool = given_sources(options.sources, names, options.seed)
+        else:
+            recipe = recipe_of(model_dir)
+            if recipe is None:
+                raise AdaptError(f"{model_dir}: no recorded recipe of labelled sources: pass --source DIR")
+            pool = recipe_sources(recipe, names, cache_root() / "adapt" / "sources", log)
     check_rows = pool.check
     table = KnowledgeTable(start.config, start.text_encoder, progress=options.progress)
     cached = {p for paths in pool.train.values() for p in paths if table.cached(p)}
@@ -571,7 +579,7 @@ def adapt(options: AdaptOptions, log: Callable[[str], None] = print) -> AdaptRes
     check_before = check_metrics(start, check_ds, names)
     seconds_per_image = (time.time() - tic) / (len(target_ds) + len(check_ds))
     tc = start.config.train
-    if saved is None:
+    if not resuming and state.is_main_process:
         # the export, then AdaBN and the after-diagnostics (about three passes over target + check set)
         reserve = (
             max(60.0, EXPORT_IMAGES * seconds_per_image)
@@ -583,18 +591,19 @@ def adapt(options: AdaptOptions, log: Callable[[str], None] = print) -> AdaptRes
             options.epochs, options.per_class, options.rounds, 2 if options.consistency > 0 else 1,
             knowledge_spi, cached,
         )  # fmt: skip
-        if state.is_main_process:
-            plan_file.write_text(json.dumps({"key": key, "plan": asdict(plan)}, indent=1) + "\n")
-    else:
-        plan = Plan(**saved["plan"])
+        write_manifest(pool.subsample(plan.per_class), work / "source.csv")
+        write_manifest(target.paths, work / "target.csv")
+        # written last: a plan.json means the run's inputs are all there (what --resume relies on)
+        plan_file.write_text(json.dumps({"key": key, "plan": asdict(plan)}, indent=1) + "\n")
+    state.wait_for_everyone()
+    plan = Plan(**json.loads(plan_file.read_text())["plan"])
     log(
         f"plan: {plan.epochs} epochs x {options.rounds} round(s), {plan.per_class} source images per class "
         f"and style ({plan.source_images} images), about {plan.estimated_training_s:.0f} s of training "
         f"({plan.how})"
     )
     rows = pool.subsample(plan.per_class)
-    source_csv = write_manifest(rows, work / "source.csv")
-    target_csv = write_manifest(target.paths, work / "target.csv")
+    source_csv, target_csv = work / "source.csv", work / "target.csv"
 
     init = str(model_dir)
     trained_s = 0.0
@@ -641,8 +650,10 @@ def adapt(options: AdaptOptions, log: Callable[[str], None] = print) -> AdaptRes
             "max_drop_points": options.max_drop,
         },
     }
-    calibration = _calibration(work, rows, target, options.seed)
-    (work / "adaptation.json").write_text(json.dumps(report, indent=1) + "\n")
+    calibration = work / "calibration"
+    if state.is_main_process:
+        _calibration(work, rows, target, options.seed)
+        (work / "adaptation.json").write_text(json.dumps(report, indent=1) + "\n")
     return AdaptResult(final, calibration, work, report, dropped)
 
 
