@@ -519,115 +519,71 @@ def _silent(_: str) -> None:
     pass
 
 
+@dataclass
+class _Run:
+    """What the stages of one adaptation share."""
+
+    options: AdaptOptions
+    log: Callable[[str], None]
+    state: object  # accelerate's PartialState: which process this is
+    model_dir: Path
+    start: object  # the starting KCDPModel
+    names: list[str]
+    target: TargetSet
+    key: str
+    work: Path
+    resuming: bool = False
+    pool: SourcePool | None = None
+
+    @property
+    def plan_file(self) -> Path:
+        return self.work / "plan.json"
+
+
 def adapt(options: AdaptOptions, log: Callable[[str], None] = print) -> AdaptResult:
+    """Adapt `options.model` to the images of `options.target`; the adapted checkpoint, a calibration
+    folder and the report (also written to the work folder as adaptation.json)."""
+    import torch
     from accelerate import PartialState
 
     from kcdp_core.model.kcdp import KCDPModel
-    from kcdp_core.train.knowledge import KnowledgeTable
-    from kcdp_core.train.trainer import Trainer
 
     t0 = time.time()
-    budget = None if options.minutes is None else 60.0 * options.minutes
     model_dir = resolve_model(options.model)
     target = read_target(options.target)
-    for problem in target.skipped:
-        log(f"skipped {problem}")
     start = KCDPModel.from_pretrained(model_dir)
-    names = list(start.config.labels)
     if not start.config.cliea.enabled:
         raise AdaptError(f"{model_dir}: adaptation needs CLIEA (the pseudo-labeller); this model has none")
-    key = _run_key(options, model_dir, target)
-    work = Path(options.work) if options.work else cache_root() / "adapt" / "runs" / key
-    plan_file = work / "plan.json"
-    import torch
-
     # The trainer's Accelerator shares this state: the same device choice, made before it exists.
     state = PartialState(cpu=not torch.cuda.is_available())
     if not state.is_main_process:
         log = _silent  # one voice under `accelerate launch`
-    # Under several processes the first one prepares (work folder, sources, plan), the others wait.
-    with state.main_process_first():
-        saved = json.loads(plan_file.read_text()) if plan_file.is_file() else None
-        resuming = saved is not None and options.resume and saved["key"] == key
-        if state.is_main_process:
-            if resuming:
-                log(f"--resume: continuing {work}")
-            else:
-                if options.resume:
-                    log(f"--resume: nothing to resume in {work}, starting afresh")
-                shutil.rmtree(work, ignore_errors=True)
-            work.mkdir(parents=True, exist_ok=True)
-        log(f"work folder {work}")
-        if options.sources:
-            pool = given_sources(options.sources, names, options.seed)
-        else:
-            recipe = recipe_of(model_dir)
-            if recipe is None:
-                raise AdaptError(f"{model_dir}: no recorded recipe of labelled sources: pass --source DIR")
-            pool = recipe_sources(recipe, names, cache_root() / "adapt" / "sources", log)
-    check_rows = pool.check
-    table = KnowledgeTable(start.config, start.text_encoder, progress=options.progress)
-    cached = {p for paths in pool.train.values() for p in paths if table.cached(p)}
-    tic = time.time()
-    fresh = sum(not table.cached(p) for p in target.paths + [r.path for r in check_rows])
-    target_ds = _plain_dataset(table, target.paths, None)
-    check_ds = _plain_dataset(table, [r.path for r in check_rows], [names.index(r.label) for r in check_rows])
-    knowledge_spi = (time.time() - tic) / fresh if fresh else 0.0
+    for problem in target.skipped:
+        log(f"skipped {problem}")
+    key = _run_key(options, model_dir, target)
+    work = Path(options.work) if options.work else cache_root() / "adapt" / "runs" / key
+    run = _Run(options, log, state, model_dir, start, list(start.config.labels), target, key, work)
+    _prepare(run)
+    target_ds, check_ds, knowledge_spi, cached = _datasets(run)
 
     tic = time.time()
     start_view = target_view(start, target_ds)
-    check_before = check_metrics(start, check_ds, names)
+    check_before = check_metrics(start, check_ds, run.names)
     seconds_per_image = (time.time() - tic) / (len(target_ds) + len(check_ds))
-    tc = start.config.train
-    if not resuming and state.is_main_process:
-        # the export, then AdaBN and the after-diagnostics (about three passes over target + check set)
-        reserve = (
-            max(60.0, EXPORT_IMAGES * seconds_per_image)
-            + 3 * (len(target_ds) + len(check_ds)) * seconds_per_image
-        )
-        left = None if budget is None else budget - (time.time() - t0) - reserve
-        plan = plan_budget(
-            pool, len(target_ds), seconds_per_image, left, tc.batch_size, tc.val_fraction,
-            options.epochs, options.per_class, options.rounds, 2 if options.consistency > 0 else 1,
-            knowledge_spi, cached,
-        )  # fmt: skip
-        write_manifest(pool.subsample(plan.per_class), work / "source.csv")
-        write_manifest(target.paths, work / "target.csv")
-        # written last: a plan.json means the run's inputs are all there (what --resume relies on)
-        plan_file.write_text(json.dumps({"key": key, "plan": asdict(plan)}, indent=1) + "\n")
-    state.wait_for_everyone()
-    plan = Plan(**json.loads(plan_file.read_text())["plan"])
-    log(
-        f"plan: {plan.epochs} epochs x {options.rounds} round(s), {plan.per_class} source images per class "
-        f"and style ({plan.source_images} images), about {plan.estimated_training_s:.0f} s of training "
-        f"({plan.how})"
-    )
-    rows = pool.subsample(plan.per_class)
-    source_csv, target_csv = work / "source.csv", work / "target.csv"
-
-    init = str(model_dir)
-    trained_s = 0.0
-    for r in range(options.rounds):
-        out = work / f"round{r + 1}"
-        config = adapt_config(start.config, options, plan, init)
-        tic = time.time()
-        Trainer(config, source_csv, out, target=target_csv, progress=options.progress, log=log).run(
-            resume=options.resume
-        )
-        trained_s += time.time() - tic
-        init = str(out / "best")
-    final = Path(init)
+    elapsed = time.time() - t0
+    plan = _plan(run, len(target_ds) + len(check_ds), seconds_per_image, knowledge_spi, cached, elapsed)
+    final, trained_s = _train(run, plan)
 
     adapted = KCDPModel.from_pretrained(final)
     after_view = target_view(adapted, target_ds)
-    check_after = check_metrics(adapted, check_ds, names)
+    check_after = check_metrics(adapted, check_ds, run.names)
     drop = {k: round(100 * (check_before[k] - check_after[k]), 2) for k in ("accuracy", "macro_f1")}
-    dropped = max(drop.values()) > options.max_drop
     history = [
         {"round": r + 1, **row}
         for r in range(options.rounds)
-        for row in pseudo_label_history(work / f"round{r + 1}" / "metrics.jsonl", names)
+        for row in pseudo_label_history(work / f"round{r + 1}" / "metrics.jsonl", run.names)
     ]
+    rows = run.pool.subsample(plan.per_class)
     report = {
         "model": options.model if options.model.startswith("kcdp:") else str(model_dir),
         "target": {
@@ -637,12 +593,12 @@ def adapt(options: AdaptOptions, log: Callable[[str], None] = print) -> AdaptRes
             "hash_of": "sorted sha256 of every image's bytes (names and folders do not count)",
         },
         "work": str(work),  # the training run: --resume continues it, --force --resume exports it
-        "sources": {"from": pool.origin, "images": len(rows), "check_images": len(check_rows)},
+        "sources": {"from": run.pool.origin, "images": len(rows), "check_images": len(run.pool.check)},
         "plan": asdict(plan) | {"rounds": options.rounds, "consistency_weight": options.consistency},
         "time_s": {"training": round(trained_s, 1), "total_before_export": round(time.time() - t0, 1)},
         "diagnostics": {
-            "target_before": summarize(start_view, names),
-            "target_after": summarize(after_view, names, start_view),
+            "target_before": summarize(start_view, run.names),
+            "target_after": summarize(after_view, run.names, start_view),
             "pseudo_labels_per_epoch": history,
             "source_check_before": check_before,
             "source_check_after": check_after,
@@ -650,11 +606,100 @@ def adapt(options: AdaptOptions, log: Callable[[str], None] = print) -> AdaptRes
             "max_drop_points": options.max_drop,
         },
     }
-    calibration = work / "calibration"
     if state.is_main_process:
         _calibration(work, rows, target, options.seed)
         (work / "adaptation.json").write_text(json.dumps(report, indent=1) + "\n")
-    return AdaptResult(final, calibration, work, report, dropped)
+    dropped = max(drop.values()) > options.max_drop
+    return AdaptResult(final, work / "calibration", work, report, dropped)
+
+
+def _prepare(run: _Run) -> None:
+    """The work folder (kept for --resume of the same arguments, else emptied) and the labelled
+    sources (built on first use). Under several processes the first one does it, the others wait."""
+    options, log = run.options, run.log
+    with run.state.main_process_first():
+        saved = json.loads(run.plan_file.read_text()) if run.plan_file.is_file() else None
+        run.resuming = saved is not None and options.resume and saved["key"] == run.key
+        if run.state.is_main_process:
+            if run.resuming:
+                log(f"--resume: continuing {run.work}")
+            else:
+                if options.resume:
+                    log(f"--resume: nothing to resume in {run.work}, starting afresh")
+                shutil.rmtree(run.work, ignore_errors=True)
+            run.work.mkdir(parents=True, exist_ok=True)
+        log(f"work folder {run.work}")
+        if options.sources:
+            run.pool = given_sources(options.sources, run.names, options.seed)
+        else:
+            recipe = recipe_of(run.model_dir)
+            if recipe is None:
+                raise AdaptError(f"{run.model_dir}: no recorded recipe of labelled sources (pass --source)")
+            run.pool = recipe_sources(recipe, run.names, cache_root() / "adapt" / "sources", log)
+
+
+def _datasets(run: _Run):
+    """(target dataset, check dataset, seconds per image to caption one not cached yet, the source
+    images whose knowledge is cached)."""
+    from kcdp_core.train.knowledge import KnowledgeTable
+
+    table = KnowledgeTable(run.start.config, run.start.text_encoder, progress=run.options.progress)
+    cached = {p for paths in run.pool.train.values() for p in paths if table.cached(p)}
+    check = run.pool.check
+    tic = time.time()
+    fresh = sum(not table.cached(p) for p in run.target.paths + [r.path for r in check])
+    target_ds = _plain_dataset(table, run.target.paths, None)
+    check_ds = _plain_dataset(table, [r.path for r in check], [run.names.index(r.label) for r in check])
+    return target_ds, check_ds, (time.time() - tic) / fresh if fresh else 0.0, cached
+
+
+def _plan(
+    run: _Run, images: int, seconds_per_image: float, knowledge_spi: float, cached: set[Path], elapsed: float
+) -> Plan:
+    """A fresh run's plan (written with the manifests it names), or the saved one (--resume)."""
+    options, tc = run.options, run.start.config.train
+    n_target = len(run.target.paths)
+    if not run.resuming and run.state.is_main_process:
+        # the export, then AdaBN and the after-diagnostics (about three passes over target + check set)
+        reserve = max(60.0, EXPORT_IMAGES * seconds_per_image) + 3 * images * seconds_per_image
+        left = None if options.minutes is None else 60.0 * options.minutes - elapsed - reserve
+        plan = plan_budget(
+            run.pool, n_target, seconds_per_image, left, tc.batch_size, tc.val_fraction,
+            options.epochs, options.per_class, options.rounds, 2 if options.consistency > 0 else 1,
+            knowledge_spi, cached,
+        )  # fmt: skip
+        write_manifest(run.pool.subsample(plan.per_class), run.work / "source.csv")
+        write_manifest(run.target.paths, run.work / "target.csv")
+        # written last: a plan.json means the run's inputs are all there (what --resume relies on)
+        run.plan_file.write_text(json.dumps({"key": run.key, "plan": asdict(plan)}, indent=1) + "\n")
+    run.state.wait_for_everyone()
+    plan = Plan(**json.loads(run.plan_file.read_text())["plan"])
+    run.log(
+        f"plan: {plan.epochs} epochs x {options.rounds} round(s), {plan.per_class} source images per class "
+        f"and style ({plan.source_images} images), about {plan.estimated_training_s:.0f} s of training "
+        f"({plan.how})"
+    )
+    return plan
+
+
+def _train(run: _Run, plan: Plan) -> tuple[Path, float]:
+    """The rounds of DA training (each from the previous round's adapted model); (final checkpoint,
+    seconds spent)."""
+    from kcdp_core.train.trainer import Trainer
+
+    options, init, spent = run.options, str(run.model_dir), 0.0
+    for r in range(options.rounds):
+        out = run.work / f"round{r + 1}"
+        config = adapt_config(run.start.config, options, plan, init)
+        tic = time.time()
+        trainer = Trainer(
+            config, run.work / "source.csv", out, target=run.work / "target.csv",
+            progress=options.progress, log=run.log,
+        )  # fmt: skip
+        trainer.run(resume=options.resume)
+        spent += time.time() - tic
+        init = str(out / "best")
+    return Path(init), spent
 
 
 def format_report(report: dict) -> str:
