@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--lr", type=float, help="learning rate of the pretrained parts (default 1e-4)")
     p.add_argument("--head-lr", type=float, help="learning rate of the heads (default 1e-3)")
+    p.add_argument(
+        "--target-weight", type=float, default=1.0, help="weight of the pseudo-labelled target loss (lambda2)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--max-drop",
@@ -112,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         consistency=args.consistency,
         lr=args.lr,
         head_lr=args.head_lr,
+        target_weight=args.target_weight,
         seed=args.seed,
         max_drop=args.max_drop,
         work=args.work,

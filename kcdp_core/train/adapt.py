@@ -423,6 +423,7 @@ class AdaptOptions:
     consistency: float = 0.0  # TrainConfig.consistency_weight
     lr: float | None = None
     head_lr: float | None = None
+    target_weight: float = 1.0  # lambda2: weight of the pseudo-labelled target loss
     seed: int = 0
     max_drop: float = 5.0  # check-set points (accuracy or macro-F1) the adaptation may lose
     work: Path | None = None
@@ -476,6 +477,7 @@ def adapt_config(start: KCDPConfig, options: AdaptOptions, plan: Plan, init: str
         "pseudo_warmup_epochs": 0,
         "target_bn": True,
         "consistency_weight": options.consistency,
+        "lambda2": options.target_weight,
         "lr": options.lr if options.lr is not None else 1e-4,
         "head_lr": options.head_lr if options.head_lr is not None else 1e-3,
     }
