@@ -1,0 +1,120 @@
+"""The README's HTTP API examples run as written against a live `kcdp-serve` with the default model:
+every curl command of the section, and each response the README shows beside one (same fields,
+same label, caption and error text; scores and timings are left free). Edit the examples and
+this test follows; let the API drift and it fails."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SECTION = "HTTP API"
+HOST = "localhost:8000"  # where the README's examples send their requests
+
+
+def section(text: str, title: str) -> str:
+    """The Markdown section under a heading named title, down to the next heading of its level or above."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(r"^(#+) (.*)$", line)
+        if m and m.group(2).strip() == title:
+            level = len(m.group(1))
+            end = next(
+                (j for j in range(i + 1, len(lines)) if re.match(rf"^#{{1,{level}}} ", lines[j])), len(lines)
+            )
+            return "\n".join(lines[i:end])
+    raise AssertionError(f"README.md has no section {title!r}")
+
+
+def examples(text: str) -> list[tuple[str, Any]]:
+    """(curl command, the JSON response shown right after its code block or None), in order."""
+    blocks = re.findall(r"```(\w+)\n(.*?)```", text, flags=re.DOTALL)
+    out: list[tuple[str, Any]] = []
+    for n, (lang, body) in enumerate(blocks):
+        if lang != "bash":
+            continue
+        joined = re.sub(r"\\\n\s*", " ", body)
+        commands = [line.strip() for line in joined.splitlines() if line.strip().startswith("curl ")]
+        shown = blocks[n + 1] if n + 1 < len(blocks) and blocks[n + 1][0] == "json" else None
+        for k, command in enumerate(commands):
+            last = k == len(commands) - 1
+            out.append((command, json.loads(shown[1]) if shown and last else None))
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = _free_port()
+    cmd = [sys.executable, "-m", "kcdp_runtime.serve", "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+            if proc.poll() is not None:
+                pytest.fail(f"kcdp-serve did not start: {proc.stderr.read().decode()}")
+        else:
+            pytest.fail("kcdp-serve did not answer /health within a minute")
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _same_shape(got: Any, shown: Any, where: str) -> None:
+    """Same keys all the way down; the same words where the README shows words (labels, captions,
+    names, errors); numbers (scores, milliseconds, counts) may differ."""
+    if isinstance(shown, dict):
+        assert isinstance(got, dict) and set(got) == set(shown), (where, sorted(got), sorted(shown))
+        for key in shown:
+            if key in ("scores", "latency_ms"):  # the same labels and stages, other numbers
+                assert set(got[key]) == set(shown[key]), (where, key, got[key])
+            else:
+                _same_shape(got[key], shown[key], f"{where}.{key}")
+    elif isinstance(shown, list):
+        assert isinstance(got, list) and len(got) == len(shown), (where, got)
+        for i, (g, s) in enumerate(zip(got, shown, strict=True)):
+            _same_shape(g, s, f"{where}[{i}]")
+    elif isinstance(shown, str):
+        assert got == shown, (where, got, shown)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_readme_curl_examples_run_against_kcdp_serve(server):
+    text = section((REPO / "README.md").read_text(), SECTION)
+    for path in ("/v1/classify", "/v1/batch", "/health", "/metrics", "/openapi.json", "/docs", "413", "415", "422"):
+        assert path in text, f"the HTTP API section does not mention {path}"
+    found = examples(text)
+    assert len(found) >= 6 and sum(shown is not None for _, shown in found) >= 3, found
+    for command, shown in found:
+        assert HOST in command, command
+        proc = subprocess.run(
+            ["bash", "-o", "pipefail", "-c", command.replace(HOST, server)],
+            cwd=REPO, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert proc.returncode == 0 and proc.stdout.strip(), (command, proc.returncode, proc.stderr)
+        if shown is not None:
+            _same_shape(json.loads(proc.stdout), shown, command)
+        elif proc.stdout.lstrip().startswith("{"):
+            json.loads(proc.stdout)  # every JSON answer parses
