@@ -64,7 +64,7 @@ def test_foundation_folder_layout_and_load(built):
     emb = load_file(str(bank / "embeddings.safetensors"))["embeddings"]
     assert len(captions) == emb.shape[0] == 12 and emb.dtype == torch.float16
     torch.testing.assert_close(emb.float().norm(dim=1), torch.ones(12), atol=2e-3, rtol=0)
-    # Same order as the text encoder would embed them (MODEL_API.md), to half precision.
+    # Same order as the text encoder would embed them (docs/architecture.md, foundation folder), to half precision.
     te = found.text_encoder
     te.length = meta["caption_bank"]["sentence_length"]
     torch.testing.assert_close(te.sentence_embeddings(captions[:3]), emb[:3].float(), atol=1e-3, rtol=0)

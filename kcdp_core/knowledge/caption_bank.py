@@ -1,6 +1,6 @@
 """The caption bank of the retrieval captioner: captions and their precomputed sentence embeddings.
 
-Folder layout (MODEL_API.md, "caption_bank/"):
+Folder layout (a foundation's caption_bank/, docs/architecture.md "Foundation folder"):
     captions.jsonl           one {"caption": str, "triplets": [[s, v, o], ...] (optional)} per line
     embeddings.safetensors   {"embeddings": [N, D_text]}, L2-normalised, stored as float16 (half the
                              bytes of the committed weights; cosine ranks unchanged but for near-ties),

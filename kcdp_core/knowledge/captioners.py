@@ -152,7 +152,7 @@ class RetrievalCaptioner(Captioner):
         cls, image_encoder: Source | str, bank_dir: PathLike | None = None, top_k: int = 1
     ) -> RetrievalCaptioner:
         """The image encoder folder (a foundation's image_encoder/) and the bank (default: the
-        foundation's caption_bank/, next to the encoder as MODEL_API.md lays out)."""
+        foundation's caption_bank/, next to the encoder: docs/architecture.md, "Foundation folder")."""
         from kcdp_core.model.image_encoder import ImageEncoder
         from kcdp_core.sources import resolve
 

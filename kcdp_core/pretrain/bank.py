@@ -1,4 +1,4 @@
-"""The caption bank of the retrieval captioner (MODEL_API.md): captions.jsonl + embeddings.safetensors."""
+"""The caption bank of the retrieval captioner: captions.jsonl + embeddings.safetensors (docs/architecture.md)."""
 
 from __future__ import annotations
 
