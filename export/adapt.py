@@ -61,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--consistency", type=float, default=0.0, help="weight of the two-view consistency term (0 off)"
     )
+    p.add_argument(
+        "--pseudo-select",
+        choices=("class_quota", "class_fraction", "all"),
+        default="class_quota",
+        help="which pseudo-labels train: per class the most confident share, no class above an equal "
+        "share (class_quota, default), in the predicted proportions (class_fraction), or all",
+    )
     p.add_argument("--lr", type=float, help="learning rate of the pretrained parts (default 1e-4)")
     p.add_argument("--head-lr", type=float, help="learning rate of the heads (default 1e-3)")
     p.add_argument(
@@ -113,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         per_class=args.per_class,
         rounds=args.rounds,
         consistency=args.consistency,
+        pseudo_select=args.pseudo_select,
         lr=args.lr,
         head_lr=args.head_lr,
         target_weight=args.target_weight,

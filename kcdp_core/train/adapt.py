@@ -421,6 +421,9 @@ class AdaptOptions:
     per_class: int | None = None
     rounds: int = 1  # self-training rounds: each restarts from the previous round's adapted model
     consistency: float = 0.0  # TrainConfig.consistency_weight
+    # TrainConfig.pseudo_select: class_quota caps every predicted class at an equal share, which also
+    # fills classes the target may not have; class_fraction keeps the predicted proportions.
+    pseudo_select: str = "class_quota"
     lr: float | None = None
     head_lr: float | None = None
     target_weight: float = 1.0  # lambda2: weight of the pseudo-labelled target loss
@@ -471,7 +474,7 @@ def adapt_config(start: KCDPConfig, options: AdaptOptions, plan: Plan, init: str
         "seed": options.seed,
         "init_checkpoint": init,
         "pseudo_labels": "epoch",
-        "pseudo_select": "class_quota",
+        "pseudo_select": options.pseudo_select,
         "pseudo_fraction": 0.3,
         "pseudo_fraction_end": 0.8,
         "pseudo_warmup_epochs": 0,
@@ -596,7 +599,12 @@ def adapt(options: AdaptOptions, log: Callable[[str], None] = print) -> AdaptRes
         },
         "work": str(work),  # the training run: --resume continues it, --force --resume exports it
         "sources": {"from": run.pool.origin, "images": len(rows), "check_images": len(run.pool.check)},
-        "plan": asdict(plan) | {"rounds": options.rounds, "consistency_weight": options.consistency},
+        "plan": asdict(plan)
+        | {
+            "rounds": options.rounds,
+            "consistency_weight": options.consistency,
+            "pseudo_select": options.pseudo_select,
+        },
         "time_s": {"training": round(trained_s, 1), "total_before_export": round(time.time() - t0, 1)},
         "diagnostics": {
             "target_before": summarize(start_view, run.names),
