@@ -68,10 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="which pseudo-labels train: per class the most confident share, no class above an equal "
         "share (class_quota, default), in the predicted proportions (class_fraction), or all",
     )
-    p.add_argument("--lr", type=float, help="learning rate of the pretrained parts (default 1e-4)")
-    p.add_argument("--head-lr", type=float, help="learning rate of the heads (default 1e-3)")
+    p.add_argument("--lr", type=float, help="learning rate of the pretrained parts (default 5e-6)")
+    p.add_argument("--head-lr", type=float, help="learning rate of the heads (default 2.5e-5)")
     p.add_argument(
-        "--target-weight", type=float, default=1.0, help="weight of the pseudo-labelled target loss (lambda2)"
+        "--target-weight", type=float, default=0.3, help="weight of the pseudo-labelled target loss (lambda2; default 0.3)"
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
