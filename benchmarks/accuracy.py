@@ -708,7 +708,7 @@ def effnet_features(paths: list[Path], args: argparse.Namespace) -> np.ndarray:
     per image path in RUNS/features_effnet<size>.npz (plain arrays, no pickle)."""
     import torch
 
-    from kcdp_core.images import load_image, preprocess
+    from kcdp_core.portable.images import load_image, preprocess
 
     cache = Path(args.runs) / f"features_effnet{args.reference_size}.npz"
     if not _FEATURES and cache.exists():

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from kcdp_core.constants import IMAGE_SUFFIXES
-from kcdp_core.images import ImageError, load_image, preprocess
-from kcdp_core.knowledge.assemble import KnowledgeRule, knowledge_texts
+from kcdp_core.portable.assemble import KnowledgeRule, knowledge_texts
+from kcdp_core.portable.constants import IMAGE_SUFFIXES
+from kcdp_core.portable.images import ImageError, load_image, preprocess
 
 
 @dataclass
@@ -81,7 +81,7 @@ def load_real_set(model, root: Path, limit: int | None = 64, captions_csv: str |
     step = max(1, int(getattr(captioner, "batch_size", 8)))
     for start in range(0, len(images), step):
         captions += captioner(images[start : start + step], paths[start : start + step])
-    from kcdp_core.knowledge.triplets import TripletParser
+    from kcdp_core.portable.triplets import TripletParser
 
     triplets = TripletParser(config.knowledge.parser_model).parse_many(captions)
     used_captions, used_triplets = KnowledgeRule.of(config.knowledge).apply(captions, triplets)
@@ -114,7 +114,7 @@ def _captioner(model, captions_csv: str | None):
 
     kc = model.config.knowledge
     if captions_csv is None and kc.captioner == "retrieval" and model.image_encoder is not None:
-        from kcdp_core.knowledge.caption_bank import CaptionBank
+        from kcdp_core.portable.caption_bank import CaptionBank
 
         if model.caption_bank_dir is None:
             raise ValueError("the retrieval captioner needs the foundation's caption_bank/ (none found)")

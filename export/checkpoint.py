@@ -95,8 +95,8 @@ def open_checkpoint(
     The options are Pipeline.from_pretrained's (kcdp-bench times it with the knowledge memo off)."""
     import torch
 
-    from kcdp_core.knowledge.caption_bank import CaptionBank
     from kcdp_core.model.kcdp import KCDPModel
+    from kcdp_core.portable.caption_bank import CaptionBank
 
     config_ = session_config or SessionConfig()
     folder = Path(folder)

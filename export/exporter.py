@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kcdp_core.constants import CAPTION_SEPARATOR
+from kcdp_core.portable.constants import CAPTION_SEPARATOR
 from kcdp_core.recorded_paths import recorded_path
 from kcdp_export import validate
 from kcdp_export.graphs import GraphConfig, image_encoder_graph, perception_graph, text_encoder_graph
@@ -36,7 +36,7 @@ from kcdp_runtime.bank_knowledge import BankKnowledge
 from kcdp_runtime.manifest import BankKnowledgeSpec, CaptionBankSpec, GraphSpec, Manifest, TokenizerSpec
 
 if TYPE_CHECKING:
-    from kcdp_core.knowledge.caption_bank import CaptionBank
+    from kcdp_core.portable.caption_bank import CaptionBank
     from kcdp_export.calibration import RealSet
     from kcdp_export.merge import MergeReport
 
@@ -199,7 +199,7 @@ def _merge(run: ExportRun) -> None:
     model, config = run.model, run.model.config
     size, length, dim = run.sizes
     if model.caption_bank_dir is not None and config.knowledge.captioner == "retrieval":
-        from kcdp_core.knowledge.caption_bank import CaptionBank
+        from kcdp_core.portable.caption_bank import CaptionBank
 
         run.bank = CaptionBank.load(model.caption_bank_dir)
     run.graphs = [text_encoder_graph(model.text_encoder, length)]
@@ -487,7 +487,7 @@ def _export_bank(bank, src: Path, dst: Path, kc, options: ExportOptions) -> Capt
     if kc.retrieval_top_k != 1:
         shutil.copy2(src / "captions.jsonl", dst / "captions.jsonl")  # joined captions get parsed at run time
         return spec
-    from kcdp_core.knowledge.triplets import PARSER_VERSION, TripletParser
+    from kcdp_core.portable.triplets import PARSER_VERSION, TripletParser
 
     parsed = TripletParser(kc.parser_model).parse_many(bank.captions)
     with (dst / "captions.jsonl").open("w", encoding="utf-8") as f:
@@ -588,8 +588,8 @@ def _optimize(graph: GraphConfig, path: Path, options: ExportOptions, real: list
 def _bank_k(manifest: Manifest, text_session: Any, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """k [N, 2L, D] and mask [N, 2L] of every bank caption, with the runtime's tokenizer stage over
     the fp32 text encoder graph (held to parity with PyTorch above) and the bank's parsed triplets."""
-    from kcdp_core.knowledge.assemble import assemble_batch, knowledge_texts
-    from kcdp_core.knowledge.caption_bank import CaptionBank
+    from kcdp_core.portable.assemble import assemble_batch, knowledge_texts
+    from kcdp_core.portable.caption_bank import CaptionBank
     from kcdp_runtime.pipeline import TextEncoderStage
 
     assert manifest.caption_bank is not None

@@ -9,8 +9,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from kcdp_core.constants import CAPTION_SEPARATOR
-from kcdp_core.images import RESIZE_FILTER
+from kcdp_core.portable.constants import CAPTION_SEPARATOR
+from kcdp_core.portable.images import RESIZE_FILTER
 from kcdp_runtime.manifest import (
     MANIFEST,
     CaptionBankSpec,
@@ -35,7 +35,7 @@ def runtime_manifest(
 ) -> Manifest:
     """The manifest of `model` (a KCDPModel) run from `folder`: labels, preprocessing and knowledge
     from its config; graphs, bank, tokenizer and the export's record as given."""
-    from kcdp_core.knowledge.triplets import PARSER_VERSION
+    from kcdp_core.portable.triplets import PARSER_VERSION
 
     config = model.config
     kc = config.knowledge

@@ -1,7 +1,7 @@
 """KCDP training-time package: model, knowledge, data, pretraining and training.
 
-Importing this package must stay cheap and torch-free: the runtime imports a few of its
-torch-free modules (labels, images, config, knowledge.triplets).
+Importing this package stays cheap and torch-free. The code the torch-free runtime shares with
+training is kcdp_core.portable; its docstring states the import rules that `lint-imports` checks.
 """
 
 __version__ = "0.1.0"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from kcdp_core.labels import EMOJI7
+from kcdp_core.portable.labels import EMOJI7
 
 # Where the `mini` foundation lives inside the package (pretrained by kcdp-pretrain).
 MINI_FOUNDATION = "kcdp:foundation/mini"

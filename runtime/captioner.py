@@ -16,8 +16,8 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from kcdp_core.constants import CAPTION_SEPARATOR
-from kcdp_core.knowledge.caption_bank import CaptionBank
+from kcdp_core.portable.caption_bank import CaptionBank
+from kcdp_core.portable.constants import CAPTION_SEPARATOR
 from kcdp_runtime.manifest import Manifest, ModelError
 
 Triplet = tuple[str, str, str]

@@ -23,8 +23,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from kcdp_core.constants import IMAGE_SUFFIXES
-from kcdp_core.images import MAX_FRAMES
+from kcdp_core.portable.constants import IMAGE_SUFFIXES
+from kcdp_core.portable.images import MAX_FRAMES
 from kcdp_runtime.manifest import ModelError, is_checkpoint
 
 DEFAULT_MODEL = Path(__file__).parent / "default_model"

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from kcdp_core.constants import CAPTION_SEPARATOR
-from kcdp_core.knowledge.assemble import KnowledgeRule
+from kcdp_core.portable.assemble import KnowledgeRule
+from kcdp_core.portable.constants import CAPTION_SEPARATOR
 
 FORMAT = "kcdp-export"
 FORMAT_VERSION = 1
@@ -38,7 +38,7 @@ class ModelError(ValueError):
 # -- the schema ------------------------------------------------------------------------------------
 @dataclass
 class Preprocessing:
-    """kcdp_core.images.preprocess with these settings gives every graph's `pixels`."""
+    """kcdp_core.portable.images.preprocess with these settings gives every graph's `pixels`."""
 
     image_size: int = 64
     resize_filter: str = "bicubic"
@@ -52,7 +52,7 @@ class Preprocessing:
 
 @dataclass
 class ParserSpec:
-    model: str = "en_core_web_sm"  # the spaCy model of kcdp_core.knowledge.triplets.TripletParser
+    model: str = "en_core_web_sm"  # the spaCy model of kcdp_core.portable.triplets.TripletParser
     version: str | None = None  # PARSER_VERSION that training used (keys the parsed-caption memo)
     # Whether captions need spaCy at run time; None (older exports): decided from the bank.
     required: bool | None = None
@@ -70,7 +70,7 @@ class KnowledgeSpec:
     use_caption: bool = True
     use_triplets: bool = True
     triplet_text: str = "subject verb object joined by spaces"
-    knowledge_layout: str = "k = concat(T(caption), sum_i T(triplet_i)) via kcdp_core.knowledge.assemble"
+    knowledge_layout: str = "k = concat(T(caption), sum_i T(triplet_i)) via kcdp_core.portable.assemble"
     retrieval_separator: str | None = None  # retrieval only; None reads as CAPTION_SEPARATOR
     instructblip: dict[str, Any] | None = None  # what the InstructBLIP stage loads (captioner_source, generation)
 

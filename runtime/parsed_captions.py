@@ -15,7 +15,7 @@ import os
 import re
 from pathlib import Path
 
-from kcdp_core.constants import cache_root
+from kcdp_core.portable.constants import cache_root
 
 Triplet = tuple[str, str, str]
 

@@ -1,6 +1,6 @@
 """The torch-free inference pipeline: an export folder in, emotion labels out.
 
-Per image: load + preprocess (kcdp_core.images, the training code) -> captioner -> triplet parser ->
+Per image: load + preprocess (kcdp_core.portable.images, the training code) -> captioner -> triplet parser ->
 tokenizer -> text_encoder.onnx (caption and each triplet) -> assemble_knowledge (kcdp_core, the
 training code) -> perception.onnx -> label = argmax probs. Every stage runs batched over the images
 of a chunk; an image that cannot be read gets an error entry and leaves the rest of its batch alone.
@@ -29,8 +29,8 @@ import numpy as np
 from PIL import Image
 from tokenizers import Tokenizer
 
-from kcdp_core.images import MAX_FRAMES, Frames, ImageError, load_frames, preprocess
-from kcdp_core.knowledge.assemble import assemble_batch, knowledge_texts
+from kcdp_core.portable.assemble import assemble_batch, knowledge_texts
+from kcdp_core.portable.images import MAX_FRAMES, Frames, ImageError, load_frames, preprocess
 from kcdp_runtime.bank_knowledge import FILE, BankKnowledge
 from kcdp_runtime.captioner import (
     Caption,
@@ -286,7 +286,7 @@ class Pipeline:
                 raise ModelError(
                     f"{self.manifest.folder}: a caption outside the bank needs parsing: {PARSER_MISSING}"
                 )
-            from kcdp_core.knowledge.triplets import TripletParser
+            from kcdp_core.portable.triplets import TripletParser
 
             self._parser = TripletParser(model=self.parser_model)
         return self._parser

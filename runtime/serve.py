@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kcdp_core.images import MAX_FRAMES
+from kcdp_core.portable.images import MAX_FRAMES
 from kcdp_runtime.manifest import ModelError
 from kcdp_runtime.pipeline import Pipeline
 

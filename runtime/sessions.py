@@ -16,7 +16,7 @@ from typing import Any
 
 import onnxruntime as ort
 
-from kcdp_core.constants import cache_root
+from kcdp_core.portable.constants import cache_root
 
 log = logging.getLogger("kcdp_runtime")
 

@@ -18,8 +18,8 @@ from onnx import TensorProto, helper, numpy_helper
 from safetensors.numpy import save_file
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-from kcdp_core.knowledge.triplets import PARSER_VERSION
-from kcdp_core.labels import EMOJI7
+from kcdp_core.portable.labels import EMOJI7
+from kcdp_core.portable.triplets import PARSER_VERSION
 
 SIZE = 16  # image size of the fake export
 LENGTH = 8  # text_length L

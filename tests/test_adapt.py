@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from train_data import make_domain
 
-from kcdp_core.labels import EMOJI7
+from kcdp_core.portable.labels import EMOJI7
 
 # The manifest keys that record when and how fast an export ran, not what it holds.
 RUN_KEYS = ("created", "timings_s")

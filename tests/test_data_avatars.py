@@ -30,7 +30,7 @@ from kcdp_core.data.avatar_key import (
     style_credit,
 )
 from kcdp_core.data.cli import main as data_main
-from kcdp_core.labels import EMOJI7
+from kcdp_core.portable.labels import EMOJI7
 
 
 @pytest.fixture(scope="module")

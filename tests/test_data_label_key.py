@@ -11,7 +11,7 @@ from kcdp_core.data.emoji_catalog import norm_hex, slug
 from kcdp_core.data.emoji_key import LABEL_KEY_CSV, load_label_key
 from kcdp_core.data.emoji_sources import DOMAINS, FAMILIES
 from kcdp_core.data.packages import PACKAGES
-from kcdp_core.labels import EMOJI7
+from kcdp_core.portable.labels import EMOJI7
 
 
 def test_key_has_44_emojis_in_7_classes():

@@ -21,7 +21,7 @@ from kcdp_core.data.procedural_faces import (
     sample_appearance,
     sample_expression,
 )
-from kcdp_core.labels import EMOJI7
+from kcdp_core.portable.labels import EMOJI7
 
 
 def _png(image) -> bytes:

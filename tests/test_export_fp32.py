@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from kcdp_core.labels import EMOJI7
+from kcdp_core.portable.labels import EMOJI7
 
 pytest.importorskip("torch")
 
@@ -76,7 +76,7 @@ def test_manifest_contract(exported):
     assert m["prompts"]["per_label"][0] == "A anger photo of"
     assert m["caption_bank"]["captions"] == "caption_bank/captions.jsonl"
     # Top-1 retrieval: every bank caption's triplets are parsed at export, by the training parser.
-    from kcdp_core.knowledge.triplets import PARSER_VERSION, TripletParser
+    from kcdp_core.portable.triplets import PARSER_VERSION, TripletParser
 
     assert m["caption_bank"]["triplets_parser"] == PARSER_VERSION == m["knowledge"]["parser"]["version"]
     rows = [json.loads(line) for line in (out / "caption_bank/captions.jsonl").read_text().splitlines()]
@@ -150,10 +150,10 @@ TORCH_FREE = textwrap.dedent(
     import numpy as np
     import onnxruntime as ort
     from tokenizers import Tokenizer
-    from kcdp_core.images import load_pixels
-    from kcdp_core.knowledge.assemble import assemble_knowledge
-    from kcdp_core.knowledge.caption_bank import CaptionBank
-    from kcdp_core.knowledge.triplets import TripletParser
+    from kcdp_core.portable.images import load_pixels
+    from kcdp_core.portable.assemble import assemble_knowledge
+    from kcdp_core.portable.caption_bank import CaptionBank
+    from kcdp_core.portable.triplets import TripletParser
 
     out, images = Path(sys.argv[1]), sys.argv[2:]
     m = json.loads((out / "manifest.json").read_text())

@@ -17,7 +17,7 @@ from PIL import Image
 from kcdp_core.knowledge.cache import FILENAME, KnowledgeCache
 from kcdp_core.knowledge.captioners import CSVCaptioner
 from kcdp_core.knowledge.cli import main as cli_main
-from kcdp_core.knowledge.triplets import TripletParser
+from kcdp_core.portable.triplets import TripletParser
 
 CAPTIONS = [
     "a man is hugging a woman",

@@ -13,7 +13,6 @@ from PIL import Image
 
 from kcdp_core.config import Source, sd15, tiny
 from kcdp_core.knowledge.cache import KnowledgeCache
-from kcdp_core.knowledge.caption_bank import CaptionBank
 from kcdp_core.knowledge.captioners import (
     CaptionError,
     CSVCaptioner,
@@ -21,7 +20,8 @@ from kcdp_core.knowledge.captioners import (
     RetrievalCaptioner,
     build_captioner,
 )
-from kcdp_core.knowledge.triplets import TripletParser
+from kcdp_core.portable.caption_bank import CaptionBank
+from kcdp_core.portable.triplets import TripletParser
 
 WORDS = (
     "a the man woman face is smiling happy sad angry with of and in on photo picture grinning crying".split()
@@ -179,8 +179,8 @@ def test_caption_bank_format_and_roundtrip(tiny_foundation: Path, tmp_path: Path
 
 
 def test_retrieval_captioner_on_tiny_foundation(tiny_foundation: Path) -> None:
-    from kcdp_core.images import preprocess
     from kcdp_core.model.image_encoder import ImageEncoder
+    from kcdp_core.portable.images import preprocess
 
     captioner = build_captioner(tiny(foundation=str(tiny_foundation)))
     assert isinstance(captioner, RetrievalCaptioner) and captioner.id.endswith(":top1")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from kcdp_core.config import Source
-from kcdp_core.knowledge.assemble import assemble_knowledge, pool_knowledge, triplet_text
 from kcdp_core.knowledge.text_encoder import TextEncoder
+from kcdp_core.portable.assemble import assemble_knowledge, pool_knowledge, triplet_text
 
 
 @pytest.fixture(scope="module")

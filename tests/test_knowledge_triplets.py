@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kcdp_core.knowledge.triplets import PARSER_VERSION, TripletParser, load_spacy
+from kcdp_core.portable.triplets import PARSER_VERSION, TripletParser, load_spacy
 
 DATA = Path(__file__).parent / "data" / "triplet_sentences.jsonl"
 CASES = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
@@ -97,7 +97,7 @@ def test_module_is_torch_free() -> None:
 
     # The runtime imports the parser and the caption bank; the cache and CLI load torch only on demand.
     code = (
-        "import sys, kcdp_core.knowledge.triplets, kcdp_core.knowledge.caption_bank, "
+        "import sys, kcdp_core.portable.triplets, kcdp_core.portable.caption_bank, "
         "kcdp_core.knowledge.cache, kcdp_core.knowledge.captioners, kcdp_core.knowledge.cli; "
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     )

@@ -15,7 +15,7 @@ from PIL import Image
 from runtime_export import build_fake_export
 from runtime_images import BLUE, RED, YELLOW, png_bytes
 
-from kcdp_core.knowledge.assemble import assemble_batch, triplet_text
+from kcdp_core.portable.assemble import assemble_batch, triplet_text
 from kcdp_runtime.bank_knowledge import FILE, BankKnowledge
 from kcdp_runtime.manifest import ModelError
 from kcdp_runtime.pipeline import Pipeline

@@ -17,7 +17,7 @@ from PIL import Image
 from runtime_export import build_fake_export
 from runtime_images import BLUE, RED, YELLOW, animation, blues, gif_bytes, png_bytes, svg_bytes
 
-from kcdp_core.images import MAX_FRAMES, ImageError, is_svg, load_frames, load_image
+from kcdp_core.portable.images import MAX_FRAMES, ImageError, is_svg, load_frames, load_image
 from kcdp_runtime.cli import main
 from kcdp_runtime.pipeline import Pipeline
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from kcdp_core.labels import EMOJI7
+from kcdp_core.portable.labels import EMOJI7
 
 
 def make_domain(root: Path, fill: tuple[int, int, int], per_class: int = 3, seed: int = 0) -> Path:

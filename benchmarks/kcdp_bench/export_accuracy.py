@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kcdp_core.constants import IMAGE_SUFFIXES
+from kcdp_core.portable.constants import IMAGE_SUFFIXES
 from kcdp_runtime.pipeline import Pipeline
 
 

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from kcdp_bench.report import machine, markdown, plot
-from kcdp_core.constants import IMAGE_SUFFIXES
+from kcdp_core.portable.constants import IMAGE_SUFFIXES
 from kcdp_core.recorded_paths import with_path_variables
 from kcdp_runtime.pipeline import STAGES, Pipeline
 from kcdp_runtime.sessions import SessionConfig

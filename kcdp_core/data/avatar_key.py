@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from kcdp_core.labels import EMOJI7
+from kcdp_core.portable.labels import EMOJI7
 
 AVATAR_KEY_CSV = Path(__file__).resolve().parent / "avatar_label_key.csv"
 # Keys written by this project, in the same format: labelled corpus styles for training (extra),

@@ -36,7 +36,7 @@ from kcdp_core.data.emoji_render import EMPTY_DRAWING, render_job
 from kcdp_core.data.emoji_sources import DOMAINS, FAMILIES, DomainSource, read_drawings
 from kcdp_core.data.npm_cache import fetch_package
 from kcdp_core.data.packages import CATALOG_PACKAGES, PACKAGES, NpmPackage
-from kcdp_core.labels import EMOJI7
+from kcdp_core.portable.labels import EMOJI7
 
 BUILDER_VERSION = 1  # bump when the image format changes, to invalidate stamps
 INDEX_FIELDS = ("path", "part", "domain", "codepoint", "label", "package", "version", "member", "license")

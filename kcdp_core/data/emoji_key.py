@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kcdp_core.data.emoji_catalog import norm_hex
-from kcdp_core.labels import EMOJI7, MIKELS8
+from kcdp_core.portable.labels import EMOJI7, MIKELS8
 
 _HERE = Path(__file__).resolve().parent
 LABEL_KEY_CSV = _HERE / "emoji_label_key.csv"

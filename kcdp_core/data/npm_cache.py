@@ -15,8 +15,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from kcdp_core.constants import cache_root
 from kcdp_core.data.packages import NpmPackage
+from kcdp_core.portable.constants import cache_root
 
 NPM_TIMEOUT_S = 900
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
-from kcdp_core.labels import EMOJI7
+from kcdp_core.portable.labels import EMOJI7
 
 SUPERSAMPLE = 3  # drawn at 3x and downsampled: smooth edges without an anti-aliasing rasteriser
 

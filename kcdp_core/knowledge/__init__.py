@@ -1,9 +1,11 @@
-"""The knowledge branch: captions, knowledge triplets and their text encoding.
+"""The knowledge branch: captioners, the knowledge cache and the text encoder.
 
-- triplets.py      spaCy dependency-rule triplet parser (torch-free; the runtime uses it too)
+The triplet parser, the caption bank and the knowledge assembly are shared with the torch-free
+runtime: they live in kcdp_core.portable.
+
 - captioners.py    InstructBLIP / retrieval / CSV captioners behind one interface, build_captioner
-- caption_bank.py  the retrieval captioner's caption bank (numpy; build needs the text encoder)
 - cache.py         the crash-safe, resumable knowledge cache (caption + triplets per image)
-- text_encoder.py, assemble.py   k = concat(T(c), sum_i T(t_i)) and its mask
+- text_encoder.py  token states T(c), T(t_i); k = concat(T(c), sum_i T(t_i)) via portable.assemble
+- pooling.py       sentence embeddings (masked mean) for the caption bank
 - cli.py           kcdp-knowledge
 """

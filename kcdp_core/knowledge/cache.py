@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from kcdp_core.images import ImageError, load_image
+from kcdp_core.portable.images import ImageError, load_image
 
 FILENAME = "knowledge.jsonl"
 PATTERN = "knowledge*.jsonl"  # FILENAME and the per-process shard files
@@ -63,7 +63,7 @@ def parser_version_of(parser: Any) -> str:
     """TripletParser.version, or PARSER_VERSION for a parser object without one."""
     version = getattr(parser, "version", None)
     if version is None:
-        from kcdp_core.knowledge.triplets import PARSER_VERSION
+        from kcdp_core.portable.triplets import PARSER_VERSION
 
         version = PARSER_VERSION
     return str(version)

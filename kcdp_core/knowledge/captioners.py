@@ -24,9 +24,9 @@ import numpy as np
 from PIL import Image
 
 from kcdp_core.config import KCDPConfig, KnowledgeConfig, Source
-from kcdp_core.constants import CAPTION_SEPARATOR
-from kcdp_core.images import preprocess
-from kcdp_core.knowledge.caption_bank import CaptionBank
+from kcdp_core.portable.caption_bank import CaptionBank
+from kcdp_core.portable.constants import CAPTION_SEPARATOR
+from kcdp_core.portable.images import preprocess
 
 PathLike = str | Path
 

@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kcdp_core.constants import IMAGE_SUFFIXES, cache_root
 from kcdp_core.extras import names_missing_extra
+from kcdp_core.portable.constants import IMAGE_SUFFIXES, cache_root
 
 
 def default_cache_dir() -> Path:
@@ -41,7 +41,7 @@ def parse_main(argv: list[str]) -> int:
     ap.add_argument("--json", action="store_true", help="one JSON object per sentence and line")
     ap.add_argument("--model", default="en_core_web_sm", help="spaCy model (default: en_core_web_sm)")
     args = ap.parse_args(argv)
-    from kcdp_core.knowledge.triplets import TripletParser
+    from kcdp_core.portable.triplets import TripletParser
 
     try:
         parser = TripletParser(args.model)
@@ -83,7 +83,7 @@ def fill_main(argv: list[str]) -> int:
     from kcdp_core.config import KCDPConfig, preset
     from kcdp_core.knowledge.cache import KnowledgeCache
     from kcdp_core.knowledge.captioners import build_captioner
-    from kcdp_core.knowledge.triplets import TripletParser
+    from kcdp_core.portable.triplets import TripletParser
 
     try:
         config = KCDPConfig.load(args.ckpt) if args.ckpt else preset(args.preset or "mini")

@@ -10,8 +10,8 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from kcdp_core.config import Source
-from kcdp_core.knowledge.assemble import assemble_batch, knowledge_texts
 from kcdp_core.knowledge.pooling import sentence_embedding
+from kcdp_core.portable.assemble import assemble_batch, knowledge_texts
 from kcdp_core.sources import resolve
 
 Triplet = Sequence[str]

@@ -17,9 +17,9 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from safetensors.torch import save_file
 
-from kcdp_core.constants import cache_root
 from kcdp_core.knowledge.pooling import sentence_embedding
 from kcdp_core.model.image_encoder import ImageEncoder, ImageEncoderConfig
+from kcdp_core.portable.constants import cache_root
 
 # Bump when the tiny foundation's architecture changes so stale caches are rebuilt.
 TINY_VERSION = "2"

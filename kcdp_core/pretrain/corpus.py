@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kcdp_core.images import ImageError, load_pixels
+from kcdp_core.portable.images import ImageError, load_pixels
 
 # Emoji faces carry the emotion signal (kcdp_core/data/README.md, the pilot): CLDR group + a face subgroup.
 FACE_GROUP = "Smileys & Emotion"

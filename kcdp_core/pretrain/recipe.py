@@ -323,8 +323,8 @@ def evaluate(
     """Every figure of benchmarks/RESULTS.md 'mini foundation', from the foundation folder itself."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-    from kcdp_core.labels import EMOJI7
     from kcdp_core.model.image_encoder import ImageEncoder
+    from kcdp_core.portable.labels import EMOJI7
 
     ctx = Context(recipe)
     corpus = ctx.corpus

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from kcdp_core.config import KCDPConfig, Source
-from kcdp_core.constants import IMAGE_SUFFIXES, cache_root
+from kcdp_core.portable.constants import IMAGE_SUFFIXES, cache_root
 
 DEFAULT_MODEL = "kcdp:default_model"
 DEFAULT_EPOCHS = 4
@@ -73,7 +73,7 @@ class TargetSet:
 def read_target(folder: str | Path) -> TargetSet:
     """Every readable image under `folder` (recursively, hidden folders skipped). Names and folders
     are never interpreted; an unreadable image is skipped with its reason."""
-    from kcdp_core.images import ImageError, load_image
+    from kcdp_core.portable.images import ImageError, load_image
 
     folder = Path(folder)
     if not folder.is_dir():

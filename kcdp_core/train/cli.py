@@ -13,7 +13,7 @@ from kcdp_core.extras import names_missing_extra
 
 
 def _config_from_args(args: argparse.Namespace) -> KCDPConfig:
-    from kcdp_core.labels import resolve_labels
+    from kcdp_core.portable.labels import resolve_labels
 
     kwargs = {}
     if args.labels:

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
-from kcdp_core.constants import IMAGE_SUFFIXES
-from kcdp_core.images import ImageError, load_image, preprocess
+from kcdp_core.portable.constants import IMAGE_SUFFIXES
+from kcdp_core.portable.images import ImageError, load_image, preprocess
 
 UNLABELLED = -1
 

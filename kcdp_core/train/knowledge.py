@@ -20,9 +20,9 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from kcdp_core.config import KCDPConfig
-from kcdp_core.constants import cache_root
-from kcdp_core.knowledge.assemble import KnowledgeRule
 from kcdp_core.knowledge.text_encoder import TextEncoder
+from kcdp_core.portable.assemble import KnowledgeRule
+from kcdp_core.portable.constants import cache_root
 from kcdp_core.train.datasets import file_hash
 
 Triplet = tuple[str, str, str]
@@ -75,7 +75,7 @@ def describe_with_knowledge_cache(
     """Captions + triplets through kcdp_core.knowledge (cache filled on demand, resumable)."""
     from kcdp_core.knowledge.cache import KnowledgeCache
     from kcdp_core.knowledge.captioners import build_captioner
-    from kcdp_core.knowledge.triplets import TripletParser
+    from kcdp_core.portable.triplets import TripletParser
 
     cache = KnowledgeCache(folder or cache_root() / "knowledge")
     state: dict[str, object] = {}
@@ -168,6 +168,6 @@ class KnowledgeTable:
 
 
 def _parser_version() -> str:
-    from kcdp_core.knowledge.triplets import PARSER_VERSION
+    from kcdp_core.portable.triplets import PARSER_VERSION
 
     return PARSER_VERSION

@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from kcdp_core.config import KCDPConfig
-from kcdp_core.images import preprocess
+from kcdp_core.portable.images import preprocess
 from kcdp_core.train.datasets import (
     AugmentConfig,
     EpochSampler,

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 # Image files every folder walk picks up (datasets, the knowledge cache, calibration, kcdp-infer, kcdp-bench):
-# what kcdp_core.images reads (SVG is rasterised with resvg).
+# what kcdp_core.portable.images reads (SVG is rasterised with resvg).
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".svg"})
 
 # A top-k retrieval captioner joins its k bank captions with this into one caption (training's
