@@ -292,9 +292,6 @@ class Pipeline:
         return self._parser
 
     # -- inference --------------------------------------------------------------------------------
-    def classify(self, image: ImageInput, name: str | None = None) -> dict[str, Any]:
-        return self.run([image], names=[name] if name else None)[0]
-
     def run(
         self,
         images: Sequence[ImageInput],

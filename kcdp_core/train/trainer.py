@@ -287,7 +287,6 @@ class Trainer:
         if tc.init_checkpoint:
             load_initial_weights(model, tc.init_checkpoint)
             self.log(f"initial weights: {tc.init_checkpoint}")
-        self.raw_model = model
         labels = cfg.labels
 
         records = load_records(self.source, labels, with_labels=True)
