@@ -1,7 +1,7 @@
 """Which target pseudo-labels train the model (DA): selection over one epoch's CLIEA labels.
 
 CLIEA stays the pseudo-labeller (argmax of its scores); this module only decides which of its
-labels the target cross-entropy uses. Measured reason (benchmarks/RESULTS.md, "Pseudo-labels"):
+labels the target cross-entropy uses. Measured reason (benchmarks/HISTORY.md, "Drawn faces: why DA did not adapt"):
 with every label kept, CLIEA's target labels are as wrong as the head's own predictions and skewed
 towards the source's majority class, so training on them only confirms the head.
 
