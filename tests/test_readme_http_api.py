@@ -8,15 +8,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+from live_server import live_server
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "HTTP API"
@@ -53,33 +50,10 @@ def examples(text: str) -> list[tuple[str, Any]]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server():
-    port = _free_port()
-    cmd = [sys.executable, "-m", "kcdp_runtime.serve", "--port", str(port)]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-            if proc.poll() is not None:
-                pytest.fail(f"kcdp-serve did not start: {proc.stderr.read().decode()}")
-        else:
-            pytest.fail("kcdp-serve did not answer /health within a minute")
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with live_server(cwd=REPO) as (base, _):
+        yield base.removeprefix("http://")
 
 
 def _same_shape(got: Any, shown: Any, where: str) -> None:

@@ -6,15 +6,11 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
-import socket
-import subprocess
-import sys
-import time
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from live_server import live_server
 from PIL import Image
 from runtime_export import build_fake_export
 from runtime_images import BLUE, RED, animation, blues, gif_bytes, png_bytes, svg_bytes
@@ -161,19 +157,7 @@ def test_live_server_chunked_413_and_request_id_in_its_log(tmp_path_factory):
     """On uvicorn itself: a chunked upload over --max-body-mb gets 413, and kcdp-serve's log line for
     it starts with the request's id."""
     export = build_fake_export(tmp_path_factory.mktemp("live") / "fake")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "kcdp_runtime.serve", "--model", str(export), "--port", str(port), "--max-body-mb", "0.01"]  # fmt: skip
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ))
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+    with live_server("--model", str(export), "--max-body-mb", "0.01") as (base, server):
         body = json.dumps({"image": "A" * 40000}).encode()
         r = httpx.post(
             f"{base}/v1/classify",
@@ -185,8 +169,5 @@ def test_live_server_chunked_413_and_request_id_in_its_log(tmp_path_factory):
         assert "request body exceeds 10485 bytes" in r.json()["detail"]
         ok = httpx.post(f"{base}/v1/classify", json={"image": b64(RED_PNG)}, timeout=30)
         assert ok.status_code == 200 and ok.json()["label"] == "anger"
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
     log = server.stderr.read().decode()
     assert "kcdp-serve: [chunk-1] 413 request body exceeds 10485 bytes" in log, log

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from live_server import live_server
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from runtime_export import build_fake_export
@@ -129,38 +127,8 @@ def test_micro_batching_batches_concurrent_requests(pipe):
         assert sum(sizes) == 32 and max(sizes) > 1 and len(sizes) < 32
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_loopback_load_no_errors_no_memory_growth(export):
-    port = _free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "kcdp_runtime.serve",
-        "--model",
-        str(export),
-        "--port",
-        str(port),
-        "--max-wait-ms",
-        "2",
-    ]
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ))
-    try:
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        else:
-            pytest.fail(
-                f"server did not start: {server.stderr.read().decode() if server.poll() is not None else ''}"
-            )
+    with live_server("--model", str(export), "--max-wait-ms", "2") as (base, server):
 
         def run(n: int) -> list[int]:
             codes: list[int] = []
@@ -192,6 +160,3 @@ def test_loopback_load_no_errors_no_memory_growth(export):
         assert rss_warm > 0 and growth < 8 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB after warm-up"
         samples = parse_metrics(httpx.get(f"{base}/metrics").text)
         assert samples[("kcdp_requests_total", (("code", "200"), ("endpoint", "/v1/classify")))] == 660
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
