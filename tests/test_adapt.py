@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from train_data import make_domain
+from train_data import make_domain, slowed_training_steps
 
 from kcdp_core.portable.labels import EMOJI7
 
@@ -139,17 +139,10 @@ def test_a_source_check_drop_past_the_limit_exits_3_and_exports_nothing(adapted,
     assert not out.exists()
 
 
-SLOW_ADAPT = """
-import sys, time
+SLOW_ADAPT = slowed_training_steps(0.5) + """
+import sys
 from pathlib import Path
-from kcdp_core.train import trainer
 from kcdp_core.train.adapt import AdaptOptions, adapt
-step = trainer.training_step
-def slow_step(*args, **kwargs):
-    out = step(*args, **kwargs)
-    time.sleep(0.5)
-    return out
-trainer.training_step = slow_step
 target, start, src, work = sys.argv[1:]
 adapt(AdaptOptions(Path(target), start, [Path(src)], epochs=2, per_class=3, work=Path(work), progress=False),
       log=lambda m: None)

@@ -11,20 +11,11 @@ import time
 
 import pytest
 import torch
-from train_data import make_domain
+from train_data import make_domain, slowed_training_steps
 
 TRAIN = "from kcdp_core.train.cli import train_main; raise SystemExit(train_main())"
 # The same run with a pause after every training step, so that the test can kill it mid-epoch.
-SLOW_TRAIN = """
-import time
-from kcdp_core.train import trainer
-step = trainer.training_step
-def slow_step(*args, **kwargs):
-    out = step(*args, **kwargs)
-    time.sleep(0.4)
-    return out
-trainer.training_step = slow_step
-""" + TRAIN
+SLOW_TRAIN = slowed_training_steps(0.4) + TRAIN
 
 
 def _args(src, tgt, out) -> list[str]:

@@ -42,3 +42,18 @@ def write_manifest(folder: Path, out: Path, shuffle_labels: bool = False, seed: 
         for (path, _), label in zip(rows, labels, strict=True):
             writer.writerow([str(path), label])
     return out
+
+
+def slowed_training_steps(seconds: float) -> str:
+    """Python source that pauses after every training step; put before a subprocess's script so that a
+    test can kill the run mid-epoch."""
+    return f"""
+import time
+from kcdp_core.train import trainer
+_step = trainer.training_step
+def _slow_step(*args, **kwargs):
+    out = _step(*args, **kwargs)
+    time.sleep({seconds})
+    return out
+trainer.training_step = _slow_step
+"""
