@@ -88,11 +88,12 @@ def read_target(folder: str | Path) -> TargetSet:
     rows, skipped = [], []
     for path in files:
         try:
-            load_image(path)
-        except ImageError as exc:
+            data = path.read_bytes()  # read once: decoded to check it, hashed to order it
+            load_image(data, name=str(path))
+        except (OSError, ImageError) as exc:
             skipped.append(f"{path}: {exc}")
             continue
-        rows.append((hashlib.sha256(path.read_bytes()).hexdigest(), path))
+        rows.append((hashlib.sha256(data).hexdigest(), path))
     if not rows:
         raise AdaptError(f"{folder}: no readable images (looked for {sorted(IMAGE_SUFFIXES)})")
     rows.sort(key=lambda r: (r[0], str(r[1])))
