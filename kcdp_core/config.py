@@ -164,6 +164,9 @@ class TrainConfig:
     seed: int = 0
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     augment: bool = True
+    # Probability that a source image is first redrawn in another style (palette, flat fills,
+    # line art, background, size in the frame: train/style_augment.py); 0 off.
+    style_augment: float = 0.0
     num_workers: int = 0
     # Draw source batches class-balanced (with replacement): macro-F1 on skewed sets (happiness 19/44).
     balanced_sampling: bool = False

@@ -14,9 +14,12 @@ from kcdp_core.data.avatar_key import (
     BENCHMARK_STYLES,
     EXTRA_STYLES,
     HELDOUT_STYLES,
+    LABELLED_STYLES,
     load_avatar_key,
+    load_training_styles,
 )
-from kcdp_core.train.default_model import OPEN_DOMAINS, open_manifest
+from kcdp_core.data.procedural_faces import build_procedural
+from kcdp_core.train.default_model import OPEN_DOMAINS, kept_styles, open_manifest
 
 
 def test_the_training_data_takes_the_lowest_seeds_of_every_labelled_style_and_no_held_out_one(tmp_path):
@@ -39,3 +42,32 @@ def test_the_training_data_takes_the_lowest_seeds_of_every_labelled_style_and_no
     assert all(Path(r["path"]).parent.name == r["label"] for r in rows)
     assert not any(style in r["path"] for r in rows for style in HELDOUT_STYLES)
     assert len(rows) == sum(counts.values())
+
+
+def test_left_out_families_leave_with_their_close_ups_and_procedural_faces_join(tmp_path):
+    for domain in OPEN_DOMAINS:
+        make_domain(tmp_path / "emoji" / "domains" / domain, (200, 180, 40), per_class=1)
+    build_avatars(
+        tmp_path / "labelled", per_class=3, size=32, workers=1, corpus_per_style=0, style_set="labelled"
+    )
+    build_procedural(tmp_path / "procedural", per_class=2, size=32)
+
+    manifest, counts = open_manifest(
+        tmp_path / "emoji",
+        tmp_path / "m.csv",
+        labelled_avatars=tmp_path / "labelled",
+        procedural=tmp_path / "procedural",
+        leave_out_families=("lorelei", "avataaars"),
+        labelled_per_class=2,
+    )
+    trained = set(counts) - set(OPEN_DOMAINS)
+    assert {"lorelei", "lorelei-neutral", "avataaars-neutral"}.isdisjoint(trained)
+    assert trained == (set(LABELLED_STYLES) - {"lorelei", "lorelei-neutral", "avataaars-neutral"}) | {
+        "procedural"
+    }
+    assert counts["procedural"] == 2 * 7
+    assert counts["dylan"] == 2 * len(load_training_styles()["dylan"].classes)
+    rows = list(csv.DictReader(manifest.open(newline="")))
+    labelled = [Path(r["path"]) for r in rows if "labelled" in r["path"]]
+    assert {int(p.stem.rsplit("-", 1)[1]) for p in labelled} == {0, 1}  # seed 2 stays unseen
+    assert kept_styles(("lorelei-neutral", "dylan"), ["lorelei"]) == ("dylan",)

@@ -22,6 +22,7 @@ from PIL import Image, ImageEnhance, ImageOps
 
 from kcdp_core.portable.constants import IMAGE_SUFFIXES
 from kcdp_core.portable.images import ImageError, load_image, preprocess
+from kcdp_core.train.style_augment import restyle
 
 UNLABELLED = -1
 
@@ -118,10 +119,14 @@ class AugmentConfig:
     flip: float = 0.5
     jitter: float = 0.3  # brightness / contrast / saturation
     grayscale: float = 0.2  # line art is monochrome: teach colour invariance
+    # Probability of redrawing the image in another style first (train/style_augment.py).
+    style: float = 0.0
 
 
 def augment(img: Image.Image, rng: np.random.Generator, cfg: AugmentConfig) -> Image.Image:
-    """Random crop, flip, rotation on white, colour jitter and grayscale."""
+    """Sometimes another style, then random crop, flip, rotation on white, colour jitter and grayscale."""
+    if cfg.style > 0 and rng.random() < cfg.style:
+        img = restyle(img, rng)
     w, h = img.size
     area = rng.uniform(*cfg.scale)
     side = max(2, int(round(math.sqrt(area) * min(w, h))))

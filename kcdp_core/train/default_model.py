@@ -47,19 +47,29 @@ def _seed_number(path: Path) -> int:
     return int(path.stem.rsplit("-", 1)[1])
 
 
-def _avatar_rows(avatars: Path, styles: tuple[str, ...], per_class: int) -> dict[str, list[Path]]:
-    """style -> its lowest-seed `per_class` images per class (the rest stay unseen seeds)."""
+def _avatar_rows(
+    avatars: Path, styles: tuple[str, ...], per_class: int, unseen: bool = False
+) -> dict[str, list[Path]]:
+    """style -> its lowest-seed `per_class` images per class (the rest stay unseen seeds), or with
+    `unseen` those other seeds."""
     out = {}
     for style in styles:
         folder = avatars / "domains" / style
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: missing (build it with `kcdp-data avatars --out {avatars}`)")
-        out[style] = [
-            p
-            for label in sorted(d for d in folder.iterdir() if d.is_dir())
-            for p in sorted(label.glob("*.png"), key=_seed_number)[:per_class]
-        ]
+        out[style] = []
+        for label in sorted(d for d in folder.iterdir() if d.is_dir()):
+            seeds = sorted(label.glob("*.png"), key=_seed_number)
+            out[style] += seeds[per_class:] if unseen else seeds[:per_class]
     return out
+
+
+def kept_styles(styles: tuple[str, ...], leave_out_families: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """`styles` less those whose art family (training_styles.csv) is left out."""
+    from kcdp_core.data.avatar_key import load_training_styles
+
+    table = load_training_styles()
+    return tuple(s for s in styles if s not in table or table[s].family not in leave_out_families)
 
 
 def open_manifest(
@@ -68,8 +78,15 @@ def open_manifest(
     avatars: Path | None = None,
     avatar_per_class: int = 0,
     extra_avatars: Path | None = None,
+    labelled_avatars: Path | None = None,
+    procedural: Path | None = None,
+    leave_out_families: tuple[str, ...] = (),
+    labelled_per_class: int = 40,
 ) -> tuple[Path, dict[str, int]]:
-    from kcdp_core.data.avatar_key import BENCHMARK_STYLES, EXTRA_STYLES
+    """The training manifest (path,label) and its image count per domain / style. Every avatar
+    style must be on the list of training styles; `leave_out_families` drops every style of those
+    art families (a close-up leaves with its base style) so that they can score a choice."""
+    from kcdp_core.data.avatar_key import BENCHMARK_STYLES, EXTRA_STYLES, LABELLED_STYLES, check_trainable
 
     rows, counts = [], {}
     for domain in OPEN_DOMAINS:
@@ -79,11 +96,24 @@ def open_manifest(
         images = sorted(folder.rglob("*.png"))
         counts[domain] = len(images)
         rows += [(str(p), p.parent.name) for p in images]
+    wanted = [
+        (avatars, BENCHMARK_STYLES, avatar_per_class),
+        (extra_avatars, EXTRA_STYLES, avatar_per_class),
+        (labelled_avatars, LABELLED_STYLES, labelled_per_class),
+    ]
     styles: dict[str, list[Path]] = {}
-    if avatars is not None:
-        styles |= _avatar_rows(avatars, BENCHMARK_STYLES, avatar_per_class)
-    if extra_avatars is not None:
-        styles |= _avatar_rows(extra_avatars, EXTRA_STYLES, avatar_per_class)
+    for root, names, per_class in wanted:
+        if root is not None:
+            kept = kept_styles(names, leave_out_families)
+            check_trainable(kept)
+            styles |= _avatar_rows(root, kept, per_class)
+    if procedural is not None:
+        check_trainable(("procedural",))
+        styles["procedural"] = sorted(procedural.glob("*/*.png"))
+        if not styles["procedural"]:
+            raise FileNotFoundError(
+                f"{procedural}: no faces (build them: `kcdp-data procedural --out {procedural}`)"
+            )
     for style, images in styles.items():
         counts[style] = len(images)
         rows += [(str(p), p.parent.name) for p in images]
@@ -95,14 +125,26 @@ def open_manifest(
     return out, counts
 
 
-def score_styles(ckpt: Path, model, avatars: Path, styles: tuple[str, ...]) -> dict[str, dict]:
+def score_styles(
+    ckpt: Path, model, avatars: Path, styles: tuple[str, ...], skip_seeds: int = 0
+) -> dict[str, dict]:
     """Accuracy / macro-F1 per style of a labelled avatar folder, and their mean over the styles;
-    macro-F1 over the classes each style has, as the avatar tables of benchmarks/RESULTS.md."""
+    macro-F1 over the classes each style has, as the avatar tables of benchmarks/RESULTS.md.
+    `skip_seeds`: leave out the lowest seeds per class (those a model trained on)."""
+    import tempfile
+
     from kcdp_core.train.evaluate import evaluate_checkpoint
 
     scores = {}
-    for style in styles:
-        r = evaluate_checkpoint(ckpt, avatars / "domains" / style, model=model)
+    with tempfile.TemporaryDirectory() as tmp:
+        for style in styles:
+            data = avatars / "domains" / style
+            if skip_seeds:
+                data = Path(tmp) / f"{style}.csv"
+                paths = _avatar_rows(avatars, (style,), skip_seeds, unseen=True)[style]
+                data.write_text("path,label\n" + "".join(f"{p},{p.parent.name}\n" for p in paths))
+            scores[style] = evaluate_checkpoint(ckpt, data, model=model)
+    for style, r in scores.items():
         scores[style] = {
             "accuracy": round(float(r["accuracy"]), 4),
             "macro_f1": round(float(r["macro_f1_truth"]), 4),
@@ -150,6 +192,26 @@ def recipe_parser() -> argparse.ArgumentParser:
         help="kcdp-data avatars --styles extra output: its three styles join the training data",
     )
     p.add_argument(
+        "--labelled-avatars",
+        help="kcdp-data avatars --styles labelled output: its styles join the training data "
+        "(the lowest --labelled-per-class seeds; the other seeds are scored on the card)",
+    )
+    p.add_argument("--labelled-per-class", type=int, default=40)
+    p.add_argument("--procedural", help="kcdp-data procedural output: every face joins the training data")
+    p.add_argument(
+        "--leave-out-families",
+        nargs="*",
+        default=[],
+        help="art families (training_styles.csv) left out of training and scored on the card: "
+        "how a training change is chosen without looking at the held-out styles",
+    )
+    p.add_argument(
+        "--style-augment",
+        type=float,
+        default=0.0,
+        help="probability of redrawing a source image in another style",
+    )
+    p.add_argument(
         "--avatar-test", help="kcdp-data avatars output rendered from other seeds: scored on the card"
     )
     p.add_argument(
@@ -182,13 +244,16 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     avatars = Path(args.avatars) if args.avatars else None
     extra = Path(args.extra_avatars) if args.extra_avatars else None
+    labelled = Path(args.labelled_avatars) if args.labelled_avatars else None
+    left_out = tuple(args.leave_out_families)
     manifest, counts = open_manifest(
-        Path(args.data), work / "training_data.csv", avatars, args.avatar_per_class, extra
-    )
+        Path(args.data), work / "training_data.csv", avatars, args.avatar_per_class, extra, labelled,
+        Path(args.procedural) if args.procedural else None, left_out, args.labelled_per_class,
+    )  # fmt: skip
     config = mini().replace(
         train={
             "setting": "uc", "epochs": args.epochs, "seed": args.seed, "lr": args.lr,
-            "head_lr": args.head_lr, "balanced_sampling": False,
+            "head_lr": args.head_lr, "balanced_sampling": False, "style_augment": args.style_augment,
         }
     )  # fmt: skip
     if args.foundation:
@@ -197,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     result = Trainer(
         config, manifest, work / "ckpt", progress=False, log=lambda m: print(m, file=sys.stderr, flush=True)
     ).run(resume=True)
-    from kcdp_core.data.avatar_key import BENCHMARK_STYLES, HELDOUT_STYLES
+    from kcdp_core.data.avatar_key import BENCHMARK_STYLES, HELDOUT_STYLES, LABELLED_STYLES
     from kcdp_core.train.evaluate import evaluate_checkpoint
 
     best = work / "ckpt" / "best"
@@ -209,6 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     heldout = (
         score_styles(best, model, Path(args.avatar_heldout), HELDOUT_STYLES) if args.avatar_heldout else {}
     )
+    trained_labelled = kept_styles(LABELLED_STYLES, left_out)
+    labelled_seeds = labelled and score_styles(
+        best, model, labelled, trained_labelled, args.labelled_per_class
+    )
+    left_out_styles = tuple(s for s in LABELLED_STYLES if s not in trained_labelled)
+    left_out_scores = labelled and left_out_styles and score_styles(best, model, labelled, left_out_styles)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(work / "ckpt" / "best" / "config.json", out / "config.json")
@@ -238,6 +309,18 @@ def main(argv: list[str] | None = None) -> int:
         and {
             "data": f"{args.avatar_test}: kcdp-data avatars rendered from seeds never trained on",
             "styles": avatar_test,
+        },
+        "unseen_labelled_seeds": labelled_seeds
+        and {
+            "data": f"{args.labelled_avatars}: seeds above the lowest {args.labelled_per_class} per class, "
+            "never trained on",
+            "styles": labelled_seeds,
+        },
+        "left_out_families": left_out_scores
+        and {
+            "data": f"{args.labelled_avatars}: the styles of the families {list(left_out)}, left out of "
+            "training to score a training choice",
+            "styles": left_out_scores,
         },
         "unseen_avatar_styles": heldout
         and {

@@ -305,7 +305,7 @@ class Trainer:
         ks, ms = k[:n_src], mask[:n_src]
         kt, mt = k[n_src:], mask[n_src:]
         size = cfg.foundation.image_size
-        aug = AugmentConfig() if tc.augment else None
+        aug = AugmentConfig(style=tc.style_augment) if tc.augment else None
         self.train_ds = ImageKnowledgeDataset(
             self.train_records, ks[train_idx], ms[train_idx], size, aug, tc.seed
         )
