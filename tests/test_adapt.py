@@ -139,7 +139,9 @@ def test_a_source_check_drop_past_the_limit_exits_3_and_exports_nothing(adapted,
     assert not out.exists()
 
 
-SLOW_ADAPT = slowed_training_steps(0.5) + """
+SLOW_ADAPT = (
+    slowed_training_steps(0.5)
+    + """
 import sys
 from pathlib import Path
 from kcdp_core.train.adapt import AdaptOptions, adapt
@@ -147,6 +149,7 @@ target, start, src, work = sys.argv[1:]
 adapt(AdaptOptions(Path(target), start, [Path(src)], epochs=2, per_class=3, work=Path(work), progress=False),
       log=lambda m: None)
 """
+)
 
 
 def test_a_killed_adaptation_resumes_to_the_same_model(adapted) -> None:
@@ -204,3 +207,32 @@ def test_the_budget_takes_the_most_source_images_that_fit() -> None:
     assert slower.per_class < large.per_class  # uncaptioned source images cost time too
     assert plan_budget(pool, seconds_left=None, **kw).per_class == 1000
     assert plan_budget(pool, seconds_left=1, **kw).per_class == 4  # the floor, said so in `how`
+
+
+def test_recipe_sources_follow_the_recipe_labelled_styles_procedural_faces_and_left_out_families(tmp_path):
+    """A recipe with --labelled-avatars, --procedural and --leave-out-families: the labelled styles
+    train on their lowest seeds and check on the next ones, procedural faces only train, a left-out
+    family is nowhere. (The cache holds finished builds, so nothing is rendered here but them.)"""
+    from kcdp_core.data.avatar_build import build_avatars
+    from kcdp_core.data.procedural_faces import build_procedural
+    from kcdp_core.train.adapt import CHECK_PER_CLASS, recipe_sources
+    from kcdp_core.train.default_model import OPEN_DOMAINS
+
+    cache = tmp_path / "cache"
+    for domain in OPEN_DOMAINS:
+        make_domain(cache / "emoji128" / "domains" / domain, (200, 180, 40), per_class=1)
+    (cache / "emoji128" / "report.json").write_text("{}")
+    build_avatars(cache / "avatars_labelled", per_class=2 + CHECK_PER_CLASS, size=32, workers=1,
+                  corpus_per_style=0, style_set="labelled")  # fmt: skip
+    build_procedural(cache / "procedural", per_class=2, size=32, workers=1)
+    recipe = ["--labelled-avatars", "L", "--labelled-per-class", "2", "--procedural", "P",
+              "--leave-out-families", "lorelei"]  # fmt: skip
+
+    pool = recipe_sources(recipe, EMOJI7, cache, log=lambda m: None)
+    groups = {group for group, _ in pool.train}
+    assert "procedural" in groups and "dylan" in groups and "voxel-art" in groups
+    assert not {"lorelei", "lorelei-neutral"} & groups
+    assert all(len(pool.train[(g, c)]) == 2 for g, c in pool.train if g == "dylan")
+    assert {c.group for c in pool.check} >= {"dylan"} and "procedural" not in {c.group for c in pool.check}
+    trained = {p for paths in pool.train.values() for p in paths}
+    assert not trained & {c.path for c in pool.check}

@@ -159,32 +159,50 @@ def recipe_sources(
     """The labelled sources of a default-model recipe, built on demand under `cache` (kcdp-data).
 
     Training may use the images the starting model trained on (the open emoji styles, the lowest
-    `--avatar-per-class` seeds of each avatar style and class); the check set is the next
-    CHECK_PER_CLASS seeds of each avatar style and class, which it never saw."""
-    from kcdp_core.data.avatar_key import BENCHMARK_STYLES, EXTRA_STYLES
-    from kcdp_core.train.default_model import OPEN_DOMAINS, recipe_parser
+    `--avatar-per-class` (`--labelled-per-class`) seeds of each avatar style and class, procedural
+    faces); the check set is the next CHECK_PER_CLASS seeds of each avatar style and class, which it
+    never saw. Families the recipe left out stay out."""
+    from kcdp_core.data.avatar_key import BENCHMARK_STYLES, EXTRA_STYLES, LABELLED_STYLES
+    from kcdp_core.train.default_model import OPEN_DOMAINS, kept_styles, recipe_parser
 
     args, _ = recipe_parser().parse_known_args(recipe)
-    per_class = int(args.avatar_per_class)
-    avatars_n = str(per_class + CHECK_PER_CLASS)
+    per_class, labelled_per_class = int(args.avatar_per_class), int(args.labelled_per_class)
     builds = [("emoji128", ["emoji", "--size", "128", "--no-corpus", "--domains", ",".join(OPEN_DOMAINS)])]
     if args.avatars:
-        builds.append(("avatars", ["avatars", "--per-class", avatars_n, "--corpus-per-style", "0"]))
+        n = str(per_class + CHECK_PER_CLASS)
+        builds.append(("avatars", ["avatars", "--per-class", n, "--corpus-per-style", "0"]))
     if args.extra_avatars:
-        builds.append(("avatars_extra", ["avatars", "--styles", "extra", "--per-class", avatars_n]))
+        builds.append(
+            (
+                "avatars_extra",
+                ["avatars", "--styles", "extra", "--per-class", str(per_class + CHECK_PER_CLASS)],
+            )
+        )
+    if args.labelled_avatars:
+        n = str(labelled_per_class + CHECK_PER_CLASS)
+        builds.append(("avatars_labelled", ["avatars", "--styles", "labelled", "--per-class", n]))
+    if args.procedural:
+        builds.append(("procedural", ["procedural"]))
     roots = {name: ensure_built(cache / name, argv, log) for name, argv in builds}
     train: dict[tuple[str, str], list[Path]] = {}
     check: list[Labelled] = []
     for domain in OPEN_DOMAINS:
         for folder in _class_folders(roots["emoji128"] / "domains" / domain, labels):
             train[(domain, folder.name)] = sorted(folder.glob("*.png"))
-    styles = [("avatars", s) for s in BENCHMARK_STYLES if args.avatars]
-    styles += [("avatars_extra", s) for s in EXTRA_STYLES if args.extra_avatars]
-    for root, style in styles:
+    left_out = tuple(args.leave_out_families)
+    styles = [("avatars", s, per_class) for s in BENCHMARK_STYLES if args.avatars]
+    styles += [("avatars_extra", s, per_class) for s in EXTRA_STYLES if args.extra_avatars]
+    styles += [("avatars_labelled", s, labelled_per_class) for s in LABELLED_STYLES if args.labelled_avatars]
+    for root, style, n in styles:
+        if style not in kept_styles((style,), left_out):
+            continue
         for folder in _class_folders(roots[root] / "domains" / style, labels):
             paths = sorted(folder.glob("*.png"), key=_seed_number)
-            train[(style, folder.name)] = paths[:per_class]
-            check += [Labelled(p, folder.name, style) for p in paths[per_class : per_class + CHECK_PER_CLASS]]
+            train[(style, folder.name)] = paths[:n]
+            check += [Labelled(p, folder.name, style) for p in paths[n : n + CHECK_PER_CLASS]]
+    if args.procedural:
+        for folder in _class_folders(roots["procedural"], labels):
+            train[("procedural", folder.name)] = sorted(folder.glob("*.png"))
     if not check:
         raise AdaptError("the recipe's sources hold no image the starting model did not train on")
     return SourcePool(train, check, [f"$KCDP_CACHE/adapt/sources/{name}" for name in roots])
