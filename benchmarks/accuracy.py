@@ -7,6 +7,8 @@
     python benchmarks/accuracy.py disjoint    # emoji-disjoint folds: source on fold A emojis, target fold B
     python benchmarks/accuracy.py avatars_loo --avatars $DATA/avatars    # leave one avatar style out
     python benchmarks/accuracy.py avatars_emoji --avatars $DATA/avatars  # emoji -> each avatar style
+    python benchmarks/accuracy.py pool_loo --avatars $DATA/avatars --extra-avatars $DATA/avatars_extra \
+        --labelled-avatars $DATA/avatars_labelled [--procedural $DATA/procedural]  # leave one art family out
 
 Avatar tasks (`kcdp-data avatars` output, --avatars DIR): loo:<style> trains on tasks/leave_out_<style>.csv
 (15 emoji styles + the other four avatar styles), emoji:<style> on tasks/emoji.csv; the target is
@@ -17,6 +19,12 @@ images for DA training, label-blind (a path-only manifest: the trainer is given 
 Every run is scored on ALL target images of the style; macro-F1 averages over the classes the style
 has. The avatar tables add two references on the same splits: ImageNet EfficientNet-Lite0 pooled
 features + logistic regression on the source, and the same with per-style feature standardisation.
+Pool tasks (pool_loo): family:<family> trains on the whole pool of training styles less one art family
+(a close-up style such as lorelei-neutral leaves with lorelei): the open emoji styles of --data, every
+benchmark, extra and labelled style of kcdp_core/data/training_styles.csv whose folder is given
+(--avatars, --extra-avatars, --labelled-avatars; held-out styles are never on that list), each cut as
+above, and with --procedural every procedural face (source only, never a target). Each style of the
+left-out family is a column, scored on all its images. Default: every family with a labelled style.
 Other tables take avatar tasks too (--avatars DIR --tasks loo:moods ...; own RESULTS.md markers).
 --jobs N trains N runs side by side (one process each, --threads torch threads each).
 DA runs log their pseudo-labels per epoch (metrics.jsonl); this script scores them against the
@@ -34,6 +42,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -47,7 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from kcdp_core.data.avatar_key import BENCHMARK_STYLES as AVATAR_STYLES
-from kcdp_core.data.avatar_key import EXTRA_STYLES
+from kcdp_core.data.avatar_key import EXTRA_STYLES, load_training_styles
 from kcdp_core.recorded_paths import with_path_variables
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -195,6 +204,14 @@ TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
             ("effnet_style", "  + per-style feature standardisation (target: its own unlabelled statistics)"),
         ],
     ),
+    "pool_loo": (
+        "Drawn faces, leave one art family out of the whole pool of training styles: target accuracy / macro-F1",
+        [
+            ("majority", "majority class of the source (measured)"),
+            ("kcdp_uc", "KCDP (UC): source only, knowledge + CLIEA"),
+            ("effnet", "EfficientNet-Lite0 (ImageNet) pooled features + logistic regression, source only"),
+        ],
+    ),
     "avatars_emoji": (
         "Drawn faces, emoji -> each avatar style: target accuracy / macro-F1",
         [],  # the rows of avatars_loo (set below)
@@ -285,6 +302,24 @@ def _write_csv(out: Path, header: list[str], rows: list[tuple]) -> Path:
     return out
 
 
+def _per_class(rows: list[tuple], cap_of, subset_seed: int) -> list[tuple]:
+    """(path, label, domain) rows cut to cap_of(domain) images per class of each domain (0 / None:
+    all), a seeded draw: the same for every training seed."""
+    groups: dict[tuple[str, str], list[tuple]] = {}
+    for row in rows:
+        groups.setdefault((row[2], row[1]), []).append(row)
+    kept = []
+    for (domain, label), members in sorted(groups.items()):
+        cap = cap_of(domain)
+        members = sorted(members)
+        if cap:
+            members = sorted(
+                random.Random(f"{subset_seed}:{domain}:{label}").sample(members, min(cap, len(members)))
+            )
+        kept += members
+    return kept
+
+
 def avatar_source(avatars: Path, task: str, style: str, args: argparse.Namespace, runs: Path) -> Path:
     """The source manifest of loo:<style> / emoji:<style>, each avatar style cut to
     --avatar-per-class images per class (seeded draw, the same for every training seed)."""
@@ -306,18 +341,7 @@ def avatar_source(avatars: Path, task: str, style: str, args: argparse.Namespace
         manifest = manifest.with_name(f"{manifest.stem}+extra.csv")
     avatar_domains = set(AVATAR_STYLES) | set(EXTRA_STYLES)
     n, n_emoji = args.avatar_per_class, args.emoji_per_class
-    groups: dict[tuple[str, str], list[tuple]] = {}
-    for row in rows:
-        groups.setdefault((row[2], row[1]), []).append(row)
-    kept = []
-    for (domain, label), members in sorted(groups.items()):
-        cap = n if domain in avatar_domains else n_emoji
-        members = sorted(members)
-        if cap:
-            members = sorted(
-                random.Random(f"{args.subset_seed}:{domain}:{label}").sample(members, min(cap, len(members)))
-            )
-        kept += members
+    kept = _per_class(rows, lambda domain: n if domain in avatar_domains else n_emoji, args.subset_seed)
     tag = (f"_n{n}" if n and task != "emoji" else "") + (f"_e{n_emoji}" if n_emoji else "")
     out = runs / "manifests" / f"{manifest.stem}{tag}{f'_s{args.subset_seed}' if tag else ''}.csv"
     return _write_csv(out, ["path", "label", "domain"], kept)
@@ -337,6 +361,72 @@ def avatar_target(avatars: Path, style: str, args: argparse.Namespace, runs: Pat
     return _write_csv(
         runs / "manifests" / f"target_{style}_m{m}_s{args.subset_seed}.csv", ["path"], [(p,) for p in draw]
     )
+
+
+# set of training_styles.csv -> the option naming the `kcdp-data avatars --styles <set>` output it is in
+POOL_FOLDERS = {"benchmark": "avatars", "extra": "extra_avatars", "labelled": "labelled_avatars"}
+
+
+def pool_styles(args: argparse.Namespace) -> dict[str, Path]:
+    """style -> DIR/domains/<style> for every labelled avatar style on the list of training styles
+    whose folder option is given (a held-out style is never on that list)."""
+    folders = {}
+    for style, row in load_training_styles().items():
+        root = getattr(args, POOL_FOLDERS.get(row.set, ""), None)
+        if root is None:
+            continue
+        folder = Path(root) / "domains" / style
+        if not folder.is_dir():
+            raise SystemExit(f"{folder}: missing (build it with `kcdp-data avatars --styles {row.set} --out {root}`)")
+        folders[style] = folder
+    return folders
+
+
+def pool_source(fam: str, folders: dict[str, Path], args: argparse.Namespace, runs: Path) -> Path:
+    """The source of family:<fam>: the open emoji styles (--emoji-per-class per class), every pool style
+    of another art family (--avatar-per-class), all procedural faces with --procedural."""
+    from kcdp_core.train.default_model import OPEN_DOMAINS
+
+    rows = []
+    for domain in OPEN_DOMAINS:
+        folder = Path(args.data) / "domains" / domain
+        if not folder.is_dir():
+            raise SystemExit(f"{folder}: missing (build it with `kcdp-data emoji --out {args.data}`)")
+        rows += [(str(p.resolve()), p.parent.name, domain) for p in sorted(folder.glob("*/*.png"))]
+    table = load_training_styles()
+    for style, folder in folders.items():
+        if table[style].family != fam:
+            rows += [(str(p.resolve()), p.parent.name, style) for p in sorted(folder.glob("*/*.png"))]
+    n, n_emoji = args.avatar_per_class, args.emoji_per_class
+    kept = _per_class(rows, lambda domain: n_emoji if domain in OPEN_DOMAINS else n, args.subset_seed)
+    if args.procedural:
+        faces = sorted(Path(args.procedural).glob("*/*.png"))
+        if not faces:
+            raise SystemExit(f"{args.procedural}: no faces (build them with `kcdp-data procedural`)")
+        kept += [(str(p.resolve()), p.parent.name, "procedural") for p in faces]
+    # the rows' digest is in the name: a run folder is reused only for the same source
+    digest = hashlib.sha256("\n".join(",".join(r) for r in kept).encode()).hexdigest()[:8]
+    name = f"pool_leave_out_{fam}_n{n or 'all'}_e{n_emoji or 'all'}_s{args.subset_seed}_{digest}.csv"
+    return _write_csv(runs / "manifests" / name, ["path", "label", "domain"], kept)
+
+
+def pool_tasks(fam: str, args: argparse.Namespace, runs: Path) -> list[Task]:
+    """family:<fam>: one column per style of that art family, all trained on the same source."""
+    folders = pool_styles(args)
+    styles = [s for s, row in load_training_styles().items() if row.family == fam and s in folders]
+    if not styles:
+        families = dict.fromkeys(load_training_styles()[s].family for s in folders)
+        raise SystemExit(f"task family:{fam}: no style of that family in the pool ({', '.join(families)})")
+    source = pool_source(fam, folders, args, runs)
+    return [Task(s, source, folders[s], folders[s], truth_classes=True) for s in styles]
+
+
+def pool_families(args: argparse.Namespace) -> list[str]:
+    """The default pool_loo tasks: every art family with a labelled style (training_styles.csv order)."""
+    if not args.labelled_avatars:
+        raise SystemExit("pool_loo: needs --labelled-avatars DIR (or --tasks family:<family> ...)")
+    table = load_training_styles()
+    return list(dict.fromkeys(row.family for s, row in table.items() if row.set == "labelled"))
 
 
 def oracle_task(task: Task, args: argparse.Namespace) -> Task:
@@ -377,12 +467,18 @@ def tasks_for(table: str, args: argparse.Namespace) -> list[Task]:
             specs = [f"loo:{s}" for s in AVATAR_STYLES]
         elif table == "avatars_emoji":
             specs = [f"emoji:{s}" for s in AVATAR_STYLES]
+        elif table == "pool_loo":
+            specs = [f"family:{f}" for f in pool_families(args)]
         else:
             specs = list(TASKS)
     tasks: list[Task] = []
     for spec in specs:
         kind, _, style = spec.partition(":")
-        if kind in ("loo", "emoji"):
+        if table == "pool_loo" and kind != "family":
+            raise SystemExit(f"pool_loo: task {spec}: expected family:<family>")
+        if kind == "family":
+            tasks += pool_tasks(style, args, runs)
+        elif kind in ("loo", "emoji"):
             if not args.avatars:
                 raise SystemExit(f"task {spec}: needs --avatars DIR (a `kcdp-data avatars` output)")
             avatars = Path(args.avatars)
@@ -872,7 +968,9 @@ def build_table(table: str, args: argparse.Namespace) -> str:
         f"mean ± std over seeds{' and both folds' if table == 'disjoint' else ''}; model selected on a "
         f"source validation split (macro-F1), never on the target."
     )
-    if any(t.truth_classes for t in tasks):
+    if table == "pool_loo":
+        meta += "  \n" + pool_note(tasks, args)
+    elif any(t.truth_classes for t in tasks):
         meta += (
             f"  \nSizes: each avatar style of the source cut to {args.avatar_per_class or 'all'} images per class, "
             f"each emoji style to {args.emoji_per_class or 'all'} (subset seed {args.subset_seed}); DA trains on {args.avatar_target or 'all'} unlabelled target images "
@@ -893,6 +991,24 @@ def build_table(table: str, args: argparse.Namespace) -> str:
     if pseudo:
         lines += ["", *pseudo_table(pseudo, dict(rows))]
     return f"### {title}\n\n{meta}\n\n" + "\n".join(lines) + "\n"
+
+
+def pool_note(tasks: list[Task], args: argparse.Namespace) -> str:
+    """What the pool_loo table trained on and how it is scored."""
+    from kcdp_core.train.default_model import OPEN_DOMAINS
+
+    styles = list(pool_styles(args))
+    table = load_training_styles()
+    left_out = ", ".join(dict.fromkeys(table[t.key].family for t in tasks))
+    return (
+        f"Pool: the {len(OPEN_DOMAINS)} open emoji styles ({args.emoji_per_class or 'all'} images per class each) "
+        f"and {len(styles)} avatar styles ({', '.join(styles)}; {args.avatar_per_class or 'all'} per class each, "
+        f"subset seed {args.subset_seed})"
+        + (", every procedural face (source only, never a target)" if args.procedural else "")
+        + f". Left out, one at a time, with all its styles: {left_out}. Every cell is scored on all images "
+        f"of that style, macro-F1 over the classes it has; the mean is over these style columns. "
+        f"Reference: {args.reference_size} px inputs."
+    )
 
 
 def pseudo_table(pseudo: dict[str, list[list[dict]]], names: dict[str, str]) -> list[str]:
@@ -955,7 +1071,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument(
-        "--tasks", nargs="+", help="glossy:line ... or, with --avatars, loo:<style> / emoji:<style>"
+        "--tasks",
+        nargs="+",
+        help="glossy:line ... or, with --avatars, loo:<style> / emoji:<style>; pool_loo: family:<family>",
     )
     p.add_argument("--avatars", help="a `kcdp-data avatars` output (the avatar tasks)")
     p.add_argument("--avatar-per-class", type=int, help="images per class of each avatar style in the source")
@@ -963,6 +1081,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--extra-avatars",
         help="a `kcdp-data avatars --styles extra` output: labelled styles added to every avatar source",
+    )
+    p.add_argument(
+        "--labelled-avatars",
+        help="a `kcdp-data avatars --styles labelled` output: its styles join the pool (pool_loo)",
+    )
+    p.add_argument(
+        "--procedural", help="a `kcdp-data procedural` output: every face joins each pool source (pool_loo)"
     )
     p.add_argument("--avatar-target", type=int, help="unlabelled target images for DA (label-blind draw)")
     p.add_argument("--subset-seed", type=int, default=0, help="seed of the source / target draws")
@@ -990,10 +1115,9 @@ def main(argv: list[str] | None = None) -> int:
     body = build_table(args.table, args)
     print(body)
     if not args.no_write and (args.write or not args.variants):
-        avatar_tasks = any(t.split(":")[0] in ("loo", "emoji") for t in args.tasks or [])
-        name = (
-            f"{args.table}_avatars" if avatar_tasks and not args.table.startswith("avatars") else args.table
-        )
+        avatar_tasks = any(t.split(":")[0] in ("loo", "emoji", "family") for t in args.tasks or [])
+        own = args.table.startswith("avatars") or args.table == "pool_loo"  # avatar tasks are its own
+        name = f"{args.table}_avatars" if avatar_tasks and not own else args.table
         write_section(name, body)
         print(f"wrote the '{name}' table into {RESULTS}", file=sys.stderr)
     return 0
