@@ -205,7 +205,7 @@ TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
         ],
     ),
     "pool_loo": (
-        "Drawn faces, leave one art family out of the whole pool of training styles: target accuracy / macro-F1",
+        "Drawn faces, leave one art family out of the pool of training styles: target accuracy / macro-F1",
         [
             ("majority", "majority class of the source (measured)"),
             ("kcdp_uc", "KCDP (UC): source only, knowledge + CLIEA"),
@@ -377,7 +377,8 @@ def pool_styles(args: argparse.Namespace) -> dict[str, Path]:
             continue
         folder = Path(root) / "domains" / style
         if not folder.is_dir():
-            raise SystemExit(f"{folder}: missing (build it with `kcdp-data avatars --styles {row.set} --out {root}`)")
+            build = f"kcdp-data avatars --styles {row.set} --out {root}"
+            raise SystemExit(f"{folder}: missing (build it with `{build}`)")
         folders[style] = folder
     return folders
 
@@ -1000,10 +1001,10 @@ def pool_note(tasks: list[Task], args: argparse.Namespace) -> str:
     styles = list(pool_styles(args))
     table = load_training_styles()
     left_out = ", ".join(dict.fromkeys(table[t.key].family for t in tasks))
+    n, n_emoji = args.avatar_per_class or "all", args.emoji_per_class or "all"
     return (
-        f"Pool: the {len(OPEN_DOMAINS)} open emoji styles ({args.emoji_per_class or 'all'} images per class each) "
-        f"and {len(styles)} avatar styles ({', '.join(styles)}; {args.avatar_per_class or 'all'} per class each, "
-        f"subset seed {args.subset_seed})"
+        f"Pool: the {len(OPEN_DOMAINS)} open emoji styles ({n_emoji} images per class each) and "
+        f"{len(styles)} avatar styles ({', '.join(styles)}; {n} per class each, subset seed {args.subset_seed})"
         + (", every procedural face (source only, never a target)" if args.procedural else "")
         + f". Left out, one at a time, with all its styles: {left_out}. Every cell is scored on all images "
         f"of that style, macro-F1 over the classes it has; the mean is over these style columns. "

@@ -38,7 +38,9 @@ def pool(tmp_path_factory) -> Path:
         make_domain(root / "emoji" / "domains" / domain, (200, 180, 40), per_class=2)
     build_avatars(root / "avatars", per_class=3, size=32, workers=1, corpus_per_style=0)
     for style_set in ("extra", "labelled"):
-        build_avatars(root / style_set, per_class=3, size=32, workers=1, corpus_per_style=0, style_set=style_set)
+        build_avatars(
+            root / style_set, per_class=3, size=32, workers=1, corpus_per_style=0, style_set=style_set
+        )
     build_procedural(root / "procedural", per_class=2, size=32)
     # a held-out style's images lying next to the labelled ones must never be read
     shutil.copytree(root / "labelled" / "domains" / "lorelei", root / "labelled" / "domains" / "toon-head")
@@ -97,17 +99,17 @@ def test_the_source_is_the_pool_less_the_family_cut_per_class_with_every_procedu
         (source,) = {t.source for t in tasks if table[t.key].family == fam}
         rows = _rows(source)
         left_out = {s for s in avatar_styles if table[s].family == fam}
-        assert left_out == ({"lorelei", "lorelei-neutral"} if fam == "lorelei" else {"avataaars", "avataaars-neutral"})
+        assert left_out == {fam, f"{fam}-neutral"}  # the close-up leaves with its base style
         assert {r["domain"] for r in rows} == set(OPEN_DOMAINS) | (avatar_styles - left_out) | {"procedural"}
         # no image of the left-out family, under any name; no held-out or proprietary style anywhere
-        targets = {str(p.resolve()) for t in tasks if t.key in left_out for p in Path(t.eval_data).rglob("*.png")}
+        targets = {str(p.resolve()) for t in tasks if t.key in left_out for p in t.eval_data.rglob("*.png")}
         assert len(targets) == sum(3 * len(table[s].classes) for s in left_out)
         assert targets.isdisjoint(r["path"] for r in rows)
         assert not any(f"/{s}/" in r["path"] for s in (*left_out, *HELDOUT_STYLES, "apple") for r in rows)
         assert all(Path(r["path"]).parent.name == r["label"] for r in rows)
         counts = Counter((r["domain"], r["label"]) for r in rows)
         for (domain, label), n in counts.items():
-            expected = 1 if domain in OPEN_DOMAINS else 2 if domain in avatar_styles else 2  # procedural: all 2
+            expected = 1 if domain in OPEN_DOMAINS else 2  # avatar styles: 2 of 3; procedural: all 2
             assert n == expected, (domain, label)
         for style in avatar_styles - left_out:  # every class a style has, cut to 2 of its 3 seeds
             assert {label for d, label in counts if d == style} == set(table[style].classes)
