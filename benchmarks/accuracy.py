@@ -23,7 +23,8 @@ Pool tasks (pool_loo): family:<family> trains on the whole pool of training styl
 (a close-up style such as lorelei-neutral leaves with lorelei): the open emoji styles of --data, every
 benchmark, extra and labelled style of kcdp_core/data/training_styles.csv whose folder is given
 (--avatars, --extra-avatars, --labelled-avatars; held-out styles are never on that list), each cut as
-above, and with --procedural every procedural face (source only, never a target). Each style of the
+above, and with --procedural procedural faces
+(--avatar-per-class per class as one more style; source only, never a target). Each style of the
 left-out family is a column, scored on all its images. Default: every family with a labelled style.
 Other tables take avatar tasks too (--avatars DIR --tasks loo:moods ...; own RESULTS.md markers).
 --jobs N trains N runs side by side (one process each, --threads torch threads each).
@@ -385,7 +386,7 @@ def pool_styles(args: argparse.Namespace) -> dict[str, Path]:
 
 def pool_source(fam: str, folders: dict[str, Path], args: argparse.Namespace, runs: Path) -> Path:
     """The source of family:<fam>: the open emoji styles (--emoji-per-class per class), every pool style
-    of another art family (--avatar-per-class), all procedural faces with --procedural."""
+    of another art family and the procedural faces with --procedural (--avatar-per-class each)."""
     from kcdp_core.train.default_model import OPEN_DOMAINS
 
     rows = []
@@ -398,13 +399,13 @@ def pool_source(fam: str, folders: dict[str, Path], args: argparse.Namespace, ru
     for style, folder in folders.items():
         if table[style].family != fam:
             rows += [(str(p.resolve()), p.parent.name, style) for p in sorted(folder.glob("*/*.png"))]
-    n, n_emoji = args.avatar_per_class, args.emoji_per_class
-    kept = _per_class(rows, lambda domain: n_emoji if domain in OPEN_DOMAINS else n, args.subset_seed)
-    if args.procedural:
+    if args.procedural:  # capped as one more style: it must not outweigh the drawn styles
         faces = sorted(Path(args.procedural).glob("*/*.png"))
         if not faces:
             raise SystemExit(f"{args.procedural}: no faces (build them with `kcdp-data procedural`)")
-        kept += [(str(p.resolve()), p.parent.name, "procedural") for p in faces]
+        rows += [(str(p.resolve()), p.parent.name, "procedural") for p in faces]
+    n, n_emoji = args.avatar_per_class, args.emoji_per_class
+    kept = _per_class(rows, lambda domain: n_emoji if domain in OPEN_DOMAINS else n, args.subset_seed)
     # the rows' digest is in the name: a run folder is reused only for the same source
     digest = hashlib.sha256("\n".join(",".join(r) for r in kept).encode()).hexdigest()[:8]
     name = f"pool_leave_out_{fam}_n{n or 'all'}_e{n_emoji or 'all'}_s{args.subset_seed}_{digest}.csv"
@@ -1005,7 +1006,7 @@ def pool_note(tasks: list[Task], args: argparse.Namespace) -> str:
     return (
         f"Pool: the {len(OPEN_DOMAINS)} open emoji styles ({n_emoji} images per class each) and "
         f"{len(styles)} avatar styles ({', '.join(styles)}; {n} per class each, subset seed {args.subset_seed})"
-        + (", every procedural face (source only, never a target)" if args.procedural else "")
+        + (", procedural faces as one more style (source only, never a target)" if args.procedural else "")
         + f". Left out, one at a time, with all its styles: {left_out}. Every cell is scored on all images "
         f"of that style, macro-F1 over the classes it has; the mean is over these style columns. "
         f"Reference: {args.reference_size} px inputs."
@@ -1088,7 +1089,7 @@ def main(argv: list[str] | None = None) -> int:
         help="a `kcdp-data avatars --styles labelled` output: its styles join the pool (pool_loo)",
     )
     p.add_argument(
-        "--procedural", help="a `kcdp-data procedural` output: every face joins each pool source (pool_loo)"
+        "--procedural", help="a `kcdp-data procedural` output: joins each pool source as one more style (pool_loo)"
     )
     p.add_argument("--avatar-target", type=int, help="unlabelled target images for DA (label-blind draw)")
     p.add_argument("--subset-seed", type=int, default=0, help="seed of the source / target draws")
