@@ -23,8 +23,7 @@ Pool tasks (pool_loo): family:<family> trains on the whole pool of training styl
 (a close-up style such as lorelei-neutral leaves with lorelei): the open emoji styles of --data, every
 benchmark, extra and labelled style of kcdp_core/data/training_styles.csv whose folder is given
 (--avatars, --extra-avatars, --labelled-avatars; held-out styles are never on that list), each cut as
-above, and with --procedural procedural faces
-(--avatar-per-class per class as one more style; source only, never a target). Each style of the
+above, and with --procedural the procedural faces, cut as one more style (source only, never a target). Each style of the
 left-out family is a column, scored on all its images. Default: every family with a labelled style.
 Other tables take avatar tasks too (--avatars DIR --tasks loo:moods ...; own RESULTS.md markers).
 --jobs N trains N runs side by side (one process each, --threads torch threads each).
@@ -1089,7 +1088,8 @@ def main(argv: list[str] | None = None) -> int:
         help="a `kcdp-data avatars --styles labelled` output: its styles join the pool (pool_loo)",
     )
     p.add_argument(
-        "--procedural", help="a `kcdp-data procedural` output: joins each pool source as one more style (pool_loo)"
+        "--procedural",
+        help="a `kcdp-data procedural` output: joins each pool source as one more style (pool_loo)",
     )
     p.add_argument("--avatar-target", type=int, help="unlabelled target images for DA (label-blind draw)")
     p.add_argument("--subset-seed", type=int, default=0, help="seed of the source / target draws")
