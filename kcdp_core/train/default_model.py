@@ -159,6 +159,11 @@ def score_styles(
 def _licence(domain: str) -> str:
     if domain in OPEN_DOMAINS:
         return OPEN_DOMAINS[domain]
+    if domain == "procedural":
+        from kcdp_core.data.avatar_key import load_training_styles
+
+        row = load_training_styles()[domain]
+        return f"{row.license} (drawn by {row.source})"
     from kcdp_core.data.avatar_key import style_credit
 
     creator, licence = style_credit(domain)
