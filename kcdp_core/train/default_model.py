@@ -11,9 +11,15 @@ selected on a stratified validation split of that same pooled source (macro-F1).
 scores the unseen proprietary emoji styles, with --avatar-test avatars rendered from seeds the
 model never saw (`kcdp-data avatars --seed-start N`), and with --avatar-heldout the held-out avatar
 styles it never saw at all (`kcdp-data avatars --styles heldout`; scored, never selected on).
---extra-avatars adds the labelled corpus styles (`--styles extra`) to the training data. Only the
-trained tensors (LoRA, image tail, FPN, head, CLIEA; fp16) and config.json are copied into
-kcdp_core/assets/default_model/, the foundation is referenced as `kcdp:foundation/mini`.
+--extra-avatars adds the labelled corpus styles (`--styles extra`) to the training data,
+--labelled-avatars the styles labelled by eye (`--styles labelled`; the lowest --labelled-per-class
+seeds, the others scored on the card), --procedural the faces of `kcdp-data procedural`, and
+--style-augment redraws source images in other styles (kcdp_core/train/style_augment.py). Every
+avatar style must be on kcdp_core/data/training_styles.csv. --leave-out-families keeps art families
+out of training and scores them on the card: how a recipe change is chosen without ever looking at
+the held-out styles. Only the trained tensors (LoRA, image tail, FPN, head, CLIEA; fp16) and
+config.json are copied into kcdp_core/assets/default_model/, the foundation is referenced as
+`kcdp:foundation/mini`.
 """
 
 from __future__ import annotations
