@@ -23,8 +23,9 @@ Pool tasks (pool_loo): family:<family> trains on the whole pool of training styl
 (a close-up style such as lorelei-neutral leaves with lorelei): the open emoji styles of --data, every
 benchmark, extra and labelled style of kcdp_core/data/training_styles.csv whose folder is given
 (--avatars, --extra-avatars, --labelled-avatars; held-out styles are never on that list), each cut as
-above, and with --procedural the procedural faces, cut as one more style (source only, never a target). Each style of the
-left-out family is a column, scored on all its images. Default: every family with a labelled style.
+above, and with --procedural the procedural faces, cut as one more style (source only, never a
+target). Each style of the left-out family is a column, scored on all its images. Default: every
+family with a labelled style.
 Other tables take avatar tasks too (--avatars DIR --tasks loo:moods ...; own RESULTS.md markers).
 --jobs N trains N runs side by side (one process each, --threads torch threads each).
 DA runs log their pseudo-labels per epoch (metrics.jsonl); this script scores them against the
