@@ -223,6 +223,11 @@ def recipe_parser() -> argparse.ArgumentParser:
         help="probability of redrawing a source image in another style",
     )
     p.add_argument(
+        "--image-tail",
+        type=int,
+        help="stages of the image encoder copied and trained (default: the preset's; more = more weights)",
+    )
+    p.add_argument(
         "--avatar-test", help="kcdp-data avatars output rendered from other seeds: scored on the card"
     )
     p.add_argument(
@@ -267,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
             "head_lr": args.head_lr, "balanced_sampling": False, "style_augment": args.style_augment,
         }
     )  # fmt: skip
+    if args.image_tail is not None:
+        config = config.replace(perception={"image_tail": args.image_tail})
     if args.foundation:
         config = config.with_foundation(args.foundation)
     print(config.to_json(), flush=True)
