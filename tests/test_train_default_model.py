@@ -19,7 +19,7 @@ from kcdp_core.data.avatar_key import (
     load_training_styles,
 )
 from kcdp_core.data.procedural_faces import build_procedural
-from kcdp_core.train.default_model import OPEN_DOMAINS, kept_styles, open_manifest
+from kcdp_core.train.default_model import OPEN_DOMAINS, _avatar_rows, kept_styles, open_manifest
 
 
 def test_the_training_data_takes_the_lowest_seeds_of_every_labelled_style_and_no_held_out_one(tmp_path):
@@ -71,3 +71,6 @@ def test_left_out_families_leave_with_their_close_ups_and_procedural_faces_join(
     labelled = [Path(r["path"]) for r in rows if "labelled" in r["path"]]
     assert {int(p.stem.rsplit("-", 1)[1]) for p in labelled} == {0, 1}  # seed 2 stays unseen
     assert kept_styles(("lorelei-neutral", "dylan"), ["lorelei"]) == ("dylan",)
+    # the card scores the seeds above the trained ones, and only those
+    unseen = _avatar_rows(tmp_path / "labelled", ("dylan",), 2, unseen=True)["dylan"]
+    assert {int(p.stem.rsplit("-", 1)[1]) for p in unseen} == {2} and len(unseen) == counts["dylan"] // 2
