@@ -6,29 +6,18 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import shutil
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from accuracy_script import load_accuracy
 from train_data import make_domain
 
 from kcdp_core.data.avatar_build import build_avatars
 from kcdp_core.data.avatar_key import HELDOUT_STYLES, load_training_styles
 from kcdp_core.data.procedural_faces import build_procedural
 from kcdp_core.train.default_model import OPEN_DOMAINS
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy.py"
-
-
-def _accuracy():
-    spec = importlib.util.spec_from_file_location("accuracy", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["accuracy"] = module  # its dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +53,7 @@ def _rows(manifest: Path) -> list[dict]:
 
 
 def test_every_family_with_a_labelled_style_is_a_task_and_its_close_up_leaves_with_it(pool) -> None:
-    acc = _accuracy()
+    acc = load_accuracy()
     table = load_training_styles()
     tasks = acc.tasks_for("pool_loo", _args(pool))
     families = list(dict.fromkeys(row.family for row in table.values() if row.set == "labelled"))
@@ -91,7 +80,7 @@ def test_every_family_with_a_labelled_style_is_a_task_and_its_close_up_leaves_wi
 
 
 def test_the_source_is_the_pool_less_the_family_cut_per_class_with_every_procedural_face(pool) -> None:
-    acc = _accuracy()
+    acc = load_accuracy()
     table = load_training_styles()
     tasks = acc.tasks_for("pool_loo", _args(pool, tasks=["family:lorelei", "family:avataaars"]))
     avatar_styles = {s for s, row in table.items() if row.set in ("benchmark", "extra", "labelled")}
@@ -117,7 +106,7 @@ def test_the_source_is_the_pool_less_the_family_cut_per_class_with_every_procedu
 
 
 def test_the_draw_is_seeded_and_the_source_name_follows_its_contents(pool) -> None:
-    acc = _accuracy()
+    acc = load_accuracy()
     first = acc.tasks_for("pool_loo", _args(pool, tasks=["family:dylan"]))[0].source
     again = acc.tasks_for("pool_loo", _args(pool, tasks=["family:dylan"]))[0].source
     assert first == again and _rows(first) == _rows(again)

@@ -4,22 +4,10 @@ the one its variant builds today: a changed preset default must not pass old run
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy.py"
-
-
-def _accuracy():
-    spec = importlib.util.spec_from_file_location("accuracy", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["accuracy"] = module  # its dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    return module
-
+from accuracy_script import load_accuracy
 
 ARGS = argparse.Namespace(
     preset="mini", epochs=5, batch_size=None, lr=None, head_lr=None, balanced=False, set=None, foundation=None
@@ -27,7 +15,7 @@ ARGS = argparse.Namespace(
 
 
 def test_a_run_is_reused_only_under_its_own_recipe(tmp_path) -> None:
-    acc = _accuracy()
+    acc = load_accuracy()
     run = tmp_path / "kcdp_da_run"
     assert acc.recipe_changes(run, acc.config_for("kcdp_da", ARGS, 0)) == []  # nothing trained yet
 
@@ -39,7 +27,7 @@ def test_a_run_is_reused_only_under_its_own_recipe(tmp_path) -> None:
 
 
 def test_a_uc_run_ignores_fields_only_da_reads(tmp_path) -> None:
-    acc = _accuracy()
+    acc = load_accuracy()
     run = tmp_path / "source_only_run"
     saved = acc.config_for("source_only", ARGS, 0)
     saved.replace(train={"target_bn": False, "pseudo_fraction": 0.9}).save(run)
@@ -49,7 +37,7 @@ def test_a_uc_run_ignores_fields_only_da_reads(tmp_path) -> None:
 
 
 def test_a_variant_that_is_no_row_of_the_table_stops_the_command() -> None:
-    acc = _accuracy()
+    acc = load_accuracy()
     args = argparse.Namespace(**vars(ARGS), variants=["kcdp_da", "da_mixstyl"], tasks=None)
     with pytest.raises(SystemExit, match="avatars_loo: no row da_mixstyl"):
         acc.build_table("avatars_loo", args)
@@ -63,7 +51,7 @@ def test_the_oracle_trains_on_drawn_images_of_the_left_out_style_and_scores_only
     from kcdp_core.data.avatar_build import build_avatars
     from kcdp_core.data.avatar_key import EXTRA_STYLES
 
-    acc = _accuracy()
+    acc = load_accuracy()
     avatars, extra = tmp_path / "avatars", tmp_path / "extra"
     build_avatars(avatars, per_class=3, size=32, workers=1, corpus_per_style=0)
     build_avatars(extra, per_class=3, size=32, workers=1, corpus_per_style=0, style_set="extra")
@@ -102,7 +90,7 @@ def test_recorded_commands_name_data_and_runs_as_variables(monkeypatch, tmp_path
     )
     monkeypatch.setattr(sys, "argv", ["accuracy.py", "avatars_loo", "--avatars", f"{tmp_path}/data/avatars"])
     assert (
-        _accuracy().recorded_command("accuracy.py")
+        load_accuracy().recorded_command("accuracy.py")
         == "python benchmarks/accuracy.py avatars_loo --avatars $DATA/avatars"
     )
 
