@@ -193,9 +193,8 @@ def recipe_sources(
     styles = [("avatars", s, per_class) for s in BENCHMARK_STYLES if args.avatars]
     styles += [("avatars_extra", s, per_class) for s in EXTRA_STYLES if args.extra_avatars]
     styles += [("avatars_labelled", s, labelled_per_class) for s in LABELLED_STYLES if args.labelled_avatars]
-    for root, style, n in styles:
-        if style not in kept_styles((style,), left_out):
-            continue
+    kept = set(kept_styles(tuple(style for _, style, _ in styles), left_out))
+    for root, style, n in [row for row in styles if row[1] in kept]:
         for folder in _class_folders(roots[root] / "domains" / style, labels):
             paths = sorted(folder.glob("*.png"), key=_seed_number)
             train[(style, folder.name)] = paths[:n]
