@@ -59,6 +59,7 @@ import numpy as np
 from kcdp_core.data.avatar_key import BENCHMARK_STYLES as AVATAR_STYLES
 from kcdp_core.data.avatar_key import EXTRA_STYLES, load_training_styles
 from kcdp_core.recorded_paths import with_path_variables
+from kcdp_core.train.adapt import adapt_regime
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
@@ -121,9 +122,15 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "da_moe_v": ("da", {"head": {"use_knowledge": False}}),
     "da_caption_moe": ("da", {"knowledge": {"use_triplets": False}}),
     "da_triplets_moe": ("da", {"knowledge": {"use_caption": False}}),
+    # kcdp-adapt's regime (gentle DA, AdaBN) started from another row's trained run of the same task
+    # and seed (STARTS_FROM): the one-command adaptation of a trained model, on the benchmark.
+    "adapt_from_uc": ("da", {"train": adapt_regime()}),
+    "adapt_from_da": ("da", {"train": adapt_regime()}),
     # Not DA: an upper bound. The left-out style's labels are read (oracle_task), KCDP (UC) trains.
     "oracle": ("uc", {}),
 }
+# variant -> the variant whose best checkpoint (same task, same seed) it starts from
+STARTS_FROM = {"adapt_from_uc": "kcdp_uc", "adapt_from_da": "kcdp_da"}
 
 # a row of several tables: the same runs, the same label
 NO_TARGET_BN_ROW = ("da_no_target_bn", "  KCDP (DA) without AdaBN (BatchNorm statistics of the source)")
@@ -192,6 +199,11 @@ TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
                 "kcdp_da",
                 "KCDP (DA): + unlabelled target, CLIEA pseudo-labels per epoch, class-balanced (top 30 -> 80%, capped), AdaBN",
             ),
+            (
+                "adapt_from_uc",
+                "  kcdp-adapt's regime (4 epochs, lr 5e-6 / head 2.5e-5, lambda2 .3, AdaBN) from the KCDP (UC) run",
+            ),
+            ("adapt_from_da", "  kcdp-adapt's regime from the KCDP (DA) run (a second self-training round)"),
             ("da_no_tail", "  KCDP (DA) with the frozen image embedding (no image tail, as before)"),
             NO_TARGET_BN_ROW,
             ("source_only_mixstyle", "  source only + MixStyle in the image tail (p 0.5)"),
@@ -503,18 +515,20 @@ def tasks_for(table: str, args: argparse.Namespace) -> list[Task]:
 # -- runs -----------------------------------------------------------------------------------------
 
 
-def config_for(variant: str, args: argparse.Namespace, seed: int):
+def config_for(variant: str, args: argparse.Namespace, seed: int, task: Task | None = None):
+    """The run's config; a STARTS_FROM variant needs its `task` (whose run it starts from)."""
     from kcdp_core.config import preset
 
     setting, sections = VARIANTS[variant]
     config = preset(args.preset)
     train = {"setting": setting, "seed": seed, "epochs": args.epochs, **sections.get("train", {})}
+    if variant in STARTS_FROM:  # the regime's own epochs and learning rates
+        start = run_name(STARTS_FROM[variant], task, seed, args) if task else Path("<its start>")
+        train["init_checkpoint"] = str(start / "best")
+    else:
+        train.update({k: v for k in ("lr", "head_lr") if (v := getattr(args, k))})
     if args.batch_size:
         train["batch_size"] = args.batch_size
-    if args.lr:
-        train["lr"] = args.lr
-    if args.head_lr:
-        train["head_lr"] = args.head_lr
     if args.balanced:
         train["balanced_sampling"] = True
     extra = {k: dict(v) for k, v in sections.items() if k != "train"}
@@ -668,7 +682,7 @@ def run_one(variant: str, task: Task, eval_sets: list[Path], run_dir: Path, seed
     todo = [e for e in eval_sets if not result_file(run_dir, e).exists()]
     if not todo:
         return
-    config = config_for(variant, args, seed)
+    config = config_for(variant, args, seed, task)
     log = lambda m: print(f"    [{run_dir.name}] {m}", file=sys.stderr, flush=True)  # noqa: E731
     t0 = time.time()
     da = config.train.setting == "da"
@@ -896,6 +910,8 @@ def build_table(table: str, args: argparse.Namespace) -> str:
     tasks_of = lambda variant: [oracle[t.key] for t in tasks] if variant == "oracle" else tasks  # noqa: E731
     task_keys = list(dict.fromkeys(t.key for t in tasks))
     trained = [v for v, _ in rows if v in VARIANTS]
+    # a row that starts from another variant's runs trains after them (they train even if not a row)
+    trained = list(dict.fromkeys([STARTS_FROM[v] for v in trained if v in STARTS_FROM] + trained))
     # One job per run folder: a UC run serves every task with its source (scored on each target).
     jobs: dict[Path, tuple] = {}
     for variant in trained:
@@ -906,7 +922,7 @@ def build_table(table: str, args: argparse.Namespace) -> str:
                     jobs[run_dir][2].append(task.eval_data)
                 else:
                     jobs[run_dir] = (variant, task, [task.eval_data], run_dir, seed, args)
-    stale = {d: c for d, j in jobs.items() if (c := recipe_changes(d, config_for(j[0], args, j[4])))}
+    stale = {d: c for d, j in jobs.items() if (c := recipe_changes(d, config_for(j[0], args, j[4], j[1])))}
     if stale:
         listing = "\n".join(f"  {d}: {'; '.join(c)}" for d, c in stale.items())
         raise SystemExit(
@@ -914,7 +930,8 @@ def build_table(table: str, args: argparse.Namespace) -> str:
         )
     if trained:
         warm_knowledge(trained, [t for v in trained for t in tasks_of(v)], args)
-        execute(list(jobs.values()), args)
+        for later in (False, True):
+            execute([j for j in jobs.values() if (j[0] in STARTS_FROM) == later], args)
     # per row, per task: accuracy and macro-F1 over seeds (and folds)
     cells: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
     seconds: dict[str, list[float]] = {}
@@ -951,6 +968,7 @@ def build_table(table: str, args: argparse.Namespace) -> str:
         mean_acc = [np.mean([cells[variant][k][0][i] for k in task_keys]) for i in range(n)]
         mean_f1 = [np.mean([cells[variant][k][1][i] for k in task_keys]) for i in range(n)]
         lines.append(f"| {description} | " + " | ".join(parts) + f" | {fmt(mean_acc)} | {fmt(mean_f1)} |")
+    lines += gap_closed(cells, dict(rows), task_keys)
     if table == "main":
         lines.append("")
         lines.append(
@@ -993,6 +1011,33 @@ def build_table(table: str, args: argparse.Namespace) -> str:
     if pseudo:
         lines += ["", *pseudo_table(pseudo, dict(rows))]
     return f"### {title}\n\n{meta}\n\n" + "\n".join(lines) + "\n"
+
+
+def gap_closed(cells: dict, names: dict[str, str], task_keys: list[str]) -> list[str]:
+    """For each DA row: the share of the gap between KCDP (UC) (the same model with no target) and
+    the oracle that it closes, from the mean macro-F1 over the tasks, per seed."""
+    if not {"kcdp_uc", "oracle"} <= cells.keys():
+        return []
+    out = []
+    for variant in cells:
+        if variant not in VARIANTS or VARIANTS[variant][0] != "da":
+            continue
+        means = {
+            v: np.mean([cells[v][k][1] for k in task_keys], axis=0) for v in (variant, "kcdp_uc", "oracle")
+        }
+        shares = (means[variant] - means["kcdp_uc"]) / (means["oracle"] - means["kcdp_uc"])
+        out.append(f"| {names[variant].strip()} | {np.mean(shares):.0%} ± {np.std(shares):.0%} |")
+    if not out:
+        return []
+    head = [
+        "",
+        "Share of the gap between KCDP (UC) and the oracle that each DA row closes (mean macro-F1 over the tasks, "
+        "per seed; mean ± std over seeds):",
+        "",
+        "| method | gap closed |",
+        "|---|---|",
+    ]
+    return head + out
 
 
 def pool_note(tasks: list[Task], args: argparse.Namespace) -> str:

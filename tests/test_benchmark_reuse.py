@@ -105,3 +105,38 @@ def test_a_shipped_record_names_paths_relative_to_the_repository_or_as_variables
     monkeypatch.setenv("DATA", str(tmp_path / "data"))
     assert recorded_path("assets") == "assets"
     assert recorded_path(tmp_path / "data" / "calib") == "$DATA/calib"
+
+
+def test_an_adapt_row_trains_kcdp_adapts_regime_from_its_own_tasks_start(tmp_path) -> None:
+    """adapt_from_uc starts from the KCDP (UC) run of the same task and seed, with the fields
+    kcdp-adapt trains with (kcdp_core/train/adapt.py adapt_config), not the preset's DA."""
+    from kcdp_core.config import preset
+    from kcdp_core.train.adapt import AdaptOptions, Plan, adapt_config
+
+    acc = load_accuracy()
+    args = argparse.Namespace(**vars(ARGS), runs=str(tmp_path))
+    task = acc.Task("loo:moods", tmp_path / "leave_out_moods.csv", tmp_path / "moods.csv", tmp_path / "moods")
+    config = acc.config_for("adapt_from_uc", args, 2, task)
+    start = acc.run_name("kcdp_uc", task, 2, args)
+    assert config.train.init_checkpoint == str(start / "best") and start.name.endswith("_none_s2")
+
+    plan = Plan(4, 10, 100, 0.01, 0.01, 10.0, "test")
+    cmd = adapt_config(preset("mini"), AdaptOptions(target=tmp_path, seed=2), plan, str(start / "best"))
+    assert config.train == cmd.train
+    assert (config.train.lr, config.train.lambda2, config.train.setting) == (5e-6, 0.3, "da")
+    assert acc.config_for("kcdp_da", args, 2, task).train.lr != config.train.lr
+
+
+def test_the_gap_closed_is_measured_against_kcdp_uc_and_the_oracle_per_seed() -> None:
+    acc = load_accuracy()
+    # two tasks, two seeds: (accuracies, macro-F1s) per task
+    cells = {
+        "kcdp_uc": {"a": ([0] * 2, [0.2, 0.3]), "b": ([0] * 2, [0.4, 0.3])},  # means .3, .3
+        "kcdp_da": {"a": ([0] * 2, [0.3, 0.4]), "b": ([0] * 2, [0.5, 0.4])},  # .4, .4
+        "oracle": {"a": ([0] * 2, [0.5, 0.6]), "b": ([0] * 2, [0.7, 0.4])},  # .6, .5
+    }
+    names = {"kcdp_uc": "UC", "kcdp_da": "DA", "oracle": "oracle"}
+    lines = acc.gap_closed(cells, names, ["a", "b"])
+    # seed 0: .1 of .3 = 33%; seed 1: .1 of .2 = 50%
+    assert lines[-1] == "| DA | 42% ± 8% |"
+    assert acc.gap_closed({k: v for k, v in cells.items() if k != "oracle"}, names, ["a", "b"]) == []

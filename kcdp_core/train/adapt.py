@@ -487,26 +487,41 @@ def _run_key(options: AdaptOptions, model_dir: Path, target: TargetSet) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def adapt_config(start: KCDPConfig, options: AdaptOptions, plan: Plan, init: str) -> KCDPConfig:
-    """The starting model's config in the DA setting, trained from `init` (the mini preset's DA
-    selection; no source-only warm-up: the starting model's CLIEA is already trained)."""
-    train = {
+def adapt_regime(
+    epochs: int = DEFAULT_EPOCHS,
+    *,
+    pseudo_select: str = "class_quota",
+    consistency: float = 0.0,
+    target_weight: float = 0.3,
+    lr: float | None = None,
+    head_lr: float | None = None,
+) -> dict[str, object]:
+    """The TrainConfig fields of adapting a trained model (the mini preset's DA selection; no
+    source-only warm-up: the starting model's CLIEA is already trained; a gentle learning rate).
+    Also what benchmarks/accuracy.py's adapt rows train with."""
+    return {
         "setting": "da",
-        "epochs": plan.epochs,
-        "seed": options.seed,
-        "init_checkpoint": init,
+        "epochs": epochs,
         "pseudo_labels": "epoch",
-        "pseudo_select": options.pseudo_select,
+        "pseudo_select": pseudo_select,
         "pseudo_fraction": 0.3,
         "pseudo_fraction_end": 0.8,
         "pseudo_warmup_epochs": 0,
         "target_bn": True,
-        "consistency_weight": options.consistency,
-        "lambda2": options.target_weight,
-        "lr": options.lr if options.lr is not None else 5e-6,
-        "head_lr": options.head_lr if options.head_lr is not None else 2.5e-5,
+        "consistency_weight": consistency,
+        "lambda2": target_weight,
+        "lr": lr if lr is not None else 5e-6,
+        "head_lr": head_lr if head_lr is not None else 2.5e-5,
     }
-    return start.replace(train=train)
+
+
+def adapt_config(start: KCDPConfig, options: AdaptOptions, plan: Plan, init: str) -> KCDPConfig:
+    """The starting model's config in the adapt regime, trained from `init`."""
+    regime = adapt_regime(
+        plan.epochs, pseudo_select=options.pseudo_select, consistency=options.consistency,
+        target_weight=options.target_weight, lr=options.lr, head_lr=options.head_lr,
+    )  # fmt: skip
+    return start.replace(train={**regime, "seed": options.seed, "init_checkpoint": init})
 
 
 def _calibration(work: Path, pool: list[Labelled], target: TargetSet, seed: int) -> Path:
