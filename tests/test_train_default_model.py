@@ -74,3 +74,18 @@ def test_left_out_families_leave_with_their_close_ups_and_procedural_faces_join(
     # the card scores the seeds above the trained ones, and only those
     unseen = _avatar_rows(tmp_path / "labelled", ("dylan",), 2, unseen=True)["dylan"]
     assert {int(p.stem.rsplit("-", 1)[1]) for p in unseen} == {2} and len(unseen) == counts["dylan"] // 2
+
+
+def test_the_no_knowledge_row_trains_the_head_on_v_alone_and_changes_nothing_else():
+    from kcdp_core.train.default_model import recipe_config, recipe_parser
+
+    plain = recipe_config(recipe_parser().parse_args([]))
+    bare = recipe_config(recipe_parser().parse_args(["--no-knowledge"]))
+    assert (plain.knowledge.use_caption, plain.knowledge.use_triplets, plain.head.use_knowledge) == (
+        True,
+    ) * 3
+    assert (bare.knowledge.use_caption, bare.knowledge.use_triplets, bare.head.use_knowledge) == (False,) * 3
+    assert (
+        bare.replace(knowledge={"use_caption": True, "use_triplets": True}, head={"use_knowledge": True})
+        == plain
+    )

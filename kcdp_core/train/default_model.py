@@ -32,6 +32,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from kcdp_core.config import KCDPConfig, mini
+
 OPEN_DOMAINS: dict[str, str] = {
     "twitter": "CC-BY-4.0 (Twemoji)",
     "openmoji": "CC-BY-SA-4.0 (OpenMoji)",
@@ -228,6 +230,11 @@ def recipe_parser() -> argparse.ArgumentParser:
         help="stages of the image encoder copied and trained (default: the preset's; more = more weights)",
     )
     p.add_argument(
+        "--no-knowledge",
+        action="store_true",
+        help="train without knowledge (no caption, no triplets, the head on v alone): the comparison row",
+    )
+    p.add_argument(
         "--avatar-test", help="kcdp-data avatars output rendered from other seeds: scored on the card"
     )
     p.add_argument(
@@ -245,6 +252,25 @@ def recipe_parser() -> argparse.ArgumentParser:
     return p
 
 
+def recipe_config(args: argparse.Namespace) -> KCDPConfig:
+    """The mini preset in the UC setting with the recipe's options."""
+    config = mini().replace(
+        train={
+            "setting": "uc", "epochs": args.epochs, "seed": args.seed, "lr": args.lr,
+            "head_lr": args.head_lr, "balanced_sampling": False, "style_augment": args.style_augment,
+        }
+    )  # fmt: skip
+    if args.image_tail is not None:
+        config = config.replace(perception={"image_tail": args.image_tail})
+    if args.no_knowledge:
+        config = config.replace(
+            knowledge={"use_caption": False, "use_triplets": False}, head={"use_knowledge": False}
+        )
+    if args.foundation:
+        config = config.with_foundation(args.foundation)
+    return config
+
+
 def main(argv: list[str] | None = None) -> int:
     p = recipe_parser()
     args = p.parse_args(argv)
@@ -252,7 +278,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from kcdp_core.config import mini
     from kcdp_core.model.kcdp import WEIGHTS_NAME, KCDPModel
     from kcdp_core.train.trainer import Trainer
 
@@ -266,16 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.data), work / "training_data.csv", avatars, args.avatar_per_class, extra, labelled,
         Path(args.procedural) if args.procedural else None, left_out, args.labelled_per_class,
     )  # fmt: skip
-    config = mini().replace(
-        train={
-            "setting": "uc", "epochs": args.epochs, "seed": args.seed, "lr": args.lr,
-            "head_lr": args.head_lr, "balanced_sampling": False, "style_augment": args.style_augment,
-        }
-    )  # fmt: skip
-    if args.image_tail is not None:
-        config = config.replace(perception={"image_tail": args.image_tail})
-    if args.foundation:
-        config = config.with_foundation(args.foundation)
+    config = recipe_config(args)
     print(config.to_json(), flush=True)
     result = Trainer(
         config, manifest, work / "ckpt", progress=False, log=lambda m: print(m, file=sys.stderr, flush=True)
