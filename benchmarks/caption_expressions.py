@@ -175,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         sets.setdefault(name, []).append(Path(folder))
     for name, folders in sets.items():
         totals: Counter[str] = Counter()
+        nearest_scores: list[tuple[float, float]] = []  # per style: acc, macro-F1
         for folder in folders:
             for style, rows in labelled_images(folder, args.per_class, args.seed).items():
                 captions, emb = retrieve(pipeline, [r[0] for r in rows])
@@ -187,12 +188,18 @@ def main(argv: list[str] | None = None) -> int:
                 if bank:
                     nearest = (emb / np.linalg.norm(emb, axis=1, keepdims=True) @ bank[0].T).argmax(axis=1)
                     pred = [bank[1][j] for j in nearest]
-                    acc = np.mean([a == b for a, b in zip(pred, truth, strict=True)])
-                    line += f" {acc:.3f} / {macro_f1(truth, pred):.3f} |"
+                    acc = float(np.mean([a == b for a, b in zip(pred, truth, strict=True)]))
+                    nearest_scores.append((acc, macro_f1(truth, pred)))
+                    line += " {:.3f} / {:.3f} |".format(*nearest_scores[-1])
                 lines.append(line)
         n = sum(totals.values())
         cells = [f"**{totals[k] / n:.2f}**" for k in VERDICTS]
-        lines.append(f"| **{name}** | all | {n} | " + " | ".join(cells) + (" |  |" if bank else " |"))
+        mean = (
+            " **{:.3f} / {:.3f}** (mean of the styles) |".format(*np.mean(nearest_scores, axis=0))
+            if bank
+            else ""
+        )
+        lines.append(f"| **{name}** | all | {n} | " + " | ".join(cells) + " |" + mean)
     top = [f"{count}x ({truth}) {caption}" for (truth, caption), count in examples.most_common(8)]
     body = (
         "### Does the retrieved caption name the expression?\n\n"
