@@ -995,7 +995,8 @@ def build_table(table: str, args: argparse.Namespace) -> str:
             f"  \nSizes: each avatar style of the source cut to {args.avatar_per_class or 'all'} images per class, "
             f"each emoji style to {args.emoji_per_class or 'all'} (subset seed {args.subset_seed}); DA trains on {args.avatar_target or 'all'} unlabelled target images "
             f"drawn label-blind; every cell is scored on all images of the target style (200 per class), "
-            f"macro-F1 over the classes that style has. References: {args.reference_size} px inputs."
+            f"macro-F1 over the classes that style has. References: {args.reference_size} px inputs.  \n"
+            + source_note(tasks)
         )
     timed = {v: [x for x in t if x is not None] for v, t in seconds.items()}
     if any(timed.values()):
@@ -1011,6 +1012,18 @@ def build_table(table: str, args: argparse.Namespace) -> str:
     if pseudo:
         lines += ["", *pseudo_table(pseudo, dict(rows))]
     return f"### {title}\n\n{meta}\n\n" + "\n".join(lines) + "\n"
+
+
+def source_note(tasks: list[Task]) -> str:
+    """What the sources hold, counted from their manifests (a `kcdp-data avatars` built without
+    --emoji has no emoji styles in its task sources)."""
+    parts = []
+    for task in tasks:
+        with Path(task.source).open(newline="") as f:
+            domains = [r["domain"] for r in csv.DictReader(f)]
+        emoji = sum(d not in AVATAR_STYLES and d not in EXTRA_STYLES for d in domains)
+        parts.append(f"{task.key} {len(domains)} ({emoji} emoji)")
+    return "Source images per task: " + ", ".join(parts) + "."
 
 
 def gap_closed(cells: dict, names: dict[str, str], task_keys: list[str]) -> list[str]:
