@@ -59,15 +59,14 @@ LEXICON: dict[str, tuple[str, ...]] = {
     ),
     "surprise": ("surpris-", "astonish-", "shock-", "amaz-", "gasp-", "hushed", "open mouth", "ooh"),
 }
-_PATTERNS = {
-    c: re.compile(
-        r"\b("
-        + "|".join(re.escape(w[:-1]) + r"\w*" if w.endswith("-") else re.escape(w) + r"\b" for w in words)
-        + ")",
-        re.I,
-    )
-    for c, words in LEXICON.items()
-}
+
+
+def _pattern(words: tuple[str, ...]) -> re.Pattern:
+    alternatives = (re.escape(w[:-1]) + r"\w*" if w.endswith("-") else re.escape(w) + r"\b" for w in words)
+    return re.compile(r"\b(" + "|".join(alternatives) + ")", re.I)
+
+
+_PATTERNS = {c: _pattern(words) for c, words in LEXICON.items()}
 
 
 def named_classes(caption: str) -> set[str]:
