@@ -126,11 +126,19 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # and seed (STARTS_FROM): the one-command adaptation of a trained model, on the benchmark.
     "adapt_from_uc": ("da", {"train": adapt_regime()}),
     "adapt_from_da": ("da", {"train": adapt_regime()}),
+    "adapt_consistency": ("da", {"train": adapt_regime(consistency=1.0)}),
+    # the target statistics step alone: one epoch at learning rate 0, then AdaBN
+    "adabn_from_uc": ("da", {"train": adapt_regime(1, lr=0.0, head_lr=0.0)}),
     # Not DA: an upper bound. The left-out style's labels are read (oracle_task), KCDP (UC) trains.
     "oracle": ("uc", {}),
 }
 # variant -> the variant whose best checkpoint (same task, same seed) it starts from
-STARTS_FROM = {"adapt_from_uc": "kcdp_uc", "adapt_from_da": "kcdp_da"}
+STARTS_FROM = {
+    "adapt_from_uc": "kcdp_uc",
+    "adapt_from_da": "kcdp_da",
+    "adapt_consistency": "kcdp_uc",
+    "adabn_from_uc": "kcdp_uc",
+}
 
 # a row of several tables: the same runs, the same label
 NO_TARGET_BN_ROW = ("da_no_target_bn", "  KCDP (DA) without AdaBN (BatchNorm statistics of the source)")
@@ -204,6 +212,14 @@ TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
                 "  kcdp-adapt's regime (4 epochs, lr 5e-6 / head 2.5e-5, lambda2 .3, AdaBN) from the KCDP (UC) run",
             ),
             ("adapt_from_da", "  kcdp-adapt's regime from the KCDP (DA) run (a second self-training round)"),
+            (
+                "adapt_consistency",
+                "  kcdp-adapt's regime from the KCDP (UC) run + two-view consistency (weight 1)",
+            ),
+            (
+                "adabn_from_uc",
+                "  the KCDP (UC) run with the target's BatchNorm statistics only (AdaBN, no training)",
+            ),
             ("da_no_tail", "  KCDP (DA) with the frozen image embedding (no image tail, as before)"),
             NO_TARGET_BN_ROW,
             ("source_only_mixstyle", "  source only + MixStyle in the image tail (p 0.5)"),
