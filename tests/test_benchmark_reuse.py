@@ -4,6 +4,7 @@ the one its variant builds today: a changed preset default must not pass old run
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 import pytest
@@ -125,6 +126,19 @@ def test_an_adapt_row_trains_kcdp_adapts_regime_from_its_own_tasks_start(tmp_pat
     assert config.train == cmd.train
     assert (config.train.lr, config.train.lambda2, config.train.setting) == (5e-6, 0.3, "da")
     assert acc.config_for("kcdp_da", args, 2, task).train.lr != config.train.lr
+    # the consistency row differs by its term only; AdaBN alone trains nothing (lr 0) for one epoch
+    cons = acc.config_for("adapt_consistency", args, 2, task).train
+    assert (
+        cons.consistency_weight == 1.0 and dataclasses.replace(cons, consistency_weight=0.0) == config.train
+    )
+    bn = acc.config_for("adabn_from_uc", args, 2, task).train
+    assert (bn.epochs, bn.lr, bn.head_lr, bn.target_bn, bn.init_checkpoint) == (
+        1,
+        0.0,
+        0.0,
+        True,
+        str(start / "best"),
+    )
 
 
 def test_the_gap_closed_is_measured_against_kcdp_uc_and_the_oracle_per_seed() -> None:
