@@ -130,13 +130,13 @@ def read_manifest(path: Path) -> list[tuple[Path, str]]:
 
 
 def macro_f1(truth: list[str], pred: list[str]) -> float:
-    """Over the classes the truth has (a style without disgust is not scored on it)."""
-    scores = []
-    for c in sorted(set(truth)):
-        tp = sum(t == c and p == c for t, p in zip(truth, pred, strict=True))
-        n_pred, n_true = pred.count(c), truth.count(c)
-        scores.append(2 * tp / (n_pred + n_true) if n_pred + n_true else 0.0)
-    return float(np.mean(scores))
+    """Over the classes the truth has (a style without disgust is not scored on it), as kcdp-eval."""
+    from kcdp_core.train.evaluate import classification_metrics
+
+    labels = sorted(set(truth) | set(pred))
+    index = {c: i for i, c in enumerate(labels)}
+    m = classification_metrics([index[c] for c in truth], [index[c] for c in pred], labels)
+    return m["macro_f1_truth"]
 
 
 def main(argv: list[str] | None = None) -> int:
