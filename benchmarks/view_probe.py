@@ -1,0 +1,138 @@
+"""Is a drawn face's expression lost at the model's input? Linear probes on the frozen image encoder
+by view (the whole image, or a crop around where drawn faces sit) and input size.
+
+    python benchmarks/view_probe.py --avatars $DATA/avatars --labelled-avatars $DATA/avatars_labelled \
+        [--per-class 60] [--views full centre] [--sizes 96 128] [--no-write]
+
+For every style of the list (the five benchmark avatar styles and six labelled human-face styles by
+default: training styles only, never a held-out one) the aligned image encoder's embedding of the
+committed `mini` foundation (no training) is probed twice, with a logistic regression (C = 0.1, fixed
+beforehand) on features standardised per style:
+- inside the style: 5-fold cross-validated macro-F1 (can the input separate its expressions at all?);
+- across styles: fitted on every other style of the list, scored on this one (leave one style out).
+The encoder is convolutional, so it reads larger inputs without retraining (the resolution question
+asked before paying for a pretraining run). Writes RESULTS.md between the accuracy:view_probe markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accuracy import machine, recorded_command, write_section  # noqa: E402
+from probes import COMMITTED, extract, model_for, within_style  # noqa: E402
+
+BENCHMARK_STYLES = ("avataaars", "open-peeps", "fun-emoji", "big-smile", "moods")
+LABELLED_STYLES = ("adventurer", "big-ears", "croodles", "dylan", "lorelei", "notionists")
+# The crop of the "centre" view, as fractions of the side (left, top, right, bottom): the square 70% of
+# the side wide, centred, from 8% below the top edge. DiceBear busts and heads keep brows, eyes and
+# mouth inside it (checked on contact sheets of training styles); a full-frame face loses its outline.
+VIEWS = {"full": (0.0, 0.0, 1.0, 1.0), "centre": (0.15, 0.08, 0.85, 0.78)}
+
+
+def crop(img, box: tuple[float, float, float, float]):
+    """The fractional box of a PIL image (the whole image for (0, 0, 1, 1))."""
+    if box == (0.0, 0.0, 1.0, 1.0):
+        return img
+    w, h = img.size
+    left, top, right, bottom = box
+    return img.crop((round(left * w), round(top * h), round(right * w), round(bottom * h)))
+
+
+def view_folder(folder: Path, per_class: int, box: tuple[float, float, float, float], out: Path) -> Path:
+    """The first `per_class` images of every class folder, cropped to `box`, as PNG files under out/."""
+    from PIL import Image
+
+    for label_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        (out / label_dir.name).mkdir(parents=True, exist_ok=True)
+        for f in sorted(label_dir.glob("*.png"))[:per_class]:
+            target = out / label_dir.name / f.name
+            if not target.exists():
+                crop(Image.open(f), box).save(target)
+    return out
+
+
+def across_styles(feats: dict, style: str, styles: list[str]) -> float:
+    """Macro-F1 on `style` of a probe fitted on the other styles (each standardised by its own statistics)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+
+    def stack(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        xs = [(feats[s]["emb"] - feats[s]["emb"].mean(0)) / (feats[s]["emb"].std(0) + 1e-6) for s in names]
+        return np.concatenate(xs), np.concatenate([feats[s]["y"] for s in names])
+
+    xs, ys = stack([s for s in styles if s != style])
+    xt, yt = stack([style])
+    pred = LogisticRegression(C=0.1, max_iter=3000).fit(xs, ys).predict(xt)
+    return float(f1_score(yt, pred, labels=sorted(set(yt)), average="macro"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--avatars", required=True, help="kcdp-data avatars output (the benchmark styles)")
+    p.add_argument("--labelled-avatars", help="kcdp-data avatars --styles labelled output")
+    p.add_argument("--styles", nargs="+", help="styles to probe (default: the benchmark and six labelled)")
+    p.add_argument("--per-class", type=int, default=60, help="images per class and style (60)")
+    p.add_argument("--views", nargs="+", choices=sorted(VIEWS), default=["full", "centre"])
+    p.add_argument("--sizes", nargs="+", type=int, default=[96, 128], help="input sizes in px (96 128)")
+    p.add_argument("--work", default="runs/view_probe", help="scratch folder for the cropped images")
+    p.add_argument("--no-write", action="store_true")
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    roots = [Path(args.avatars)] + ([Path(args.labelled_avatars)] if args.labelled_avatars else [])
+    wanted = args.styles or [*BENCHMARK_STYLES, *(LABELLED_STYLES if args.labelled_avatars else ())]
+    sources = {}
+    for style in wanted:
+        found = [r / "domains" / style for r in roots if (r / "domains" / style).is_dir()]
+        if not found:
+            p.error(f"style {style!r}: no domains/{style} folder under {', '.join(map(str, roots))}")
+        sources[style] = found[0]
+    styles = list(sources)
+
+    rows: dict[str, dict[str, tuple[float, float]]] = {}
+    for view in args.views:
+        folders = {
+            s: view_folder(f, args.per_class, VIEWS[view], Path(args.work) / view / s)
+            for s, f in sources.items()
+        }
+        for size in args.sizes:
+            feats = extract(model_for(COMMITTED, size), folders)
+            rows[f"{view} @ {size} px"] = {
+                s: (within_style(feats, s, ("emb",)), across_styles(feats, s, styles)) for s in styles
+            }
+            print(f"{view} @ {size}: done", file=sys.stderr)
+
+    lines = [
+        "### Expression at the input: the frozen image encoder by view and size (linear probes, no training)",
+        "",
+        f"Command: `{recorded_command('view_probe.py')}`  ",
+        f"Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {machine()}  ",
+        f"Committed `mini` foundation, aligned image-encoder embedding, {args.per_class} images per class and "
+        "style, features standardised per style, logistic regression C = 0.1. Cells: macro-F1 inside the style "
+        "(5-fold) / across styles (fitted on the other styles of the table). Views: "
+        + "; ".join(f"{v} = box {VIEWS[v]} of the image (left, top, right, bottom)" for v in args.views),
+        "",
+        "| view @ input | " + " | ".join(styles) + " | mean inside | mean across |",
+        "|---|" + "---|" * len(styles) + "---:|---:|",
+    ]
+    for name, cells in rows.items():
+        inside = float(np.mean([a for a, _ in cells.values()]))
+        across = float(np.mean([b for _, b in cells.values()]))
+        body = " | ".join(f"{a:.3f} / {b:.3f}" for a, b in cells.values())
+        lines.append(f"| {name} | {body} | {inside:.3f} | {across:.3f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.no_write:
+        write_section("view_probe", text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,45 @@
+"""benchmarks/view_probe.py: the crop of each view and the across-styles probe."""
+
+from __future__ import annotations
+
+import numpy as np
+from accuracy_script import load_script
+from PIL import Image
+
+
+def test_centre_view_crops_the_box_and_full_keeps_the_image(tmp_path):
+    vp = load_script("view_probe")
+    img = Image.new("RGB", (200, 100), "white")
+    assert vp.crop(img, vp.VIEWS["full"]) is img
+    assert vp.crop(img, vp.VIEWS["centre"]).size == (140, 70)  # 70% of each side
+
+    # a folder of two classes: only the first per_class images of each, cropped, under out/
+    src = tmp_path / "style"
+    for label in ("happiness", "sadness"):
+        (src / label).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (100, 100), (i * 40, 0, 0)).save(src / label / f"{label}-{i}.png")
+    out = vp.view_folder(src, 2, vp.VIEWS["centre"], tmp_path / "out")
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert files == [f"{c}/{c}-{i}.png" for c in ("happiness", "sadness") for i in (0, 1)]
+    assert all(Image.open(out / f).size == (70, 70) for f in files)
+
+
+def test_across_styles_scores_the_left_out_style_from_the_others():
+    vp = load_script("view_probe")
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.array(["happiness", "sadness"]), 30)
+    sign = np.where(y == "happiness", 1.0, -1.0)[:, None]
+
+    def style(offset: float, informative: bool) -> dict:
+        # a style offset (removed by the per-style standardisation) and, where informative, the class
+        # on the first feature
+        x = rng.normal(size=(60, 4)) + offset
+        if informative:
+            x[:, :1] += 3 * sign
+        return {"emb": x, "y": y}
+
+    feats = {"a": style(5.0, True), "b": style(-2.0, True), "c": style(0.0, True), "d": style(1.0, False)}
+    styles = list(feats)
+    assert vp.across_styles(feats, "c", styles) > 0.95  # learnt on a and b, despite their offsets
+    assert vp.across_styles(feats, "d", styles) < 0.75  # nothing in d to read
