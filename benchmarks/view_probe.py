@@ -57,6 +57,17 @@ def view_folder(folder: Path, per_class: int, box: tuple[float, float, float, fl
     return out
 
 
+def cached_embeddings(folders: dict[str, Path], size: int, path: Path) -> dict[str, dict[str, np.ndarray]]:
+    """The image-encoder embedding and label of every image per style, kept in `path` for a rerun."""
+    if path.exists():
+        with np.load(path) as z:
+            if all(f"{s}|emb" in z.files for s in folders):
+                return {s: {"emb": z[f"{s}|emb"], "y": z[f"{s}|y"]} for s in folders}
+    feats = extract(model_for(COMMITTED, size), folders)
+    np.savez(path, **{f"{s}|{k}": feats[s][k] for s in folders for k in ("emb", "y")})
+    return feats
+
+
 def across_styles(feats: dict, style: str, styles: list[str]) -> float:
     """Macro-F1 on `style` of a probe fitted on the other styles (each standardised by its own statistics)."""
     from sklearn.linear_model import LogisticRegression
@@ -80,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-class", type=int, default=60, help="images per class and style (60)")
     p.add_argument("--views", nargs="+", choices=sorted(VIEWS), default=["full", "centre"])
     p.add_argument("--sizes", nargs="+", type=int, default=[96, 128], help="input sizes in px (96 128)")
+    p.add_argument(
+        "--combined",
+        action="append",
+        help="VIEW@SIZE+VIEW@SIZE: a row on both embeddings side by side (e.g. full@96+centre@128)",
+    )
     p.add_argument("--work", default="runs/view_probe", help="scratch folder for the cropped images")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
@@ -96,18 +112,31 @@ def main(argv: list[str] | None = None) -> int:
         sources[style] = found[0]
     styles = list(sources)
 
-    rows: dict[str, dict[str, tuple[float, float]]] = {}
+    work = Path(args.work) / f"n{args.per_class}"  # the crops and embeddings of this many per class
+    feats: dict[str, dict] = {}  # "view@size" -> per style {"emb", "y"}
     for view in args.views:
         folders = {
-            s: view_folder(f, args.per_class, VIEWS[view], Path(args.work) / view / s)
-            for s, f in sources.items()
+            s: view_folder(f, args.per_class, VIEWS[view], work / view / s) for s, f in sources.items()
         }
         for size in args.sizes:
-            feats = extract(model_for(COMMITTED, size), folders)
-            rows[f"{view} @ {size} px"] = {
-                s: (within_style(feats, s, ("emb",)), across_styles(feats, s, styles)) for s in styles
+            feats[f"{view}@{size}"] = cached_embeddings(folders, size, work / f"{view}@{size}.npz")
+    for combined in args.combined or []:
+        parts = combined.split("+")
+        if any(part not in feats for part in parts):
+            p.error(f"--combined {combined}: each part must be one of {sorted(feats)}")
+        feats[combined] = {
+            s: {
+                "emb": np.concatenate([feats[part][s]["emb"] for part in parts], 1),
+                "y": feats[parts[0]][s]["y"],
             }
-            print(f"{view} @ {size}: done", file=sys.stderr)
+            for s in styles
+        }
+    rows = {
+        name.replace("@", " @ ").replace("+", " px + ") + " px": {
+            s: (within_style(f, s, ("emb",)), across_styles(f, s, styles)) for s in styles
+        }
+        for name, f in feats.items()
+    }
 
     lines = [
         "### Expression at the input: the frozen image encoder by view and size (linear probes, no training)",
@@ -117,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Committed `mini` foundation, aligned image-encoder embedding, {args.per_class} images per class and "
         "style, features standardised per style, logistic regression C = 0.1. Cells: macro-F1 inside the style "
         "(5-fold) / across styles (fitted on the other styles of the table). Views: "
-        + "; ".join(f"{v} = box {VIEWS[v]} of the image (left, top, right, bottom)" for v in args.views),
+        + "; ".join(f"{v} = {VIEWS[v]}" for v in args.views)
+        + " (the box of the image kept: left, top, right, bottom, as fractions of its sides)",
         "",
         "| view @ input | " + " | ".join(styles) + " | mean inside | mean across |",
         "|---|" + "---|" * len(styles) + "---:|---:|",
