@@ -27,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import machine, recorded_command, write_section  # noqa: E402
 from probes import COMMITTED, extract, model_for, within_style  # noqa: E402
 
+from kcdp_core.data.avatar_key import check_trainable  # noqa: E402
+
 BENCHMARK_STYLES = ("avataaars", "open-peeps", "fun-emoji", "big-smile", "moods")
 LABELLED_STYLES = ("adventurer", "big-ears", "croodles", "dylan", "lorelei", "notionists")
 # The crop of the "centre" view, as fractions of the side (left, top, right, bottom): the square 70% of
@@ -104,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     roots = [Path(args.avatars)] + ([Path(args.labelled_avatars)] if args.labelled_avatars else [])
     wanted = args.styles or [*BENCHMARK_STYLES, *(LABELLED_STYLES if args.labelled_avatars else ())]
+    try:  # a probe that compares inputs is a choice: never made on a held-out style
+        check_trainable(wanted)
+    except ValueError as exc:
+        p.error(str(exc))
     sources = {}
     for style in wanted:
         found = [r / "domains" / style for r in roots if (r / "domains" / style).is_dir()]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from accuracy_script import load_script
 from PIL import Image
 
@@ -43,3 +44,11 @@ def test_across_styles_scores_the_left_out_style_from_the_others():
     styles = list(feats)
     assert vp.across_styles(feats, "c", styles) > 0.95  # learnt on a and b, despite their offsets
     assert vp.across_styles(feats, "d", styles) < 0.75  # nothing in d to read
+
+
+def test_a_held_out_style_is_refused_before_anything_is_read(tmp_path, capsys):
+    vp = load_script("view_probe")
+    with pytest.raises(SystemExit):
+        vp.main(["--avatars", str(tmp_path), "--styles", "micah", "--work", str(tmp_path / "w")])
+    assert "not on the list of training styles" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
