@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import machine, recorded_command, write_section  # noqa: E402
-from probes import COMMITTED, extract, model_for, within_style  # noqa: E402
+from probes import COMMITTED, extract, model_for, probe, within_style  # noqa: E402
 
 from kcdp_core.data.avatar_key import check_trainable  # noqa: E402
 
@@ -71,18 +71,8 @@ def cached_embeddings(folders: dict[str, Path], size: int, path: Path) -> dict[s
 
 
 def across_styles(feats: dict, style: str, styles: list[str]) -> float:
-    """Macro-F1 on `style` of a probe fitted on the other styles (each standardised by its own statistics)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import f1_score
-
-    def stack(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        xs = [(feats[s]["emb"] - feats[s]["emb"].mean(0)) / (feats[s]["emb"].std(0) + 1e-6) for s in names]
-        return np.concatenate(xs), np.concatenate([feats[s]["y"] for s in names])
-
-    xs, ys = stack([s for s in styles if s != style])
-    xt, yt = stack([style])
-    pred = LogisticRegression(C=0.1, max_iter=3000).fit(xs, ys).predict(xt)
-    return float(f1_score(yt, pred, labels=sorted(set(yt)), average="macro"))
+    """Macro-F1 on `style` of probes.probe fitted on the other styles (each standardised by its own statistics)."""
+    return probe(feats, [s for s in styles if s != style], [style], ("emb",), per_style=True)[1]
 
 
 def main(argv: list[str] | None = None) -> int:
