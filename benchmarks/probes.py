@@ -81,7 +81,7 @@ def extract(model, folders: dict[str, Path]) -> dict[str, dict[str, np.ndarray]]
     out = {}
     for style, folder in folders.items():
         ds = load_dataset(model, folder)
-        pixels = torch.stack([ds.pixels(i) for i in range(len(ds))])
+        pixels = torch.stack([ds.views(i)["pixels"] for i in range(len(ds))])
         unet, maps = [], []
         with torch.no_grad():
             for start in range(0, len(ds), 128):

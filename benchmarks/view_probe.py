@@ -28,13 +28,13 @@ from accuracy import machine, recorded_command, write_section  # noqa: E402
 from probes import COMMITTED, extract, model_for, probe, within_style  # noqa: E402
 
 from kcdp_core.data.avatar_key import check_trainable  # noqa: E402
+from kcdp_core.portable.images import FACE_BOX  # noqa: E402
 
 BENCHMARK_STYLES = ("avataaars", "open-peeps", "fun-emoji", "big-smile", "moods")
 LABELLED_STYLES = ("adventurer", "big-ears", "croodles", "dylan", "lorelei", "notionists")
-# The crop of the "centre" view, as fractions of the side (left, top, right, bottom): the square 70% of
-# the side wide, centred, from 8% below the top edge. DiceBear busts and heads keep brows, eyes and
-# mouth inside it (checked on contact sheets of training styles); a full-frame face loses its outline.
-VIEWS = {"full": (0.0, 0.0, 1.0, 1.0), "centre": (0.15, 0.08, 0.85, 0.78)}
+# The crop of each view, as fractions of the side (left, top, right, bottom); "centre" is the face view
+# a model reads with perception.face_view.
+VIEWS = {"full": (0.0, 0.0, 1.0, 1.0), "centre": FACE_BOX}
 
 
 def crop(img, box: tuple[float, float, float, float]):

@@ -13,7 +13,7 @@ import numpy as np
 
 from kcdp_core.portable.assemble import KnowledgeRule, knowledge_texts
 from kcdp_core.portable.constants import IMAGE_SUFFIXES
-from kcdp_core.portable.images import ImageError, load_image, preprocess
+from kcdp_core.portable.images import FACE_BOX, ImageError, load_image, preprocess
 
 
 @dataclass
@@ -30,9 +30,13 @@ class RealSet:
     skipped: list[str] = field(default_factory=list)
     # the image view perception fuses into v, by its input name (KCDPModel.image_input), if any
     image_view: dict[str, np.ndarray] = field(default_factory=dict)
+    face: np.ndarray | None = None  # [N, 3, F, F]: the face view, for a model with perception.face_view
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def image_encoder_feeds(self) -> dict[str, np.ndarray]:
+        return {"pixels": self.pixels} | ({} if self.face is None else {"face": self.face})
 
     def perception_feeds(self) -> dict[str, np.ndarray]:
         feeds = {"pixels": self.pixels, "knowledge": self.knowledge, "knowledge_mask": self.knowledge_mask}
@@ -58,8 +62,8 @@ def find_images(root: Path, limit: int | None = None, seed: int = 0) -> list[Pat
 def load_real_set(model, root: Path, limit: int | None = 64, captions_csv: str | None = None) -> RealSet:
     """Load images under root, caption them and compute k with the PyTorch model."""
     config = model.config
-    size = int(config.foundation.image_size)
-    pixels, images, paths, skipped = [], [], [], []
+    size, face_size = int(config.foundation.image_size), int(config.perception.face_view)
+    pixels, faces, images, paths, skipped = [], [], [], [], []
     for path in find_images(root, limit):
         try:
             img = load_image(path)
@@ -69,6 +73,8 @@ def load_real_set(model, root: Path, limit: int | None = 64, captions_csv: str |
             continue
         images.append(img)
         pixels.append(preprocess(img, size))
+        if face_size:
+            faces.append(preprocess(img, face_size, box=FACE_BOX))
         paths.append(path)
     if not paths:
         raise ValueError(f"{root}: none of the images could be read ({'; '.join(skipped[:3])})")
@@ -88,12 +94,14 @@ def load_real_set(model, root: Path, limit: int | None = 64, captions_csv: str |
     k, mask = model.encode_knowledge(used_captions, used_triplets)
     texts = list(dict.fromkeys(knowledge_texts(used_captions, used_triplets)))
     pixel_array = np.stack(pixels).astype(np.float32)
+    face_array = np.stack(faces).astype(np.float32) if faces else None
     image_view = {}
     if model.image_input is not None:
         import torch
 
+        face = None if face_array is None else torch.from_numpy(face_array)
         with torch.no_grad():
-            image_view[model.image_input] = model.image_view(torch.from_numpy(pixel_array)).numpy()
+            image_view[model.image_input] = model.image_view(torch.from_numpy(pixel_array), face).numpy()
     return RealSet(
         paths=paths,
         labels=label_array,
@@ -106,6 +114,7 @@ def load_real_set(model, root: Path, limit: int | None = 64, captions_csv: str |
         captioner=getattr(captioner, "id", type(captioner).__name__),
         skipped=skipped,
         image_view=image_view,
+        face=face_array,
     )
 
 

@@ -129,8 +129,8 @@ def open_checkpoint(
 
         encoder = image_encoder_graph(model, size)  # what an export would hold: its module and outputs
         sessions["image_encoder"] = TorchSession(
-            lambda x: out if isinstance(out := encoder.module(x), tuple) else (out,),
-            [_Arg("pixels")],
+            lambda *x: out if isinstance(out := encoder.module(*x), tuple) else (out,),
+            [_Arg(spec.name) for spec in encoder.inputs],
             encoder.output_names,
             device,
         )

@@ -529,7 +529,7 @@ def _real_feeds(
         return feeds
     ids, mask = encode(tokenizer_json, real.texts)
     feeds["text_encoder"] = list(validate.batched({"input_ids": ids, "attention_mask": mask}, 32))
-    feeds["image_encoder"] = list(validate.batched({"pixels": real.pixels}, 16))
+    feeds["image_encoder"] = list(validate.batched(real.image_encoder_feeds(), 16))
     feeds["perception"] = list(validate.batched(real.perception_feeds(), 16))
     return {g.name: feeds[g.name] for g in graphs}
 

@@ -158,9 +158,12 @@ def text_dummy(vocab_size: int, length: int) -> DummyFn:
     return make
 
 
-def image_dummy(size: int) -> DummyFn:
+def image_dummy(size: int, face_view: int = 0) -> DummyFn:
     def make(batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        return {"pixels": rng.random((batch, 3, size, size), dtype=np.float32)}
+        feeds = {"pixels": rng.random((batch, 3, size, size), dtype=np.float32)}
+        if face_view:
+            feeds["face"] = rng.random((batch, 3, face_view, face_view), dtype=np.float32)
+        return feeds
 
     return make
 
@@ -229,18 +232,23 @@ def image_view_spec(model: nn.Module) -> TensorSpec | None:
 
 def image_encoder_graph(model: nn.Module, size: int, bank: np.ndarray | None = None) -> GraphConfig:
     """`model` is a KCDPModel; `bank`: the caption bank's embeddings [N, E]; label agreement is then
-    retrieval agreement. With an image tail the graph also outputs the tail's features (one trunk pass)."""
+    retrieval agreement. With an image tail the graph also outputs the tail's features (one trunk pass),
+    and with a face view it takes `face` too (the tail's features of both views side by side)."""
     embed = int(model.image_encoder.config.embed_dim)
     outputs = [TensorSpec("embedding", (BATCH, embed))]
     view = image_view_spec(model)
     if view is not None and view.name != "image_embedding":
         outputs.append(view)
+    face = int(model.face_view)
+    inputs = [TensorSpec("pixels", (BATCH, 3, size, size))]
+    if face:
+        inputs.append(TensorSpec("face", (BATCH, 3, face, face)))
     return GraphConfig(
         name="image_encoder",
         module=model.image_encoder_graph_module().eval(),
-        inputs=[TensorSpec("pixels", (BATCH, 3, size, size))],
+        inputs=inputs,
         outputs=outputs,
-        dummy=image_dummy(size),
+        dummy=image_dummy(size, face),
         label_output=None if bank is None else "embedding",
         label_matrix=None if bank is None else np.ascontiguousarray(bank.T),
         quantization="static",

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from kcdp_core.portable.constants import CAPTION_SEPARATOR
-from kcdp_core.portable.images import RESIZE_FILTER
+from kcdp_core.portable.images import FACE_BOX, RESIZE_FILTER
 from kcdp_runtime.manifest import (
     MANIFEST,
     CaptionBankSpec,
@@ -58,7 +58,12 @@ def runtime_manifest(
         labels=tuple(model.labels),
         graphs=graphs,
         knowledge=knowledge,
-        preprocessing=Preprocessing(image_size=int(config.foundation.image_size), resize_filter=RESIZE_FILTER),
+        preprocessing=Preprocessing(
+            image_size=int(config.foundation.image_size),
+            resize_filter=RESIZE_FILTER,
+            face_view=int(config.perception.face_view) or None,
+            face_box=FACE_BOX if config.perception.face_view else None,
+        ),
         tokenizer=tokenizer,
         caption_bank=caption_bank,
         preset=config.preset,

@@ -48,10 +48,10 @@ def merge_lora(model, check_feeds: list[dict[str, np.ndarray]], atol: float = ME
         return MergeReport(False, 0, 0.0, 1.0)
 
     def logits() -> list[torch.Tensor]:
-        return [
-            model(*(torch.from_numpy(f[n]) for n in ("pixels", "knowledge", "knowledge_mask"))).logits
-            for f in check_feeds
-        ]
+        # the image view is the feeds' (computed by the image branch, which LoRA does not touch)
+        names = ("pixels", "knowledge", "knowledge_mask", model.image_input)
+        feeds = [[torch.from_numpy(f[n]) if n in f else None for n in names] for f in check_feeds]
+        return [model(*f).logits for f in feeds]
 
     before = logits()
     model.merge_lora()

@@ -105,6 +105,11 @@ class PerceptionConfig:
     # and trained on the source, their pooled features fused into v instead of the frozen embedding
     # (kcdp_core/model/image_tail.py). 0: the frozen embedding.
     image_tail: int = 0
+    # With image_tail: a second image view through the same tail, the face region of the image
+    # (kcdp_core/portable/images.py FACE_BOX) at this side in pixels, its features beside the whole
+    # image's; 0 off. A drawn bust's face is a third of the frame at 96 px, and the crop separates
+    # expressions better inside a style and across styles (benchmarks/RESULTS.md, "The input view").
+    face_view: int = 0
     # MixStyle in the image tail while training (kcdp_core/model/mixstyle.py): probability per batch; 0 off.
     mix_style: float = 0.0
 

@@ -38,7 +38,9 @@ class Caption:
 class Captioner(Protocol):
     name: str
 
-    def caption(self, images: Sequence[Image.Image], pixels: np.ndarray) -> list[Caption]: ...
+    def caption(
+        self, images: Sequence[Image.Image], pixels: np.ndarray, face: np.ndarray | None = None
+    ) -> list[Caption]: ...
 
 
 def load_bank(manifest: Manifest) -> tuple[CaptionBank, bool]:
@@ -60,13 +62,19 @@ def load_bank(manifest: Manifest) -> tuple[CaptionBank, bool]:
     return bank, trusted
 
 
-def encode_images(session: Any, pixels: np.ndarray) -> dict[str, np.ndarray]:
-    """The image encoder graph (fp32 or fp16 input): pixels [B, 3, S, S] -> its outputs by name,
-    float32: embedding [B, E] (the retrieval space) and, from a model with an image tail, image_features."""
-    spec = session.get_inputs()[0]
-    dtype = np.float16 if spec.type == "tensor(float16)" else np.float32
+def encode_images(session: Any, pixels: np.ndarray, face: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The image encoder graph (fp32 or fp16 input): pixels [B, 3, S, S] (and the face view [B, 3, F, F]
+    of a model that reads one) -> its outputs by name, float32: embedding [B, E] (the retrieval space)
+    and, from a model with an image tail, image_features."""
+    given = {"pixels": pixels, "face": face}
+    feed = {}
+    for spec in session.get_inputs():
+        if given.get(spec.name) is None:
+            raise ValueError(f"the image encoder graph takes {spec.name!r}, which was not given")
+        dtype = np.float16 if spec.type == "tensor(float16)" else np.float32
+        feed[spec.name] = given[spec.name].astype(dtype)
     names = [o.name for o in session.get_outputs()]
-    arrays = session.run(names, {spec.name: pixels.astype(dtype)})
+    arrays = session.run(names, feed)
     return {name: a.astype(np.float32) for name, a in zip(names, arrays, strict=True)}
 
 
@@ -87,8 +95,10 @@ class RetrievalCaptioner:
         self.top_k = max(1, min(int(top_k), len(bank)))
         self.bank_triplets = bank_triplets
 
-    def caption(self, images: Sequence[Image.Image], pixels: np.ndarray) -> list[Caption]:
-        outputs = encode_images(self.session, pixels)
+    def caption(
+        self, images: Sequence[Image.Image], pixels: np.ndarray, face: np.ndarray | None = None
+    ) -> list[Caption]:
+        outputs = encode_images(self.session, pixels, face)
         with _single_threaded_blas():
             indices, _ = self.bank.search(outputs["embedding"], self.top_k)  # kcdp_core's search: same ties
         out = []
@@ -121,7 +131,9 @@ class GivenCaptioner:
 
     name = "csv"
 
-    def caption(self, images: Sequence[Image.Image], pixels: np.ndarray) -> list[Caption]:
+    def caption(
+        self, images: Sequence[Image.Image], pixels: np.ndarray, face: np.ndarray | None = None
+    ) -> list[Caption]:
         raise ModelError(
             "this export was trained with captions from a CSV (captioner 'csv'): pass the captions "
             "with the images (Pipeline.run(images, captions=[...]))"
@@ -165,5 +177,7 @@ class InstructBlipCaptioner:
         )
         self.captioner = InstructBLIPCaptioner.from_pretrained(src, knowledge)
 
-    def caption(self, images: Sequence[Image.Image], pixels: np.ndarray) -> list[Caption]:
+    def caption(
+        self, images: Sequence[Image.Image], pixels: np.ndarray, face: np.ndarray | None = None
+    ) -> list[Caption]:
         return [Caption(text) for text in self.captioner(list(images))]

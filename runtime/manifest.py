@@ -42,6 +42,10 @@ class Preprocessing:
 
     image_size: int = 64
     resize_filter: str = "bicubic"
+    # A model with a face view (perception.face_view) also takes `face`: preprocess with box=face_box
+    # at face_view x face_view; absent (None): no face view.
+    face_view: int | None = None
+    face_box: tuple[float, float, float, float] | None = None
     # What preprocess does, written down for a reader of the folder (the runtime calls preprocess).
     pixel_range: tuple[int, int] = (0, 1)
     layout: str = "NCHW"
@@ -206,6 +210,8 @@ def _section(cls: type, data: dict[str, Any] | None) -> Any:
     section = cls(**{k: v for k, v in data.items() if k in names})
     if cls is Preprocessing:
         section.pixel_range = tuple(section.pixel_range)
+        if section.face_box is not None:
+            section.face_box = tuple(float(v) for v in section.face_box)
     return section
 
 

@@ -70,6 +70,7 @@ class _Item:
     name: str
     image: Image.Image | None = None
     pixels: np.ndarray | None = None
+    face: np.ndarray | None = None  # the face view, for a model that reads one
     caption: Caption | None = None
     knowledge: _Knowledge | None = None
     error: str | None = None
@@ -176,6 +177,8 @@ class Pipeline:
         self.labels = manifest.labels
         self.image_size = int(manifest.preprocessing.image_size)
         self.resize_filter = manifest.preprocessing.resize_filter
+        self.face_view = manifest.preprocessing.face_view or 0
+        self.face_box = manifest.preprocessing.face_box
         know = manifest.knowledge
         self.parser_model = know.parser.model
         # What of a caption goes into k: the model's max_triplets and knowledge ablations.
@@ -319,11 +322,9 @@ class Pipeline:
             t0 = time.perf_counter()
             try:
                 # SVG is drawn at the model's input size: nothing finer reaches the model
-                frames = load_frames(source, name, self.max_frames, svg_side=self.image_size)
-                group = [
-                    _Item(name, img, preprocess(img, self.image_size, self.resize_filter))
-                    for img in frames.images
-                ]
+                side = max(self.image_size, self.face_view)
+                frames = load_frames(source, name, self.max_frames, svg_side=side)
+                group = [self._preprocessed(name, img) for img in frames.images]
             except ImageError as exc:
                 frames, group = None, [_Item(name, error=str(exc))]
             except Exception as exc:  # noqa: BLE001 - any decoder failure is this image's problem only
@@ -339,13 +340,22 @@ class Pipeline:
             self._perceive(ok)
         return [self._result(group, frames) for group, frames in groups]
 
+    def _preprocessed(self, name: str, img: Image.Image) -> _Item:
+        face = None
+        if self.face_view:
+            face = preprocess(img, self.face_view, self.resize_filter, box=self.face_box)
+        return _Item(name, img, preprocess(img, self.image_size, self.resize_filter), face)
+
+    def _faces(self, items: list[_Item]) -> np.ndarray | None:
+        return np.stack([i.face for i in items]) if self.face_view else None
+
     def _caption(self, items: list[_Item], given: list[str] | None) -> None:
         t0 = time.perf_counter()
         if given is not None:
             caps = [Caption(str(c)) for c in given]
         else:
             pixels = np.stack([i.pixels for i in items])
-            caps = self.captioner.caption([i.image for i in items], pixels)
+            caps = self.captioner.caption([i.image for i in items], pixels, self._faces(items))
         _share(items, "caption", t0)
         for item, cap in zip(items, caps, strict=True):
             item.caption = cap
@@ -458,7 +468,7 @@ class Pipeline:
         known = [i.caption.image if i.caption is not None else None for i in items]
         if all(k is not None for k in known):
             return np.stack([k[output] for k in known])
-        return encode_images(self.sessions["image_encoder"], pixels)[output]
+        return encode_images(self.sessions["image_encoder"], pixels, self._faces(items))[output]
 
     def _result(self, group: list[_Item], frames: Frames | None) -> dict[str, Any]:
         """One image's result from its frames' items. An animation scores the mean of its frames'

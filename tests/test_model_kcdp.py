@@ -348,3 +348,25 @@ def test_image_tail_trains_a_copy_and_shares_the_frozen_trunk(foundation, tmp_pa
         torch.testing.assert_close(again(pixels, k, km).logits, model(pixels, k, km).logits)
     with pytest.raises(ValueError, match="image_tail = 9"):
         make(foundation, perception={"image_tail": 9})
+
+
+def test_face_view_reads_the_face_through_the_same_tail(foundation):
+    model = make(foundation, perception={"image_tail": 2, "face_view": 48}).eval()
+    tail = model.image_tail.dim
+    assert model.fpn.extra_norm.num_features == 2 * tail  # whole image's features, then the face's
+    k, km = knowledge(model, 2)
+    pixels, face = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 48, 48)
+    with torch.no_grad():
+        view = model.image_view(pixels, face)
+        torch.testing.assert_close(view[:, :tail], model.image_encoder.features(pixels))
+        torch.testing.assert_close(view[:, tail:], model.image_encoder.features(face))
+        # the exported graph takes both views: the embedding is the whole image's, as the bank expects
+        embedding, features = model.image_encoder_graph_module()(pixels, face)
+        torch.testing.assert_close(embedding, model.image_encoder(pixels))
+        torch.testing.assert_close(features, view)
+        other = model(pixels, k, km, face=face.flip(0)).logits
+        assert not torch.allclose(model(pixels, k, km, face=face).logits, other)  # the face is read
+    with pytest.raises(ValueError, match="face view"):
+        model(pixels, k, km)
+    with pytest.raises(ValueError, match="image_tail"):
+        make(foundation, perception={"face_view": 48})

@@ -18,7 +18,11 @@ from kcdp_runtime.cli import main
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module", params=[0, 2], ids=["frozen-embedding", "image-tail"])
+@pytest.fixture(
+    scope="module",
+    params=[{"image_tail": 0}, {"image_tail": 2}, {"image_tail": 2, "face_view": 48}],
+    ids=["frozen-embedding", "image-tail", "face-view"],
+)
 def model(tmp_path_factory, request):
     exporter = pytest.importorskip("kcdp_export.exporter")
     import torch
@@ -30,7 +34,7 @@ def model(tmp_path_factory, request):
     root = tmp_path_factory.mktemp("ckpt")
     foundation = build_tiny_foundation(root / "foundation")
     torch.manual_seed(0)
-    config = tiny(foundation=str(foundation)).replace(perception={"image_tail": request.param})
+    config = tiny(foundation=str(foundation)).replace(perception=request.param)
     net = KCDPModel.from_config(config)
     with torch.no_grad():  # LoRA B starts at zero: give it weights, so the merge is exercised
         for name, p in net.named_parameters():

@@ -44,12 +44,28 @@ class ImageTail(nn.Module):
 
 class ImageEncoderOutputs(nn.Module):
     """The exported image encoder graph of a model with an ImageTail: one trunk pass, two outputs
-    (the frozen embedding for the retrieval captioner, the tail's features for perception)."""
+    (the frozen embedding for the retrieval captioner, the tail's features for perception). With a
+    face view, a second trunk and tail pass over it, its features beside the whole image's."""
 
-    def __init__(self, encoder: ImageEncoder, tail: ImageTail):
+    def __init__(self, encoder: ImageEncoder, tail: ImageTail, face_view: bool = False):
         super().__init__()
-        self.encoder, self.tail = encoder, tail
+        self.encoder, self.tail, self.face_view = encoder, tail, face_view
 
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(self, pixels: torch.Tensor, face: torch.Tensor | None = None) -> torch.Tensor:
+        """The tail's features only (training: the embedding is not needed)."""
+        with torch.no_grad():  # the shared trunk is frozen
+            trunk = self.encoder.trunk(pixels, self.tail.size)
+        return self._views(trunk, face)
+
+    def _views(self, trunk: torch.Tensor, face: torch.Tensor | None) -> torch.Tensor:
+        if not self.face_view:
+            return self.tail(trunk)
+        with torch.no_grad():
+            face_trunk = self.encoder.trunk(face, self.tail.size)
+        return torch.cat([self.tail(trunk), self.tail(face_trunk)], dim=1)
+
+    def forward(
+        self, pixels: torch.Tensor, face: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         trunk = self.encoder.trunk(pixels, self.tail.size)
-        return self.encoder.embed_map(trunk, self.tail.size), self.tail(trunk)
+        return self.encoder.embed_map(trunk, self.tail.size), self._views(trunk, face)

@@ -73,6 +73,8 @@ class KCDPModel(nn.Module):
             if p.image_tail:
                 self.image_tail = ImageTail(self.image_encoder, p.image_tail, p.mix_style)
             extra_dim = self.image_view_dim
+        if p.face_view and self.image_tail is None:
+            raise ValueError("perception.face_view is read by the image tail: set perception.image_tail")
         self.fpn = FPN(self.kadap.channels, p.fpn_dim, p.feature_dim, extra_dim)
         self.head = PredictionHead(config.head, p.feature_dim, text_dim, len(self.labels))
         self.cliea: CLIEA | None = None
@@ -168,21 +170,29 @@ class KCDPModel(nn.Module):
     @property
     def image_view_dim(self) -> int:
         """The width of image_view(pixels)."""
-        return self.image_tail.dim if self.image_tail is not None else self.image_encoder.config.embed_dim
+        if self.image_tail is None:
+            return self.image_encoder.config.embed_dim
+        return self.image_tail.dim * (2 if self.face_view else 1)
 
-    def image_view(self, pixels: torch.Tensor) -> torch.Tensor:
-        """What perception fuses into v: the image tail's features, or the frozen embedding."""
+    @property
+    def face_view(self) -> int:
+        """The side of the face view the image branch also reads (images.FACE_BOX), 0: none."""
+        return self.config.perception.face_view
+
+    def image_view(self, pixels: torch.Tensor, face: torch.Tensor | None = None) -> torch.Tensor:
+        """What perception fuses into v: the image tail's features (of the whole image, then of the
+        face view `face` when perception.face_view is on), or the frozen embedding."""
         if self.image_tail is None:
             return self.image_encoder(pixels)
-        with torch.no_grad():  # the shared trunk is frozen
-            trunk = self.image_encoder.trunk(pixels, self.image_tail.size)
-        return self.image_tail(trunk)
+        if self.face_view and face is None:
+            raise ValueError("this model reads a face view too: pass face (images.preprocess with FACE_BOX)")
+        return self.image_encoder_graph_module().features(pixels, face)
 
     def image_encoder_graph_module(self) -> nn.Module:
-        """The module exported as the image encoder graph: pixels -> embedding [, image_features]."""
+        """The module exported as the image encoder graph: pixels [, face] -> embedding [, image_features]."""
         if self.image_tail is None:
             return self.image_encoder
-        return ImageEncoderOutputs(self.image_encoder, self.image_tail)
+        return ImageEncoderOutputs(self.image_encoder, self.image_tail, bool(self.face_view))
 
     def forward(
         self,
@@ -190,16 +200,18 @@ class KCDPModel(nn.Module):
         k: torch.Tensor,
         k_mask: torch.Tensor,
         image_view: torch.Tensor | None = None,
+        face: torch.Tensor | None = None,
     ) -> KCDPOutput:
         """pixels [B,3,S,S] in [0,1], k [B,2L,D], k_mask [B,2L] (1 = real token).
 
-        image_view: `image_view(pixels)` when perception.image_embedding is on; computed here when not
-        given (the runtime passes the one its image encoder graph already computed).
+        image_view: `image_view(pixels, face)` when perception.image_embedding is on; computed here
+        when not given (the runtime passes the one its image encoder graph already computed).
+        face: the face view [B,3,F,F] when perception.face_view is on (F = face_view).
         """
         levels = self.kadap(pixels, k, k_mask)
         extra = None
         if self.config.perception.image_embedding:
-            extra = self.image_view(pixels) if image_view is None else image_view
+            extra = self.image_view(pixels, face) if image_view is None else image_view
         v = self.fpn(levels, extra)
         logits, balance, router_probs = self.head(v, k, k_mask)
         return KCDPOutput(logits, logits.softmax(dim=-1), v, balance, router_probs)

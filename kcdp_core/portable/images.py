@@ -31,6 +31,10 @@ _FILTERS = {
 # rather than raising, when a claimed size cannot be allocated. Cost grows with the area (fun-emoji
 # avatar on this 2-core machine: about 2 ms at 96 px, 23 ms at 256, 80 ms at 512).
 SVG_SIDE = 256
+# The face view (perception.face_view): where a drawn head or bust keeps brows, eyes and mouth, as
+# fractions (left, top, right, bottom) of the square-padded image; 70% of the side, from 8% below the
+# top (checked on contact sheets of the training styles; benchmarks/view_probe.py measures it).
+FACE_BOX = (0.15, 0.08, 0.85, 0.78)
 # Frames classified of an animated GIF / WebP / PNG, spread evenly from the first frame on.
 MAX_FRAMES = 4
 # An SVG may only reference its own elements (#id) or embedded data: resvg would read any other
@@ -177,13 +181,21 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def preprocess(img: Image.Image, size: int, resize_filter: str = RESIZE_FILTER) -> np.ndarray:
-    """Square-pad on white, resize to size x size, return float32 CHW in [0, 1]."""
+def preprocess(
+    img: Image.Image,
+    size: int,
+    resize_filter: str = RESIZE_FILTER,
+    box: tuple[float, float, float, float] | None = None,
+) -> np.ndarray:
+    """Square-pad on white, crop to `box` (left, top, right, bottom as fractions of the padded side;
+    None: the whole image), resize to size x size, return float32 CHW in [0, 1]."""
     side = max(img.width, img.height)
     if img.width != img.height:
         canvas = Image.new("RGB", (side, side), (255, 255, 255))
         canvas.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
         img = canvas
+    if box is not None:
+        img = img.crop(tuple(round(v * side) for v in box))
     if img.size != (size, size):
         img = img.resize((size, size), _FILTERS[resize_filter])
     arr = np.asarray(img, dtype=np.float32) / 255.0

@@ -360,7 +360,7 @@ def target_view(model, dataset, batch_size: int = 32) -> TargetView:
     model.eval()
     with torch.no_grad():
         for batch in _loader(dataset, batch_size):
-            out = model(batch["pixels"], batch["k"], batch["k_mask"])
+            out = model(batch["pixels"], batch["k"], batch["k_mask"], face=batch.get("face"))
             conf, head = out.probs.float().max(dim=-1)
             heads.append(head.numpy())
             confs.append(conf.numpy())
@@ -554,7 +554,10 @@ def _plain_dataset(table, rows: Sequence[Path], labels: Sequence[int] | None):
 
     records = [Record(p, labels[i] if labels is not None else -1) for i, p in enumerate(rows)]
     k, mask = table.knowledge(rows)
-    return ImageKnowledgeDataset(records, k, mask, table.config.foundation.image_size, None)
+    config = table.config
+    return ImageKnowledgeDataset(
+        records, k, mask, config.foundation.image_size, None, face_view=config.perception.face_view
+    )
 
 
 def _silent(_: str) -> None:

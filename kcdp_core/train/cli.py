@@ -57,6 +57,7 @@ def _config_from_args(args: argparse.Namespace) -> KCDPConfig:
         ("train", "target_bn", args.target_bn),
         ("perception", "finetune", args.finetune or None),
         ("perception", "mix_style", args.mix_style),
+        ("perception", "face_view", args.face_view),
         ("head", "classifier", args.classifier or None),
         ("head", "use_knowledge", False if args.no_knowledge_head else None),
         ("knowledge", "use_triplets", False if args.no_triplets else None),
@@ -116,6 +117,11 @@ def train_parser() -> argparse.ArgumentParser:
         "--mix-style",
         type=float,
         help="MixStyle in the image tail while training: probability per batch (0 off)",
+    )
+    p.add_argument(
+        "--face-view",
+        type=int,
+        help="with an image tail: side in pixels of the face view it also reads (0 off; mini's default 0)",
     )
     p.add_argument("--no-knowledge-head", action="store_true", help="the head sees v alone, not v + pool(k)")
     p.add_argument("--no-triplets", action="store_true", help="k from the caption alone")

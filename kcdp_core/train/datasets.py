@@ -21,7 +21,7 @@ import torch
 from PIL import Image, ImageEnhance, ImageOps
 
 from kcdp_core.portable.constants import IMAGE_SUFFIXES
-from kcdp_core.portable.images import ImageError, load_image, preprocess
+from kcdp_core.portable.images import FACE_BOX, ImageError, load_image, preprocess
 from kcdp_core.train.style_augment import restyle
 
 UNLABELLED = -1
@@ -145,7 +145,8 @@ def augment(img: Image.Image, rng: np.random.Generator, cfg: AugmentConfig) -> I
 
 
 class ImageKnowledgeDataset(torch.utils.data.Dataset):
-    """(pixels [3,S,S], k [2L,D], k_mask [2L], label, index) per record; images decoded once."""
+    """(pixels [3,S,S], k [2L,D], k_mask [2L], label, index) per record, and with `face_view` the face
+    view (face [3,F,F], F = face_view) of the same (augmented) image; images decoded once."""
 
     def __init__(
         self,
@@ -155,6 +156,7 @@ class ImageKnowledgeDataset(torch.utils.data.Dataset):
         image_size: int,
         augment: AugmentConfig | None = None,
         seed: int = 0,
+        face_view: int = 0,
     ):
         if len(k) != len(records):
             raise ValueError(f"knowledge for {len(k)} images, but {len(records)} records")
@@ -162,6 +164,7 @@ class ImageKnowledgeDataset(torch.utils.data.Dataset):
         self.k = torch.from_numpy(np.ascontiguousarray(k, dtype=np.float32))
         self.k_mask = torch.from_numpy(np.ascontiguousarray(k_mask, dtype=np.float32))
         self.size = image_size
+        self.face_view = face_view
         self.augment = augment
         self.seed = seed
         self.epoch = 0
@@ -173,7 +176,7 @@ class ImageKnowledgeDataset(torch.utils.data.Dataset):
                 raise ImageError(f"{exc} (listed in the dataset)") from None
         # Un-augmented pixels are the same every epoch: resize once.
         if augment is None:
-            self._plain_cache = [torch.from_numpy(preprocess(im, image_size)) for im in self.images]
+            self._plain_cache = [self.views_of(im) for im in self.images]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -181,15 +184,23 @@ class ImageKnowledgeDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def pixels(self, i: int) -> torch.Tensor:
+    def views_of(self, img: Image.Image) -> dict[str, torch.Tensor]:
+        """pixels (and face) of a PIL image, as this dataset preprocesses it."""
+        views = {"pixels": torch.from_numpy(preprocess(img, self.size))}
+        if self.face_view:
+            views["face"] = torch.from_numpy(preprocess(img, self.face_view, box=FACE_BOX))
+        return views
+
+    def views(self, i: int) -> dict[str, torch.Tensor]:
+        """pixels (and face) of image i, augmented per epoch when the dataset augments."""
         if self.augment is None:
             return self._plain_cache[i]
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        return torch.from_numpy(preprocess(augment(self.images[i], rng, self.augment), self.size))
+        return self.views_of(augment(self.images[i], rng, self.augment))
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {
-            "pixels": self.pixels(i),
+            **self.views(i),
             "k": self.k[i],
             "k_mask": self.k_mask[i],
             "label": torch.tensor(self.records[i].label, dtype=torch.long),

@@ -230,6 +230,11 @@ def recipe_parser() -> argparse.ArgumentParser:
         help="stages of the image encoder copied and trained (default: the preset's; more = more weights)",
     )
     p.add_argument(
+        "--face-view",
+        type=int,
+        help="side in pixels of the face view the image branch also reads (perception.face_view; 0 off)",
+    )
+    p.add_argument(
         "--no-knowledge",
         action="store_true",
         help="train without knowledge (no caption, no triplets, the head on v alone): the comparison row",
@@ -262,6 +267,8 @@ def recipe_config(args: argparse.Namespace) -> KCDPConfig:
     )  # fmt: skip
     if args.image_tail is not None:
         config = config.replace(perception={"image_tail": args.image_tail})
+    if args.face_view is not None:
+        config = config.replace(perception={"face_view": args.face_view})
     if args.no_knowledge:
         config = config.replace(
             knowledge={"use_caption": False, "use_triplets": False}, head={"use_knowledge": False}

@@ -75,10 +75,9 @@ def predict(model: torch.nn.Module, loader: torch.utils.data.DataLoader, device=
     model.eval()
     probs, feats, labels = [], [], []
     for batch in loader:
-        pixels, k, mask = batch["pixels"], batch["k"], batch["k_mask"]
         if device is not None:
-            pixels, k, mask = pixels.to(device), k.to(device), mask.to(device)
-        out = model(pixels, k, mask)
+            batch = {name: t.to(device) for name, t in batch.items()}
+        out = model(batch["pixels"], batch["k"], batch["k_mask"], face=batch.get("face"))
         probs.append(out.probs.float().cpu())
         feats.append(out.features.float().cpu())
         labels.append(batch["label"].cpu())
@@ -94,7 +93,9 @@ def load_dataset(model, data: str | Path, with_labels: bool = True, describe=Non
     config = model.config
     records = load_records(data, config.labels, with_labels=with_labels)
     k, mask = KnowledgeTable(config, model.text_encoder, describe).knowledge([r.path for r in records])
-    return ImageKnowledgeDataset(records, k, mask, config.foundation.image_size, None)
+    return ImageKnowledgeDataset(
+        records, k, mask, config.foundation.image_size, None, face_view=config.perception.face_view
+    )
 
 
 def evaluate_checkpoint(

@@ -44,7 +44,7 @@ def recompute_statistics(
         for batch in batches:
             if len(batch["pixels"]) < 2:
                 continue  # a single image has no variance to standardise by
-            model(batch["pixels"], batch["k"], batch["k_mask"])
+            model(batch["pixels"], batch["k"], batch["k_mask"], face=batch.get("face"))
             seen += len(batch["pixels"])
     finally:
         for bn, momentum, state in zip(bns, momenta, before, strict=True):

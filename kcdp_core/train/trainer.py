@@ -30,7 +30,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from kcdp_core.config import KCDPConfig
-from kcdp_core.portable.images import preprocess
 from kcdp_core.train.datasets import (
     AugmentConfig,
     EpochSampler,
@@ -103,7 +102,7 @@ class BalancedSampler(EpochSampler):
 
 
 class TwoViews(torch.utils.data.Dataset):
-    """A target dataset whose items carry a second augmented view ("pixels2") of the same image,
+    """A target dataset whose items carry a second augmented view ("pixels2", "face2") of the same image,
     drawn from its own (seed, epoch, index) stream: for the consistency term."""
 
     def __init__(self, dataset: ImageKnowledgeDataset):
@@ -118,8 +117,8 @@ class TwoViews(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         ds = self.dataset
         rng = np.random.default_rng([ds.seed, ds.epoch, i, 2])
-        second = preprocess(augment(ds.images[i], rng, ds.augment), ds.size)
-        return {**ds[i], "pixels2": torch.from_numpy(second)}
+        second = ds.views_of(augment(ds.images[i], rng, ds.augment))
+        return {**ds[i], **{f"{name}2": view for name, view in second.items()}}
 
 
 def load_initial_weights(model, checkpoint: str | Path) -> None:
@@ -304,21 +303,23 @@ class Trainer:
         n_src = len(records)
         ks, ms = k[:n_src], mask[:n_src]
         kt, mt = k[n_src:], mask[n_src:]
-        size = cfg.foundation.image_size
+        size, face = cfg.foundation.image_size, cfg.perception.face_view
         aug = AugmentConfig(style=tc.style_augment) if tc.augment else None
         self.train_ds = ImageKnowledgeDataset(
-            self.train_records, ks[train_idx], ms[train_idx], size, aug, tc.seed
+            self.train_records, ks[train_idx], ms[train_idx], size, aug, tc.seed, face
         )
         self.val_ds = (
-            ImageKnowledgeDataset(self.val_records, ks[val_idx], ms[val_idx], size, None) if val_idx else None
+            ImageKnowledgeDataset(self.val_records, ks[val_idx], ms[val_idx], size, None, face_view=face)
+            if val_idx
+            else None
         )
         if self.target_records:
-            self.target_ds = ImageKnowledgeDataset(self.target_records, kt, mt, size, aug, tc.seed + 1)
+            self.target_ds = ImageKnowledgeDataset(self.target_records, kt, mt, size, aug, tc.seed + 1, face)
             if tc.setting == "da" and tc.consistency_weight > 0:
                 if aug is None:
                     raise ValueError("consistency_weight compares two augmented views: it needs augment")
                 self.target_ds = TwoViews(self.target_ds)
-            self.target_plain = ImageKnowledgeDataset(self.target_records, kt, mt, size, None)
+            self.target_plain = ImageKnowledgeDataset(self.target_records, kt, mt, size, None, face_view=face)
 
         bs = tc.batch_size
         if tc.balanced_sampling:
@@ -451,7 +452,8 @@ class Trainer:
         for batch in loader:
             k, m = batch["k"].to(device), batch["k_mask"].to(device)
             with self.accelerator.autocast():
-                out = model(batch["pixels"].to(device), k, m)
+                face = batch["face"].to(device) if "face" in batch else None
+                out = model(batch["pixels"].to(device), k, m, face=face)
                 scores = model.cliea_scores(out.features, k, m)
             conf, y = scores.float().softmax(dim=-1).max(dim=-1)
             labels.append(y.cpu())
@@ -706,17 +708,17 @@ def training_step(
     from the global RNG, and the source forward's dropout must see the same RNG state on resume."""
     from kcdp_core.model.losses import total_loss
 
-    out_s = model(batch["pixels"], batch["k"], batch["k_mask"])
+    out_s = model(batch["pixels"], batch["k"], batch["k_mask"], face=batch.get("face"))
     scores_s = raw.cliea_scores(out_s.features, batch["k"], batch["k_mask"]) if raw.cliea else None
     out_t = pseudo = keep = None
     if target_batches is not None:
         tb = next(target_batches)
-        out_t = model(tb["pixels"], tb["k"], tb["k_mask"])
+        out_t = model(tb["pixels"], tb["k"], tb["k_mask"], face=tb.get("face"))
         pseudo, keep = labeller.label(tb["index"], out_t, tb["k"], tb["k_mask"])
     loss, parts = total_loss(cfg, out_s, batch["label"], scores_s, out_t, pseudo, keep)
     if target_batches is not None and "pixels2" in tb:
         # The head's prediction on one view, gradient-free, is the soft target of the other view.
-        other = model(tb["pixels2"], tb["k"], tb["k_mask"])
+        other = model(tb["pixels2"], tb["k"], tb["k_mask"], face=tb.get("face2"))
         soft = out_t.logits.detach().float().softmax(dim=-1)
         consistency = -(soft * other.logits.float().log_softmax(dim=-1)).sum(dim=-1).mean()
         loss = loss + cfg.train.consistency_weight * consistency
