@@ -16,7 +16,7 @@ class Probe(nn.Module):
         self.bn = nn.BatchNorm1d(3)
         self.dropout = nn.Dropout(0.5)
 
-    def forward(self, pixels, k, k_mask):
+    def forward(self, pixels, k, k_mask, face=None):
         return self.dropout(self.bn(pixels.mean(dim=(2, 3))))
 
 
@@ -57,7 +57,7 @@ def test_recompute_within_leaves_other_layers_statistics_alone() -> None:
     """Only the layers a checkpoint keeps are adapted; a frozen upstream BatchNorm keeps its own."""
     model = nn.Sequential()
     model.frozen, model.kept = nn.BatchNorm1d(3), nn.BatchNorm1d(3)
-    model.forward = lambda pixels, k, k_mask: model.kept(model.frozen(pixels.mean(dim=(2, 3))))
+    model.forward = lambda pixels, k, k_mask, face=None: model.kept(model.frozen(pixels.mean(dim=(2, 3))))
     batches = _batches(shift=3.0, seed=4)
     seen = recompute_statistics(model, batches, within=[model.kept])
     assert seen == 32
