@@ -1126,6 +1126,13 @@ def pseudo_table(pseudo: dict[str, list[list[dict]]], names: dict[str, str]) -> 
     return out
 
 
+def publish(name: str, body: str, write: bool = True) -> None:
+    """Print a benchmark's table and, unless told not to (--no-write), write it into RESULTS.md."""
+    print(body)
+    if write:
+        write_section(name, body)
+
+
 def write_section(name: str, body: str) -> None:
     """Replace (or append) this table's block in RESULTS.md; other sections stay as they are."""
     begin, end = f"<!-- BEGIN accuracy:{name} -->", f"<!-- END accuracy:{name} -->"

@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import machine, recorded_command, write_section  # noqa: E402
+from accuracy import machine, publish, recorded_command  # noqa: E402
 
 from kcdp_core.portable.constants import IMAGE_SUFFIXES  # noqa: E402
 from kcdp_core.portable.images import load_frames, preprocess  # noqa: E402
@@ -211,9 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         + "\n".join(f"- {t}" for t in top)
         + "\n"
     )
-    print(body)
-    if not args.no_write:
-        write_section("caption_expressions", body)
+    publish("caption_expressions", body, write=not args.no_write)
     return 0
 
 

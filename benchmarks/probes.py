@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import TASKS, machine, recorded_command, write_section  # noqa: E402
+from accuracy import TASKS, machine, publish, recorded_command  # noqa: E402
 
 FEATURES = {
     "pooled UNet levels": ("unet",),
@@ -286,9 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             cells = " | ".join(f"{v:.3f}" for v in [*scores, float(np.mean(scores))])
             lines.append(f"| {name} | {feature} | {cells} |")
     body = "\n".join(lines) + "\n"
-    print(body)
-    if not args.no_write:
-        write_section("probes", body)
+    publish("probes", body, write=not args.no_write)
     return 0
 
 

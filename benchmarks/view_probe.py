@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import machine, recorded_command, write_section  # noqa: E402
+from accuracy import machine, publish, recorded_command  # noqa: E402
 from probes import COMMITTED, extract, model_for, probe, within_style  # noqa: E402
 
 from kcdp_core.data.avatar_key import check_trainable  # noqa: E402
-from kcdp_core.portable.images import FACE_BOX  # noqa: E402
+from kcdp_core.portable.images import FACE_BOX, crop_box  # noqa: E402
 
 BENCHMARK_STYLES = ("avataaars", "open-peeps", "fun-emoji", "big-smile", "moods")
 LABELLED_STYLES = ("adventurer", "big-ears", "croodles", "dylan", "lorelei", "notionists")
@@ -39,11 +39,7 @@ VIEWS = {"full": (0.0, 0.0, 1.0, 1.0), "centre": FACE_BOX}
 
 def crop(img, box: tuple[float, float, float, float]):
     """The fractional box of a PIL image (the whole image for (0, 0, 1, 1))."""
-    if box == (0.0, 0.0, 1.0, 1.0):
-        return img
-    w, h = img.size
-    left, top, right, bottom = box
-    return img.crop((round(left * w), round(top * h), round(right * w), round(bottom * h)))
+    return img if box == VIEWS["full"] else crop_box(img, box)
 
 
 def view_folder(folder: Path, per_class: int, box: tuple[float, float, float, float], out: Path) -> Path:
@@ -154,9 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         body = " | ".join(f"{a:.3f} / {b:.3f}" for a, b in cells.values())
         lines.append(f"| {name} | {body} | {inside:.3f} | {across:.3f} |")
     text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_write:
-        write_section("view_probe", text)
+    publish("view_probe", text, write=not args.no_write)
     return 0
 
 

@@ -181,6 +181,13 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def crop_box(img: Image.Image, box: tuple[float, float, float, float]) -> Image.Image:
+    """The box (left, top, right, bottom, as fractions of the image's sides) of a PIL image."""
+    w, h = img.size
+    left, top, right, bottom = box
+    return img.crop((round(left * w), round(top * h), round(right * w), round(bottom * h)))
+
+
 def preprocess(
     img: Image.Image,
     size: int,
@@ -195,7 +202,7 @@ def preprocess(
         canvas.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
         img = canvas
     if box is not None:
-        img = img.crop(tuple(round(v * side) for v in box))
+        img = crop_box(img, box)
     if img.size != (size, size):
         img = img.resize((size, size), _FILTERS[resize_filter])
     arr = np.asarray(img, dtype=np.float32) / 255.0

@@ -554,10 +554,7 @@ def _plain_dataset(table, rows: Sequence[Path], labels: Sequence[int] | None):
 
     records = [Record(p, labels[i] if labels is not None else -1) for i, p in enumerate(rows)]
     k, mask = table.knowledge(rows)
-    config = table.config
-    return ImageKnowledgeDataset(
-        records, k, mask, config.foundation.image_size, None, face_view=config.perception.face_view
-    )
+    return ImageKnowledgeDataset.for_config(table.config, records, k, mask)
 
 
 def _silent(_: str) -> None:

@@ -178,6 +178,21 @@ class ImageKnowledgeDataset(torch.utils.data.Dataset):
         if augment is None:
             self._plain_cache = [self.views_of(im) for im in self.images]
 
+    @classmethod
+    def for_config(
+        cls,
+        config,
+        records: Sequence[Record],
+        k: np.ndarray,
+        k_mask: np.ndarray,
+        augment: AugmentConfig | None = None,
+        seed: int = 0,
+    ) -> ImageKnowledgeDataset:
+        """The views a model of `config` (a KCDPConfig) reads: pixels at its foundation's size, and
+        the face view when it has one."""
+        size, face = config.foundation.image_size, config.perception.face_view
+        return cls(records, k, k_mask, size, augment, seed, face)
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 

@@ -93,9 +93,7 @@ def load_dataset(model, data: str | Path, with_labels: bool = True, describe=Non
     config = model.config
     records = load_records(data, config.labels, with_labels=with_labels)
     k, mask = KnowledgeTable(config, model.text_encoder, describe).knowledge([r.path for r in records])
-    return ImageKnowledgeDataset(
-        records, k, mask, config.foundation.image_size, None, face_view=config.perception.face_view
-    )
+    return ImageKnowledgeDataset.for_config(config, records, k, mask)
 
 
 def evaluate_checkpoint(

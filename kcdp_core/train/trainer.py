@@ -303,23 +303,17 @@ class Trainer:
         n_src = len(records)
         ks, ms = k[:n_src], mask[:n_src]
         kt, mt = k[n_src:], mask[n_src:]
-        size, face = cfg.foundation.image_size, cfg.perception.face_view
+        views = ImageKnowledgeDataset.for_config
         aug = AugmentConfig(style=tc.style_augment) if tc.augment else None
-        self.train_ds = ImageKnowledgeDataset(
-            self.train_records, ks[train_idx], ms[train_idx], size, aug, tc.seed, face
-        )
-        self.val_ds = (
-            ImageKnowledgeDataset(self.val_records, ks[val_idx], ms[val_idx], size, None, face_view=face)
-            if val_idx
-            else None
-        )
+        self.train_ds = views(cfg, self.train_records, ks[train_idx], ms[train_idx], aug, tc.seed)
+        self.val_ds = views(cfg, self.val_records, ks[val_idx], ms[val_idx]) if val_idx else None
         if self.target_records:
-            self.target_ds = ImageKnowledgeDataset(self.target_records, kt, mt, size, aug, tc.seed + 1, face)
+            self.target_ds = views(cfg, self.target_records, kt, mt, aug, tc.seed + 1)
             if tc.setting == "da" and tc.consistency_weight > 0:
                 if aug is None:
                     raise ValueError("consistency_weight compares two augmented views: it needs augment")
                 self.target_ds = TwoViews(self.target_ds)
-            self.target_plain = ImageKnowledgeDataset(self.target_records, kt, mt, size, None, face_view=face)
+            self.target_plain = views(cfg, self.target_records, kt, mt)
 
         bs = tc.batch_size
         if tc.balanced_sampling:
