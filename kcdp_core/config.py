@@ -175,6 +175,10 @@ class TrainConfig:
     num_workers: int = 0
     # Draw source batches class-balanced (with replacement): macro-F1 on skewed sets (happiness 19/44).
     balanced_sampling: bool = False
+    # Draw source batches style-balanced (with replacement): every style, the folder above an image's
+    # class folder (kcdp-data's domains/<style>/<class>/), as often as any other; with
+    # balanced_sampling too, every (style, class). Issue 26's "batches balanced over styles".
+    balance_styles: bool = False
     # DA (AdaBN, train/target_bn.py): after training, recompute best/'s BatchNorm statistics on the
     # unlabelled target (per-style feature standardisation; images only, never labels).
     target_bn: bool = False

@@ -54,6 +54,7 @@ def _config_from_args(args: argparse.Namespace) -> KCDPConfig:
     extra = (
         ("train", "augment", False if args.no_augment else None),
         ("train", "balanced_sampling", True if args.balanced else None),
+        ("train", "balance_styles", True if args.balance_styles else None),
         ("train", "target_bn", args.target_bn),
         ("perception", "finetune", args.finetune or None),
         ("perception", "mix_style", args.mix_style),
@@ -141,6 +142,11 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cliea", action="store_true")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--balanced", action="store_true", help="class-balanced source batches")
+    p.add_argument(
+        "--balance-styles",
+        action="store_true",
+        help="style-balanced source batches (with --balanced: every style and class equally often)",
+    )
     p.add_argument(
         "--target-bn",
         action=argparse.BooleanOptionalAction,

@@ -252,6 +252,10 @@ def recipe_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--head-lr", type=float, default=1e-3)
+    p.add_argument(
+        "--balance-styles", action="store_true", help="style-balanced batches (train.balance_styles)"
+    )
+    p.add_argument("--balanced", action="store_true", help="class-balanced batches (train.balanced_sampling)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--foundation", help="foundation folder instead of kcdp:foundation/mini (trials only)")
     return p
@@ -262,7 +266,8 @@ def recipe_config(args: argparse.Namespace) -> KCDPConfig:
     config = mini().replace(
         train={
             "setting": "uc", "epochs": args.epochs, "seed": args.seed, "lr": args.lr,
-            "head_lr": args.head_lr, "balanced_sampling": False, "style_augment": args.style_augment,
+            "head_lr": args.head_lr, "balanced_sampling": args.balanced, "style_augment": args.style_augment,
+            "balance_styles": args.balance_styles,
         }
     )  # fmt: skip
     if args.image_tail is not None:

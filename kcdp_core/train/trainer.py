@@ -21,7 +21,8 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from kcdp_core.config import KCDPConfig
+from kcdp_core.config import KCDPConfig, TrainConfig
 from kcdp_core.train.datasets import (
     AugmentConfig,
     EpochSampler,
@@ -89,16 +90,29 @@ class CyclicBatchSampler(torch.utils.data.Sampler[list[int]]):
 
 
 class BalancedSampler(EpochSampler):
-    """Class-balanced sampling with replacement, one epoch = n draws; a function of (seed, epoch)."""
+    """Sampling with replacement that draws every group (class, style, or both: one key per image) as
+    often as any other; one epoch = n draws; a function of (seed, epoch)."""
 
-    def __init__(self, labels: list[int], seed: int):
-        super().__init__(len(labels), seed)
-        counts = np.bincount(labels)
-        self.weights = torch.tensor([1.0 / counts[y] for y in labels], dtype=torch.double)
+    def __init__(self, keys: Sequence[Hashable], seed: int):
+        super().__init__(len(keys), seed)
+        counts = Counter(keys)
+        self.weights = torch.tensor([1.0 / counts[key] for key in keys], dtype=torch.double)
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch + 31)
         return iter(torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist())
+
+
+def style_of(record: Record) -> str:
+    """The style an image belongs to: the folder above its class folder (domains/<style>/<class>/)."""
+    return record.path.parent.parent.name
+
+
+def balance_keys(records: Sequence[Record], tc: TrainConfig) -> list[Hashable]:
+    """The group each source image is balanced in: its class, its style, or both."""
+    if tc.balance_styles and tc.balanced_sampling:
+        return [(style_of(r), r.label) for r in records]
+    return [style_of(r) for r in records] if tc.balance_styles else [r.label for r in records]
 
 
 class TwoViews(torch.utils.data.Dataset):
@@ -316,8 +330,8 @@ class Trainer:
             self.target_plain = views(cfg, self.target_records, kt, mt)
 
         bs = tc.batch_size
-        if tc.balanced_sampling:
-            self.sampler = BalancedSampler([r.label for r in self.train_records], tc.seed)
+        if tc.balanced_sampling or tc.balance_styles:
+            self.sampler = BalancedSampler(balance_keys(self.train_records, tc), tc.seed)
         else:
             self.sampler = EpochSampler(len(self.train_ds), tc.seed)
         loader_kw = {"num_workers": tc.num_workers}
