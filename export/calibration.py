@@ -13,7 +13,7 @@ import numpy as np
 
 from kcdp_core.portable.assemble import KnowledgeRule, knowledge_texts
 from kcdp_core.portable.constants import IMAGE_SUFFIXES
-from kcdp_core.portable.images import FACE_BOX, ImageError, load_image, preprocess
+from kcdp_core.portable.images import ImageError, load_image, preprocess_views
 
 
 @dataclass
@@ -72,9 +72,10 @@ def load_real_set(model, root: Path, limit: int | None = 64, captions_csv: str |
             print(f"kcdp-export: skipped {exc}", file=sys.stderr)
             continue
         images.append(img)
-        pixels.append(preprocess(img, size))
-        if face_size:
-            faces.append(preprocess(img, face_size, box=FACE_BOX))
+        whole, face = preprocess_views(img, size, face_size)
+        pixels.append(whole)
+        if face is not None:
+            faces.append(face)
         paths.append(path)
     if not paths:
         raise ValueError(f"{root}: none of the images could be read ({'; '.join(skipped[:3])})")

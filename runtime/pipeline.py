@@ -30,7 +30,7 @@ from PIL import Image
 from tokenizers import Tokenizer
 
 from kcdp_core.portable.assemble import assemble_batch, knowledge_texts
-from kcdp_core.portable.images import MAX_FRAMES, Frames, ImageError, load_frames, preprocess
+from kcdp_core.portable.images import MAX_FRAMES, Frames, ImageError, load_frames, preprocess_views
 from kcdp_runtime.bank_knowledge import FILE, BankKnowledge
 from kcdp_runtime.captioner import (
     Caption,
@@ -341,10 +341,10 @@ class Pipeline:
         return [self._result(group, frames) for group, frames in groups]
 
     def _preprocessed(self, name: str, img: Image.Image) -> _Item:
-        face = None
-        if self.face_view:
-            face = preprocess(img, self.face_view, self.resize_filter, box=self.face_box)
-        return _Item(name, img, preprocess(img, self.image_size, self.resize_filter), face)
+        pixels, face = preprocess_views(
+            img, self.image_size, self.face_view, self.resize_filter, self.face_box
+        )
+        return _Item(name, img, pixels, face)
 
     def _faces(self, items: list[_Item]) -> np.ndarray | None:
         return np.stack([i.face for i in items]) if self.face_view else None

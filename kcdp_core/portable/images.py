@@ -196,16 +196,41 @@ def preprocess(
 ) -> np.ndarray:
     """Square-pad on white, crop to `box` (left, top, right, bottom as fractions of the padded side;
     None: the whole image), resize to size x size, return float32 CHW in [0, 1]."""
+    return _pixels(_square(img), size, resize_filter, box)
+
+
+def preprocess_views(
+    img: Image.Image,
+    size: int,
+    face_view: int = 0,
+    resize_filter: str = RESIZE_FILTER,
+    face_box: tuple[float, float, float, float] | None = FACE_BOX,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """What a model reads of an image: preprocess(img, size) and, when it has a face view, the face box
+    at face_view px (else None; face_box is read only then), both from one square padding."""
+    square = _square(img)
+    face = _pixels(square, face_view, resize_filter, face_box) if face_view else None
+    return _pixels(square, size, resize_filter, None), face
+
+
+def _square(img: Image.Image) -> Image.Image:
+    """The image centred on a white square."""
+    if img.width == img.height:
+        return img
     side = max(img.width, img.height)
-    if img.width != img.height:
-        canvas = Image.new("RGB", (side, side), (255, 255, 255))
-        canvas.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
-        img = canvas
+    canvas = Image.new("RGB", (side, side), (255, 255, 255))
+    canvas.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
+    return canvas
+
+
+def _pixels(
+    square: Image.Image, size: int, resize_filter: str, box: tuple[float, float, float, float] | None
+) -> np.ndarray:
     if box is not None:
-        img = crop_box(img, box)
-    if img.size != (size, size):
-        img = img.resize((size, size), _FILTERS[resize_filter])
-    arr = np.asarray(img, dtype=np.float32) / 255.0
+        square = crop_box(square, box)
+    if square.size != (size, size):
+        square = square.resize((size, size), _FILTERS[resize_filter])
+    arr = np.asarray(square, dtype=np.float32) / 255.0
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 

@@ -21,7 +21,7 @@ import torch
 from PIL import Image, ImageEnhance, ImageOps
 
 from kcdp_core.portable.constants import IMAGE_SUFFIXES
-from kcdp_core.portable.images import FACE_BOX, ImageError, load_image, preprocess
+from kcdp_core.portable.images import ImageError, load_image, preprocess_views
 from kcdp_core.train.style_augment import restyle
 
 UNLABELLED = -1
@@ -201,9 +201,10 @@ class ImageKnowledgeDataset(torch.utils.data.Dataset):
 
     def views_of(self, img: Image.Image) -> dict[str, torch.Tensor]:
         """pixels (and face) of a PIL image, as this dataset preprocesses it."""
-        views = {"pixels": torch.from_numpy(preprocess(img, self.size))}
-        if self.face_view:
-            views["face"] = torch.from_numpy(preprocess(img, self.face_view, box=FACE_BOX))
+        pixels, face = preprocess_views(img, self.size, self.face_view)
+        views = {"pixels": torch.from_numpy(pixels)}
+        if face is not None:
+            views["face"] = torch.from_numpy(face)
         return views
 
     def views(self, i: int) -> dict[str, torch.Tensor]:
