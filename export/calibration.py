@@ -28,19 +28,16 @@ class RealSet:
     texts: list[str] = field(default_factory=list)  # every text the text encoder saw (captions, triplets)
     captioner: str = ""
     skipped: list[str] = field(default_factory=list)
-    # the image view perception fuses into v, by its input name (KCDPModel.image_input), if any
-    image_view: dict[str, np.ndarray] = field(default_factory=dict)
+    # the image views perception fuses into v, by input name (KCDPModel.image_inputs)
+    image_views: dict[str, np.ndarray] = field(default_factory=dict)
     face: np.ndarray | None = None  # [N, 3, F, F]: the face view, for a model with perception.face_view
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def image_encoder_feeds(self) -> dict[str, np.ndarray]:
-        return {"pixels": self.pixels} | ({} if self.face is None else {"face": self.face})
-
     def perception_feeds(self) -> dict[str, np.ndarray]:
         feeds = {"pixels": self.pixels, "knowledge": self.knowledge, "knowledge_mask": self.knowledge_mask}
-        return feeds | self.image_view
+        return feeds | self.image_views
 
 
 def find_images(root: Path, limit: int | None = None, seed: int = 0) -> list[Path]:
@@ -96,13 +93,14 @@ def load_real_set(model, root: Path, limit: int | None = 64, captions_csv: str |
     texts = list(dict.fromkeys(knowledge_texts(used_captions, used_triplets)))
     pixel_array = np.stack(pixels).astype(np.float32)
     face_array = np.stack(faces).astype(np.float32) if faces else None
-    image_view = {}
-    if model.image_input is not None:
+    image_views = {}
+    if model.image_inputs:
         import torch
 
         face = None if face_array is None else torch.from_numpy(face_array)
         with torch.no_grad():
-            image_view[model.image_input] = model.image_view(torch.from_numpy(pixel_array), face).numpy()
+            views = model.image_views(torch.from_numpy(pixel_array), face)
+        image_views = {name: view.numpy() for name, view in views.items()}
     return RealSet(
         paths=paths,
         labels=label_array,
@@ -114,7 +112,7 @@ def load_real_set(model, root: Path, limit: int | None = 64, captions_csv: str |
         texts=texts,
         captioner=getattr(captioner, "id", type(captioner).__name__),
         skipped=skipped,
-        image_view=image_view,
+        image_views=image_views,
         face=face_array,
     )
 

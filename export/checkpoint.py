@@ -1,11 +1,11 @@
 """A training checkpoint run by the runtime's own Pipeline, eagerly in PyTorch (`kcdp-infer --model CKPT`).
 
-The export's three graphs are replaced by sessions that call the checkpoint's torch modules with the
-same named inputs and outputs (image_encoder: pixels -> embedding[, image_features]; text_encoder:
-input_ids, attention_mask -> token_states; perception: pixels, knowledge, knowledge_mask[, the image
-view] -> logits, probs, features), and the manifest by one built from the checkpoint's config. Everything
-else (preprocessing, captioners, parser, knowledge assembly, batching, errors, JSON) is the Pipeline's,
-so a checkpoint and its export print the same results. Tokens come from the checkpoint's
+The export's graphs are replaced by sessions that call the checkpoint's torch modules with the same
+named inputs and outputs (image_encoder: pixels -> embedding[, image_features]; face_encoder: face ->
+face_features; text_encoder: input_ids, attention_mask -> token_states; perception: pixels, knowledge,
+knowledge_mask[, the image views] -> logits, probs, features), and the manifest by one built from the
+checkpoint's config. Everything else (preprocessing, captioners, parser, knowledge assembly, batching,
+errors, JSON) is the Pipeline's, so a checkpoint and its export print the same results. Tokens come from the checkpoint's
 transformers tokenizer, as in training. Needs torch; the runtime CLI finds it through the `kcdp.openers` entry point when a checkpoint is given.
 """
 
@@ -97,6 +97,7 @@ def open_checkpoint(
 
     from kcdp_core.model.kcdp import KCDPModel
     from kcdp_core.portable.caption_bank import CaptionBank
+    from kcdp_export.graphs import PerceptionModule, face_encoder_graph, image_encoder_graph
 
     config_ = session_config or SessionConfig()
     folder = Path(folder)
@@ -125,20 +126,21 @@ def open_checkpoint(
         )
     }
     if model.image_encoder is not None:
-        from kcdp_export.graphs import image_encoder_graph
-
-        encoder = image_encoder_graph(model, size)  # what an export would hold: its module and outputs
-        sessions["image_encoder"] = TorchSession(
-            lambda *x: out if isinstance(out := encoder.module(*x), tuple) else (out,),
-            [_Arg(spec.name) for spec in encoder.inputs],
-            encoder.output_names,
-            device,
+        # what an export would hold: the graphs' modules and named inputs and outputs
+        encoders = [image_encoder_graph(model, size)] + (
+            [face_encoder_graph(model)] if model.face_view else []
         )
-    inputs = [_Arg("pixels"), _Arg("knowledge"), _Arg("knowledge_mask")]
-    if model.image_input is not None:
-        inputs.append(_Arg(model.image_input))
+        for graph in encoders:
+            sessions[graph.name] = TorchSession(
+                lambda *x, m=graph.module: out if isinstance(out := m(*x), tuple) else (out,),
+                [_Arg(spec.name) for spec in graph.inputs],
+                graph.output_names,
+                device,
+            )
+    inputs = [_Arg(name) for name in ("pixels", "knowledge", "knowledge_mask", *model.image_inputs)]
+    perception = PerceptionModule(model)
     sessions["perception"] = TorchSession(
-        lambda *args: tuple(model(*args)[:3]), inputs, ["logits", "probs", "features"], device
+        lambda *args: tuple(perception(*args)[:3]), inputs, ["logits", "probs", "features"], device
     )
 
     graphs = {name: GraphSpec(file=None, engine="pytorch-eager") for name in sessions}
@@ -151,7 +153,9 @@ def open_checkpoint(
             )
         bank = CaptionBank.load(model.caption_bank_dir)
         know = manifest.knowledge
-        captioner = RetrievalCaptioner(sessions["image_encoder"], bank, know.retrieval_top_k, False, know.separator)
+        captioner = RetrievalCaptioner(
+            sessions["image_encoder"], bank, know.retrieval_top_k, False, know.separator
+        )
     elif kc.captioner == "instructblip":
         captioner = InstructBlipCaptioner(manifest.knowledge.instructblip or {})
     else:

@@ -2,15 +2,16 @@
 named inputs and outputs with their dynamic batch axis, a generator of dummy inputs, the output whose
 argmax is a label, and the tolerance parity is held to.
 
-Three graphs: text_encoder (token ids + mask -> token states), image_encoder (pixels -> retrieval
-embedding [+ the image tail's features]; absent for sd15), perception (pixels + knowledge [+ the
-image view the model fuses into v, an output of the image encoder graph] -> logits, probs, features v).
+Four graphs: text_encoder (token ids + mask -> token states), image_encoder (pixels -> retrieval
+embedding [+ the image tail's features]; absent for sd15), face_encoder (the face view -> the tail's
+features of it; only a model with a face view), perception (pixels + knowledge [+ the image views the
+model fuses into v, outputs of the image and face encoder graphs] -> logits, probs, features v).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -134,9 +135,11 @@ class PerceptionModule(nn.Module):
         pixels: torch.Tensor,
         knowledge: torch.Tensor,
         knowledge_mask: torch.Tensor,
-        image_view: torch.Tensor | None = None,
+        *image_views: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        out = self.model(pixels, knowledge, knowledge_mask, image_view)
+        """image_views: the model's image_inputs in order, side by side as the model fuses them."""
+        view = torch.cat(image_views, dim=1) if image_views else None
+        out = self.model(pixels, knowledge, knowledge_mask, view)
         return out.logits, out.probs, out.features
 
 
@@ -158,20 +161,17 @@ def text_dummy(vocab_size: int, length: int) -> DummyFn:
     return make
 
 
-def image_dummy(size: int, face_view: int = 0) -> DummyFn:
+def image_dummy(size: int, name: str = "pixels") -> DummyFn:
     def make(batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        feeds = {"pixels": rng.random((batch, 3, size, size), dtype=np.float32)}
-        if face_view:
-            feeds["face"] = rng.random((batch, 3, face_view, face_view), dtype=np.float32)
-        return feeds
+        return {name: rng.random((batch, 3, size, size), dtype=np.float32)}
 
     return make
 
 
-def perception_dummy(size: int, length: int, dim: int, image: TensorSpec | None = None) -> DummyFn:
+def perception_dummy(size: int, length: int, dim: int, images: Sequence[TensorSpec] = ()) -> DummyFn:
     """Pixels in [0, 1]; k halves with random real-token prefixes; the triplet half may be empty
-    (an image whose caption gave no triplet), as assemble_knowledge produces it; the image view when
-    `image`: unit-norm embeddings (as the frozen encoder gives) or non-negative pooled features."""
+    (an image whose caption gave no triplet), as assemble_knowledge produces it; the image views
+    `images`: unit-norm embeddings (as the frozen encoder gives) or non-negative pooled features."""
 
     def make(batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         cap = _prefix_mask(rng, batch, length, allow_empty=False)
@@ -183,7 +183,7 @@ def perception_dummy(size: int, length: int, dim: int, image: TensorSpec | None 
             "knowledge": k,
             "knowledge_mask": mask,
         }
-        if image is not None:
+        for image in images:
             e = rng.standard_normal(image.concrete(batch)).astype(np.float32)
             if image.name == "image_embedding":
                 feeds[image.name] = e / np.linalg.norm(e, axis=1, keepdims=True)
@@ -194,7 +194,7 @@ def perception_dummy(size: int, length: int, dim: int, image: TensorSpec | None 
     return make
 
 
-# -- the three graph configs -------------------------------------------------------------------
+# -- the graph configs -------------------------------------------------------------------
 
 
 def text_encoder_graph(text_encoder: nn.Module, length: int) -> GraphConfig:
@@ -222,52 +222,54 @@ def text_encoder_graph(text_encoder: nn.Module, length: int) -> GraphConfig:
     )
 
 
-def image_view_spec(model: nn.Module) -> TensorSpec | None:
-    """The image encoder output perception takes (KCDPModel.image_input), or None."""
-    name = model.image_input
-    if name is None:
-        return None
-    return TensorSpec(name, (BATCH, int(model.image_view_dim)))
+def image_view_specs(model: nn.Module) -> list[TensorSpec]:
+    """The image and face encoder outputs perception takes (KCDPModel.image_inputs)."""
+    return [TensorSpec(name, (BATCH, int(width))) for name, width in model.image_inputs.items()]
 
 
 def image_encoder_graph(model: nn.Module, size: int, bank: np.ndarray | None = None) -> GraphConfig:
     """`model` is a KCDPModel; `bank`: the caption bank's embeddings [N, E]; label agreement is then
-    retrieval agreement. With an image tail the graph also outputs the tail's features (one trunk pass),
-    and with a face view it takes `face` too (the tail's features of both views side by side)."""
+    retrieval agreement. With an image tail the graph also outputs the tail's features (one trunk pass)."""
     embed = int(model.image_encoder.config.embed_dim)
     outputs = [TensorSpec("embedding", (BATCH, embed))]
-    view = image_view_spec(model)
-    if view is not None and view.name != "image_embedding":
-        outputs.append(view)
-    face = int(model.face_view)
-    inputs = [TensorSpec("pixels", (BATCH, 3, size, size))]
-    if face:
-        inputs.append(TensorSpec("face", (BATCH, 3, face, face)))
+    outputs += [v for v in image_view_specs(model) if v.name == "image_features"]
     return GraphConfig(
         name="image_encoder",
         module=model.image_encoder_graph_module().eval(),
-        inputs=inputs,
+        inputs=[TensorSpec("pixels", (BATCH, 3, size, size))],
         outputs=outputs,
-        dummy=image_dummy(size, face),
+        dummy=image_dummy(size),
         label_output=None if bank is None else "embedding",
         label_matrix=None if bank is None else np.ascontiguousarray(bank.T),
         quantization="static",
     )
 
 
+def face_encoder_graph(model: nn.Module) -> GraphConfig:
+    """`model` is a KCDPModel with a face view: the face view -> the image tail's features of it."""
+    side = int(model.face_view)
+    return GraphConfig(
+        name="face_encoder",
+        module=model.face_encoder_graph_module().eval(),
+        inputs=[TensorSpec("face", (BATCH, 3, side, side))],
+        outputs=[v for v in image_view_specs(model) if v.name == "face_features"],
+        dummy=image_dummy(side, "face"),
+        quantization="static",
+    )
+
+
 def perception_graph(model: nn.Module, size: int, length: int, dim: int, num_labels: int) -> GraphConfig:
-    """`model` is a KCDPModel (LoRA already merged for export). A model that fuses an image view into
-    v takes it as an input: the runtime has it from the image encoder graph already."""
+    """`model` is a KCDPModel (LoRA already merged for export). A model that fuses image views into v
+    takes them as inputs: the runtime has them from the image and face encoder graphs already."""
     probe = PerceptionModule(model).eval()
-    view = image_view_spec(model)
+    views = image_view_specs(model)
     inputs = [
         TensorSpec("pixels", (BATCH, 3, size, size)),
         TensorSpec("knowledge", (BATCH, 2 * length, dim)),
         TensorSpec("knowledge_mask", (BATCH, 2 * length)),
+        *views,
     ]
-    if view is not None:
-        inputs.append(view)
-    feeds = perception_dummy(size, length, dim, view)(2, np.random.default_rng(0))
+    feeds = perception_dummy(size, length, dim, views)(2, np.random.default_rng(0))
     with torch.no_grad():
         features = probe(*(torch.from_numpy(feeds[t.name]) for t in inputs))[2]
     return GraphConfig(
@@ -279,7 +281,7 @@ def perception_graph(model: nn.Module, size: int, length: int, dim: int, num_lab
             TensorSpec("probs", (BATCH, num_labels)),
             TensorSpec("features", (BATCH, int(features.shape[1]))),
         ],
-        dummy=perception_dummy(size, length, dim, view),
+        dummy=perception_dummy(size, length, dim, views),
         label_output="logits",
         quantization="static",
         # Only the weighted ops: int8 Add/Mul/Softmax/Sigmoid cost more in (de)quantize nodes than

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from kcdp_export.graphs import PerceptionModule
+
 MERGE_ATOL = 1e-4
 
 
@@ -47,11 +49,12 @@ def merge_lora(model, check_feeds: list[dict[str, np.ndarray]], atol: float = ME
     if layers == 0:
         return MergeReport(False, 0, 0.0, 1.0)
 
+    perception = PerceptionModule(model)
+
     def logits() -> list[torch.Tensor]:
-        # the image view is the feeds' (computed by the image branch, which LoRA does not touch)
-        names = ("pixels", "knowledge", "knowledge_mask", model.image_input)
-        feeds = [[torch.from_numpy(f[n]) if n in f else None for n in names] for f in check_feeds]
-        return [model(*f).logits for f in feeds]
+        # the image views are the feeds' (computed by the image branch, which LoRA does not touch)
+        names = ("pixels", "knowledge", "knowledge_mask", *model.image_inputs)
+        return [perception(*(torch.from_numpy(f[n]) for n in names))[0] for f in check_feeds]
 
     before = logits()
     model.merge_lora()

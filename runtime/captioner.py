@@ -38,9 +38,7 @@ class Caption:
 class Captioner(Protocol):
     name: str
 
-    def caption(
-        self, images: Sequence[Image.Image], pixels: np.ndarray, face: np.ndarray | None = None
-    ) -> list[Caption]: ...
+    def caption(self, images: Sequence[Image.Image], pixels: np.ndarray) -> list[Caption]: ...
 
 
 def load_bank(manifest: Manifest) -> tuple[CaptionBank, bool]:
@@ -62,17 +60,16 @@ def load_bank(manifest: Manifest) -> tuple[CaptionBank, bool]:
     return bank, trusted
 
 
-def encode_images(session: Any, pixels: np.ndarray, face: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """The image encoder graph (fp32 or fp16 input): pixels [B, 3, S, S] (and the face view [B, 3, F, F]
-    of a model that reads one) -> its outputs by name, float32: embedding [B, E] (the retrieval space)
-    and, from a model with an image tail, image_features."""
-    given = {"pixels": pixels, "face": face}
+def encode_images(session: Any, images: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """An image graph (fp32 or fp16 input) -> its outputs by name, float32. The image encoder: pixels
+    [B, 3, S, S] -> embedding [B, E] (the retrieval space) and, from a model with an image tail,
+    image_features; the face encoder: face [B, 3, F, F] -> face_features."""
     feed = {}
     for spec in session.get_inputs():
-        if given.get(spec.name) is None:
-            raise ValueError(f"the image encoder graph takes {spec.name!r}, which was not given")
+        if spec.name not in images:
+            raise ValueError(f"the graph takes {spec.name!r}, which was not given")
         dtype = np.float16 if spec.type == "tensor(float16)" else np.float32
-        feed[spec.name] = given[spec.name].astype(dtype)
+        feed[spec.name] = images[spec.name].astype(dtype)
     names = [o.name for o in session.get_outputs()]
     arrays = session.run(names, feed)
     return {name: a.astype(np.float32) for name, a in zip(names, arrays, strict=True)}
@@ -95,10 +92,8 @@ class RetrievalCaptioner:
         self.top_k = max(1, min(int(top_k), len(bank)))
         self.bank_triplets = bank_triplets
 
-    def caption(
-        self, images: Sequence[Image.Image], pixels: np.ndarray, face: np.ndarray | None = None
-    ) -> list[Caption]:
-        outputs = encode_images(self.session, pixels, face)
+    def caption(self, images: Sequence[Image.Image], pixels: np.ndarray) -> list[Caption]:
+        outputs = encode_images(self.session, {"pixels": pixels})
         with _single_threaded_blas():
             indices, _ = self.bank.search(outputs["embedding"], self.top_k)  # kcdp_core's search: same ties
         out = []
@@ -131,9 +126,7 @@ class GivenCaptioner:
 
     name = "csv"
 
-    def caption(
-        self, images: Sequence[Image.Image], pixels: np.ndarray, face: np.ndarray | None = None
-    ) -> list[Caption]:
+    def caption(self, images: Sequence[Image.Image], pixels: np.ndarray) -> list[Caption]:
         raise ModelError(
             "this export was trained with captions from a CSV (captioner 'csv'): pass the captions "
             "with the images (Pipeline.run(images, captions=[...]))"
@@ -177,7 +170,5 @@ class InstructBlipCaptioner:
         )
         self.captioner = InstructBLIPCaptioner.from_pretrained(src, knowledge)
 
-    def caption(
-        self, images: Sequence[Image.Image], pixels: np.ndarray, face: np.ndarray | None = None
-    ) -> list[Caption]:
+    def caption(self, images: Sequence[Image.Image], pixels: np.ndarray) -> list[Caption]:
         return [Caption(text) for text in self.captioner(list(images))]

@@ -273,6 +273,11 @@ def load_manifest(folder: str | Path, verify: Literal["sha256", "presence", "non
     for name in ("perception",) if precomputed else ("text_encoder", "perception"):
         if name not in manifest.graphs:
             raise ModelError(f"{path}: graphs.{name} is missing")
+    if manifest.preprocessing.face_view and "face_encoder" not in manifest.graphs:
+        raise ModelError(
+            f"{path}: the model reads a face view but graphs.face_encoder is missing "
+            "(an export older than the face encoder graph: export the checkpoint again with kcdp-export)"
+        )
     if verify != "none":
         verify_files(manifest, hashes=verify == "sha256")
     return manifest

@@ -48,8 +48,8 @@ class SessionConfig:
     graph_cache: bool = True
     # ...except these graphs: the image encoder (EfficientNet) runs slower from the ORT-format copy
     # (measured, 96 px, batch 1, quiet machine: 8.3 ms p50 from the cache vs 3.8 ms from the .onnx)
-    # and is small enough to optimise at every load.
-    uncached_graphs: tuple[str, ...] = ("image_encoder",)
+    # and is small enough to optimise at every load; the face encoder is the same network.
+    uncached_graphs: tuple[str, ...] = ("image_encoder", "face_encoder")
     # CPU: single images run through a copy of each graph with its batch axis fixed to 1
     # (onnxruntime's free-dimension override), so the traced shape arithmetic folds into constants:
     # a third fewer nodes in the int8 perception graph, which at 64 px is bound by per-node
@@ -58,8 +58,9 @@ class SessionConfig:
     # ...and these graphs' batch-1 copies run on one intra-op thread: the int8 perception graph at
     # batch 1 is a chain of ~1,500 small ops, where handing each op to a second thread costs more
     # than it saves (measured, default model v4, quiet 2-core machine: p50 9.7 ms on one thread vs
-    # 10.6-11.3 ms on two; the image encoder is the other way round: 3.1 vs 2.4-2.6 ms).
-    single_thread_batch_one: tuple[str, ...] = ("perception",)
+    # 10.6-11.3 ms on two; the image encoder is the other way round: 3.1 vs 2.4-2.6 ms). The face
+    # encoder runs on a thread of its own beside the other graphs (Pipeline): one core is its share.
+    single_thread_batch_one: tuple[str, ...] = ("perception", "face_encoder")
 
 
 _LEVELS = {

@@ -318,7 +318,8 @@ def test_deep_copy_captures_into_its_own_store(foundation):
 
 def test_image_tail_trains_a_copy_and_shares_the_frozen_trunk(foundation, tmp_path):
     model = make(foundation, perception={"image_tail": 2}).eval()
-    assert model.image_input == "image_features" and model.fpn.extra_norm.num_features == model.image_tail.dim
+    assert model.image_inputs == {"image_features": model.image_tail.dim}
+    assert model.fpn.extra_norm.num_features == model.image_tail.dim
     k, km = knowledge(model, 3)
     pixels = torch.rand(3, 3, 64, 64)
     with torch.no_grad():
@@ -360,10 +361,12 @@ def test_face_view_reads_the_face_through_the_same_tail(foundation):
         view = model.image_view(pixels, face)
         torch.testing.assert_close(view[:, :tail], model.image_encoder.features(pixels))
         torch.testing.assert_close(view[:, tail:], model.image_encoder.features(face))
-        # the exported graph takes both views: the embedding is the whole image's, as the bank expects
-        embedding, features = model.image_encoder_graph_module()(pixels, face)
+        # two exported graphs: the image encoder's embedding is the whole image's, as the bank expects
+        assert model.image_inputs == {"image_features": tail, "face_features": tail}
+        embedding, features = model.image_encoder_graph_module()(pixels)
         torch.testing.assert_close(embedding, model.image_encoder(pixels))
-        torch.testing.assert_close(features, view)
+        torch.testing.assert_close(features, view[:, :tail])
+        torch.testing.assert_close(model.face_encoder_graph_module()(face), view[:, tail:])
         other = model(pixels, k, km, face=face.flip(0)).logits
         assert not torch.allclose(model(pixels, k, km, face=face).logits, other)  # the face is read
     with pytest.raises(ValueError, match="face view"):

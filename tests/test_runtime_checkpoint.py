@@ -159,3 +159,25 @@ def test_the_image_view_flows_from_the_image_encoder_graph_into_perception(model
         )
     else:
         assert perception["image_embedding"] == encoder["embedding"]
+    face = graphs.get("face_encoder")
+    assert (face is not None) == ("face_features" in perception)
+    if face is not None:  # a graph of its own, beside the image encoder: the same width as its features
+        assert list(graphs["image_encoder"]["inputs"]) == ["pixels"] and list(face["inputs"]) == ["face"]
+        assert perception["face_features"] == face["outputs"]["face_features"] == encoder["image_features"]
+
+
+def test_an_export_of_a_face_view_model_without_its_face_encoder_says_export_again(model, tmp_path):
+    import shutil
+
+    from kcdp_runtime.manifest import ModelError
+    from kcdp_runtime.pipeline import Pipeline
+
+    root, images = model
+    data = json.loads((root / "export" / "manifest.json").read_text())
+    if not data["preprocessing"].get("face_view"):
+        pytest.skip("this model reads no face view")
+    shutil.copytree(root / "export", tmp_path / "export")
+    del data["graphs"]["face_encoder"]
+    (tmp_path / "export" / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ModelError, match="graphs.face_encoder is missing .*kcdp-export"):
+        Pipeline.from_pretrained(tmp_path / "export")

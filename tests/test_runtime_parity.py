@@ -47,6 +47,7 @@ def test_runtime_matches_the_training_code_in_pytorch(real, monkeypatch, tmp_pat
 
     from kcdp_core.model.kcdp import KCDPModel
     from kcdp_export.calibration import load_real_set
+    from kcdp_export.graphs import PerceptionModule
     from kcdp_runtime.pipeline import Pipeline
 
     monkeypatch.setenv("KCDP_CACHE", str(tmp_path))
@@ -55,9 +56,9 @@ def test_runtime_matches_the_training_code_in_pytorch(real, monkeypatch, tmp_pat
     reference = load_real_set(model, root / "images", limit=None)
     assert [str(p) for p in reference.paths] == images
     feeds = reference.perception_feeds()
-    names = ["pixels", "knowledge", "knowledge_mask", *([model.image_input] if model.image_input else [])]
+    names = ["pixels", "knowledge", "knowledge_mask", *model.image_inputs]
     with torch.no_grad():
-        probs = model(*[torch.from_numpy(feeds[n]) for n in names]).probs.numpy()
+        probs = PerceptionModule(model)(*[torch.from_numpy(feeds[n]) for n in names])[1].numpy()
     onnx = Pipeline.from_pretrained(root / "export").run(images, batch_size=4)
     for r, caption, triplets, p in zip(onnx, reference.captions, reference.triplets, probs, strict=True):
         assert r["caption"] == caption and r["triplets"] == [list(t) for t in triplets]

@@ -44,28 +44,33 @@ class ImageTail(nn.Module):
 
 class ImageEncoderOutputs(nn.Module):
     """The exported image encoder graph of a model with an ImageTail: one trunk pass, two outputs
-    (the frozen embedding for the retrieval captioner, the tail's features for perception). With a
-    face view, a second trunk and tail pass over it, its features beside the whole image's."""
+    (the frozen embedding for the retrieval captioner, the tail's features for perception)."""
 
-    def __init__(self, encoder: ImageEncoder, tail: ImageTail, face_view: bool = False):
+    def __init__(self, encoder: ImageEncoder, tail: ImageTail):
         super().__init__()
-        self.encoder, self.tail, self.face_view = encoder, tail, face_view
+        self.encoder, self.tail = encoder, tail
 
-    def features(self, pixels: torch.Tensor, face: torch.Tensor | None = None) -> torch.Tensor:
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
         """The tail's features only (training: the embedding is not needed)."""
         with torch.no_grad():  # the shared trunk is frozen
             trunk = self.encoder.trunk(pixels, self.tail.size)
-        return self._views(trunk, face)
+        return self.tail(trunk)
 
-    def _views(self, trunk: torch.Tensor, face: torch.Tensor | None) -> torch.Tensor:
-        if not self.face_view:
-            return self.tail(trunk)
-        with torch.no_grad():
-            face_trunk = self.encoder.trunk(face, self.tail.size)
-        return torch.cat([self.tail(trunk), self.tail(face_trunk)], dim=1)
-
-    def forward(
-        self, pixels: torch.Tensor, face: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         trunk = self.encoder.trunk(pixels, self.tail.size)
-        return self.encoder.embed_map(trunk, self.tail.size), self._views(trunk, face)
+        return self.encoder.embed_map(trunk, self.tail.size), self.tail(trunk)
+
+
+class FaceEncoder(nn.Module):
+    """The exported face encoder graph of a model with a face view: the same frozen trunk and trained
+    tail over the face view. A graph of its own so that the runtime runs it beside the image encoder,
+    the caption and the knowledge, which do not need it (perception does)."""
+
+    def __init__(self, encoder: ImageEncoder, tail: ImageTail):
+        super().__init__()
+        self.encoder, self.tail = encoder, tail
+
+    def forward(self, face: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            trunk = self.encoder.trunk(face, self.tail.size)
+        return self.tail(trunk)

@@ -19,7 +19,7 @@ from kcdp_core.model.cliea import CLIEA
 from kcdp_core.model.foundation import Foundation, load_foundation
 from kcdp_core.model.fpn import FPN
 from kcdp_core.model.head import PredictionHead
-from kcdp_core.model.image_tail import ImageEncoderOutputs, ImageTail
+from kcdp_core.model.image_tail import FaceEncoder, ImageEncoderOutputs, ImageTail
 from kcdp_core.model.kadap import KADAP
 from kcdp_core.model.output import KCDPOutput
 
@@ -62,7 +62,6 @@ class KCDPModel(nn.Module):
             raise ValueError(f"unknown finetune mode {p.finetune!r} (frozen, kv, lora, full)")
 
         self.kadap = KADAP(vae, unet, p, knowledge_tokens, foundation.scheduler)
-        extra_dim = 0
         self.image_tail: ImageTail | None = None
         if p.image_embedding:
             if self.image_encoder is None:
@@ -72,9 +71,9 @@ class KCDPModel(nn.Module):
                 )
             if p.image_tail:
                 self.image_tail = ImageTail(self.image_encoder, p.image_tail, p.mix_style)
-            extra_dim = self.image_view_dim
         if p.face_view and self.image_tail is None:
             raise ValueError("perception.face_view is read by the image tail: set perception.image_tail")
+        extra_dim = sum(self.image_inputs.values())
         self.fpn = FPN(self.kadap.channels, p.fpn_dim, p.feature_dim, extra_dim)
         self.head = PredictionHead(config.head, p.feature_dim, text_dim, len(self.labels))
         self.cliea: CLIEA | None = None
@@ -160,39 +159,50 @@ class KCDPModel(nn.Module):
 
     # -- forward ------------------------------------------------------------------------
     @property
-    def image_input(self) -> str | None:
-        """The name of the image view perception takes beside pixels and k (None: no such input).
-        It is an output of the image encoder graph: "embedding" (frozen) or "image_features" (tail)."""
+    def image_inputs(self) -> dict[str, int]:
+        """What perception takes beside pixels and k, name -> width, in the order v fuses them: an
+        output of the image encoder graph (the frozen "embedding", taken as "image_embedding", or the
+        tail's "image_features") and, with a face view, the face encoder graph's "face_features"."""
         if not self.config.perception.image_embedding:
-            return None
-        return "image_features" if self.image_tail is not None else "image_embedding"
-
-    @property
-    def image_view_dim(self) -> int:
-        """The width of image_view(pixels)."""
+            return {}
         if self.image_tail is None:
-            return self.image_encoder.config.embed_dim
-        return self.image_tail.dim * (2 if self.face_view else 1)
+            return {"image_embedding": self.image_encoder.config.embed_dim}
+        views = {"image_features": self.image_tail.dim}
+        if self.face_view:
+            views["face_features"] = self.image_tail.dim
+        return views
 
     @property
     def face_view(self) -> int:
         """The side of the face view the image branch also reads (images.FACE_BOX), 0: none."""
         return self.config.perception.face_view
 
-    def image_view(self, pixels: torch.Tensor, face: torch.Tensor | None = None) -> torch.Tensor:
-        """What perception fuses into v: the image tail's features (of the whole image, then of the
-        face view `face` when perception.face_view is on), or the frozen embedding."""
+    def image_views(self, pixels: torch.Tensor, face: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """perception's image inputs (image_inputs) computed from the whole image and the face view."""
         if self.image_tail is None:
-            return self.image_encoder(pixels)
-        if self.face_view and face is None:
-            raise ValueError("this model reads a face view too: pass face (images.preprocess with FACE_BOX)")
-        return self.image_encoder_graph_module().features(pixels, face)
+            return {"image_embedding": self.image_encoder(pixels)}
+        views = {"image_features": self.image_encoder_graph_module().features(pixels)}
+        if self.face_view:
+            if face is None:
+                raise ValueError("this model reads a face view too: pass face (images.preprocess_views)")
+            views["face_features"] = self.face_encoder_graph_module()(face)
+        return views
+
+    def image_view(self, pixels: torch.Tensor, face: torch.Tensor | None = None) -> torch.Tensor:
+        """What perception fuses into v: image_views side by side."""
+        return torch.cat(list(self.image_views(pixels, face).values()), dim=1)
 
     def image_encoder_graph_module(self) -> nn.Module:
-        """The module exported as the image encoder graph: pixels [, face] -> embedding [, image_features]."""
+        """The module exported as the image encoder graph: pixels -> embedding [, image_features]."""
         if self.image_tail is None:
             return self.image_encoder
-        return ImageEncoderOutputs(self.image_encoder, self.image_tail, bool(self.face_view))
+        return ImageEncoderOutputs(self.image_encoder, self.image_tail)
+
+    def face_encoder_graph_module(self) -> nn.Module:
+        """The module exported as the face encoder graph: face -> face_features."""
+        if self.image_tail is None or not self.face_view:
+            raise ValueError("only a model with a face view (perception.face_view) has a face encoder")
+        return FaceEncoder(self.image_encoder, self.image_tail)
 
     def forward(
         self,
@@ -205,7 +215,7 @@ class KCDPModel(nn.Module):
         """pixels [B,3,S,S] in [0,1], k [B,2L,D], k_mask [B,2L] (1 = real token).
 
         image_view: `image_view(pixels, face)` when perception.image_embedding is on; computed here
-        when not given (the runtime passes the one its image encoder graph already computed).
+        when not given (the runtime passes what its image and face encoder graphs computed).
         face: the face view [B,3,F,F] when perception.face_view is on (F = face_view).
         """
         levels = self.kadap(pixels, k, k_mask)
