@@ -1,9 +1,8 @@
 """A training checkpoint run by the runtime's own Pipeline, eagerly in PyTorch (`kcdp-infer --model CKPT`).
 
 The export's graphs are replaced by sessions that call the checkpoint's torch modules with the same
-named inputs and outputs (image_encoder: pixels -> embedding[, image_features]; face_encoder: face ->
-face_features; text_encoder: input_ids, attention_mask -> token_states; perception: pixels, knowledge,
-knowledge_mask[, the image views] -> logits, probs, features), and the manifest by one built from the
+named inputs and outputs (kcdp_export.graphs: image_encoder, face_encoder, kadap and perception;
+text_encoder: input_ids, attention_mask -> token_states), and the manifest by one built from the
 checkpoint's config. Everything else (preprocessing, captioners, parser, knowledge assembly, batching,
 errors, JSON) is the Pipeline's, so a checkpoint and its export print the same results. Tokens come from the checkpoint's
 transformers tokenizer, as in training. Needs torch; the runtime CLI finds it through the `kcdp.openers` entry point when a checkpoint is given.
@@ -97,7 +96,13 @@ def open_checkpoint(
 
     from kcdp_core.model.kcdp import KCDPModel
     from kcdp_core.portable.caption_bank import CaptionBank
-    from kcdp_export.graphs import PerceptionModule, face_encoder_graph, image_encoder_graph
+    from kcdp_export.graphs import (
+        face_encoder_graph,
+        image_encoder_graph,
+        kadap_graph,
+        perception_graph,
+        split_perception,
+    )
 
     config_ = session_config or SessionConfig()
     folder = Path(folder)
@@ -111,11 +116,22 @@ def open_checkpoint(
             f"{folder} is a training checkpoint that could not be loaded ({type(exc).__name__}: {exc}). "
             f"Fix it, or export a good one with `kcdp-export --ckpt {folder} --out {folder}-export`"
         ) from None
-    device = "cuda" if torch.cuda.is_available() and wants_gpu(config_) else "cpu"
-    model.to(device)
     config = model.config
     kc = config.knowledge
     size, length = int(config.foundation.image_size), int(kc.text_length)
+    # what an export would hold: the graphs' modules and named inputs and outputs (made on the CPU:
+    # perception's config runs the model once on random inputs)
+    graphs = []
+    if model.image_encoder is not None:
+        graphs.append(image_encoder_graph(model, size))
+        if model.face_view:
+            graphs.append(face_encoder_graph(model))
+    dim = int(model.text_encoder.dim)
+    if split_perception(model):
+        graphs.append(kadap_graph(model, size, length, dim))
+    graphs.append(perception_graph(model, size, length, dim, len(model.labels)))
+    device = "cuda" if torch.cuda.is_available() and wants_gpu(config_) else "cpu"
+    model.to(device)
     text_model = model.text_encoder.model
     sessions: dict[str, Any] = {
         "text_encoder": TorchSession(
@@ -125,26 +141,16 @@ def open_checkpoint(
             device,
         )
     }
-    if model.image_encoder is not None:
-        # what an export would hold: the graphs' modules and named inputs and outputs
-        encoders = [image_encoder_graph(model, size)] + (
-            [face_encoder_graph(model)] if model.face_view else []
+    for graph in graphs:
+        sessions[graph.name] = TorchSession(
+            lambda *x, m=graph.module: out if isinstance(out := m(*x), tuple) else (out,),
+            [_Arg(spec.name) for spec in graph.inputs],
+            graph.output_names,
+            device,
         )
-        for graph in encoders:
-            sessions[graph.name] = TorchSession(
-                lambda *x, m=graph.module: out if isinstance(out := m(*x), tuple) else (out,),
-                [_Arg(spec.name) for spec in graph.inputs],
-                graph.output_names,
-                device,
-            )
-    inputs = [_Arg(name) for name in ("pixels", "knowledge", "knowledge_mask", *model.image_inputs)]
-    perception = PerceptionModule(model)
-    sessions["perception"] = TorchSession(
-        lambda *args: tuple(perception(*args)[:3]), inputs, ["logits", "probs", "features"], device
-    )
 
-    graphs = {name: GraphSpec(file=None, engine="pytorch-eager") for name in sessions}
-    manifest = runtime_manifest(ckpt, model, graphs, record={"checkpoint": {"path": str(ckpt.resolve())}})
+    specs = {name: GraphSpec(file=None, engine="pytorch-eager") for name in sessions}
+    manifest = runtime_manifest(ckpt, model, specs, record={"checkpoint": {"path": str(ckpt.resolve())}})
     captioner: Any
     if kc.captioner == "retrieval":
         if "image_encoder" not in sessions or model.caption_bank_dir is None:

@@ -31,7 +31,11 @@ from kcdp_export.graphs import (
     GraphConfig,
     face_encoder_graph,
     image_encoder_graph,
+    image_view_specs,
+    kadap_graph,
+    perception_dummy,
     perception_graph,
+    split_perception,
     text_encoder_graph,
 )
 from kcdp_export.manifest import runtime_manifest, write_manifest
@@ -216,13 +220,18 @@ def _merge(run: ExportRun) -> None:
         run.graphs.append(image_encoder_graph(model, size, None if run.bank is None else run.bank.embeddings))
     if model.face_view:
         run.graphs.append(face_encoder_graph(model))
-    probe = perception_graph(model, size, length, dim, len(model.labels))
-    check = validate.random_feeds(probe, seed=run.options.seed + 7)
+    # the merge is checked on the whole of perception (pixels, knowledge, image views), split or not
+    whole = perception_dummy(size, length, dim, image_view_specs(model))
+    rng = np.random.default_rng(run.options.seed + 7)
+    check = [whole(batch, rng) for batch in validate.RANDOM_BATCHES]
     if run.real is not None:
         check += list(validate.batched({k: v[:32] for k, v in run.real.perception_feeds().items()}, 16))
     run.merge = merge_lora(model, check)
     run.log(f"LoRA merge: {run.merge.lora_layers} layers, max abs logit diff {run.merge.max_abs_diff:.3g}")
-    run.graphs.append(probe)  # wraps the same (now merged) model
+    # traced from the same (now merged) model
+    if split_perception(model):
+        run.graphs.append(kadap_graph(model, size, length, dim))
+    run.graphs.append(perception_graph(model, size, length, dim, len(model.labels)))
 
 
 def _tokenizer(run: ExportRun) -> None:
@@ -364,8 +373,9 @@ def _reduce(run: ExportRun, graph: GraphConfig) -> str:
 
 def _end_to_end_variant(run: ExportRun) -> None:
     """The reduced-precision export end to end vs PyTorch. Greedy fallback: while the figures miss the
-    floors, put back the fp32 graph that buys the least speed (text encoder, then image encoder);
-    refuse when the last reduced graph (the perception UNet, where the time goes) still misses. A
+    floors, put back the fp32 graph that buys the least speed (text encoder, then the face and image
+    encoders); refuse when the last reduced graph (the one with the UNet, where the time goes:
+    perception, or kadap when perception is split) still misses. A
     graph kept at int8 weights goes back in two steps: fp16-stored weights (half the file, fp32
     compute), then fp32."""
     options, real, precision = run.options, run.real, run.graph_precision
@@ -374,7 +384,7 @@ def _end_to_end_variant(run: ExportRun) -> None:
         reduced_kinds = {options.precision, "int8-weights", "fp16-weights"}
         order = [
             n
-            for n in ("text_encoder", "face_encoder", "image_encoder", "perception")
+            for n in ("text_encoder", "face_encoder", "image_encoder", "perception", "kadap")
             if precision.get(n) in reduced_kinds
         ]
         attempts = []
@@ -556,7 +566,12 @@ def _real_feeds(
     if real.face is not None:
         feeds["face_encoder"] = list(validate.batched({"face": real.face}, 16))
     feeds["perception"] = list(validate.batched(real.perception_feeds(), 16))
-    return {g.name: feeds[g.name] for g in graphs}
+    kadap = next((g for g in graphs if g.name == "kadap"), None)
+    if kadap is not None:  # a split perception starts from what kadap computes
+        feeds["kadap"] = feeds["perception"]
+        feeds["perception"] = [f | kadap.run_torch(f) for f in feeds["perception"]]
+    # each graph's own inputs only (the int8 calibration reader feeds everything it is given)
+    return {g.name: [{n: f[n] for n in g.input_names} for f in feeds[g.name]] for g in graphs}
 
 
 def _measure_variant(graph: GraphConfig, path: Path, options: ExportOptions, real: list) -> dict:

@@ -2,10 +2,13 @@
 named inputs and outputs with their dynamic batch axis, a generator of dummy inputs, the output whose
 argmax is a label, and the tolerance parity is held to.
 
-Four graphs: text_encoder (token ids + mask -> token states), image_encoder (pixels -> retrieval
-embedding [+ the image tail's features]; absent for sd15), face_encoder (the face view -> the tail's
-features of it; only a model with a face view), perception (pixels + knowledge [+ the image views the
-model fuses into v, outputs of the image and face encoder graphs] -> logits, probs, features v).
+The graphs: text_encoder (token ids + mask -> token states), image_encoder (pixels -> retrieval
+embedding [+ the image tail's features]; absent for sd15), perception (pixels + knowledge [+ the image
+view the model fuses into v, an output of the image encoder graph] -> logits, probs, features v).
+A model with a face view has two more: face_encoder (the face view -> the tail's features of it) and
+kadap (pixels + knowledge -> the FPN's pooled levels, all of perception that no image view enters);
+its perception graph is the rest (pooled levels + knowledge + image views -> logits, probs, features),
+so that the runtime runs the face encoder beside the image encoder's caption, the knowledge and kadap.
 """
 
 from __future__ import annotations
@@ -143,6 +146,44 @@ class PerceptionModule(nn.Module):
         return out.logits, out.probs, out.features
 
 
+class KadapModule(nn.Module):
+    """The first half of a split perception: pixels + k -> pooled levels."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, pixels: torch.Tensor, knowledge: torch.Tensor, knowledge_mask: torch.Tensor
+    ) -> torch.Tensor:
+        return self.model.pooled_levels(pixels, knowledge, knowledge_mask)
+
+
+class FusionModule(nn.Module):
+    """The second half: pooled levels + k + the image views -> logits, probs, features."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        pooled_levels: torch.Tensor,
+        knowledge: torch.Tensor,
+        knowledge_mask: torch.Tensor,
+        *image_views: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        view = torch.cat(image_views, dim=1)
+        out = self.model.from_pooled_levels(pooled_levels, knowledge, knowledge_mask, view)
+        return out.logits, out.probs, out.features
+
+
+def split_perception(model: nn.Module) -> bool:
+    """Whether perception is exported as kadap + perception: for a model with a face view, whose face
+    encoder then runs beside kadap (split, perception costs one more session call)."""
+    return bool(model.face_view)
+
+
 # -- dummy input generators ------------------------------------------------------------------
 
 
@@ -258,34 +299,73 @@ def face_encoder_graph(model: nn.Module) -> GraphConfig:
     )
 
 
+def kadap_graph(model: nn.Module, size: int, length: int, dim: int) -> GraphConfig:
+    """The first half of a split perception (split_perception): pixels + knowledge -> pooled levels."""
+    module = KadapModule(model).eval()
+    feeds = perception_dummy(size, length, dim)(2, np.random.default_rng(0))
+    with torch.no_grad():
+        width = module(*(torch.from_numpy(feeds[n]) for n in ("pixels", "knowledge", "knowledge_mask")))
+    return GraphConfig(
+        name="kadap",
+        module=module,
+        inputs=_perception_inputs(size, length, dim),
+        outputs=[TensorSpec("pooled_levels", (BATCH, int(width.shape[1])))],
+        dummy=perception_dummy(size, length, dim),
+        quantization="static",
+        quantize_ops=PERCEPTION_QUANTIZE_OPS,
+    )
+
+
 def perception_graph(model: nn.Module, size: int, length: int, dim: int, num_labels: int) -> GraphConfig:
     """`model` is a KCDPModel (LoRA already merged for export). A model that fuses image views into v
-    takes them as inputs: the runtime has them from the image and face encoder graphs already."""
-    probe = PerceptionModule(model).eval()
+    takes them as inputs: the runtime has them from the image and face encoder graphs already. Split
+    (split_perception), the graph starts from kadap's pooled levels instead of pixels."""
     views = image_view_specs(model)
-    inputs = [
-        TensorSpec("pixels", (BATCH, 3, size, size)),
-        TensorSpec("knowledge", (BATCH, 2 * length, dim)),
-        TensorSpec("knowledge_mask", (BATCH, 2 * length)),
-        *views,
-    ]
-    feeds = perception_dummy(size, length, dim, views)(2, np.random.default_rng(0))
+    inputs = [*_perception_inputs(size, length, dim), *views]
+    module: nn.Module = PerceptionModule(model).eval()
+    dummy = perception_dummy(size, length, dim, views)
+    if split_perception(model):
+        first = kadap_graph(model, size, length, dim)
+        module, inputs[0] = FusionModule(model).eval(), first.outputs[0]
+        dummy = _pooled_dummy(first, dummy)
+    feeds = dummy(2, np.random.default_rng(0))
     with torch.no_grad():
-        features = probe(*(torch.from_numpy(feeds[t.name]) for t in inputs))[2]
+        features = module(*(torch.from_numpy(feeds[t.name]) for t in inputs))[2]
     return GraphConfig(
         name="perception",
-        module=probe,
+        module=module,
         inputs=inputs,
         outputs=[
             TensorSpec("logits", (BATCH, num_labels)),
             TensorSpec("probs", (BATCH, num_labels)),
             TensorSpec("features", (BATCH, int(features.shape[1]))),
         ],
-        dummy=perception_dummy(size, length, dim, views),
+        dummy=dummy,
         label_output="logits",
         quantization="static",
-        # Only the weighted ops: int8 Add/Mul/Softmax/Sigmoid cost more in (de)quantize nodes than
-        # they save (measured on the default model v4, batch 1: perception p50 10.9 / 11.4 ms vs
-        # 11.9 / 12.3 ms quantizing every op; end-to-end int8 accuracy .946 vs .947).
-        quantize_ops=("Conv", "MatMul", "Gemm"),
+        quantize_ops=PERCEPTION_QUANTIZE_OPS,
     )
+
+
+# Only the weighted ops: int8 Add/Mul/Softmax/Sigmoid cost more in (de)quantize nodes than they save
+# (measured on the default model v4, batch 1: perception p50 10.9 / 11.4 ms vs 11.9 / 12.3 ms
+# quantizing every op; end-to-end int8 accuracy .946 vs .947).
+PERCEPTION_QUANTIZE_OPS = ("Conv", "MatMul", "Gemm")
+
+
+def _perception_inputs(size: int, length: int, dim: int) -> list[TensorSpec]:
+    return [
+        TensorSpec("pixels", (BATCH, 3, size, size)),
+        TensorSpec("knowledge", (BATCH, 2 * length, dim)),
+        TensorSpec("knowledge_mask", (BATCH, 2 * length)),
+    ]
+
+
+def _pooled_dummy(kadap: GraphConfig, dummy: DummyFn) -> DummyFn:
+    """Random perception feeds with the pooled levels kadap computes from the random pixels."""
+
+    def make(batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        feeds = dummy(batch, rng)
+        return feeds | kadap.run_torch({n: feeds[n] for n in kadap.input_names})
+
+    return make

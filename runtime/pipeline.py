@@ -22,7 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,7 +54,7 @@ IMAGE_VIEWS = {
     "image_features": ("image_encoder", "image_features"),
     "face_features": ("face_encoder", "face_features"),
 }
-GRAPHS = ("image_encoder", "face_encoder", "text_encoder", "perception")
+GRAPHS = ("image_encoder", "face_encoder", "text_encoder", "kadap", "perception")
 STAGES = ("preprocess", "caption", "parse", "text_encoder", "assemble", "perception")
 ImageInput = str | Path | bytes
 Triplet = tuple[str, str, str]
@@ -207,9 +207,12 @@ class Pipeline:
         for name, (graph, _) in self._image_views.items():
             if graph not in sessions:
                 raise ModelError(f"{manifest.folder}: perception takes {name} but graphs.{graph} is missing")
-        # The face encoder runs on a thread of its own beside the image encoder, the caption and the
-        # knowledge, which do not need it (onnxruntime releases the GIL): at batch 1 its time hides
-        # behind theirs on a second core.
+        if "pooled_levels" in self._perception_inputs and "kadap" not in sessions:
+            raise ModelError(f"{manifest.folder}: perception takes pooled_levels but graphs.kadap is missing")
+        # The face encoder runs on a thread of its own beside the knowledge and kadap (a split
+        # perception: the UNet half, which the image views do not enter), after the image encoder, whose
+        # batch-1 copy runs on both cores (onnxruntime releases the GIL): at batch 1 its time hides
+        # behind kadap's on the second core.
         self._face_thread = (
             ThreadPoolExecutor(1, thread_name_prefix="kcdp-face")
             if "face_features" in self._image_views
@@ -230,13 +233,6 @@ class Pipeline:
         """Load an export folder (manifest.json + ONNX graphs); see kcdp_runtime.manifest for checks."""
         config = session_config or SessionConfig()
         manifest = load_manifest(folder, verify=verify)
-        if manifest.graph("face_encoder") is not None:
-            # The image encoder's batch-1 copy shares the cores with the face encoder's thread: one
-            # thread each (measured, x1 + face view at 128 px, 2 cores: p50 20.1-21.7 ms vs 22.1-24.6
-            # with the image encoder on the pool).
-            config = replace(
-                config, single_thread_batch_one=(*config.single_thread_batch_one, "image_encoder")
-            )
         sessions = {}
         for name in GRAPHS:
             spec = manifest.graph(name)
@@ -352,11 +348,11 @@ class Pipeline:
         good = [(item, n) for n, (group, _) in enumerate(groups) for item in group if item.error is None]
         ok = [item for item, _ in good]
         if ok:
+            self._caption(ok, [captions[n] for _, n in good] if captions is not None else None)
             faces = None
             if self._face_thread is not None:
                 feed = {"face": np.stack([i.face for i in ok])}
                 faces = self._face_thread.submit(encode_images, self.sessions["face_encoder"], feed)
-            self._caption(ok, [captions[n] for _, n in good] if captions is not None else None)
             self._knowledge(ok)
             self._perceive(ok, faces)
         return [self._result(group, frames) for group, frames in groups]
@@ -462,13 +458,19 @@ class Pipeline:
         return [item for item, _ in rest]
 
     def _perceive(self, items: list[_Item], faces: Future | None) -> None:
-        """Perception; its time includes any wait for the face encoder's thread (`faces`)."""
+        """Perception (kadap first when split); its time includes any wait for the face thread (`faces`)."""
         t0 = time.perf_counter()
         arrays = {
             "pixels": np.stack([i.pixels for i in items]),
             "knowledge": np.stack([i.knowledge.k for i in items]),
             "knowledge_mask": np.stack([i.knowledge.mask for i in items]),
         }
+        kadap = self.sessions.get("kadap")
+        if kadap is not None:  # a split perception: its UNet half, while the face thread runs
+            feed = {
+                i.name: arrays[i.name].astype(_NP_TYPES.get(i.type, np.float32)) for i in kadap.get_inputs()
+            }
+            arrays["pooled_levels"] = kadap.run(["pooled_levels"], feed)[0].astype(np.float32)
         arrays |= self._image_inputs(items, arrays["pixels"], faces)
         feed = {name: arrays[name].astype(dtype) for name, dtype in self._perception_inputs.items()}
         wanted = "probs" if "probs" in self._perception_outputs else "logits"

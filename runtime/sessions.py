@@ -58,9 +58,9 @@ class SessionConfig:
     # ...and these graphs' batch-1 copies run on one intra-op thread: the int8 perception graph at
     # batch 1 is a chain of ~1,500 small ops, where handing each op to a second thread costs more
     # than it saves (measured, default model v4, quiet 2-core machine: p50 9.7 ms on one thread vs
-    # 10.6-11.3 ms on two; the image encoder is the other way round: 3.1 vs 2.4-2.6 ms). The face
-    # encoder runs on a thread of its own beside the other graphs (Pipeline): one core is its share.
-    single_thread_batch_one: tuple[str, ...] = ("perception", "face_encoder")
+    # 10.6-11.3 ms on two; the image encoder is the other way round: 3.1 vs 2.4-2.6 ms). kadap is the
+    # UNet half of a split perception; the face encoder runs on a thread of its own beside it (Pipeline).
+    single_thread_batch_one: tuple[str, ...] = ("perception", "kadap", "face_encoder")
 
 
 _LEVELS = {

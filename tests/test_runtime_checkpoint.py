@@ -160,10 +160,14 @@ def test_the_image_view_flows_from_the_image_encoder_graph_into_perception(model
     else:
         assert perception["image_embedding"] == encoder["embedding"]
     face = graphs.get("face_encoder")
-    assert (face is not None) == ("face_features" in perception)
+    assert (face is not None) == ("face_features" in perception) == ("kadap" in graphs)
     if face is not None:  # a graph of its own, beside the image encoder: the same width as its features
         assert list(graphs["image_encoder"]["inputs"]) == ["pixels"] and list(face["inputs"]) == ["face"]
         assert perception["face_features"] == face["outputs"]["face_features"] == encoder["image_features"]
+        # perception split: kadap reads the pixels, the rest starts from its pooled levels
+        assert list(graphs["kadap"]["inputs"]) == ["pixels", "knowledge", "knowledge_mask"]
+        assert "pixels" not in perception
+        assert perception["pooled_levels"] == graphs["kadap"]["outputs"]["pooled_levels"]
 
 
 def test_an_export_of_a_face_view_model_without_its_face_encoder_says_export_again(model, tmp_path):

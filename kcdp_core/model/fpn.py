@@ -35,14 +35,23 @@ class FPN(nn.Module):
 
     def forward(self, levels: list[torch.Tensor], extra: torch.Tensor | None = None) -> torch.Tensor:
         """levels ordered coarse -> fine (UNet up-block order), extra [B, extra_dim] -> v [B, out_dim]."""
+        return self.fuse(self.pool(levels), extra)
+
+    def pool(self, levels: list[torch.Tensor]) -> torch.Tensor:
+        """The levels, merged top-down, smoothed and average-pooled side by side: [B, dim * levels]."""
         laterals = [conv(x) for conv, x in zip(self.lateral, levels, strict=True)]
         merged = [laterals[0]]
         for lat in laterals[1:]:
             top = F.interpolate(merged[-1], size=lat.shape[-2:], mode="nearest")
             merged.append(lat + top)
-        pooled = [smooth(x).mean(dim=(2, 3)) for smooth, x in zip(self.smooth, merged, strict=True)]
+        return torch.cat(
+            [smooth(x).mean(dim=(2, 3)) for smooth, x in zip(self.smooth, merged, strict=True)], 1
+        )
+
+    def fuse(self, pooled: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """pool's output and the extra vector -> v."""
         if self.extra_norm is not None:
             if extra is None:
                 raise ValueError("this FPN fuses an image embedding: pass `extra`")
-            pooled.append(self.extra_norm(extra))
-        return self.norm(self.proj(torch.cat(pooled, dim=1)))
+            pooled = torch.cat([pooled, self.extra_norm(extra)], dim=1)
+        return self.norm(self.proj(pooled))

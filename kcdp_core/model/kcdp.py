@@ -218,11 +218,19 @@ class KCDPModel(nn.Module):
         when not given (the runtime passes what its image and face encoder graphs computed).
         face: the face view [B,3,F,F] when perception.face_view is on (F = face_view).
         """
-        levels = self.kadap(pixels, k, k_mask)
-        extra = None
-        if self.config.perception.image_embedding:
-            extra = self.image_view(pixels, face) if image_view is None else image_view
-        v = self.fpn(levels, extra)
+        if self.config.perception.image_embedding and image_view is None:
+            image_view = self.image_view(pixels, face)
+        return self.from_pooled_levels(self.pooled_levels(pixels, k, k_mask), k, k_mask, image_view)
+
+    def pooled_levels(self, pixels: torch.Tensor, k: torch.Tensor, k_mask: torch.Tensor) -> torch.Tensor:
+        """The UNet's levels, pooled by the FPN: all of perception that the image view does not enter."""
+        return self.fpn.pool(self.kadap(pixels, k, k_mask))
+
+    def from_pooled_levels(
+        self, pooled: torch.Tensor, k: torch.Tensor, k_mask: torch.Tensor, image_view: torch.Tensor | None
+    ) -> KCDPOutput:
+        """The rest of perception: pooled levels + the image view -> v -> the head."""
+        v = self.fpn.fuse(pooled, image_view)
         logits, balance, router_probs = self.head(v, k, k_mask)
         return KCDPOutput(logits, logits.softmax(dim=-1), v, balance, router_probs)
 
