@@ -53,7 +53,7 @@ def share_weights(
     before = sum((folder / f).stat().st_size for f in files)
     old = {loc for f in files for loc in external_files(folder / f)} - {data_file}
     models = [onnx.load(str(folder / f), load_external_data=True) for f in files]
-    (folder / data_file).unlink(missing_ok=True)
+    (folder / data_file).write_bytes(b"")  # empty, with the usual permissions (onnx would make it 0600)
     first: dict[tuple, onnx.TensorProto] = {}  # (dtype, dims, sha256 of the bytes) -> the stored tensor
     moved = 0
     for model in models:
