@@ -145,6 +145,8 @@ class ExportRun:
     end_to_end: dict[str, Any] = field(default_factory=dict)
     graph_precision: dict[str, str] = field(default_factory=dict)
     int8_change: dict | None = None
+    external_data: dict[str, str] = field(default_factory=dict)  # graph -> the file of its shared weights
+    shared_weights: list[dict] = field(default_factory=list)  # the manifest's record of each such file
     assets: dict[str, Any] = field(default_factory=dict)  # the manifest's triton / tensorrt entries
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -441,6 +443,38 @@ def _put_back(run: ExportRun, name: str, problem: str) -> None:
     parity[f"{run.options.precision}_rejected"] = parity.pop(run.options.precision, None)
 
 
+def _share_weights(run: ExportRun) -> None:
+    """Graphs that carry the same weights (GraphConfig.shared_weights: the image and face encoders)
+    store them once, in one external-data file, once every graph is at its final precision; each
+    graph's outputs must stay bit for bit what they were."""
+    from kcdp_export.shared_weights import share_weights
+
+    groups: dict[str, list[GraphConfig]] = {}
+    for graph in run.graphs:
+        if graph.shared_weights:
+            groups.setdefault(graph.shared_weights, []).append(graph)
+    rng = np.random.default_rng(run.options.seed + 5)
+    for data_file, graphs in groups.items():
+        if len(graphs) < 2:
+            continue  # nothing to share: the graph keeps its weights inside
+        feeds = {g.name: g.dummy(2, rng) for g in graphs}
+        before = {
+            g.name: validate.run_onnx(validate.session(run.work / g.file), feeds[g.name]) for g in graphs
+        }
+        report = share_weights(run.work, [g.file for g in graphs], data_file)
+        for g in graphs:
+            validate.check_model(run.work / g.file)
+            after = validate.run_onnx(validate.session(run.work / g.file), feeds[g.name])
+            if any(not np.array_equal(before[g.name][k], after[k]) for k in after):
+                raise ExportError(f"{g.file}: its outputs changed when its weights moved to {data_file}")
+            run.external_data[g.name] = data_file
+        run.shared_weights.append(report.manifest())
+        run.log(
+            f"{data_file}: {report.stored} distinct of {report.tensors} weight tensors of "
+            f"{', '.join(report.graphs)}; {report.bytes_before - report.bytes_after} bytes saved"
+        )
+
+
 def _assets(run: ExportRun) -> None:
     """Optional serving assets: a Triton model repository, TensorRT engines."""
     options = run.options
@@ -475,6 +509,7 @@ STAGES: tuple[tuple[str | None, Callable[[ExportRun], None]], ...] = (
     ("end_to_end_fp32", _end_to_end_fp32),
     ("precision_{precision}", _precision),
     ("end_to_end_variant", _end_to_end_variant),
+    ("shared_weights", _share_weights),
     ("assets", _assets),
     ("reload", _reload),
 )
@@ -482,7 +517,12 @@ STAGES: tuple[tuple[str | None, Callable[[ExportRun], None]], ...] = (
 
 def _manifest(run: ExportRun) -> Manifest:
     """manifest.json of the finished folder: what the runtime reads, and the export's evidence."""
-    graphs = {g.name: GraphSpec(**g.manifest(), precision=run.graph_precision[g.name]) for g in run.graphs}
+    graphs = {
+        g.name: GraphSpec(
+            **g.manifest(), precision=run.graph_precision[g.name], external_data=run.external_data.get(g.name)
+        )
+        for g in run.graphs
+    }
     record = {**_record(run), **run.assets, "timings_s": run.timings}
     tokenizer = TokenizerSpec(max_length=run.sizes[1])
     return runtime_manifest(
@@ -741,6 +781,7 @@ def _record(run: ExportRun) -> dict[str, Any]:
         "parity": {name: _flat_parity(p, options.precision) for name, p in run.parity.items()},
         "end_to_end": run.end_to_end,
         "int8_accuracy_change": run.int8_change,
+        "shared_weights": run.shared_weights,
         "lora_merge": run.merge.manifest(),
         "checkpoint": {
             "path": recorded_path(run.ckpt_dir),

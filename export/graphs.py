@@ -24,6 +24,8 @@ from torch import nn
 
 BATCH = "batch"
 Dim = int | str
+# The image and face encoders run the same trunk and image tail: their weights are stored once, here.
+IMAGE_WEIGHTS = "image_weights.data"
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,9 @@ class GraphConfig:
     quantization: Literal["static", "dynamic"] = "static"
     # op types static int8 quantizes (None: onnxruntime's default, every op it can)
     quantize_ops: tuple[str, ...] | None = None
+    # Graphs naming the same external-data file store the weights they carry alike once, in it
+    # (kcdp_export.shared_weights); a graph alone with its file keeps its weights inside.
+    shared_weights: str | None = None
     meta: dict = field(default_factory=dict)
     _memo: dict = field(default_factory=dict, repr=False)
 
@@ -283,6 +288,7 @@ def image_encoder_graph(model: nn.Module, size: int, bank: np.ndarray | None = N
         label_output=None if bank is None else "embedding",
         label_matrix=None if bank is None else np.ascontiguousarray(bank.T),
         quantization="static",
+        shared_weights=IMAGE_WEIGHTS,
     )
 
 
@@ -296,6 +302,7 @@ def face_encoder_graph(model: nn.Module) -> GraphConfig:
         outputs=[v for v in image_view_specs(model) if v.name == "face_features"],
         dummy=image_dummy(side, "face"),
         quantization="static",
+        shared_weights=IMAGE_WEIGHTS,
     )
 
 

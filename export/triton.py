@@ -1,7 +1,7 @@
 """`--triton`: the exported graphs as a Triton Inference Server model repository.
 
-<export>/triton/<graph>/config.pbtxt + <graph>/1/model.onnx (+ its external data file, same name as
-referenced inside the graph). The batch axis is Triton's (max_batch_size > 0, dims without it) and
+<export>/triton/<graph>/config.pbtxt + <graph>/1/model.onnx (+ the external data files it reads, under
+the names referenced inside the graph, hard-linked: weights shared by graphs take no extra disk). The batch axis is Triton's (max_batch_size > 0, dims without it) and
 dynamic batching is on. Caption retrieval, the triplet parser and the tokenizer are Python steps
 outside these graphs (the runtime runs them; a Triton ensemble would need a Python backend model)."""
 
@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from kcdp_export.graphs import BATCH, GraphConfig
+from kcdp_export.shared_weights import external_files
 
 TRITON_TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64", "float16": "TYPE_FP16"}
 
@@ -60,8 +61,7 @@ def write_repository(
         version = repo / graph.name / "1"
         version.mkdir(parents=True, exist_ok=True)
         _link_or_copy(src, version / "model.onnx")
-        data = src.with_name(src.name + ".data")
-        if data.exists():
-            _link_or_copy(data, version / data.name)
+        for location in external_files(src):  # its own <file>.data, or weights shared with other graphs
+            _link_or_copy(Path(folder) / location, version / location)
         (repo / graph.name / "config.pbtxt").write_text(config_pbtxt(graph, max_batch_size, precision))
     return repo

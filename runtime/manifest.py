@@ -124,6 +124,9 @@ class GraphSpec:
     outputs: dict[str, list[Any]] = field(default_factory=dict)
     precision: str | None = None  # fp32 | fp16 | int8 | int8-weights | fp16-weights
     engine: str | None = None  # "pytorch-eager" for the checkpoint opener's sessions
+    # The external-data file holding the graph's weights, shared with other graphs (kcdp_export.
+    # shared_weights); onnxruntime reads it from the graph's folder. None: weights inside the file.
+    external_data: str | None = None
 
     def batch_axes(self) -> list[str]:
         """Names of the symbolic batch axes of the inputs (what a batch-1 session fixes to 1)."""
@@ -286,16 +289,31 @@ def load_manifest(folder: str | Path, verify: Literal["sha256", "presence", "non
 def verify_files(manifest: Manifest, hashes: bool = True) -> None:
     """Every file the manifest names exists (and matches its sha256); graph files must be listed."""
     needed = {g.file for g in manifest.graphs.values() if g.file}
+    weights = {g.external_data for g in manifest.graphs.values() if g.external_data}
     if manifest.tokenizer is not None:
         needed.add(manifest.tokenizer.file)
-    for relative in sorted(needed | set(manifest.files)):
+    for relative in sorted(needed | weights | set(manifest.files)):
         path = manifest.path(relative)
         if not path.is_file():
-            raise ModelError(f"{manifest.folder}: {relative} is missing (incomplete export?)")
+            readers = [n for n, g in manifest.graphs.items() if g.external_data == relative]
+            what = f" (the weights of graphs {', '.join(readers)})" if readers else ""
+            raise ModelError(f"{manifest.folder}: {relative} is missing{what} (incomplete export?)")
         if hashes and relative in manifest.files and sha256(path) != manifest.files[relative]:
             raise ModelError(
                 f"{manifest.folder}: {relative} does not match its sha256 in manifest.json (corrupt or edited)"
             )
+
+
+def graph_digest(manifest: Manifest, name: str) -> str | None:
+    """The sha256 that identifies graph `name` with its weights (keys the ORT-format cache): the
+    graph file's, folded with its external-data file's when the weights live there; None when either
+    is not listed in `files`."""
+    spec = manifest.graphs[name]
+    digest = manifest.files.get(spec.file) if spec.file else None
+    if digest is None or not spec.external_data:
+        return digest
+    data = manifest.files.get(spec.external_data)
+    return None if data is None else hashlib.sha256(f"{digest}:{data}".encode()).hexdigest()
 
 
 def sha256(path: Path) -> str:

@@ -42,7 +42,7 @@ from kcdp_runtime.captioner import (
     encode_images,
     load_bank,
 )
-from kcdp_runtime.manifest import Manifest, ModelError, TokenizerSpec, load_manifest
+from kcdp_runtime.manifest import Manifest, ModelError, TokenizerSpec, graph_digest, load_manifest
 from kcdp_runtime.parsed_captions import ParsedCaptions
 from kcdp_runtime.sessions import SessionConfig, create_session, describe
 
@@ -239,7 +239,7 @@ class Pipeline:
             if spec is not None and spec.file:
                 # the sha256 keys the ORT-format cache: none, no cache (SessionConfig.uncached_graphs)
                 cached = verify == "sha256" and name not in config.uncached_graphs
-                digest = manifest.files.get(spec.file) if cached else None
+                digest = graph_digest(manifest, name) if cached else None
                 sessions[name] = create_session(
                     manifest.path(spec.file), config, digest, spec.batch_axes(), name
                 )

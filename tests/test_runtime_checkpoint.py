@@ -185,3 +185,104 @@ def test_an_export_of_a_face_view_model_without_its_face_encoder_says_export_aga
     (tmp_path / "export" / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(ModelError, match="graphs.face_encoder is missing .*kcdp-export"):
         Pipeline.from_pretrained(tmp_path / "export")
+
+
+def _face_view_export(model) -> tuple:
+    root, images = model
+    data = json.loads((root / "export" / "manifest.json").read_text())
+    if "face_encoder" not in data["graphs"]:
+        pytest.skip("one image graph: no weights to share")
+    return root / "export", data, images
+
+
+def test_the_image_and_face_encoders_store_their_shared_weights_once(model):
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_tensor
+
+    from kcdp_runtime.manifest import sha256
+
+    export, data, _ = _face_view_export(model)
+    graphs = data["graphs"]
+    shared = graphs["image_encoder"]["external_data"]
+    assert shared == graphs["face_encoder"]["external_data"] == "image_weights.data"
+    assert data["files"][shared] == sha256(export / shared)  # verify_files checks it
+    places, distinct = {}, {}
+    for name in ("image_encoder", "face_encoder"):
+        path = export / graphs[name]["file"]
+        graph = onnx.load(str(path), load_external_data=False).graph
+        external = [t for t in graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+        assert external, f"{name}: no weights in {shared}"
+        inline = sum(len(t.raw_data) for t in graph.initializer if t not in external)
+        moved = 0
+        places[name] = set()
+        for tensor in external:
+            info = ExternalDataInfo(tensor)
+            assert info.location == shared
+            places[name].add((info.offset, info.length))
+            load_external_data_for_tensor(tensor, str(export))
+            distinct[(tensor.data_type, tuple(tensor.dims), tensor.raw_data)] = info.length
+            moved += info.length
+        assert inline < moved and path.stat().st_size < moved  # the large tensors left the graph file
+    # Each distinct tensor is stored once, and the face encoder (trunk + tail) reads only tensors
+    # the image encoder (trunk + tail + embedding head) reads too.
+    assert (export / shared).stat().st_size <= sum(distinct.values())
+    assert places["face_encoder"] <= places["image_encoder"]
+    record = data["shared_weights"][0]
+    assert record["file"] == shared and record["saved_bytes"] > 0 and record["stored"] < record["tensors"]
+
+
+def test_a_missing_or_corrupt_shared_weights_file_is_named(model, tmp_path):
+    import shutil
+
+    from kcdp_runtime.manifest import ModelError
+    from kcdp_runtime.pipeline import Pipeline
+
+    export, _, _ = _face_view_export(model)
+    copy = tmp_path / "export"
+    shutil.copytree(export, copy)
+    (copy / "image_weights.data").write_bytes(b"\0" * 64)
+    with pytest.raises(ModelError, match="image_weights.data does not match its sha256"):
+        Pipeline.from_pretrained(copy)
+    (copy / "image_weights.data").unlink()
+    for verify in ("sha256", "presence"):
+        with pytest.raises(ModelError, match=r"image_weights.data is missing \(the weights of graphs "):
+            Pipeline.from_pretrained(copy, verify=verify)
+
+
+def test_shared_weights_load_from_the_ort_cache_and_the_triton_repository(model, monkeypatch, tmp_path):
+    import shutil
+
+    import onnxruntime as ort
+
+    from kcdp_export.graphs import GraphConfig, TensorSpec
+    from kcdp_export.triton import write_repository
+    from kcdp_runtime.manifest import graph_digest, load_manifest
+    from kcdp_runtime.pipeline import Pipeline
+    from kcdp_runtime.sessions import SessionConfig
+
+    export, data, images = _face_view_export(model)
+    images = [p for p in images if "broken" not in p]
+    manifest = load_manifest(export)
+    # the ORT-format copy holds the weights: its key must change with the shared file
+    assert graph_digest(manifest, "face_encoder") not in (None, data["files"]["face_encoder.onnx"])
+    monkeypatch.setenv("KCDP_CACHE", str(tmp_path / "cache"))
+    plain = Pipeline.from_pretrained(export)  # the image and face encoders from their .onnx files
+    cached = Pipeline.from_pretrained(export, SessionConfig(uncached_graphs=()))
+    assert len(list((tmp_path / "cache" / "ort").glob("*.ort"))) >= 3  # image, face and perception
+    for batch in (images, images[:1]):  # a batch, and one image through the batch-1 copies
+        a, b = plain.run(batch), cached.run(batch)
+        assert [r["label"] for r in a] == [r["label"] for r in b]
+        for x, y in zip(a, b, strict=True):
+            assert max(abs(x["scores"][k] - y["scores"][k]) for k in x["scores"]) < 1e-5
+    configs = []
+    for name in ("image_encoder", "face_encoder"):
+        spec = data["graphs"][name]
+        tensors = [[TensorSpec(n, tuple(d[:-1]), d[-1]) for n, d in spec[k].items()] for k in ("inputs", "outputs")]
+        configs.append(GraphConfig(name, None, *tensors, dummy=None))
+    copy = tmp_path / "export"
+    shutil.copytree(export, copy)
+    write_repository(copy, configs)
+    for name in ("image_encoder", "face_encoder"):
+        version = copy / "triton" / name / "1"
+        assert (version / "image_weights.data").is_file()
+        ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])

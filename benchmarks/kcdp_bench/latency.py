@@ -158,6 +158,7 @@ def int8_export(model: Path, ckpt: Path | None, images: Path, work: Path) -> tup
     for spec in manifest.graphs.values():
         if spec.file:
             quantize_dynamic(str(out / spec.file), str(out / spec.file), weight_type=QuantType.QInt8)
+            spec.external_data = None  # quantize_dynamic writes the weights into the graph file
     manifest.precision = "int8"
     manifest.files = {rel: sha256(out / rel) for rel in manifest.files if (out / rel).exists()}
     (out / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
