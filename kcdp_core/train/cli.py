@@ -195,18 +195,24 @@ def train_main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"kcdp-train: {exc}", file=sys.stderr)
         return 1
-    if not main_process:
-        return 0
-    print(
-        json.dumps(
-            {
-                "checkpoint": str(result.out),
-                "best": str(result.out / "best"),
-                "best_epoch": result.best_epoch,
-                "best_source_val_macro_f1": result.best_val_macro_f1,
-            }
+    if main_process:
+        print(
+            json.dumps(
+                {
+                    "checkpoint": str(result.out),
+                    "best": str(result.out / "best"),
+                    "best_epoch": result.best_epoch,
+                    "best_source_val_macro_f1": result.best_val_macro_f1,
+                }
+            )
         )
-    )
+    if trainer.accelerator.num_processes > 1:
+        # Everything is written. Releasing the DDP wrapper can deadlock in torch's gloo process group
+        # (its destructor joins a worker thread that waits for the GIL the destructor holds; one CI run
+        # hung there): leave without the interpreter's teardown.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 
