@@ -127,9 +127,10 @@ def open_checkpoint(
         if model.face_view:
             graphs.append(face_encoder_graph(model))
     dim = int(model.text_encoder.dim)
-    if split_perception(model):
-        graphs.append(kadap_graph(model, size, length, dim))
-    graphs.append(perception_graph(model, size, length, dim, len(model.labels)))
+    kadap = kadap_graph(model, size, length, dim) if split_perception(model) else None
+    if kadap is not None:
+        graphs.append(kadap)
+    graphs.append(perception_graph(model, size, length, dim, len(model.labels), kadap))
     device = "cuda" if torch.cuda.is_available() and wants_gpu(config_) else "cpu"
     model.to(device)
     text_model = model.text_encoder.model

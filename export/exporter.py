@@ -231,9 +231,10 @@ def _merge(run: ExportRun) -> None:
     run.merge = merge_lora(model, check)
     run.log(f"LoRA merge: {run.merge.lora_layers} layers, max abs logit diff {run.merge.max_abs_diff:.3g}")
     # traced from the same (now merged) model
-    if split_perception(model):
-        run.graphs.append(kadap_graph(model, size, length, dim))
-    run.graphs.append(perception_graph(model, size, length, dim, len(model.labels)))
+    kadap = kadap_graph(model, size, length, dim) if split_perception(model) else None
+    if kadap is not None:
+        run.graphs.append(kadap)
+    run.graphs.append(perception_graph(model, size, length, dim, len(model.labels), kadap))
 
 
 def _tokenizer(run: ExportRun) -> None:

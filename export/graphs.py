@@ -134,20 +134,26 @@ class TextEncoderModule(nn.Module):
 
 
 class PerceptionModule(nn.Module):
-    def __init__(self, model: nn.Module):
+    """perception's graph: pixels (or, `from_pooled`, kadap's pooled levels) + k + the image views ->
+    logits, probs, features."""
+
+    def __init__(self, model: nn.Module, from_pooled: bool = False):
         super().__init__()
-        self.model = model
+        self.model, self.from_pooled = model, from_pooled
 
     def forward(
         self,
-        pixels: torch.Tensor,
+        first: torch.Tensor,
         knowledge: torch.Tensor,
         knowledge_mask: torch.Tensor,
         *image_views: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """image_views: the model's image_inputs in order, side by side as the model fuses them."""
         view = torch.cat(image_views, dim=1) if image_views else None
-        out = self.model(pixels, knowledge, knowledge_mask, view)
+        if self.from_pooled:
+            out = self.model.from_pooled_levels(first, knowledge, knowledge_mask, view)
+        else:
+            out = self.model(first, knowledge, knowledge_mask, view)
         return out.logits, out.probs, out.features
 
 
@@ -162,25 +168,6 @@ class KadapModule(nn.Module):
         self, pixels: torch.Tensor, knowledge: torch.Tensor, knowledge_mask: torch.Tensor
     ) -> torch.Tensor:
         return self.model.pooled_levels(pixels, knowledge, knowledge_mask)
-
-
-class FusionModule(nn.Module):
-    """The second half: pooled levels + k + the image views -> logits, probs, features."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(
-        self,
-        pooled_levels: torch.Tensor,
-        knowledge: torch.Tensor,
-        knowledge_mask: torch.Tensor,
-        *image_views: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        view = torch.cat(image_views, dim=1)
-        out = self.model.from_pooled_levels(pooled_levels, knowledge, knowledge_mask, view)
-        return out.logits, out.probs, out.features
 
 
 def split_perception(model: nn.Module) -> bool:
@@ -308,33 +295,29 @@ def face_encoder_graph(model: nn.Module) -> GraphConfig:
 
 def kadap_graph(model: nn.Module, size: int, length: int, dim: int) -> GraphConfig:
     """The first half of a split perception (split_perception): pixels + knowledge -> pooled levels."""
-    module = KadapModule(model).eval()
-    feeds = perception_dummy(size, length, dim)(2, np.random.default_rng(0))
-    with torch.no_grad():
-        width = module(*(torch.from_numpy(feeds[n]) for n in ("pixels", "knowledge", "knowledge_mask")))
     return GraphConfig(
         name="kadap",
-        module=module,
+        module=KadapModule(model).eval(),
         inputs=_perception_inputs(size, length, dim),
-        outputs=[TensorSpec("pooled_levels", (BATCH, int(width.shape[1])))],
+        outputs=[TensorSpec("pooled_levels", (BATCH, int(model.fpn.pooled_dim)))],
         dummy=perception_dummy(size, length, dim),
         quantization="static",
         quantize_ops=PERCEPTION_QUANTIZE_OPS,
     )
 
 
-def perception_graph(model: nn.Module, size: int, length: int, dim: int, num_labels: int) -> GraphConfig:
+def perception_graph(
+    model: nn.Module, size: int, length: int, dim: int, num_labels: int, kadap: GraphConfig | None = None
+) -> GraphConfig:
     """`model` is a KCDPModel (LoRA already merged for export). A model that fuses image views into v
-    takes them as inputs: the runtime has them from the image and face encoder graphs already. Split
-    (split_perception), the graph starts from kadap's pooled levels instead of pixels."""
+    takes them as inputs: the runtime has them from the image and face encoder graphs already. Given
+    `kadap` (split_perception), the graph starts from kadap's pooled levels instead of pixels."""
     views = image_view_specs(model)
     inputs = [*_perception_inputs(size, length, dim), *views]
-    module: nn.Module = PerceptionModule(model).eval()
+    module = PerceptionModule(model, from_pooled=kadap is not None).eval()
     dummy = perception_dummy(size, length, dim, views)
-    if split_perception(model):
-        first = kadap_graph(model, size, length, dim)
-        module, inputs[0] = FusionModule(model).eval(), first.outputs[0]
-        dummy = _pooled_dummy(first, dummy)
+    if kadap is not None:
+        inputs[0], dummy = kadap.outputs[0], _pooled_dummy(kadap, dummy)
     feeds = dummy(2, np.random.default_rng(0))
     with torch.no_grad():
         features = module(*(torch.from_numpy(feeds[t.name]) for t in inputs))[2]

@@ -25,7 +25,8 @@ class FPN(nn.Module):
         )
         # An L2-normalised embedding has a tiny per-dimension scale: standardise it before fusing.
         self.extra_norm = nn.BatchNorm1d(extra_dim) if extra_dim else None
-        self.proj = nn.Linear(dim * len(in_channels) + extra_dim, out_dim)
+        self.pooled_dim = dim * len(in_channels)  # the width of pool(levels)
+        self.proj = nn.Linear(self.pooled_dim + extra_dim, out_dim)
         # The pooled UNet features are dominated by per-dimension constants: on a mini foundation v
         # varied across samples by ~6% of its scale, and with a per-sample LayerNorm the head fitted
         # only the class prior. BatchNorm standardises each dimension across samples (train: batch
