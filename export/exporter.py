@@ -340,32 +340,38 @@ def _reduce(run: ExportRun, graph: GraphConfig) -> str:
     if options.precision == "fp32":
         _move_graph(src, dst)
         return "fp32"
-    if options.precision == "fp16":
-        convert_fp16(src, dst)
-    else:
-        from kcdp_export.quantize import quantize_graph
+    reason: validate.ParityError | None = None
+    if options.precision == "fp16" or graph.quantization != "weights":
+        if options.precision == "fp16":
+            convert_fp16(src, dst)
+        else:
+            from kcdp_export.quantize import quantize_graph
 
-        calib = run.real_feeds[graph.name]
-        calib_arrays = (
-            {k: _spread(np.concatenate([f[k] for f in calib]), options.calibration_images) for k in calib[0]}
-            if calib
-            else None
-        )
-        quantize_graph(src, dst, graph.quantization, calib_arrays, graph.quantize_ops)
-    validate.check_model(dst)
-    try:
-        parity[options.precision] = _measure_variant(graph, dst, options, run.real_feeds[graph.name])
-        return options.precision
-    except validate.ParityError as exc:
-        parity[f"{options.precision}_rejected"] = exc.parity.manifest()
-        reason: validate.ParityError = exc
-    if options.precision == "int8":  # int8 activations were the problem: try int8 weights, fp32 compute
+            calib = run.real_feeds[graph.name]
+            calib_arrays = (
+                {
+                    k: _spread(np.concatenate([f[k] for f in calib]), options.calibration_images)
+                    for k in calib[0]
+                }
+                if calib
+                else None
+            )
+            quantize_graph(src, dst, graph.quantization, calib_arrays, graph.quantize_ops)
+        validate.check_model(dst)
+        try:
+            parity[options.precision] = _measure_variant(graph, dst, options, run.real_feeds[graph.name])
+            return options.precision
+        except validate.ParityError as exc:
+            parity[f"{options.precision}_rejected"] = exc.parity.manifest()
+            reason = exc
+    if options.precision == "int8":  # int8 weights, fp32 compute: int8 activations failed or are known to
         from kcdp_export.quantize import int8_weights
 
         int8_weights(src, dst)
         try:
             parity["int8_weights"] = _measure_variant(graph, dst, options, run.real_feeds[graph.name])
-            run.log(f"{graph.name}: {reason}; int8 weights with fp32 compute instead")
+            if reason is not None:
+                run.log(f"{graph.name}: {reason}; int8 weights with fp32 compute instead")
             return "int8-weights"
         except validate.ParityError as exc:
             reason = exc
@@ -416,8 +422,7 @@ def _end_to_end_variant(run: ExportRun) -> None:
 
 def _put_back(run: ExportRun, name: str, problem: str) -> None:
     """One step of the fallback for graph `name`: int8 -> int8 weights (fp32 compute) -> fp16 weights
-    -> fp32. (A graph without a label output, the face encoder, passes its own parity at int8 and can
-    only fail end to end.)"""
+    -> fp32. (A graph without a label output, such as kadap, is only checked for labels end to end.)"""
     file = name_file(run.graphs, name)
     if run.graph_precision[name] == "int8":
         from kcdp_export.quantize import int8_weights

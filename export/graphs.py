@@ -56,7 +56,9 @@ class GraphConfig:
     # "label" is the retrieved caption.
     label_matrix: np.ndarray | None = None
     atol: float = 1e-4  # fp32 max abs difference allowed on every output
-    quantization: Literal["static", "dynamic"] = "static"
+    # int8 kind: static QDQ calibrated on real images, dynamic, or "weights": int8 weights with fp32
+    # compute from the start (for a graph whose int8 activations are known to fail end to end)
+    quantization: Literal["static", "dynamic", "weights"] = "static"
     # op types static int8 quantizes (None: onnxruntime's default, every op it can)
     quantize_ops: tuple[str, ...] | None = None
     # Graphs naming the same external-data file store the weights they carry alike once, in it
@@ -288,7 +290,11 @@ def face_encoder_graph(model: nn.Module) -> GraphConfig:
         inputs=[TensorSpec("face", (BATCH, 3, side, side))],
         outputs=[v for v in image_view_specs(model) if v.name == "face_features"],
         dummy=image_dummy(side, "face"),
-        quantization="static",
+        # Static int8 passes the graph's own parity (no label output to check) and fails end to end in
+        # every export measured (label agreement .72-.80: default model v6, its adaptations, x1 + face
+        # view), costing an end-to-end pass before the fallback; the image encoder ships as int8 weights
+        # too, so the two share their stored weights.
+        quantization="weights",
         shared_weights=IMAGE_WEIGHTS,
     )
 

@@ -242,6 +242,37 @@ def test_weight_storage_variants_shrink_the_file_and_stay_close(tmp_path):
     assert diffs["fp16"] < 1e-3 and diffs["fp16"] < diffs["int8"] < 5e-2
 
 
+def test_a_graph_known_to_fail_int8_activations_starts_at_int8_weights(tmp_path):
+    """GraphConfig.quantization "weights" (the face encoder): no static int8 graph is built or measured;
+    the graph ships as int8 weights with fp32 compute, parity recorded. A static graph goes to int8."""
+    import dataclasses
+    import io
+    from types import SimpleNamespace
+
+    from kcdp_export.exporter import ExportOptions, _reduce
+
+    (tmp_path / "fp32").mkdir()
+    log = io.StringIO()
+    options = ExportOptions(precision="int8", log=log)
+    shipped, parity = {}, {}
+    for name, kind in (("static", "static"), ("weights", "weights")):
+        graph = dataclasses.replace(pixel_graph(name, WideNet()), quantization=kind)
+        export_graph(graph, tmp_path / "fp32" / graph.file)
+        feeds = [graph.dummy(8, np.random.default_rng(1))]
+        run = SimpleNamespace(
+            options=options, parity={name: {}}, fp32_dir=tmp_path / "fp32", work=tmp_path,
+            real_feeds={name: feeds}, log=lambda m: log.write(m + "\n"),
+        )  # fmt: skip
+        shipped[name], parity[name] = _reduce(run, graph), run.parity[name]
+    assert shipped == {"static": "int8", "weights": "int8-weights"}
+    assert set(parity["weights"]) == {"int8_weights"} and parity["weights"]["int8_weights"]["passed"]
+    assert "int8" in parity["static"] and "int8_weights" not in parity["static"]
+    weights = onnx.load(str(tmp_path / "weights.onnx")).graph
+    assert "QuantizeLinear" not in {node.op_type for node in weights.node}  # activations stay fp32
+    assert onnx.TensorProto.INT8 in {t.data_type for t in weights.initializer}
+    assert "keeping this graph in fp32" not in log.getvalue()
+
+
 class GatedNet(torch.nn.Module):
     """conv -> x * sigmoid(x) + x -> pool -> linear: weighted ops with elementwise ones between."""
 
