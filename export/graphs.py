@@ -292,8 +292,8 @@ def face_encoder_graph(model: nn.Module) -> GraphConfig:
         dummy=image_dummy(side, "face"),
         # Static int8 passes the graph's own parity (no label output to check) and fails end to end in
         # every export measured (label agreement .72-.80: default model v6, its adaptations, x1 + face
-        # view), costing an end-to-end pass before the fallback; the image encoder ships as int8 weights
-        # too, so the two share their stored weights.
+        # view), costing an end-to-end pass before the fallback. Where the image encoder keeps int8
+        # weights too (its static int8 fails its own parity), the two store them once.
         quantization="weights",
         shared_weights=IMAGE_WEIGHTS,
     )
