@@ -99,9 +99,7 @@ def open_checkpoint(
     from kcdp_export.graphs import (
         face_encoder_graph,
         image_encoder_graph,
-        kadap_graph,
-        perception_graph,
-        split_perception,
+        perception_graphs,
     )
 
     config_ = session_config or SessionConfig()
@@ -119,18 +117,14 @@ def open_checkpoint(
     config = model.config
     kc = config.knowledge
     size, length = int(config.foundation.image_size), int(kc.text_length)
-    # what an export would hold: the graphs' modules and named inputs and outputs (made on the CPU:
-    # perception's config runs the model once on random inputs)
+    # what an export would hold: the graphs' modules and named inputs and outputs
     graphs = []
     if model.image_encoder is not None:
         graphs.append(image_encoder_graph(model, size))
         if model.face_view:
             graphs.append(face_encoder_graph(model))
     dim = int(model.text_encoder.dim)
-    kadap = kadap_graph(model, size, length, dim) if split_perception(model) else None
-    if kadap is not None:
-        graphs.append(kadap)
-    graphs.append(perception_graph(model, size, length, dim, len(model.labels), kadap))
+    graphs += perception_graphs(model, size, length, dim)
     device = "cuda" if torch.cuda.is_available() and wants_gpu(config_) else "cpu"
     model.to(device)
     text_model = model.text_encoder.model

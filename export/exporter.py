@@ -32,10 +32,8 @@ from kcdp_export.graphs import (
     face_encoder_graph,
     image_encoder_graph,
     image_view_specs,
-    kadap_graph,
     perception_dummy,
-    perception_graph,
-    split_perception,
+    perception_graphs,
     text_encoder_graph,
 )
 from kcdp_export.manifest import runtime_manifest, write_manifest
@@ -231,10 +229,7 @@ def _merge(run: ExportRun) -> None:
     run.merge = merge_lora(model, check)
     run.log(f"LoRA merge: {run.merge.lora_layers} layers, max abs logit diff {run.merge.max_abs_diff:.3g}")
     # traced from the same (now merged) model
-    kadap = kadap_graph(model, size, length, dim) if split_perception(model) else None
-    if kadap is not None:
-        run.graphs.append(kadap)
-    run.graphs.append(perception_graph(model, size, length, dim, len(model.labels), kadap))
+    run.graphs += perception_graphs(model, size, length, dim)
 
 
 def _tokenizer(run: ExportRun) -> None:
@@ -342,22 +337,7 @@ def _reduce(run: ExportRun, graph: GraphConfig) -> str:
         return "fp32"
     reason: validate.ParityError | None = None
     if options.precision == "fp16" or graph.quantization != "weights":
-        if options.precision == "fp16":
-            convert_fp16(src, dst)
-        else:
-            from kcdp_export.quantize import quantize_graph
-
-            calib = run.real_feeds[graph.name]
-            calib_arrays = (
-                {
-                    k: _spread(np.concatenate([f[k] for f in calib]), options.calibration_images)
-                    for k in calib[0]
-                }
-                if calib
-                else None
-            )
-            quantize_graph(src, dst, graph.quantization, calib_arrays, graph.quantize_ops)
-        validate.check_model(dst)
+        _convert(run, graph, src, dst)
         try:
             parity[options.precision] = _measure_variant(graph, dst, options, run.real_feeds[graph.name])
             return options.precision
@@ -365,11 +345,8 @@ def _reduce(run: ExportRun, graph: GraphConfig) -> str:
             parity[f"{options.precision}_rejected"] = exc.parity.manifest()
             reason = exc
     if options.precision == "int8":  # int8 weights, fp32 compute: int8 activations failed or are known to
-        from kcdp_export.quantize import int8_weights
-
-        int8_weights(src, dst)
         try:
-            parity["int8_weights"] = _measure_variant(graph, dst, options, run.real_feeds[graph.name])
+            _int8_weights(run, graph)
             if reason is not None:
                 run.log(f"{graph.name}: {reason}; int8 weights with fp32 compute instead")
             return "int8-weights"
@@ -378,6 +355,31 @@ def _reduce(run: ExportRun, graph: GraphConfig) -> str:
     run.log(f"{graph.name}: {reason}; keeping this graph in fp32")
     _move_graph(src, dst)
     return "fp32"
+
+
+def _convert(run: ExportRun, graph: GraphConfig, src: Path, dst: Path) -> None:
+    """The fp32 graph at `src` as fp16, or int8 of the graph's kind (calibrated on its real feeds)."""
+    if run.options.precision == "fp16":
+        convert_fp16(src, dst)
+    else:
+        from kcdp_export.quantize import quantize_graph
+
+        calib = run.real_feeds[graph.name]
+        n = run.options.calibration_images
+        arrays = {k: _spread(np.concatenate([f[k] for f in calib]), n) for k in calib[0]} if calib else None
+        quantize_graph(src, dst, graph.quantization, arrays, graph.quantize_ops)
+    validate.check_model(dst)
+
+
+def _int8_weights(run: ExportRun, graph: GraphConfig) -> None:
+    """The graph in place with int8 weights and fp32 compute, its parity recorded (ParityError past it)."""
+    from kcdp_export.quantize import int8_weights
+
+    dst = run.work / graph.file
+    int8_weights(run.fp32_dir / graph.file, dst)
+    run.parity[graph.name]["int8_weights"] = _measure_variant(
+        graph, dst, run.options, run.real_feeds[graph.name]
+    )
 
 
 def _end_to_end_variant(run: ExportRun) -> None:
@@ -425,14 +427,9 @@ def _put_back(run: ExportRun, name: str, problem: str) -> None:
     -> fp32. (A graph without a label output, such as kadap, is only checked for labels end to end.)"""
     file = name_file(run.graphs, name)
     if run.graph_precision[name] == "int8":
-        from kcdp_export.quantize import int8_weights
-
         run.log(f"{problem}: the {name} graph with int8 weights and fp32 compute instead")
-        int8_weights(run.fp32_dir / file, run.work / file)
-        graph = next(g for g in run.graphs if g.name == name)
-        parity = run.parity[name]
-        parity["int8_rejected"] = parity.pop("int8", None)
-        parity["int8_weights"] = _measure_variant(graph, run.work / file, run.options, run.real_feeds[name])
+        run.parity[name]["int8_rejected"] = run.parity[name].pop("int8", None)
+        _int8_weights(run, next(g for g in run.graphs if g.name == name))
         run.graph_precision[name] = "int8-weights"
         return
     if run.graph_precision[name] == "int8-weights":

@@ -320,27 +320,31 @@ def perception_graph(
     `kadap` (split_perception), the graph starts from kadap's pooled levels instead of pixels."""
     views = image_view_specs(model)
     inputs = [*_perception_inputs(size, length, dim), *views]
-    module = PerceptionModule(model, from_pooled=kadap is not None).eval()
     dummy = perception_dummy(size, length, dim, views)
     if kadap is not None:
         inputs[0], dummy = kadap.outputs[0], _pooled_dummy(kadap, dummy)
-    feeds = dummy(2, np.random.default_rng(0))
-    with torch.no_grad():
-        features = module(*(torch.from_numpy(feeds[t.name]) for t in inputs))[2]
     return GraphConfig(
         name="perception",
-        module=module,
+        module=PerceptionModule(model, from_pooled=kadap is not None).eval(),
         inputs=inputs,
         outputs=[
             TensorSpec("logits", (BATCH, num_labels)),
             TensorSpec("probs", (BATCH, num_labels)),
-            TensorSpec("features", (BATCH, int(features.shape[1]))),
+            TensorSpec("features", (BATCH, int(model.fpn.out_dim))),
         ],
         dummy=dummy,
         label_output="logits",
         quantization="static",
         quantize_ops=PERCEPTION_QUANTIZE_OPS,
     )
+
+
+def perception_graphs(model: nn.Module, size: int, length: int, dim: int) -> list[GraphConfig]:
+    """The graphs of perception in export order: kadap then the rest for a split model
+    (split_perception), else the one perception graph."""
+    kadap = kadap_graph(model, size, length, dim) if split_perception(model) else None
+    rest = perception_graph(model, size, length, dim, len(model.labels), kadap)
+    return [rest] if kadap is None else [kadap, rest]
 
 
 # Only the weighted ops: int8 Add/Mul/Softmax/Sigmoid cost more in (de)quantize nodes than they save

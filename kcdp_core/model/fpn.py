@@ -26,6 +26,7 @@ class FPN(nn.Module):
         # An L2-normalised embedding has a tiny per-dimension scale: standardise it before fusing.
         self.extra_norm = nn.BatchNorm1d(extra_dim) if extra_dim else None
         self.pooled_dim = dim * len(in_channels)  # the width of pool(levels)
+        self.out_dim = out_dim  # the width of v
         self.proj = nn.Linear(self.pooled_dim + extra_dim, out_dim)
         # The pooled UNet features are dominated by per-dimension constants: on a mini foundation v
         # varied across samples by ~6% of its scale, and with a per-sample LayerNorm the head fitted
