@@ -339,3 +339,39 @@ def test_static_int8_leaves_input_free_nodes_in_float(tmp_path):
     # the constant branch depends on the input's shape only: excluded from int8, foldable at batch 1
     assert "/embed/Gemm" in free and "/Expand" in free
     assert "/fc/Gemm" not in free and "/Add" not in free
+
+
+def test_a_banks_triplets_are_parsed_once_across_exports(tmp_path, monkeypatch) -> None:
+    """The second export of the same caption bank reads its triplets from the persistent memo (the
+    runtime's ParsedCaptions) instead of running spaCy over the bank again; the files are the same."""
+    from safetensors.numpy import save_file
+
+    from kcdp_core.config import KnowledgeConfig
+    from kcdp_core.portable.caption_bank import CaptionBank
+    from kcdp_core.portable.triplets import TripletParser
+    from kcdp_export.exporter import ExportOptions, _export_bank
+
+    monkeypatch.setenv("KCDP_CACHE", str(tmp_path / "cache"))
+    captions = ["a man is hugging a woman", "a sad face", "a man is hugging a woman", "face with tears"]
+    src = tmp_path / "bank"
+    src.mkdir()
+    embeddings = np.eye(4, dtype=np.float32)
+    save_file({"embeddings": embeddings}, str(src / "embeddings.safetensors"))
+    bank = CaptionBank(captions, embeddings)
+    parsed: list[list[str]] = []
+    parse_many = TripletParser.parse_many
+
+    def counting(self, texts, batch_size=64):
+        parsed.append(list(texts))
+        return parse_many(self, texts, batch_size)
+
+    monkeypatch.setattr(TripletParser, "parse_many", counting)
+    kc = KnowledgeConfig(captioner="retrieval", retrieval_top_k=1)
+    _export_bank(bank, src, tmp_path / "first", kc, ExportOptions())
+    _export_bank(bank, src, tmp_path / "second", kc, ExportOptions())
+    assert parsed == [captions[:2] + captions[3:]]  # each distinct caption once, in the first export
+    first = (tmp_path / "first" / "captions.jsonl").read_text()
+    assert first == (tmp_path / "second" / "captions.jsonl").read_text()
+    rows = [json.loads(line) for line in first.splitlines()]
+    assert [r["caption"] for r in rows] == captions
+    assert rows[0]["triplets"] == [["man", "hugging", "woman"]]
