@@ -73,13 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--target-weight", type=float, default=0.3, help="weight of the pseudo-labelled target loss (lambda2; default 0.3)"
     )
-    p.add_argument(
-        "--infomax-epochs",
-        type=int,
-        default=0,
-        help="epochs of an information-maximisation step on the target after training (default 0: off; "
-        "10 is the setting measured)",
-    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--max-drop",
@@ -102,16 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
 @names_missing_extra("kcdp-adapt")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if (
-        args.rounds < 1
-        or (args.epochs is not None and args.epochs < 1)
-        or args.minutes <= 0
-        or args.infomax_epochs < 0
-    ):
-        print(
-            "kcdp-adapt: --rounds, --epochs and --minutes must be positive, --infomax-epochs not negative",
-            file=sys.stderr,
-        )
+    if args.rounds < 1 or (args.epochs is not None and args.epochs < 1) or args.minutes <= 0:
+        print("kcdp-adapt: --rounds, --epochs and --minutes must be positive", file=sys.stderr)
         return 2
     if args.threads:
         import torch
@@ -139,7 +124,6 @@ def main(argv: list[str] | None = None) -> int:
         lr=args.lr,
         head_lr=args.head_lr,
         target_weight=args.target_weight,
-        infomax_epochs=args.infomax_epochs,
         seed=args.seed,
         max_drop=args.max_drop,
         work=args.work,

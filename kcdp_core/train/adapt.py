@@ -3,9 +3,7 @@
 The method is KCDP's DA setting, started from a trained checkpoint instead of fresh heads
 (`TrainConfig.init_checkpoint`): the checkpoint's labelled sources train beside the unlabelled
 target, CLIEA labels the target once per epoch (per class the most confident share, no class above
-an equal share), and AdaBN gives the result the target's BatchNorm statistics. On request
-(`infomax_epochs`) a last step trains the parts after the frozen features on the target alone by
-information maximisation (infomax.py), and AdaBN runs again.
+an equal share), and AdaBN gives the result the target's BatchNorm statistics.
 
 - Target: every image under the folder, in any layout. Its labels are never read: the images are
   ordered by content hash, so folder and file names cannot change what is trained.
@@ -15,8 +13,8 @@ information maximisation (infomax.py), and AdaBN runs again.
   for the recipe, avatars of seeds the starting model never saw; otherwise a stratified share.
 - Budget: the seconds per image of the first pass over target + check set (the "before"
   diagnostics) price a training step; the epochs are fixed (4 unless given) and the source images
-  per class and style are the most that fit the minutes left after a reserve for AdaBN, the
-  information-maximisation step, the "after" diagnostics and the export. The plan is saved, so a resumed run trains exactly what was planned.
+  per class and style are the most that fit the minutes left after a reserve for AdaBN, the "after"
+  diagnostics and the export. The plan is saved, so a resumed run trains exactly what was planned.
 - Diagnostics, all without target labels: the predicted-class histogram, mean confidence,
   CLIEA-head agreement and the share of target predictions changed from the starting model, the
   pseudo-label histogram of every epoch, and the check set's accuracy / macro-F1 before and after
@@ -57,9 +55,6 @@ TRAIN_COST = 1.3
 # measured inside kcdp-adapt on a 2-core CPU, 280 s for the default model v5 (eval pass 0.026 s per
 # image) and 217-219 s for v6 (0.075-0.13 s per image, four runs), which the eval pass priced at 830-1470 s.
 EXPORT_SECONDS = 280.0
-# An epoch of the information-maximisation step, in eval passes over the target: it runs only the
-# parts after the frozen features (measured on v6, 2-core CPU: MEASURED).
-INFOMAX_EPOCH_COST = 0.25
 
 
 class AdaptError(ValueError):
@@ -456,10 +451,6 @@ class AdaptOptions:
     # shipped model never saw (dylan, lorelei-neutral: +10.4 macro-F1 points on average against +2.2
     # for lr 1e-4 / 1e-3 / lambda2 1; benchmarks/RESULTS.md, "kcdp-adapt").
     target_weight: float = 0.3
-    # Epochs of the information-maximisation step after training (infomax.py; 0: none). Off: on six
-    # labelled training styles v6 never trained on it gave +2.7 macro-F1 points over AdaBN on average
-    # but one style lost 2.9 (benchmarks/RESULTS.md, "kcdp-adapt"); 10 is the setting measured.
-    infomax_epochs: int = 0
     seed: int = 0
     max_drop: float = 5.0  # check-set points (accuracy or macro-F1) the adaptation may lose
     work: Path | None = None
@@ -626,9 +617,6 @@ def adapt(options: AdaptOptions, log: Callable[[str], None] = print) -> AdaptRes
     elapsed = time.time() - t0
     plan = _plan(run, len(target_ds) + len(check_ds), seconds_per_image, knowledge_spi, cached, elapsed)
     final, trained_s = _train(run, plan)
-    tic = time.time()
-    final, infomax = _infomax(run, final, target_ds)
-    infomax_s = time.time() - tic
 
     adapted = KCDPModel.from_pretrained(final)
     after_view = target_view(adapted, target_ds)
@@ -655,18 +643,12 @@ def adapt(options: AdaptOptions, log: Callable[[str], None] = print) -> AdaptRes
             "rounds": options.rounds,
             "consistency_weight": options.consistency,
             "pseudo_select": options.pseudo_select,
-            "infomax_epochs": options.infomax_epochs,
         },
-        "time_s": {
-            "training": round(trained_s, 1),
-            "infomax": round(infomax_s, 1),
-            "total_before_export": round(time.time() - t0, 1),
-        },
+        "time_s": {"training": round(trained_s, 1), "total_before_export": round(time.time() - t0, 1)},
         "diagnostics": {
             "target_before": summarize(start_view, run.names),
             "target_after": summarize(after_view, run.names, start_view),
             "pseudo_labels_per_epoch": history,
-            "infomax_per_epoch": infomax,
             "source_check_before": check_before,
             "source_check_after": check_after,
             "source_check_drop_points": drop,
@@ -727,10 +709,8 @@ def _plan(
     options, tc = run.options, run.start.config.train
     n_target = len(run.target.paths)
     if not run.resuming and run.state.is_main_process:
-        # the export, AdaBN and the after-diagnostics (about three passes over target + check set), and
-        # the information-maximisation step (a pass over the target, then its epochs)
-        infomax = n_target * seconds_per_image * (1 + INFOMAX_EPOCH_COST * options.infomax_epochs)
-        reserve = EXPORT_SECONDS + 3 * images * seconds_per_image + (infomax if options.infomax_epochs else 0)
+        # the export, then AdaBN and the after-diagnostics (about three passes over target + check set)
+        reserve = EXPORT_SECONDS + 3 * images * seconds_per_image
         left = None if options.minutes is None else 60.0 * options.minutes - elapsed - reserve
         plan = plan_budget(
             run.pool, n_target, seconds_per_image, left, tc.batch_size, tc.val_fraction,
@@ -771,25 +751,6 @@ def _train(run: _Run, plan: Plan) -> tuple[Path, float]:
     return Path(init), spent
 
 
-def _infomax(run: _Run, checkpoint: Path, target_ds) -> tuple[Path, dict[str, list[float]]]:
-    """The information-maximisation step on the trained checkpoint: (the checkpoint to export, the
-    step's per-epoch entropies). Recomputed on --resume: it is deterministic and costs a few passes."""
-    from kcdp_core.model.kcdp import KCDPModel
-    from kcdp_core.train.infomax import InfoMaxConfig, information_maximisation
-
-    if not run.options.infomax_epochs:
-        return checkpoint, {}
-    model = KCDPModel.from_pretrained(checkpoint)
-    config = InfoMaxConfig(epochs=run.options.infomax_epochs, seed=run.options.seed)
-    run.log(f"information maximisation on the target: {config}")
-    history = information_maximisation(model, _loader(target_ds, config.batch_size), config)
-    out = run.work / "infomax"
-    if run.state.is_main_process:
-        model.save_pretrained(out)
-    run.state.wait_for_everyone()
-    return out, history
-
-
 def format_report(report: dict) -> str:
     """The diagnostics as a few lines a user reads without labels."""
     d = report["diagnostics"]
@@ -807,12 +768,6 @@ def format_report(report: dict) -> str:
         lines.append(
             f"round {row['round']} epoch {row['epoch']}: pseudo-labels kept {row['kept']} "
             f"({100 * row['kept_share']:.0f}% of the target)"
-        )
-    if im := d["infomax_per_epoch"]:
-        lines.append(
-            f"information maximisation, {len(im['entropy'])} epochs: entropy of a prediction "
-            f"{im['entropy'][0]:.3f} -> {im['entropy'][-1]:.3f}, of the mean prediction "
-            f"{im['entropy_of_mean'][0]:.3f} -> {im['entropy_of_mean'][-1]:.3f}"
         )
     lines.append(
         f"source check set ({cb['images']} labelled images held aside): accuracy {cb['accuracy']:.3f} -> "

@@ -12,7 +12,7 @@ for the frozen encoder too, were measured: benchmarks/HISTORY.md, drawn-faces no
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -24,16 +24,12 @@ def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 @torch.no_grad()
 def recompute_statistics(
-    model: nn.Module,
-    batches: Iterable[dict],
-    within: Iterable[nn.Module] | None = None,
-    forward: Callable[[dict], object] | None = None,
+    model: nn.Module, batches: Iterable[dict], within: Iterable[nn.Module] | None = None
 ) -> int:
     """Running statistics of every BatchNorm inside `within` (default: the whole model) = the mean
     and variance over `batches` (a cumulative average, not an EMA); everything else runs in eval
-    mode with its own statistics. `forward(batch)` runs the model on a batch (default: its images,
-    knowledge and face view; a batch is counted by its knowledge `k`). Returns the number of images
-    seen; with none (no batch of two or more images) the statistics stay as they were."""
+    mode with its own statistics. Returns the number of images seen; with none (no batch of two or
+    more images) the statistics stay as they were."""
     bns = [bn for root in (within or [model]) for bn in batch_norms(root)]
     was, momenta = model.training, [bn.momentum for bn in bns]
     before = [{k: v.clone() for k, v in bn.state_dict().items()} for bn in bns]
@@ -46,13 +42,10 @@ def recompute_statistics(
     seen = 0
     try:
         for batch in batches:
-            if len(batch["k"]) < 2:
+            if len(batch["pixels"]) < 2:
                 continue  # a single image has no variance to standardise by
-            if forward is None:
-                model(batch["pixels"], batch["k"], batch["k_mask"], face=batch.get("face"))
-            else:
-                forward(batch)
-            seen += len(batch["k"])
+            model(batch["pixels"], batch["k"], batch["k_mask"], face=batch.get("face"))
+            seen += len(batch["pixels"])
     finally:
         for bn, momentum, state in zip(bns, momenta, before, strict=True):
             bn.momentum = momentum
