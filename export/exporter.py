@@ -566,10 +566,11 @@ def _export_bank(bank, src: Path, dst: Path, kc, options: ExportOptions) -> Capt
     from kcdp_core.portable.triplets import PARSER_VERSION, TripletParser
     from kcdp_runtime.parsed_captions import ParsedCaptions
 
-    # The runtime's persistent memo of parsed captions: parsing a bank costs minutes (spaCy over the
-    # mini foundation's 4,778 captions: 95 s on one core), and every export of the same bank (each
-    # kcdp-adapt run, each export of one foundation's models) would repeat it.
-    memo = ParsedCaptions(f"{PARSER_VERSION}-{kc.parser_model}")
+    # A persistent memo of parsed bank captions: parsing a bank costs minutes (spaCy over the mini
+    # foundation's 4,778 captions: 95 s on one core), and every export of the same bank (each kcdp-adapt
+    # run, each export of one foundation's models) would repeat it. A file of its own beside the runtime's
+    # memo, which every Pipeline reads at start: these captions are not the runtime's to load.
+    memo = ParsedCaptions(f"bank-{PARSER_VERSION}-{kc.parser_model}")
     todo = [c for c in dict.fromkeys(bank.captions) if memo.get(c) is None]
     if todo:
         memo.put_many(dict(zip(todo, TripletParser(kc.parser_model).parse_many(todo), strict=True)))

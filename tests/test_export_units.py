@@ -342,13 +342,14 @@ def test_static_int8_leaves_input_free_nodes_in_float(tmp_path):
 
 
 def test_a_banks_triplets_are_parsed_once_across_exports(tmp_path, monkeypatch) -> None:
-    """The second export of the same caption bank reads its triplets from the persistent memo (the
-    runtime's ParsedCaptions) instead of running spaCy over the bank again; the files are the same."""
+    """The second export of the same caption bank reads its triplets from a persistent memo instead of
+    running spaCy over the bank again; the files are the same, and the runtime's own memo (which every
+    Pipeline loads at start) is left alone."""
     from safetensors.numpy import save_file
 
     from kcdp_core.config import KnowledgeConfig
     from kcdp_core.portable.caption_bank import CaptionBank
-    from kcdp_core.portable.triplets import TripletParser
+    from kcdp_core.portable.triplets import PARSER_VERSION, TripletParser
     from kcdp_export.exporter import ExportOptions, _export_bank
 
     monkeypatch.setenv("KCDP_CACHE", str(tmp_path / "cache"))
@@ -375,3 +376,5 @@ def test_a_banks_triplets_are_parsed_once_across_exports(tmp_path, monkeypatch) 
     rows = [json.loads(line) for line in first.splitlines()]
     assert [r["caption"] for r in rows] == captions
     assert rows[0]["triplets"] == [["man", "hugging", "woman"]]
+    memos = sorted(p.name for p in (tmp_path / "cache" / "parsed_captions").iterdir())
+    assert memos == [f"bank-{PARSER_VERSION}-{kc.parser_model}.jsonl"]
