@@ -54,6 +54,7 @@ TRAIN_COST = 1.3
 # not follow the model's seconds per image (graph conversion and quantization, checks on 64 images):
 # measured inside kcdp-adapt on a 2-core CPU, 280 s for the default model v5 (eval pass 0.026 s per
 # image) and 217-219 s for v6 (0.075-0.13 s per image, four runs), which the eval pass priced at 830-1470 s.
+# A machine's first export parses the caption bank (90 s of that); later ones read it back (v6: 82 s in all).
 EXPORT_SECONDS = 280.0
 
 
