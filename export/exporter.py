@@ -425,11 +425,12 @@ def _end_to_end_variant(run: ExportRun) -> None:
 def _put_back(run: ExportRun, name: str, problem: str) -> None:
     """One step of the fallback for graph `name`: int8 -> int8 weights (fp32 compute) -> fp16 weights
     -> fp32. (A graph without a label output, such as kadap, is only checked for labels end to end.)"""
-    file = name_file(run.graphs, name)
+    graph = next(g for g in run.graphs if g.name == name)
+    file = graph.file
     if run.graph_precision[name] == "int8":
         run.log(f"{problem}: the {name} graph with int8 weights and fp32 compute instead")
         run.parity[name]["int8_rejected"] = run.parity[name].pop("int8", None)
-        _int8_weights(run, next(g for g in run.graphs if g.name == name))
+        _int8_weights(run, graph)
         run.graph_precision[name] = "int8-weights"
         return
     if run.graph_precision[name] == "int8-weights":
@@ -533,10 +534,6 @@ def _manifest(run: ExportRun) -> Manifest:
     )
 
 
-def name_file(graphs: list[GraphConfig], name: str) -> str:
-    return next(g.file for g in graphs if g.name == name)
-
-
 def _variant_problem(figures: dict, fp32: dict, options: ExportOptions) -> str | None:
     """Why reduced-precision end-to-end figures are not good enough, or None."""
     if options.precision == "int8" and "accuracy" in figures:
@@ -571,10 +568,8 @@ def _export_bank(bank, src: Path, dst: Path, kc, options: ExportOptions) -> Capt
     # run, each export of one foundation's models) would repeat it. A file of its own beside the runtime's
     # memo, which every Pipeline reads at start: these captions are not the runtime's to load.
     memo = ParsedCaptions(f"bank-{PARSER_VERSION}-{kc.parser_model}")
-    todo = [c for c in dict.fromkeys(bank.captions) if memo.get(c) is None]
-    if todo:
-        memo.put_many(dict(zip(todo, TripletParser(kc.parser_model).parse_many(todo), strict=True)))
-    parsed = [memo.get(c) for c in bank.captions]
+    known = len(memo.entries)
+    parsed = memo.triplets(bank.captions, lambda texts: TripletParser(kc.parser_model).parse_many(texts))
     with (dst / "captions.jsonl").open("w", encoding="utf-8") as f:
         for caption, triplets in zip(bank.captions, parsed, strict=True):
             f.write(
@@ -585,7 +580,7 @@ def _export_bank(bank, src: Path, dst: Path, kc, options: ExportOptions) -> Capt
     _log(
         options,
         f"caption bank: {len(bank)} captions, triplets parsed with {PARSER_VERSION} "
-        f"({len(todo)} parsed now, the rest from {memo.path})",
+        f"({len(memo.entries) - known} parsed now, the rest from {memo.path})",
     )
     return spec
 

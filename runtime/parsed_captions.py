@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kcdp_core.portable.constants import cache_root
@@ -41,6 +42,17 @@ class ParsedCaptions:
 
     def get(self, text: str) -> list[Triplet] | None:
         return self.entries.get(text)
+
+    def triplets(
+        self, texts: Sequence[str], parse: Callable[[list[str]], Sequence[Sequence[Sequence[str]]]]
+    ) -> list[list[Triplet]]:
+        """Each text's triplets: from the memo, else `parse` (called once, on the unknown texts only,
+        so a parser that is loaded on first use is never loaded when all are known), then remembered."""
+        unknown = [t for t in dict.fromkeys(texts) if t not in self.entries]
+        if unknown:
+            parsed = parse(unknown)
+            self.put_many({t: [tuple(x) for x in p] for t, p in zip(unknown, parsed, strict=True)})
+        return [self.entries[t] for t in texts]
 
     def put_many(self, parsed: dict[str, list[Triplet]]) -> None:
         fresh = {t: v for t, v in parsed.items() if t not in self.entries}

@@ -395,20 +395,14 @@ class Pipeline:
         t0 = time.perf_counter()
         triplets: dict[str, list[Triplet]] = {}
         unparsed = [text for text, cap in todo.items() if cap.triplets is None and self.rule.use_triplets]
-        if unparsed and self.parsed_captions is not None:
-            for text in unparsed:
-                known = self.parsed_captions.get(text)
-                if known is not None:
-                    triplets[text] = known
-            unparsed = [text for text in unparsed if text not in triplets]
         if unparsed:
-            fresh = {
-                t: [tuple(x) for x in p]
-                for t, p in zip(unparsed, self.parser.parse_many(unparsed), strict=True)
-            }
-            triplets.update(fresh)
-            if self.parsed_captions is not None:
-                self.parsed_captions.put_many(fresh)
+
+            def parse(texts: list[str]) -> list[list[Triplet]]:
+                return self.parser.parse_many(texts)  # spaCy loads here, on first use
+
+            memo = self.parsed_captions
+            found = parse(unparsed) if memo is None else memo.triplets(unparsed, parse)
+            triplets = dict(zip(unparsed, found, strict=True))
         encoded, used = self.rule.apply(
             list(todo),
             [cap.triplets if cap.triplets is not None else triplets.get(text) for text, cap in todo.items()],
