@@ -7,7 +7,9 @@ makes the saved model read the target as training did. Only the layers a checkpo
 recomputed: the frozen image encoder's statistics come back from the foundation on loading, and
 statistics downstream of a changed encoder would not fit the one that comes back. Images only:
 labels are never touched. (Target statistics for CLIEA's per-epoch pseudo-labels as well, and
-for the frozen encoder too, were measured: benchmarks/HISTORY.md, drawn-faces notes, session 7.)
+for the frozen encoder too, were measured: benchmarks/HISTORY.md, drawn-faces notes, session 7; the
+FPN or the image tail alone, and a mix with the source's statistics: benchmarks/RESULTS.md, "Which
+statistics the target step recomputes".)
 """
 
 from __future__ import annotations
