@@ -40,9 +40,6 @@ class ParsedCaptions:
             except (json.JSONDecodeError, KeyError, TypeError):
                 continue  # a torn last line from a killed process: skip it
 
-    def get(self, text: str) -> list[Triplet] | None:
-        return self.entries.get(text)
-
     def triplets(
         self, texts: Sequence[str], parse: Callable[[list[str]], Sequence[Sequence[Sequence[str]]]]
     ) -> list[list[Triplet]]:
@@ -51,13 +48,11 @@ class ParsedCaptions:
         unknown = [t for t in dict.fromkeys(texts) if t not in self.entries]
         if unknown:
             parsed = parse(unknown)
-            self.put_many({t: [tuple(x) for x in p] for t, p in zip(unknown, parsed, strict=True)})
+            self._append({t: [tuple(x) for x in p] for t, p in zip(unknown, parsed, strict=True)})
         return [self.entries[t] for t in texts]
 
-    def put_many(self, parsed: dict[str, list[Triplet]]) -> None:
-        fresh = {t: v for t, v in parsed.items() if t not in self.entries}
-        if not fresh:
-            return
+    def _append(self, fresh: dict[str, list[Triplet]]) -> None:
+        """Remember texts not known yet, in memory and as lines of the file."""
         self.entries.update(fresh)
         data = "".join(
             json.dumps({"caption": t, "triplets": [list(x) for x in v]}) + "\n" for t, v in fresh.items()
