@@ -23,6 +23,7 @@ from typing import Any
 
 from kcdp_core.extras import names_missing_extra
 from kcdp_core.portable.constants import IMAGE_SUFFIXES, cache_root
+from kcdp_core.process_group import leave
 
 
 def default_cache_dir() -> Path:
@@ -116,7 +117,7 @@ def fill_main(argv: list[str]) -> int:
             + (f" ({shard.count} processes)" if shard.count > 1 else ""),
             file=sys.stderr,
         )
-    return 0 if report.ok else 1
+    return leave(0 if report.ok else 1, shard.count)  # every batch is written and closed
 
 
 class Shard:

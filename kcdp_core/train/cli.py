@@ -10,6 +10,7 @@ from pathlib import Path
 
 from kcdp_core.config import KCDPConfig, preset
 from kcdp_core.extras import names_missing_extra
+from kcdp_core.process_group import leave
 
 
 def _config_from_args(args: argparse.Namespace) -> KCDPConfig:
@@ -206,14 +207,7 @@ def train_main(argv: list[str] | None = None) -> int:
                 }
             )
         )
-    if trainer.accelerator.num_processes > 1:
-        # Everything is written. Releasing the DDP wrapper can deadlock in torch's gloo process group
-        # (its destructor joins a worker thread that waits for the GIL the destructor holds; one CI run
-        # hung there): leave without the interpreter's teardown.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-    return 0
+    return leave(0, trainer.accelerator.num_processes)  # everything is written
 
 
 def _set_threads(threads: int | None) -> None:
