@@ -73,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--target-weight", type=float, default=0.3, help="weight of the pseudo-labelled target loss (lambda2; default 0.3)"
     )
+    p.add_argument(
+        "--classes",
+        nargs="+",
+        metavar="LABEL",
+        help="the labels the target's images can show, if you know them (e.g. a sticker set drawn with four "
+        "expressions): pseudo-labels and the export answer these alone (default: every label)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--max-drop",
@@ -120,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         per_class=args.per_class,
         rounds=args.rounds,
         consistency=args.consistency,
+        classes=tuple(args.classes) if args.classes else None,
         pseudo_select=args.pseudo_select,
         lr=args.lr,
         head_lr=args.head_lr,
@@ -158,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         calibration_images=64,
         overwrite=(out / "adaptation.json").is_file(),  # replaces an earlier kcdp-adapt export only
         seed=args.seed,
+        classes=options.classes,
     )
     tic = time.time()
     try:

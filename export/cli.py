@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="ship the text encoder beside the bank knowledge, for captions outside the bank",
     )
+    p.add_argument(
+        "--classes",
+        nargs="+",
+        metavar="LABEL",
+        help="answer only these labels (the expressions the images can show); the others score 0",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty EXPORT")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -98,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         bank_knowledge=not args.no_bank_knowledge,
         keep_text_encoder=args.keep_text_encoder,
+        classes=tuple(args.classes) if args.classes else None,
     )
     try:
         manifest = export_checkpoint(args.ckpt, args.out, options)

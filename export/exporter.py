@@ -75,6 +75,9 @@ class ExportOptions:
     # it up instead of running the text encoder; the text encoder then ships only when asked for.
     bank_knowledge: bool = True
     keep_text_encoder: bool = False
+    # The labels the export answers (manifest "classes"); None: all. Parity and the end-to-end figures
+    # are measured over every label: the restriction is the runtime's, after the graphs.
+    classes: tuple[str, ...] | None = None
     log: Any = field(default=None, repr=False)
 
 
@@ -188,6 +191,11 @@ def _load(run: ExportRun) -> None:
     torch.manual_seed(run.options.seed)
     run.log(f"loading {run.ckpt_dir} ({run.selected})")
     run.model = KCDPModel.from_pretrained(run.ckpt_dir).eval()
+    classes = run.options.classes
+    if classes is not None and (not classes or set(classes) - set(run.model.labels)):
+        raise ExportError(
+            f"--classes {' '.join(classes)}: each must be one of the model's labels {' '.join(run.model.labels)}"
+        )
 
 
 def _real_images(run: ExportRun) -> None:
@@ -529,9 +537,11 @@ def _manifest(run: ExportRun) -> Manifest:
     }
     record = {**_record(run), **run.assets, "timings_s": run.timings}
     tokenizer = TokenizerSpec(max_length=run.sizes[1])
-    return runtime_manifest(
+    manifest = runtime_manifest(
         run.work, run.model, graphs, run.options.precision, run.caption_bank, tokenizer, record
     )
+    manifest.classes = run.options.classes
+    return manifest
 
 
 def _variant_problem(figures: dict, fp32: dict, options: ExportOptions) -> str | None:

@@ -190,6 +190,9 @@ class TrainConfig:
     # head's softmax on one view, gradient-free, is the soft target of the other); 0 off. Costs a
     # second forward and backward pass of every target batch.
     consistency_weight: float = 0.0
+    # DA: the labels the target can show, as its user declares them (kcdp-adapt --classes; None: all).
+    # Pseudo-labels are argmax over these alone: a label the target lacks is always a wrong one.
+    target_classes: tuple[str, ...] | None = None
 
     # Read only when setting == "da": a UC run is the same run whatever they hold.
     DA_ONLY = (
@@ -201,6 +204,7 @@ class TrainConfig:
         "pseudo_warmup_epochs",
         "target_bn",
         "consistency_weight",
+        "target_classes",
     )
 
 

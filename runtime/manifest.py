@@ -149,6 +149,9 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
     package_version: str | None = None
     created: str | None = None
+    # The labels this export answers (`--classes` of kcdp-export / kcdp-adapt: the expressions a sticker
+    # set can show); the others score 0 and the probabilities are renormalised. None: every label.
+    classes: tuple[str, ...] | None = None
     # The export's evidence and provenance (prompts, opset, parity, end_to_end, int8_accuracy_change,
     # lora_merge, checkpoint, calibration, config, timings_s, triton, tensorrt), kept as written.
     record: dict[str, Any] = field(default_factory=dict)
@@ -162,8 +165,8 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of manifest.json (the folder is where it is written, not part of it)."""
         out: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION}
-        for name in ("package_version", "created", "preset", "labels", "precision", "preprocessing",
-                     "knowledge", "tokenizer", "caption_bank", "graphs"):  # fmt: skip
+        for name in ("package_version", "created", "preset", "labels", "classes", "precision",
+                     "preprocessing", "knowledge", "tokenizer", "caption_bank", "graphs"):  # fmt: skip
             value = getattr(self, name)
             if value is not None or name == "caption_bank":
                 out[name] = _plain(value)
@@ -186,6 +189,7 @@ class Manifest:
             return cls(
                 folder=Path(folder),
                 labels=tuple(data["labels"]),
+                classes=None if data.get("classes") is None else tuple(data["classes"]),
                 graphs={name: _section(GraphSpec, g) for name, g in data["graphs"].items() if g},
                 knowledge=_section(KnowledgeSpec, know),
                 preprocessing=_section(Preprocessing, data.get("preprocessing") or {}),
@@ -271,6 +275,13 @@ def load_manifest(folder: str | Path, verify: Literal["sha256", "presence", "non
         if key not in data:
             raise ModelError(f"{path}: missing required key {key!r}")
     manifest = Manifest.from_dict(folder, data)
+    if manifest.classes is not None:
+        unknown = sorted(set(manifest.classes) - set(manifest.labels))
+        if unknown or not manifest.classes:
+            raise ModelError(
+                f"{path}: classes {list(manifest.classes)} must be a non-empty subset of labels "
+                f"{list(manifest.labels)} (unknown: {unknown})"
+            )
     # The text encoder may be left out when the caption bank's knowledge is precomputed (bank_knowledge).
     precomputed = manifest.caption_bank is not None and manifest.caption_bank.knowledge is not None
     for name in ("perception",) if precomputed else ("text_encoder", "perception"):

@@ -181,6 +181,12 @@ class Pipeline:
         self.captioner = captioner
         self.session_config = session_config
         self.labels = manifest.labels
+        # 1 for each label the export answers (manifest "classes"), 0 for the others; None: all of them.
+        self._answered = (
+            None
+            if manifest.classes is None
+            else np.array([label in manifest.classes for label in self.labels], dtype=np.float64)
+        )
         self.image_size = int(manifest.preprocessing.image_size)
         self.resize_filter = manifest.preprocessing.resize_filter
         self.face_view = manifest.preprocessing.face_view or 0
@@ -471,6 +477,9 @@ class Pipeline:
         out = self.sessions["perception"].run([wanted], feed)[0].astype(np.float64)
         if wanted == "logits":
             out = np.exp(out - out.max(axis=1, keepdims=True))
+            out /= out.sum(axis=1, keepdims=True)
+        if self._answered is not None:  # the softmax over the answered classes alone; the floor keeps a
+            out = np.maximum(out, 1e-30) * self._answered  # distribution when they all underflowed
             out /= out.sum(axis=1, keepdims=True)
         _share(items, "perception", t0)
         for item, probs in zip(items, out, strict=True):

@@ -139,6 +139,43 @@ def test_a_source_check_drop_past_the_limit_exits_3_and_exports_nothing(adapted,
     assert not out.exists()
 
 
+def test_declared_classes_bound_the_pseudo_labels_and_the_export(adapted) -> None:
+    from kcdp_export.adapt import main
+
+    root, src, target, start = adapted
+    out, classes = root / "export_classes", ["happiness", "sadness", "surprise"]
+    assert main(_args(target, out, start, src, "--classes", *classes)) == 0
+    report = json.loads((out / "adaptation.json").read_text())
+    assert report["target"]["classes"] == classes and report["target"]["classes_declared"]
+    d = report["diagnostics"]
+    named = [row["cliea"] for row in d["pseudo_labels_per_epoch"]]
+    named += [d[side]["predicted"] for side in ("target_before", "target_after")]
+    for histogram in named:
+        assert sum(histogram.values()) == 14 and {c for c, n in histogram.items() if n} <= set(classes)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["classes"] == classes and manifest["config"]["train"]["target_classes"] == classes
+    images = [str(p) for p in sorted(target.rglob("*.png"))[:4]]
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, *images, "--model", str(out), "--json"],
+        capture_output=True, text=True, timeout=120, env=dict(os.environ),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for line in proc.stdout.splitlines():
+        row = json.loads(line)
+        assert row["label"] in classes and abs(sum(row["scores"].values()) - 1) < 1e-3
+        assert all(row["scores"][c] == 0 for c in EMOJI7 if c not in classes)
+
+
+def test_a_declared_class_the_model_lacks_is_refused_before_any_work(adapted, capsys) -> None:
+    from kcdp_export.adapt import main
+
+    root, src, target, start = adapted
+    out = root / "export_joy"
+    assert main(_args(target, out, start, src, "--classes", "happiness", "joy")) == 1
+    err = capsys.readouterr().err
+    assert "joy" in err and "happiness" in err and not out.exists()
+
+
 SLOW_ADAPT = (
     slowed_training_steps(0.5)
     + """

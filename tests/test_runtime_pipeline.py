@@ -114,6 +114,31 @@ def test_manifest_checks(export, tmp_path):
         load_manifest(malformed)
 
 
+def test_declared_classes_are_the_only_answers(export, pipe, tmp_path):
+    """A manifest's "classes" (kcdp-export / kcdp-adapt --classes): the others score 0 and the rest is
+    the softmax over those alone; a class that is not a label is refused at load time."""
+    images = [_img(RED), _img(BLUE), _img(YELLOW)]
+    reference = pipe.run(images)
+    classes = ["happiness", "sadness", "surprise"]
+    folder = tmp_path / "declared"
+    shutil.copytree(export, folder)
+    data = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**data, "classes": classes}))
+    declared = Pipeline.from_pretrained(folder)
+    assert declared.manifest.to_dict()["classes"] == classes
+    out = declared.run(images)
+    assert [r["label"] for r in out[1:]] == ["sadness", "happiness"]
+    assert out[0]["label"] in classes  # red: anger is not among them
+    for got, ref in zip(out, reference, strict=True):
+        kept = sum(ref["scores"][c] for c in classes)
+        for label, score in got["scores"].items():
+            want = ref["scores"][label] / kept if label in classes else 0.0
+            assert score == pytest.approx(want, abs=1e-5), label  # scores are rounded to 6 places
+    (folder / "manifest.json").write_text(json.dumps({**data, "classes": ["happiness", "joy"]}))
+    with pytest.raises(ModelError, match=r"classes .*joy.* subset of labels"):
+        load_manifest(folder)
+
+
 def test_the_shipped_manifest_reads_into_the_schema_and_writes_back_unchanged():
     from kcdp_runtime.cli import DEFAULT_MODEL
 

@@ -187,3 +187,19 @@ def test_class_quota_caps_an_over_predicted_class_at_an_equal_share() -> None:
     counts = [int(quota[torch.tensor(labels) == c].sum()) for c in range(3)]
     assert counts == [20, 18, 6]  # min(equal share 20, 30% of the class)
     assert int(fraction[:120].sum()) == 36 and bool((quota & ~fraction).sum() == 0)
+
+
+def test_declared_classes_mask_the_labels_the_target_lacks() -> None:
+    from kcdp_core.train.pseudo_labels import absent_labels, declared
+
+    labels = ("anger", "happiness", "sadness")
+    assert absent_labels(labels, None) is None
+    absent = absent_labels(labels, ("sadness", "happiness"))
+    assert absent.tolist() == [True, False, False]
+    scores = torch.tensor([[5.0, 1.0, 0.0], [0.0, 1.0, 2.0]])
+    masked = declared(scores, absent)
+    assert masked.argmax(-1).tolist() == [1, 2]  # anger, the first image's top score, is never chosen
+    assert masked.softmax(-1)[:, 0].tolist() == [0.0, 0.0]
+    assert torch.allclose(masked.softmax(-1)[:, 1:], scores[:, 1:].softmax(-1))
+    with pytest.raises(ValueError, match="joy"):
+        absent_labels(labels, ("joy",))

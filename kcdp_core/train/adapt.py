@@ -356,20 +356,23 @@ def _loader(dataset, batch_size: int):
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size)
 
 
-def target_view(model, dataset, batch_size: int = 32) -> TargetView:
+def target_view(model, dataset, batch_size: int = 32, absent=None) -> TargetView:
+    """The predictions over the target; `absent` ([C] bool): labels outside the declared classes."""
     import torch
+
+    from kcdp_core.train.pseudo_labels import declared
 
     heads, confs, cliea = [], [], []
     model.eval()
     with torch.no_grad():
         for batch in _loader(dataset, batch_size):
             out = model(batch["pixels"], batch["k"], batch["k_mask"], face=batch.get("face"))
-            conf, head = out.probs.float().max(dim=-1)
+            conf, head = declared(out.logits, absent).float().softmax(dim=-1).max(dim=-1)
             heads.append(head.numpy())
             confs.append(conf.numpy())
             if model.cliea is not None:
                 scores = model.cliea_scores(out.features, batch["k"], batch["k_mask"])
-                cliea.append(scores.argmax(dim=-1).numpy())
+                cliea.append(declared(scores, absent).argmax(dim=-1).numpy())
             else:
                 cliea.append(np.full(len(head), -1))
     return TargetView(np.concatenate(heads), np.concatenate(confs), np.concatenate(cliea))
@@ -442,6 +445,9 @@ class AdaptOptions:
     per_class: int | None = None
     rounds: int = 1  # self-training rounds: each restarts from the previous round's adapted model
     consistency: float = 0.0  # TrainConfig.consistency_weight
+    # The labels the target can show, as the user declares them (None: all): pseudo-labels and the
+    # export answer these alone (TrainConfig.target_classes, the export's manifest "classes").
+    classes: tuple[str, ...] | None = None
     # TrainConfig.pseudo_select: class_quota caps every predicted class at an equal share, which also
     # fills classes the target may not have; class_fraction keeps the predicted proportions.
     pseudo_select: str = "class_quota"
@@ -524,7 +530,8 @@ def adapt_config(start: KCDPConfig, options: AdaptOptions, plan: Plan, init: str
         plan.epochs, pseudo_select=options.pseudo_select, consistency=options.consistency,
         target_weight=options.target_weight, lr=options.lr, head_lr=options.head_lr,
     )  # fmt: skip
-    return start.replace(train={**regime, "seed": options.seed, "init_checkpoint": init})
+    train = {**regime, "seed": options.seed, "init_checkpoint": init, "target_classes": options.classes}
+    return start.replace(train=train)
 
 
 def _calibration(work: Path, pool: list[Labelled], target: TargetSet, seed: int) -> Path:
@@ -592,11 +599,13 @@ def adapt(options: AdaptOptions, log: Callable[[str], None] = print) -> AdaptRes
     from accelerate import PartialState
 
     from kcdp_core.model.kcdp import KCDPModel
+    from kcdp_core.train.pseudo_labels import absent_labels
 
     t0 = time.time()
     model_dir = resolve_model(options.model)
     target = read_target(options.target)
     start = KCDPModel.from_pretrained(model_dir)
+    absent = absent_labels(start.config.labels, options.classes)  # checks the names first
     if not start.config.cliea.enabled:
         raise AdaptError(f"{model_dir}: adaptation needs CLIEA (the pseudo-labeller); this model has none")
     # The trainer's Accelerator shares this state: the same device choice, made before it exists.
@@ -612,7 +621,7 @@ def adapt(options: AdaptOptions, log: Callable[[str], None] = print) -> AdaptRes
     target_ds, check_ds, knowledge_spi, cached = _datasets(run)
 
     tic = time.time()
-    start_view = target_view(start, target_ds)
+    start_view = target_view(start, target_ds, absent=absent)
     check_before = check_metrics(start, check_ds, run.names)
     seconds_per_image = (time.time() - tic) / (len(target_ds) + len(check_ds))
     elapsed = time.time() - t0
@@ -620,7 +629,7 @@ def adapt(options: AdaptOptions, log: Callable[[str], None] = print) -> AdaptRes
     final, trained_s = _train(run, plan)
 
     adapted = KCDPModel.from_pretrained(final)
-    after_view = target_view(adapted, target_ds)
+    after_view = target_view(adapted, target_ds, absent=absent)
     check_after = check_metrics(adapted, check_ds, run.names)
     drop = {k: round(100 * (check_before[k] - check_after[k]), 2) for k in ("accuracy", "macro_f1")}
     history = [
@@ -636,6 +645,8 @@ def adapt(options: AdaptOptions, log: Callable[[str], None] = print) -> AdaptRes
             "skipped": len(target.skipped),
             "sha256": target.digest,
             "hash_of": "sorted sha256 of every image's bytes (names and folders do not count)",
+            "classes": list(options.classes or run.names),
+            "classes_declared": options.classes is not None,
         },
         "work": str(work),  # the training run: --resume continues it, --force --resume exports it
         "sources": {"from": run.pool.origin, "images": len(rows), "check_images": len(run.pool.check)},
@@ -757,8 +768,10 @@ def format_report(report: dict) -> str:
     d = report["diagnostics"]
     before, after = d["target_before"], d["target_after"]
     cb, ca, drop = d["source_check_before"], d["source_check_after"], d["source_check_drop_points"]
+    target = report["target"]
+    declared = f"; classes declared: {' '.join(target['classes'])}" if target.get("classes_declared") else ""
     lines = [
-        f"target: {report['target']['images']} images (sha256 {report['target']['sha256'][:12]}...)",
+        f"target: {target['images']} images (sha256 {target['sha256'][:12]}...){declared}",
         f"predicted classes before: {before['predicted']}",
         f"predicted classes after:  {after['predicted']}",
         f"mean confidence {before['mean_confidence']:.3f} -> {after['mean_confidence']:.3f}; "

@@ -24,7 +24,7 @@ Everything here is a function of predictions on unlabelled images; target labels
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +39,24 @@ class TargetPredictions:
     cliea: torch.Tensor  # [N] long: CLIEA argmax
     confidence: torch.Tensor  # [N] float: CLIEA softmax maximum
     head: torch.Tensor  # [N] long: classification head argmax (-1 where unknown)
+
+
+def absent_labels(labels: Sequence[str], classes: Sequence[str] | None) -> torch.Tensor | None:
+    """[C] bool: True for each of `labels` outside the target's declared `classes` (TrainConfig.
+    target_classes); None when none are declared. Raises ValueError naming a class not among labels."""
+    if classes is None:
+        return None
+    unknown = sorted(set(classes) - set(labels))
+    if unknown or not classes:
+        raise ValueError(
+            f"target classes {' '.join(classes)}: each must be one of the labels {' '.join(labels)}"
+        )
+    return torch.tensor([label not in classes for label in labels])
+
+
+def declared(scores: torch.Tensor, absent: torch.Tensor | None) -> torch.Tensor:
+    """scores [N, C] with the labels the target lacks at -inf: their softmax is 0, argmax never them."""
+    return scores if absent is None else scores.masked_fill(absent.to(scores.device), float("-inf"))
 
 
 def fraction_at(epoch: int, epochs: int, start: float, end: float | None) -> float:
@@ -116,8 +134,8 @@ class BatchPseudoLabels:
     how = "batch"
     pool = None  # draws from the whole target
 
-    def __init__(self, model, n_targets: int, agreement: bool):
-        self.model, self.n, self.agreement = model, n_targets, agreement
+    def __init__(self, model, n_targets: int, agreement: bool, absent: torch.Tensor | None = None):
+        self.model, self.n, self.agreement, self.absent = model, n_targets, agreement, absent
         self._log: EpochLabels | None = None
 
     def start_epoch(self, epoch: int) -> EpochLabels | None:
@@ -132,9 +150,9 @@ class BatchPseudoLabels:
     def label(self, index: torch.Tensor, out_t, k: torch.Tensor, k_mask: torch.Tensor):
         """(pseudo [B], keep [B]) for one target batch's model output `out_t`."""
         with torch.no_grad():
-            scores = self.model.cliea_scores(out_t.features.detach(), k, k_mask)
+            scores = declared(self.model.cliea_scores(out_t.features.detach(), k, k_mask), self.absent)
         pseudo, keep = self.model.cliea.pseudo_labels(scores.float())
-        head = out_t.logits.detach().argmax(dim=-1)
+        head = declared(out_t.logits.detach(), self.absent).argmax(dim=-1)
         if self.agreement:
             keep = keep & (head == pseudo)
         if self._log is not None:

@@ -42,7 +42,13 @@ from kcdp_core.train.datasets import (
 )
 from kcdp_core.train.evaluate import classification_metrics, predict
 from kcdp_core.train.knowledge import Describe, KnowledgeTable
-from kcdp_core.train.pseudo_labels import BatchPseudoLabels, EpochPseudoLabels, TargetPredictions
+from kcdp_core.train.pseudo_labels import (
+    BatchPseudoLabels,
+    EpochPseudoLabels,
+    TargetPredictions,
+    absent_labels,
+    declared,
+)
 from kcdp_core.train.target_bn import batch_norms, recompute_statistics
 
 STATE_JSON = "train_state.json"
@@ -267,6 +273,9 @@ class Trainer:
             )
         if self.tc.pseudo_agreement and self.tc.pseudo_labels == "zeroshot":
             raise ValueError("pseudo_agreement compares CLIEA with the head: not with zero-shot labels")
+        self.absent = (
+            absent_labels(config.labels, self.tc.target_classes) if self.tc.setting == "da" else None
+        )
         self.source, self.target, self.out = Path(source), (Path(target) if target else None), Path(out)
         self.describe = describe
         self.progress = progress
@@ -462,11 +471,11 @@ class Trainer:
             with self.accelerator.autocast():
                 face = batch["face"].to(device) if "face" in batch else None
                 out = model(batch["pixels"].to(device), k, m, face=face)
-                scores = model.cliea_scores(out.features, k, m)
+                scores = declared(model.cliea_scores(out.features, k, m), self.absent)
             conf, y = scores.float().softmax(dim=-1).max(dim=-1)
             labels.append(y.cpu())
             confs.append(conf.cpu())
-            heads.append(out.logits.argmax(dim=-1).cpu())
+            heads.append(declared(out.logits, self.absent).argmax(dim=-1).cpu())
         model.train(was)
         return TargetPredictions(torch.cat(labels), torch.cat(confs), torch.cat(heads))
 
@@ -531,7 +540,7 @@ class Trainer:
         )
         loader = torch.utils.data.DataLoader(self.target_plain, batch_size=self.tc.batch_size)
         probs, _ = zs.predict(loader)
-        conf, labels = torch.from_numpy(probs).max(dim=1)
+        conf, labels = declared(torch.from_numpy(probs).log(), self.absent).softmax(dim=1).max(dim=1)
         return TargetPredictions(labels, conf, torch.full_like(labels, -1))
 
     def _assert_processes_agree(self, model) -> None:
@@ -554,7 +563,7 @@ class Trainer:
         if tc.setting != "da":
             return None
         if tc.pseudo_labels == "batch":
-            return BatchPseudoLabels(model, len(self.target_ds), tc.pseudo_agreement)
+            return BatchPseudoLabels(model, len(self.target_ds), tc.pseudo_agreement, self.absent)
         if tc.pseudo_labels == "epoch":
             return EpochPseudoLabels("epoch", lambda: self._epoch_pseudo_labels(model), self.config)
         return EpochPseudoLabels(
