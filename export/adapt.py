@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from kcdp_core.extras import names_missing_extra
+from kcdp_core.process_group import leave
 
 EXIT_DROP = 3
 
@@ -144,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     except (AdaptError, ValueError, FileNotFoundError) as exc:
         print(f"kcdp-adapt: {exc}", file=sys.stderr)
         return 1
-    if not PartialState().is_main_process:
-        return 0  # under `accelerate launch`, the first process exports
+    if not PartialState().is_main_process:  # under `accelerate launch`, the first process exports
+        return leave(0, PartialState().num_processes)
     report = result.report
     log(format_report(report))
     if result.dropped and not args.force:
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         json.dumps({"export": str(out), "report": str(out / "adaptation.json"), "time_s": report["time_s"]})
     )
-    return 0
+    return leave(0, PartialState().num_processes)  # everything is written
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from kcdp_core.extras import names_missing_extra
+from kcdp_core.process_group import leave
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "assets" / "foundation" / "mini"
 
@@ -145,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             summary = recipe_mod.run(recipe, stages)
             print(json.dumps(summary, indent=2))
-            return 0
+            from accelerate import PartialState
+
+            return leave(0, PartialState().num_processes)  # every stage is written
         parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
         result = recipe_mod.evaluate(
             recipe, figures=args.figures, parts=parts, sample_steps=args.sample_steps
