@@ -210,3 +210,12 @@ def test_export_runs_in_onnxruntime_without_torch(exported):
     expected = {p: int(label) for p, label in zip(order, logits.argmax(-1), strict=True)}
     assert got["labels"] == [expected[p] for p in images]
     assert got["captions"] == [real.captions[order.index(p)] for p in images]
+
+
+def test_classes_that_are_not_labels_are_refused_before_any_graph(exported, tmp_path, capsys):
+    from kcdp_export.cli import main
+
+    out = tmp_path / "joy"
+    assert main(["--ckpt", str(exported["ckpt"]), "--out", str(out), "--classes", "happiness", "joy"]) == 1
+    err = capsys.readouterr().err
+    assert "--classes happiness joy" in err and "anger" in err and not out.exists()
