@@ -59,8 +59,17 @@ def _walk(folder: Path) -> Iterator[tuple[str, str | None]]:
         yield str(p), None
 
 
-def open_pipeline(model: str | None, providers: str | None, threads: int, prog: str):
-    """The Pipeline of an export folder (the default model when None), or None after printing why."""
+CLASSES_HELP = (
+    "answer only these labels (the expressions your images can show; default: the model's own list): "
+    "the others score 0"
+)
+
+
+def open_pipeline(
+    model: str | None, providers: str | None, threads: int, prog: str, classes: list[str] | None = None
+):
+    """The Pipeline of an export folder (the default model when None), answering only `classes` when
+    given, or None after printing why."""
     from kcdp_runtime.pipeline import Pipeline  # after argparse: --help stays instant
     from kcdp_runtime.sessions import SessionConfig
 
@@ -70,8 +79,12 @@ def open_pipeline(model: str | None, providers: str | None, threads: int, prog: 
         opener = checkpoint_opener() if is_checkpoint(folder) else None
         if opener is not None:
             # A training checkpoint where the training install is present: the same stages, run eagerly.
-            return opener(folder, session_config=config)
-        return Pipeline.from_pretrained(folder, session_config=config)
+            pipe = opener(folder, session_config=config)
+        else:
+            pipe = Pipeline.from_pretrained(folder, session_config=config)
+        if classes:
+            pipe.answer_only(classes)
+        return pipe
     except ModelError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return None
@@ -119,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-frames", type=_positive, default=MAX_FRAMES,
         help="frames classified per animated GIF/WebP/PNG, spread through it (1: the first frame only)",
     )  # fmt: skip
+    parser.add_argument("--classes", nargs="+", metavar="LABEL", help=CLASSES_HELP)
     parser.add_argument("--quiet", action="store_true", help="no log line on stderr")
     return parser
 
@@ -149,7 +163,7 @@ def _classify(args: argparse.Namespace) -> int:
         format="kcdp-infer: %(message)s",
         stream=sys.stderr,
     )
-    pipe = open_pipeline(args.model, args.providers, args.threads, "kcdp-infer")
+    pipe = open_pipeline(args.model, args.providers, args.threads, "kcdp-infer", args.classes)
     if pipe is None:
         return 2
     pipe.max_frames = args.max_frames

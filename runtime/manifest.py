@@ -275,13 +275,7 @@ def load_manifest(folder: str | Path, verify: Literal["sha256", "presence", "non
         if key not in data:
             raise ModelError(f"{path}: missing required key {key!r}")
     manifest = Manifest.from_dict(folder, data)
-    if manifest.classes is not None:
-        unknown = sorted(set(manifest.classes) - set(manifest.labels))
-        if unknown or not manifest.classes:
-            raise ModelError(
-                f"{path}: classes {list(manifest.classes)} must be a non-empty subset of labels "
-                f"{list(manifest.labels)} (unknown: {unknown})"
-            )
+    check_classes(manifest.classes, manifest.labels, f"{path}: ")
     # The text encoder may be left out when the caption bank's knowledge is precomputed (bank_knowledge).
     precomputed = manifest.caption_bank is not None and manifest.caption_bank.knowledge is not None
     for name in ("perception",) if precomputed else ("text_encoder", "perception"):
@@ -295,6 +289,18 @@ def load_manifest(folder: str | Path, verify: Literal["sha256", "presence", "non
     if verify != "none":
         verify_files(manifest, hashes=verify == "sha256")
     return manifest
+
+
+def check_classes(classes: tuple[str, ...] | None, labels: tuple[str, ...], where: str = "") -> None:
+    """`classes` (answered labels; None: all) must be a non-empty subset of `labels`."""
+    if classes is None:
+        return
+    unknown = sorted(set(classes) - set(labels))
+    if unknown or not classes:
+        raise ModelError(
+            f"{where}classes {' '.join(classes)}: each must be one of the labels {' '.join(labels)} "
+            f"(unknown: {' '.join(unknown) or 'none given'})"
+        )
 
 
 def verify_files(manifest: Manifest, hashes: bool = True) -> None:

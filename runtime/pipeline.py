@@ -42,7 +42,14 @@ from kcdp_runtime.captioner import (
     encode_images,
     load_bank,
 )
-from kcdp_runtime.manifest import Manifest, ModelError, TokenizerSpec, graph_digest, load_manifest
+from kcdp_runtime.manifest import (
+    Manifest,
+    ModelError,
+    TokenizerSpec,
+    check_classes,
+    graph_digest,
+    load_manifest,
+)
 from kcdp_runtime.parsed_captions import ParsedCaptions
 from kcdp_runtime.sessions import SessionConfig, create_session, describe
 
@@ -181,12 +188,7 @@ class Pipeline:
         self.captioner = captioner
         self.session_config = session_config
         self.labels = manifest.labels
-        # 1 for each label the export answers (manifest "classes"), 0 for the others; None: all of them.
-        self._answered = (
-            None
-            if manifest.classes is None
-            else np.array([label in manifest.classes for label in self.labels], dtype=np.float64)
-        )
+        self.answer_only(manifest.classes)
         self.image_size = int(manifest.preprocessing.image_size)
         self.resize_filter = manifest.preprocessing.resize_filter
         self.face_view = manifest.preprocessing.face_view or 0
@@ -526,6 +528,16 @@ class Pipeline:
         if frames is not None and frames.animated:
             result["frames"] = {"count": frames.count, "classified": frames.indices}
         return result
+
+    def answer_only(self, classes: Sequence[str] | None) -> None:
+        """Score only `classes`, a subset of the labels (None: all): the others 0, the probabilities
+        renormalised over these. The manifest's "classes" sets it at load; --classes of kcdp-infer and
+        kcdp-serve replaces it. Raises ModelError naming a class that is not a label."""
+        classes = None if classes is None else tuple(classes)
+        check_classes(classes, self.labels)
+        self.classes = classes
+        answered = None if classes is None else [label in classes for label in self.labels]
+        self._answered = None if answered is None else np.array(answered, dtype=np.float64)  # 1 or 0 per label
 
     # -- knowledge memo ---------------------------------------------------------------------------
     def _cache_get(self, text: str) -> _Knowledge | None:

@@ -91,6 +91,7 @@ class Health(BaseModel):
     preset: str
     precision: str
     labels: list[str]
+    classes: list[str]  # the labels answered: all of them unless the export or --classes says fewer
     providers: str
     max_batch: int
 
@@ -471,7 +472,8 @@ def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> Any:
     async def health() -> Any:
         m = pipeline.manifest
         return {"status": "ok", "model": str(m.folder), "preset": m.preset, "precision": m.precision,
-                "labels": list(pipeline.labels), "providers": pipeline.provider_line, "max_batch": config.max_batch}  # fmt: skip
+                "labels": list(pipeline.labels), "classes": list(pipeline.classes or pipeline.labels),
+                "providers": pipeline.provider_line, "max_batch": config.max_batch}  # fmt: skip
 
     @app.get("/metrics", response_class=Response)
     async def prometheus() -> Any:
@@ -505,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: auto)")
     p.add_argument("--providers", help="comma list of execution providers (tensorrt,cuda,cpu)")
+    p.add_argument(
+        "--classes", nargs="+", metavar="LABEL", help="answer only these labels (the others score 0)"
+    )
     return p
 
 
@@ -522,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from kcdp_runtime.cli import open_pipeline
 
-    pipeline = open_pipeline(args.model, args.providers, args.threads, "kcdp-serve")
+    pipeline = open_pipeline(args.model, args.providers, args.threads, "kcdp-serve", args.classes)
     if pipeline is None:
         return 2
     pipeline.max_frames = max(1, args.max_frames)

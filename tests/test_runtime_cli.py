@@ -96,6 +96,17 @@ def test_directories_and_globs_expand(export, images, capsys):
     assert "no file matches" in out[-1]["error"]
 
 
+def test_classes_answers_only_those_labels(export, images, capsys):
+    _, good = images
+    path = str(good["plain_red"][0])  # anger, when anger may be answered
+    assert main([path, "--model", str(export), "--json", "--classes", "sadness", "happiness"]) == 0
+    row = _lines(capsys.readouterr().out)[0]
+    assert row["label"] in ("sadness", "happiness") and row["scores"]["anger"] == 0
+    assert sum(row["scores"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert main([path, "--model", str(export), "--classes", "sadness", "joy"]) == 2
+    assert "joy" in capsys.readouterr().err
+
+
 def test_usage_errors_exit_2(export, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main([])

@@ -134,8 +134,10 @@ def test_declared_classes_are_the_only_answers(export, pipe, tmp_path):
         for label, score in got["scores"].items():
             want = ref["scores"][label] / kept if label in classes else 0.0
             assert score == pytest.approx(want, abs=1e-5), label  # scores are rounded to 6 places
+    declared.answer_only(None)  # what --classes of kcdp-infer / kcdp-serve replaces the manifest's with
+    assert [r["scores"] for r in declared.run(images)] == [r["scores"] for r in reference]
     (folder / "manifest.json").write_text(json.dumps({**data, "classes": ["happiness", "joy"]}))
-    with pytest.raises(ModelError, match=r"classes .*joy.* subset of labels"):
+    with pytest.raises(ModelError, match=r"classes happiness joy: each must be one of the labels .*unknown: joy"):
         load_manifest(folder)
 
 

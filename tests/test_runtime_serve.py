@@ -73,6 +73,7 @@ def test_classify_batch_health_metrics_openapi(pipe):
         assert (
             health["status"] == "ok"
             and health["labels"] == list(pipe.labels)
+            and health["classes"] == list(pipe.labels)  # every label unless the export says fewer
             and "cpu" in health["providers"]
         )
         samples = parse_metrics(client.get("/metrics").text)
