@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kcdp_core.portable.constants import CAPTION_SEPARATOR
+from kcdp_core.portable.labels import answered
 from kcdp_core.recorded_paths import recorded_path
 from kcdp_export import validate
 from kcdp_export.graphs import (
@@ -191,11 +192,10 @@ def _load(run: ExportRun) -> None:
     torch.manual_seed(run.options.seed)
     run.log(f"loading {run.ckpt_dir} ({run.selected})")
     run.model = KCDPModel.from_pretrained(run.ckpt_dir).eval()
-    classes = run.options.classes
-    if classes is not None and (not classes or set(classes) - set(run.model.labels)):
-        raise ExportError(
-            f"--classes {' '.join(classes)}: each must be one of the model's labels {' '.join(run.model.labels)}"
-        )
+    try:
+        answered(run.model.labels, run.options.classes)
+    except ValueError as exc:
+        raise ExportError(f"--classes: {exc}") from None
 
 
 def _real_images(run: ExportRun) -> None:

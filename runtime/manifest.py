@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from kcdp_core.portable.assemble import KnowledgeRule
 from kcdp_core.portable.constants import CAPTION_SEPARATOR
+from kcdp_core.portable.labels import answered
 
 FORMAT = "kcdp-export"
 FORMAT_VERSION = 1
@@ -275,7 +276,10 @@ def load_manifest(folder: str | Path, verify: Literal["sha256", "presence", "non
         if key not in data:
             raise ModelError(f"{path}: missing required key {key!r}")
     manifest = Manifest.from_dict(folder, data)
-    check_classes(manifest.classes, manifest.labels, f"{path}: ")
+    try:
+        answered(manifest.labels, manifest.classes)
+    except ValueError as exc:
+        raise ModelError(f"{path}: {exc}") from None
     # The text encoder may be left out when the caption bank's knowledge is precomputed (bank_knowledge).
     precomputed = manifest.caption_bank is not None and manifest.caption_bank.knowledge is not None
     for name in ("perception",) if precomputed else ("text_encoder", "perception"):
@@ -289,18 +293,6 @@ def load_manifest(folder: str | Path, verify: Literal["sha256", "presence", "non
     if verify != "none":
         verify_files(manifest, hashes=verify == "sha256")
     return manifest
-
-
-def check_classes(classes: tuple[str, ...] | None, labels: tuple[str, ...], where: str = "") -> None:
-    """`classes` (answered labels; None: all) must be a non-empty subset of `labels`."""
-    if classes is None:
-        return
-    unknown = sorted(set(classes) - set(labels))
-    if unknown or not classes:
-        raise ModelError(
-            f"{where}classes {' '.join(classes)}: each must be one of the labels {' '.join(labels)} "
-            f"(unknown: {' '.join(unknown) or 'none given'})"
-        )
 
 
 def verify_files(manifest: Manifest, hashes: bool = True) -> None:

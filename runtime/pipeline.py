@@ -32,6 +32,7 @@ from tokenizers import Tokenizer
 
 from kcdp_core.portable.assemble import assemble_batch, knowledge_texts
 from kcdp_core.portable.images import MAX_FRAMES, Frames, ImageError, load_frames, preprocess_views
+from kcdp_core.portable.labels import answered
 from kcdp_runtime.bank_knowledge import FILE, BankKnowledge
 from kcdp_runtime.captioner import (
     Caption,
@@ -42,14 +43,7 @@ from kcdp_runtime.captioner import (
     encode_images,
     load_bank,
 )
-from kcdp_runtime.manifest import (
-    Manifest,
-    ModelError,
-    TokenizerSpec,
-    check_classes,
-    graph_digest,
-    load_manifest,
-)
+from kcdp_runtime.manifest import Manifest, ModelError, TokenizerSpec, graph_digest, load_manifest
 from kcdp_runtime.parsed_captions import ParsedCaptions
 from kcdp_runtime.sessions import SessionConfig, create_session, describe
 
@@ -533,11 +527,12 @@ class Pipeline:
         """Score only `classes`, a subset of the labels (None: all): the others 0, the probabilities
         renormalised over these. The manifest's "classes" sets it at load; --classes of kcdp-infer and
         kcdp-serve replaces it. Raises ModelError naming a class that is not a label."""
-        classes = None if classes is None else tuple(classes)
-        check_classes(classes, self.labels)
-        self.classes = classes
-        answered = None if classes is None else [label in classes for label in self.labels]
-        self._answered = None if answered is None else np.array(answered, dtype=np.float64)  # 1 or 0 per label
+        try:
+            mask = answered(self.labels, classes)
+        except ValueError as exc:
+            raise ModelError(str(exc)) from None
+        self.classes = None if classes is None else tuple(classes)
+        self._answered = None if mask is None else np.array(mask, dtype=np.float64)  # 1 or 0 per label
 
     # -- knowledge memo ---------------------------------------------------------------------------
     def _cache_get(self, text: str) -> _Knowledge | None:

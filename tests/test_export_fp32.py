@@ -218,4 +218,4 @@ def test_classes_that_are_not_labels_are_refused_before_any_graph(exported, tmp_
     out = tmp_path / "joy"
     assert main(["--ckpt", str(exported["ckpt"]), "--out", str(out), "--classes", "happiness", "joy"]) == 1
     err = capsys.readouterr().err
-    assert "--classes happiness joy" in err and "anger" in err and not out.exists()
+    assert "--classes: classes happiness joy" in err and "unknown: joy" in err and not out.exists()

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from kcdp_core.config import KCDPConfig
+from kcdp_core.portable.labels import answered
 
 
 @dataclass
@@ -44,14 +45,8 @@ class TargetPredictions:
 def absent_labels(labels: Sequence[str], classes: Sequence[str] | None) -> torch.Tensor | None:
     """[C] bool: True for each of `labels` outside the target's declared `classes` (TrainConfig.
     target_classes); None when none are declared. Raises ValueError naming a class not among labels."""
-    if classes is None:
-        return None
-    unknown = sorted(set(classes) - set(labels))
-    if unknown or not classes:
-        raise ValueError(
-            f"target classes {' '.join(classes)}: each must be one of the labels {' '.join(labels)}"
-        )
-    return torch.tensor([label not in classes for label in labels])
+    mask = answered(labels, classes)
+    return None if mask is None else ~torch.tensor(mask)
 
 
 def declared(scores: torch.Tensor, absent: torch.Tensor | None) -> torch.Tensor:
