@@ -537,11 +537,10 @@ def _manifest(run: ExportRun) -> Manifest:
     }
     record = {**_record(run), **run.assets, "timings_s": run.timings}
     tokenizer = TokenizerSpec(max_length=run.sizes[1])
-    manifest = runtime_manifest(
-        run.work, run.model, graphs, run.options.precision, run.caption_bank, tokenizer, record
-    )
-    manifest.classes = run.options.classes
-    return manifest
+    return runtime_manifest(
+        run.work, run.model, graphs, run.options.precision, run.caption_bank, tokenizer, record,
+        classes=run.options.classes,
+    )  # fmt: skip
 
 
 def _variant_problem(figures: dict, fp32: dict, options: ExportOptions) -> str | None:

@@ -32,9 +32,10 @@ def runtime_manifest(
     caption_bank: CaptionBankSpec | None = None,
     tokenizer: TokenizerSpec | None = None,
     record: dict[str, Any] | None = None,
+    classes: tuple[str, ...] | None = None,
 ) -> Manifest:
     """The manifest of `model` (a KCDPModel) run from `folder`: labels, preprocessing and knowledge
-    from its config; graphs, bank, tokenizer and the export's record as given."""
+    from its config; graphs, bank, tokenizer, the labels answered and the export's record as given."""
     from kcdp_core.portable.triplets import PARSER_VERSION
 
     config = model.config
@@ -68,6 +69,7 @@ def runtime_manifest(
         caption_bank=caption_bank,
         preset=config.preset,
         precision=precision,
+        classes=classes,
         record=dict(record or {}),
     )
 

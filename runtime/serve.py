@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from kcdp_core.portable.images import MAX_FRAMES
+from kcdp_runtime.cli import CLASSES_HELP, open_pipeline
 from kcdp_runtime.manifest import ModelError
 from kcdp_runtime.pipeline import Pipeline
 
@@ -507,9 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: auto)")
     p.add_argument("--providers", help="comma list of execution providers (tensorrt,cuda,cpu)")
-    p.add_argument(
-        "--classes", nargs="+", metavar="LABEL", help="answer only these labels (the others score 0)"
-    )
+    p.add_argument("--classes", nargs="+", metavar="LABEL", help=CLASSES_HELP)
     return p
 
 
@@ -525,8 +524,6 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("kcdp-serve: error: needs the serve extra: pip install 'kcdp[serve]'", file=sys.stderr)
         return 2
-    from kcdp_runtime.cli import open_pipeline
-
     pipeline = open_pipeline(args.model, args.providers, args.threads, "kcdp-serve", args.classes)
     if pipeline is None:
         return 2

@@ -769,7 +769,7 @@ def format_report(report: dict) -> str:
     before, after = d["target_before"], d["target_after"]
     cb, ca, drop = d["source_check_before"], d["source_check_after"], d["source_check_drop_points"]
     target = report["target"]
-    declared = f"; classes declared: {' '.join(target['classes'])}" if target.get("classes_declared") else ""
+    declared = f"; classes declared: {' '.join(target['classes'])}" if target["classes_declared"] else ""
     lines = [
         f"target: {target['images']} images (sha256 {target['sha256'][:12]}...){declared}",
         f"predicted classes before: {before['predicted']}",
