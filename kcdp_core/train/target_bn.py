@@ -14,7 +14,7 @@ statistics the target step recomputes".)
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -26,12 +26,16 @@ def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 @torch.no_grad()
 def recompute_statistics(
-    model: nn.Module, batches: Iterable[dict], within: Iterable[nn.Module] | None = None
+    model: nn.Module,
+    batches: Iterable[dict],
+    within: Iterable[nn.Module] | None = None,
+    forward: Callable[[dict], object] | None = None,
 ) -> int:
     """Running statistics of every BatchNorm inside `within` (default: the whole model) = the mean
     and variance over `batches` (a cumulative average, not an EMA); everything else runs in eval
-    mode with its own statistics. Returns the number of images seen; with none (no batch of two or
-    more images) the statistics stay as they were."""
+    mode with its own statistics. `forward(batch)` runs the model on a batch (default: the KCDP call
+    on its pixels, k, k_mask and face). Returns the number of images seen; with none (no batch of two
+    or more images) the statistics stay as they were."""
     bns = [bn for root in (within or [model]) for bn in batch_norms(root)]
     was, momenta = model.training, [bn.momentum for bn in bns]
     before = [{k: v.clone() for k, v in bn.state_dict().items()} for bn in bns]
@@ -46,7 +50,10 @@ def recompute_statistics(
         for batch in batches:
             if len(batch["pixels"]) < 2:
                 continue  # a single image has no variance to standardise by
-            model(batch["pixels"], batch["k"], batch["k_mask"], face=batch.get("face"))
+            if forward is None:
+                model(batch["pixels"], batch["k"], batch["k_mask"], face=batch.get("face"))
+            else:
+                forward(batch)
             seen += len(batch["pixels"])
     finally:
         for bn, momentum, state in zip(bns, momenta, before, strict=True):

@@ -1,0 +1,227 @@
+"""Which BatchNorm statistics should kcdp-adapt's target step recompute? Each choice scored per style.
+
+    python benchmarks/target_statistics.py --model CKPT --cache $RUNS/target_statistics \
+        --styles $DATA/avatars_labelled/domains/* [--variants none fpn+tail tail ...] [--json OUT]
+
+kcdp-adapt ends with the target statistics step (kcdp_core.train.target_bn, AdaBN): the BatchNorm
+statistics of the FPN and the image tail recomputed over the unlabelled target images. This script
+asks which layers that step should reach: for every style folder (class subfolders, each style its
+own target) and every variant, the statistics of the variant's layers are recomputed over the style's
+images (one pass, cumulative average, as the step does) and the style is classified. The labels are
+read only to score: macro-F1 over the classes the style has (`macro_f1_truth`, as the avatar tables).
+
+What no variant changes, the UNet's levels pooled by the FPN and the knowledge, is computed once per
+style and checkpoint and kept under --cache (safetensors), so a second run or a new variant costs only
+the image branch. The variants (VARIANTS): none, the FPN and image tail (kcdp-adapt's step), each of the
+two alone, and the step plus statistics of the frozen image encoder (EfficientNet-Lite0) that the tail
+reads from: all of them, shared by the whole image and the face view as the module runs both, or one set
+per view (the exported face encoder is a graph of its own), all, the stem's only, or the four stages
+below the tail. A change to the encoder's statistics also changes the retrieval captioner's embedding;
+the knowledge is kept as cached here (an upper bound for a one-trunk export). Prints a table: per style,
+the mean, and each variant's change against the step with its worst style.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accuracy import machine, recorded_command  # noqa: E402
+
+BATCH = 32
+STEP = "fpn+tail"  # kcdp-adapt's step: the reference every other variant is compared with
+
+
+@dataclass(frozen=True)
+class Variant:
+    head: tuple[str, ...]  # of "fpn", "tail": the trained modules whose statistics are recomputed
+    encoder: str = ""  # the frozen image encoder's: "" none, "all", "stem", "below-tail"
+    per_view: bool = False  # the encoder's statistics one set per view (whole image, face view)
+
+
+VARIANTS = {
+    "none": Variant(()),
+    "fpn+tail": Variant(("fpn", "tail")),
+    "tail": Variant(("tail",)),
+    "fpn": Variant(("fpn",)),
+    "+encoder": Variant(("fpn", "tail"), "all"),
+    "+encoder per view": Variant(("fpn", "tail"), "all", per_view=True),
+    "+stem per view": Variant(("fpn", "tail"), "stem", per_view=True),
+    "+4 stages below the tail per view": Variant(("fpn", "tail"), "below-tail", per_view=True),
+}
+
+
+def _digest(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.name.encode())
+        h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()[:16]
+
+
+def frozen_outputs(model, style: Path, cache: Path) -> dict:
+    """pixels, face (with a face view), k, k_mask, label and the pooled UNet levels of every image of
+    `style`, from `cache` when this checkpoint has seen these files before."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from kcdp_core.train.evaluate import load_dataset
+
+    ds = load_dataset(model, style)
+    key = _digest([r.path for r in ds.records])
+    file = cache / f"{style.name}-{key}.safetensors"
+    if file.is_file():
+        return load_file(str(file))
+    items = [ds[i] for i in range(len(ds))]
+    names = ["pixels", "k", "k_mask", "label"] + (["face"] if "face" in items[0] else [])
+    out = {name: torch.stack([it[name] for it in items]) for name in names}
+    with torch.no_grad():
+        out["pooled"] = torch.cat(
+            [model.pooled_levels(b["pixels"], b["k"], b["k_mask"]) for b in batches(out)]
+        )
+    cache.mkdir(parents=True, exist_ok=True)
+    save_file({name: t.contiguous() for name, t in out.items()}, str(file))
+    return out
+
+
+def batches(outputs: dict):
+    n = len(outputs["label"])
+    for start in range(0, n, BATCH):
+        yield {name: t[start : start + BATCH] for name, t in outputs.items()}
+
+
+def encoder_norms(encoder, scope: str, tail: int) -> list:
+    """The BatchNorm layers of the frozen image encoder a variant recomputes."""
+    from torch import nn
+
+    from kcdp_core.train.target_bn import batch_norms
+
+    if scope == "all":
+        return batch_norms(encoder)
+    if scope == "stem":
+        return batch_norms(encoder.stages()[0])
+    if scope == "below-tail":
+        return batch_norms(nn.ModuleList(encoder.stages()[-4 - tail : -tail]))
+    raise ValueError(f"unknown encoder scope {scope!r} (all, stem, below-tail)")
+
+
+def run_variant(model, outputs: dict, variant: Variant) -> np.ndarray:
+    """The predicted class of every image after the variant's statistics are recomputed on them; the
+    model's statistics are restored afterwards."""
+    import torch
+
+    from kcdp_core.model.image_tail import FaceEncoder, ImageEncoderOutputs
+    from kcdp_core.train.target_bn import batch_norms, recompute_statistics
+
+    encoder = model.image_encoder
+    if variant.encoder and encoder is None:
+        raise ValueError("this model has no image encoder: only the head's variants apply")
+    face_encoder = copy.deepcopy(encoder) if variant.per_view else encoder
+    modules = {"fpn": model.fpn, "tail": model.image_tail}
+    within = [batch_norms(modules[name]) for name in variant.head if modules[name] is not None]
+    if variant.encoder:
+        tail = model.image_tail.size
+        within.append(encoder_norms(encoder, variant.encoder, tail))
+        if variant.per_view and model.face_view:
+            within.append(encoder_norms(face_encoder, variant.encoder, tail))
+    norms = [bn for group in within for bn in group]
+    saved = [copy.deepcopy(bn.state_dict()) for bn in norms]
+
+    def forward(batch: dict) -> torch.Tensor:
+        view = None
+        if model.image_tail is not None:
+            views = [ImageEncoderOutputs(encoder, model.image_tail).features(batch["pixels"])]
+            if model.face_view:
+                views.append(FaceEncoder(face_encoder, model.image_tail)(batch["face"]))
+            view = torch.cat(views, 1)
+        elif model.config.perception.image_embedding:
+            view = encoder(batch["pixels"])
+        return model.from_pooled_levels(batch["pooled"], batch["k"], batch["k_mask"], view).logits
+
+    try:
+        if norms:
+            recompute_statistics(model, batches(outputs), within=norms, forward=forward)
+        model.eval()
+        face_encoder.eval()  # a copy is no submodule: model.eval() leaves its layers as they were
+        with torch.no_grad():
+            return torch.cat([forward(b).argmax(-1) for b in batches(outputs)]).numpy()
+    finally:
+        for bn, state in zip(norms, saved, strict=True):
+            bn.load_state_dict(state)
+
+
+def format_table(scores: dict[str, dict[str, float]], variants: list[str], sizes: dict[str, int]) -> str:
+    """Per style and mean; each variant's mean change against the step and its worst style."""
+    lines = [
+        "| style (images) | " + " | ".join(variants) + " |",
+        "|---|" + "---:|" * len(variants),
+    ]
+    for style, row in scores.items():
+        lines.append(f"| {style} ({sizes[style]}) | " + " | ".join(f"{row[v]:.3f}" for v in variants) + " |")
+    means = {v: float(np.mean([row[v] for row in scores.values()])) for v in variants}
+    lines.append("| mean | " + " | ".join(f"{means[v]:.3f}" for v in variants) + " |")
+    if STEP in variants:
+        cells = []
+        for v in variants:
+            diffs = {s: 100 * (row[v] - row[STEP]) for s, row in scores.items()}
+            worst = min(diffs, key=diffs.get)
+            change = round(100 * (means[v] - means[STEP]), 1) + 0.0  # + 0.0: no "-0.0"
+            cells.append(f"{change:+.1f} ({worst} {diffs[worst]:+.1f})")
+        lines.append(f"| change against {STEP} (worst style) | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="kcdp:default_model", help="checkpoint (default: the shipped one)")
+    parser.add_argument("--styles", nargs="+", type=Path, required=True, help="style folders of class folders")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--cache", type=Path, required=True, help="folder for the frozen outputs")
+    parser.add_argument("--json", type=Path, help="also write the scores here")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args(argv)
+
+    import torch
+    from tqdm import tqdm
+
+    from kcdp_core.model.kcdp import KCDPModel
+    from kcdp_core.train.adapt import resolve_model
+    from kcdp_core.train.evaluate import classification_metrics
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    missing = [str(s) for s in args.styles if not s.is_dir()]
+    if missing:
+        parser.error(f"not a folder: {', '.join(missing)}")
+    ckpt = resolve_model(args.model)
+    model = KCDPModel.from_pretrained(ckpt)
+    cache = args.cache / hashlib.sha256((ckpt / "model.safetensors").read_bytes()).hexdigest()[:16]
+    print(f"command: {recorded_command('target_statistics.py')}\nmachine: {machine()}\ncheckpoint: {ckpt}")
+    scores: dict[str, dict[str, float]] = {}
+    sizes: dict[str, int] = {}
+    for style in tqdm(args.styles, desc="styles", unit="style"):
+        outputs = frozen_outputs(model, style, cache)
+        labels = outputs["label"].numpy()
+        sizes[style.name] = len(labels)
+        scores[style.name] = {
+            v: classification_metrics(labels, run_variant(model, outputs, VARIANTS[v]), model.labels)[
+                "macro_f1_truth"
+            ]
+            for v in args.variants
+        }
+    print(format_table(scores, args.variants, sizes))
+    if args.json:
+        args.json.write_text(json.dumps({"checkpoint": str(ckpt), "scores": scores}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
