@@ -7,7 +7,8 @@ kcdp-adapt ends with the target statistics step (kcdp_core.train.target_bn, AdaB
 statistics of the FPN and the image tail recomputed over the unlabelled target images. This script
 asks which layers that step should reach: for every style folder (class subfolders, each style its
 own target) and every variant, the statistics of the variant's layers are recomputed over the style's
-images (one pass, cumulative average, as the step does) and the style is classified. The labels are
+images (one pass in kcdp-adapt's order and batch size, cumulative average, as the step does) and the style is
+classified. The labels are
 read only to score: macro-F1 over the classes the style has (`macro_f1_truth`, as the avatar tables).
 
 What no variant changes, the UNet's levels pooled by the FPN and the knowledge, is computed once per
@@ -36,7 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import machine, recorded_command  # noqa: E402
 
-BATCH = 32
+BATCH = 32  # images per forward pass where no statistics are computed
 STEP = "fpn+tail"  # kcdp-adapt's step: the reference every other variant is compared with
 
 
@@ -69,33 +70,38 @@ def _digest(paths: list[Path]) -> str:
 
 def frozen_outputs(model, style: Path, cache: Path) -> dict:
     """pixels, face (with a face view), k, k_mask, label and the pooled UNet levels of every image of
-    `style`, from `cache` when this checkpoint has seen these files before."""
+    `style` (from `cache` when this checkpoint has seen these files before), in the order kcdp-adapt
+    reads a target: by content hash. The statistics are averaged batch by batch, so the order counts:
+    batches of one class each (the folders' order) would leave the between-class variance out."""
     import torch
     from safetensors.torch import load_file, save_file
 
+    from kcdp_core.train.datasets import file_hash
     from kcdp_core.train.evaluate import load_dataset
 
     ds = load_dataset(model, style)
-    key = _digest([r.path for r in ds.records])
-    file = cache / f"{style.name}-{key}.safetensors"
+    paths = [r.path for r in ds.records]
+    file = cache / f"{style.name}-{_digest(paths)}.safetensors"
     if file.is_file():
-        return load_file(str(file))
-    items = [ds[i] for i in range(len(ds))]
-    names = ["pixels", "k", "k_mask", "label"] + (["face"] if "face" in items[0] else [])
-    out = {name: torch.stack([it[name] for it in items]) for name in names}
-    with torch.no_grad():
-        out["pooled"] = torch.cat(
-            [model.pooled_levels(b["pixels"], b["k"], b["k_mask"]) for b in batches(out)]
-        )
-    cache.mkdir(parents=True, exist_ok=True)
-    save_file({name: t.contiguous() for name, t in out.items()}, str(file))
-    return out
+        out = load_file(str(file))
+    else:
+        items = [ds[i] for i in range(len(ds))]
+        names = ["pixels", "k", "k_mask", "label"] + (["face"] if "face" in items[0] else [])
+        out = {name: torch.stack([it[name] for it in items]) for name in names}
+        with torch.no_grad():
+            out["pooled"] = torch.cat(
+                [model.pooled_levels(b["pixels"], b["k"], b["k_mask"]) for b in batches(out, BATCH)]
+            )
+        cache.mkdir(parents=True, exist_ok=True)
+        save_file({name: t.contiguous() for name, t in out.items()}, str(file))
+    order = torch.tensor(sorted(range(len(paths)), key=lambda i: (file_hash(paths[i]), str(paths[i]))))
+    return {name: t[order] for name, t in out.items()}
 
 
-def batches(outputs: dict):
+def batches(outputs: dict, size: int):
     n = len(outputs["label"])
-    for start in range(0, n, BATCH):
-        yield {name: t[start : start + BATCH] for name, t in outputs.items()}
+    for start in range(0, n, size):
+        yield {name: t[start : start + size] for name, t in outputs.items()}
 
 
 def encoder_norms(encoder, scope: str, tail: int) -> list:
@@ -147,12 +153,13 @@ def run_variant(model, outputs: dict, variant: Variant) -> np.ndarray:
         return model.from_pooled_levels(batch["pooled"], batch["k"], batch["k_mask"], view).logits
 
     try:
-        if norms:
-            recompute_statistics(model, batches(outputs), within=norms, forward=forward)
+        if norms:  # in batches of the checkpoint's training batch size, as kcdp-adapt's step
+            size = model.config.train.batch_size
+            recompute_statistics(model, batches(outputs, size), within=norms, forward=forward)
         model.eval()
         face_encoder.eval()  # a copy is no submodule: model.eval() leaves its layers as they were
         with torch.no_grad():
-            return torch.cat([forward(b).argmax(-1) for b in batches(outputs)]).numpy()
+            return torch.cat([forward(b).argmax(-1) for b in batches(outputs, BATCH)]).numpy()
     finally:
         for bn, state in zip(norms, saved, strict=True):
             bn.load_state_dict(state)
