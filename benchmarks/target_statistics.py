@@ -7,19 +7,20 @@ kcdp-adapt ends with the target statistics step (kcdp_core.train.target_bn, AdaB
 statistics of the FPN and the image tail recomputed over the unlabelled target images. This script
 asks which layers that step should reach: for every style folder (class subfolders, each style its
 own target) and every variant, the statistics of the variant's layers are recomputed over the style's
-images (one pass in kcdp-adapt's order and batch size, cumulative average, as the step does) and the style is
-classified. The labels are
-read only to score: macro-F1 over the classes the style has (`macro_f1_truth`, as the avatar tables).
+images (one pass in kcdp-adapt's order and batch size, a cumulative average, as the step does) and the
+style is classified. The labels are read only to score: macro-F1 over the classes the style has
+(`macro_f1_truth`, as the avatar tables).
 
 What no variant changes, the UNet's levels pooled by the FPN and the knowledge, is computed once per
 style and checkpoint and kept under --cache (safetensors), so a second run or a new variant costs only
-the image branch. The variants (VARIANTS): none, the FPN and image tail (kcdp-adapt's step), each of the
-two alone, and the step plus statistics of the frozen image encoder (EfficientNet-Lite0) that the tail
-reads from: all of them, shared by the whole image and the face view as the module runs both, or one set
-per view (the exported face encoder is a graph of its own), all, the stem's only, or the four stages
-below the tail. A change to the encoder's statistics also changes the retrieval captioner's embedding;
-the knowledge is kept as cached here (an upper bound for a one-trunk export). Prints a table: per style,
-the mean, and each variant's change against the step with its worst style.
+the image branch. The variants (VARIANTS): none; the FPN and the image tail (kcdp-adapt's step); each of
+the two alone; the step plus statistics of the frozen image encoder (EfficientNet-Lite0) the tail reads
+from: all of its BatchNorms, shared by the whole image and the face view as the module runs both, or
+one set per view (the exported face encoder is a graph of its own), and per view the stem's only or
+those of the four stages below the tail. A change to the encoder's statistics would also change the
+retrieval captioner's embedding; the knowledge is kept as cached here (an upper bound for an export
+with one trunk pass). Prints a table: per style, the mean, and each variant's change against the step
+with its worst style.
 """
 
 from __future__ import annotations
@@ -60,14 +61,6 @@ VARIANTS = {
 }
 
 
-def _digest(paths: list[Path]) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(p.name.encode())
-        h.update(hashlib.sha256(p.read_bytes()).digest())
-    return h.hexdigest()[:16]
-
-
 def frozen_outputs(model, style: Path, cache: Path) -> dict:
     """pixels, face (with a face view), k, k_mask, label and the pooled UNet levels of every image of
     `style` (from `cache` when this checkpoint has seen these files before), in the order kcdp-adapt
@@ -81,7 +74,9 @@ def frozen_outputs(model, style: Path, cache: Path) -> dict:
 
     ds = load_dataset(model, style)
     paths = [r.path for r in ds.records]
-    file = cache / f"{style.name}-{_digest(paths)}.safetensors"
+    hashes = [file_hash(p) for p in paths]
+    digest = hashlib.sha256("".join(f"{p.name}:{h}" for p, h in zip(paths, hashes, strict=True)).encode())
+    file = cache / f"{style.name}-{digest.hexdigest()[:16]}.safetensors"
     if file.is_file():
         out = load_file(str(file))
     else:
@@ -94,7 +89,7 @@ def frozen_outputs(model, style: Path, cache: Path) -> dict:
             )
         cache.mkdir(parents=True, exist_ok=True)
         save_file({name: t.contiguous() for name, t in out.items()}, str(file))
-    order = torch.tensor(sorted(range(len(paths)), key=lambda i: (file_hash(paths[i]), str(paths[i]))))
+    order = torch.tensor(sorted(range(len(paths)), key=lambda i: (hashes[i], str(paths[i]))))
     return {name: t[order] for name, t in out.items()}
 
 
@@ -128,8 +123,8 @@ def run_variant(model, outputs: dict, variant: Variant) -> np.ndarray:
     from kcdp_core.train.target_bn import batch_norms, recompute_statistics
 
     encoder = model.image_encoder
-    if variant.encoder and encoder is None:
-        raise ValueError("this model has no image encoder: only the head's variants apply")
+    if variant.encoder and model.image_tail is None:
+        raise ValueError("the encoder's variants need a model with an image tail (perception.image_tail)")
     face_encoder = copy.deepcopy(encoder) if variant.per_view else encoder
     modules = {"fpn": model.fpn, "tail": model.image_tail}
     within = [batch_norms(modules[name]) for name in variant.head if modules[name] is not None]
