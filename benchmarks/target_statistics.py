@@ -69,17 +69,17 @@ def frozen_outputs(model, style: Path, cache: Path) -> dict:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from kcdp_core.train.datasets import file_hash
+    from kcdp_core.train.datasets import file_hash, load_records
     from kcdp_core.train.evaluate import load_dataset
 
-    ds = load_dataset(model, style)
-    paths = [r.path for r in ds.records]
+    paths = [r.path for r in load_records(style, model.labels)]
     hashes = [file_hash(p) for p in paths]
     digest = hashlib.sha256("".join(f"{p.name}:{h}" for p, h in zip(paths, hashes, strict=True)).encode())
     file = cache / f"{style.name}-{digest.hexdigest()[:16]}.safetensors"
     if file.is_file():
         out = load_file(str(file))
-    else:
+    else:  # decoding the images and looking up their knowledge only when they are not cached
+        ds = load_dataset(model, style)
         items = [ds[i] for i in range(len(ds))]
         names = ["pixels", "k", "k_mask", "label"] + (["face"] if "face" in items[0] else [])
         out = {name: torch.stack([it[name] for it in items]) for name in names}
@@ -136,12 +136,15 @@ def run_variant(model, outputs: dict, variant: Variant) -> np.ndarray:
     norms = [bn for group in within for bn in group]
     saved = [copy.deepcopy(bn.state_dict()) for bn in norms]
 
+    image_branch = ImageEncoderOutputs(encoder, model.image_tail) if model.image_tail is not None else None
+    face_branch = FaceEncoder(face_encoder, model.image_tail) if model.face_view else None
+
     def forward(batch: dict) -> torch.Tensor:
         view = None
-        if model.image_tail is not None:
-            views = [ImageEncoderOutputs(encoder, model.image_tail).features(batch["pixels"])]
-            if model.face_view:
-                views.append(FaceEncoder(face_encoder, model.image_tail)(batch["face"]))
+        if image_branch is not None:
+            views = [image_branch.features(batch["pixels"])]
+            if face_branch is not None:
+                views.append(face_branch(batch["face"]))
             view = torch.cat(views, 1)
         elif model.config.perception.image_embedding:
             view = encoder(batch["pixels"])

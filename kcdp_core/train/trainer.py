@@ -539,10 +539,8 @@ class Trainer:
             model.image_encoder, prompt_embeddings(model.text_encoder, self.config.labels)
         )
         loader = torch.utils.data.DataLoader(self.target_plain, batch_size=self.tc.batch_size)
-        probs = torch.from_numpy(zs.predict(loader)[0])
-        if self.absent is not None:  # renormalised over the declared classes
-            probs = declared(probs.log(), self.absent).softmax(dim=1)
-        conf, labels = probs.max(dim=1)
+        logits = torch.cat([zs.logits(batch["pixels"]) for batch in loader])
+        conf, labels = declared(logits, self.absent).softmax(dim=1).max(dim=1)
         return TargetPredictions(labels, conf, torch.full_like(labels, -1))
 
     def _assert_processes_agree(self, model) -> None:

@@ -64,9 +64,13 @@ class ZeroShotClassifier(torch.nn.Module):
         return cls(image_encoder, prompt_embeddings(encoder, config.labels), config.cliea.tau)
 
     @torch.no_grad()
+    def logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[B,C] cosine / tau: the scores forward() takes the softmax of."""
+        return self.image_encoder(pixels) @ self.prompts.T / self.tau
+
+    @torch.no_grad()
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        emb = self.image_encoder(pixels)
-        return torch.softmax(emb @ self.prompts.T / self.tau, dim=-1)
+        return torch.softmax(self.logits(pixels), dim=-1)
 
     @torch.no_grad()
     def predict(self, loader: torch.utils.data.DataLoader) -> tuple[np.ndarray, np.ndarray]:
