@@ -30,10 +30,16 @@ import copy
 import hashlib
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from kcdp_core.model.output import KCDPOutput
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import machine, recorded_command  # noqa: E402
@@ -114,9 +120,10 @@ def encoder_norms(encoder, scope: str, tail: int) -> list:
     raise ValueError(f"unknown encoder scope {scope!r} (all, stem, below-tail)")
 
 
-def run_variant(model, outputs: dict, variant: Variant) -> np.ndarray:
-    """The predicted class of every image after the variant's statistics are recomputed on them; the
-    model's statistics are restored afterwards."""
+@contextmanager
+def adapted(model, outputs: dict, variant: Variant) -> Iterator[Callable[[dict], KCDPOutput]]:
+    """The model with the variant's statistics recomputed on `outputs`, in eval mode: yields
+    forward(batch) -> KCDPOutput over the cached frozen outputs; the statistics are restored after."""
     import torch
 
     from kcdp_core.model.image_tail import FaceEncoder, ImageEncoderOutputs
@@ -139,7 +146,7 @@ def run_variant(model, outputs: dict, variant: Variant) -> np.ndarray:
     image_branch = ImageEncoderOutputs(encoder, model.image_tail) if model.image_tail is not None else None
     face_branch = FaceEncoder(face_encoder, model.image_tail) if model.face_view else None
 
-    def forward(batch: dict) -> torch.Tensor:
+    def forward(batch: dict) -> KCDPOutput:
         view = None
         if image_branch is not None:
             views = [image_branch.features(batch["pixels"])]
@@ -148,7 +155,7 @@ def run_variant(model, outputs: dict, variant: Variant) -> np.ndarray:
             view = torch.cat(views, 1)
         elif model.config.perception.image_embedding:
             view = encoder(batch["pixels"])
-        return model.from_pooled_levels(batch["pooled"], batch["k"], batch["k_mask"], view).logits
+        return model.from_pooled_levels(batch["pooled"], batch["k"], batch["k_mask"], view)
 
     try:
         if norms:  # in batches of the checkpoint's training batch size, as kcdp-adapt's step
@@ -157,14 +164,25 @@ def run_variant(model, outputs: dict, variant: Variant) -> np.ndarray:
         model.eval()
         face_encoder.eval()  # a copy is no submodule: model.eval() leaves its layers as they were
         with torch.no_grad():
-            return torch.cat([forward(b).argmax(-1) for b in batches(outputs, BATCH)]).numpy()
+            yield forward
     finally:
         for bn, state in zip(norms, saved, strict=True):
             bn.load_state_dict(state)
 
 
-def format_table(scores: dict[str, dict[str, float]], variants: list[str], sizes: dict[str, int]) -> str:
-    """Per style and mean; each variant's mean change against the step and its worst style."""
+def run_variant(model, outputs: dict, variant: Variant) -> np.ndarray:
+    """The predicted class of every image after the variant's statistics are recomputed on them; the
+    model's statistics are restored afterwards."""
+    import torch
+
+    with adapted(model, outputs, variant) as forward:
+        return torch.cat([forward(b).logits.argmax(-1) for b in batches(outputs, BATCH)]).numpy()
+
+
+def format_table(
+    scores: dict[str, dict[str, float]], variants: list[str], sizes: dict[str, int], reference: str = STEP
+) -> str:
+    """Per style and mean; each variant's mean change against `reference` and its worst style."""
     lines = [
         "| style (images) | " + " | ".join(variants) + " |",
         "|---|" + "---:|" * len(variants),
@@ -173,14 +191,14 @@ def format_table(scores: dict[str, dict[str, float]], variants: list[str], sizes
         lines.append(f"| {style} ({sizes[style]}) | " + " | ".join(f"{row[v]:.3f}" for v in variants) + " |")
     means = {v: float(np.mean([row[v] for row in scores.values()])) for v in variants}
     lines.append("| mean | " + " | ".join(f"{means[v]:.3f}" for v in variants) + " |")
-    if STEP in variants:
+    if reference in variants:
         cells = []
         for v in variants:
-            diffs = {s: 100 * (row[v] - row[STEP]) for s, row in scores.items()}
+            diffs = {s: 100 * (row[v] - row[reference]) for s, row in scores.items()}
             worst = min(diffs, key=diffs.get)
-            change = round(100 * (means[v] - means[STEP]), 1) + 0.0  # + 0.0: no "-0.0"
+            change = round(100 * (means[v] - means[reference]), 1) + 0.0  # + 0.0: no "-0.0"
             cells.append(f"{change:+.1f} ({worst} {diffs[worst]:+.1f})")
-        lines.append(f"| change against {STEP} (worst style) | " + " | ".join(cells) + " |")
+        lines.append(f"| change against {reference} (worst style) | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
