@@ -53,6 +53,7 @@ class Variant:
     head: tuple[str, ...]  # of "fpn", "tail": the trained modules whose statistics are recomputed
     encoder: str = ""  # the frozen image encoder's: "" none, "all", "stem", "below-tail"
     per_view: bool = False  # the encoder's statistics one set per view (whole image, face view)
+    tail_per_view: bool = False  # the image tail's statistics one set per view
 
 
 VARIANTS = {
@@ -64,6 +65,7 @@ VARIANTS = {
     "+encoder per view": Variant(("fpn", "tail"), "all", per_view=True),
     "+stem per view": Variant(("fpn", "tail"), "stem", per_view=True),
     "+4 stages below the tail per view": Variant(("fpn", "tail"), "below-tail", per_view=True),
+    "fpn+tail per view": Variant(("fpn", "tail"), tail_per_view=True),
 }
 
 
@@ -133,8 +135,11 @@ def adapted(model, outputs: dict, variant: Variant) -> Iterator[Callable[[dict],
     if variant.encoder and model.image_tail is None:
         raise ValueError("the encoder's variants need a model with an image tail (perception.image_tail)")
     face_encoder = copy.deepcopy(encoder) if variant.per_view else encoder
+    face_tail = copy.deepcopy(model.image_tail) if variant.tail_per_view and model.face_view else model.image_tail
     modules = {"fpn": model.fpn, "tail": model.image_tail}
     within = [batch_norms(modules[name]) for name in variant.head if modules[name] is not None]
+    if face_tail is not model.image_tail:
+        within.append(batch_norms(face_tail))
     if variant.encoder:
         tail = model.image_tail.size
         within.append(encoder_norms(encoder, variant.encoder, tail))
@@ -144,7 +149,9 @@ def adapted(model, outputs: dict, variant: Variant) -> Iterator[Callable[[dict],
     saved = [copy.deepcopy(bn.state_dict()) for bn in norms]
 
     image_branch = ImageEncoderOutputs(encoder, model.image_tail) if model.image_tail is not None else None
-    face_branch = FaceEncoder(face_encoder, model.image_tail) if model.face_view else None
+    face_branch = FaceEncoder(face_encoder, face_tail) if model.face_view else None
+    if face_branch is not None:
+        face_branch.eval()  # copies are no submodules: the model's train/eval switches leave them alone
 
     def forward(batch: dict) -> KCDPOutput:
         view = None
@@ -162,7 +169,8 @@ def adapted(model, outputs: dict, variant: Variant) -> Iterator[Callable[[dict],
             size = model.config.train.batch_size
             recompute_statistics(model, batches(outputs, size), within=norms, forward=forward)
         model.eval()
-        face_encoder.eval()  # a copy is no submodule: model.eval() leaves its layers as they were
+        if face_branch is not None:
+            face_branch.eval()  # the copies' BatchNorms were left in training mode by the step
         with torch.no_grad():
             yield forward
     finally:

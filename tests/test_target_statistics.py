@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from accuracy_script import load_script
 from model_tiny import tiny_config, tiny_foundation
+from torch import nn
 from train_data import make_domain
 
+from kcdp_core.model.image_tail import ImageEncoderOutputs
 from kcdp_core.model.kcdp import KCDPModel
 from kcdp_core.train.datasets import file_hash
 from kcdp_core.train.target_bn import batch_norms, recompute_statistics
@@ -78,3 +82,28 @@ def test_an_encoder_scope_it_does_not_know_is_refused(setup):
     ts, model, _, _ = setup
     with pytest.raises(ValueError, match="unknown encoder scope"):
         ts.encoder_norms(model.image_encoder, "everything", 1)
+
+
+def test_the_tail_per_view_keeps_the_whole_images_statistics_apart_from_the_faces(tmp_path):
+    ts = load_script("target_statistics")
+    torch.manual_seed(0)
+    config = tiny_config(tiny_foundation(tmp_path), perception={"image_tail": 2, "face_view": 48})
+    model = KCDPModel.from_config(config).eval()
+    for stage in model.image_tail.stages:  # the tiny encoder's GroupNorms as the real one's BatchNorms
+        stage[1] = nn.BatchNorm2d(stage[1].num_channels).eval()
+    style = make_domain(tmp_path / "style", fill=(200, 60, 90), per_class=3)
+    outputs = ts.frozen_outputs(model, style, tmp_path / "cache")
+    size = model.config.train.batch_size
+
+    # the tail's statistics over the whole images alone, as the variant should leave them in the model
+    alone = copy.deepcopy(model.image_tail).eval()
+    branch = ImageEncoderOutputs(model.image_encoder, alone)
+    recompute_statistics(alone, ts.batches(outputs, size), forward=lambda b: branch.features(b["pixels"]))
+    whole = batch_norms(alone)[0].running_mean
+
+    before = _state(model)
+    for name, same in (("fpn+tail per view", True), ("fpn+tail", False)):
+        with ts.adapted(model, outputs, ts.VARIANTS[name]):
+            assert torch.allclose(batch_norms(model.image_tail)[0].running_mean, whole, atol=1e-5) is same
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert ts.run_variant(model, outputs, ts.VARIANTS["fpn+tail per view"]).shape == (len(outputs["label"]),)
