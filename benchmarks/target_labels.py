@@ -24,16 +24,14 @@ Prints the same table as target_statistics.py, each labeller against the head.
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import machine, recorded_command  # noqa: E402
-from target_statistics import BATCH, STEP, VARIANTS, adapted, batches, format_table, frozen_outputs  # noqa: E402
+from target_statistics import BATCH, STEP, VARIANTS, adapted, batches, score_styles  # noqa: E402
 
 
 def centroids(features, probs, steps: int = 2):
@@ -94,53 +92,13 @@ def after_step(model, outputs: dict) -> dict:
     return {name: torch.cat(parts) for name, parts in found.items()}
 
 
+def predict(model, outputs: dict, chosen: list[str]) -> dict[str, np.ndarray]:
+    found = after_step(model, outputs)
+    return {name: LABELLERS[name](found["a"], found["logits"], found["cliea"]).numpy() for name in chosen}
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="kcdp:default_model", help="checkpoint (default: the shipped one)")
-    parser.add_argument(
-        "--styles", nargs="+", type=Path, required=True, help="style folders of class folders"
-    )
-    parser.add_argument("--labellers", nargs="+", default=list(LABELLERS), choices=list(LABELLERS))
-    parser.add_argument("--cache", type=Path, required=True, help="folder for the frozen outputs")
-    parser.add_argument("--json", type=Path, help="also write the scores here")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    args = parser.parse_args(argv)
-
-    import torch
-    from tqdm import tqdm
-
-    from kcdp_core.model.kcdp import KCDPModel
-    from kcdp_core.train.adapt import resolve_model
-    from kcdp_core.train.evaluate import classification_metrics
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    missing = [str(s) for s in args.styles if not s.is_dir()]
-    if missing:
-        parser.error(f"not a folder: {', '.join(missing)}")
-    ckpt = resolve_model(args.model)
-    model = KCDPModel.from_pretrained(ckpt)
-    if model.cliea is None:
-        parser.error(f"{ckpt}: the labellers need CLIEA (cliea.enabled) in the checkpoint's config")
-    cache = args.cache / hashlib.sha256((ckpt / "model.safetensors").read_bytes()).hexdigest()[:16]
-    print(f"command: {recorded_command('target_labels.py')}\nmachine: {machine()}\ncheckpoint: {ckpt}")
-    scores: dict[str, dict[str, float]] = {}
-    sizes: dict[str, int] = {}
-    for style in tqdm(args.styles, desc="styles", unit="style"):
-        outputs = frozen_outputs(model, style, cache)
-        truth = outputs["label"].numpy()
-        sizes[style.name] = len(truth)
-        found = after_step(model, outputs)
-        scores[style.name] = {
-            name: classification_metrics(
-                truth, LABELLERS[name](found["a"], found["logits"], found["cliea"]).numpy(), model.labels
-            )["macro_f1_truth"]
-            for name in args.labellers
-        }
-    print(format_table(scores, args.labellers, sizes, reference="head"))
-    if args.json:
-        args.json.write_text(json.dumps({"checkpoint": str(ckpt), "scores": scores}, indent=1) + "\n")
-    return 0
+    return score_styles(argv, __doc__, "target_labels.py", "labellers", LABELLERS, predict, reference="head")
 
 
 if __name__ == "__main__":

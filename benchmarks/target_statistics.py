@@ -210,15 +210,27 @@ def format_table(
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def score_styles(
+    argv: list[str] | None,
+    doc: str,
+    script: str,
+    option: str,
+    choices: dict,
+    predict: Callable[[object, dict, list[str]], dict[str, np.ndarray]],
+    reference: str,
+) -> int:
+    """The command of this script and of target_labels.py: for every style (cached frozen outputs),
+    `predict(model, outputs, chosen)` gives each chosen name's labels; prints the table of macro-F1
+    against `reference`. --`option` picks among the keys of `choices`."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--model", default="kcdp:default_model", help="checkpoint (default: the shipped one)")
     parser.add_argument("--styles", nargs="+", type=Path, required=True, help="style folders of class folders")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(f"--{option}", nargs="+", default=list(choices), choices=list(choices))
     parser.add_argument("--cache", type=Path, required=True, help="folder for the frozen outputs")
     parser.add_argument("--json", type=Path, help="also write the scores here")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
+    chosen = getattr(args, option)
 
     import torch
     from tqdm import tqdm
@@ -235,23 +247,33 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = resolve_model(args.model)
     model = KCDPModel.from_pretrained(ckpt)
     cache = args.cache / hashlib.sha256((ckpt / "model.safetensors").read_bytes()).hexdigest()[:16]
-    print(f"command: {recorded_command('target_statistics.py')}\nmachine: {machine()}\ncheckpoint: {ckpt}")
+    print(f"command: {recorded_command(script)}\nmachine: {machine()}\ncheckpoint: {ckpt}")
     scores: dict[str, dict[str, float]] = {}
     sizes: dict[str, int] = {}
     for style in tqdm(args.styles, desc="styles", unit="style"):
         outputs = frozen_outputs(model, style, cache)
-        labels = outputs["label"].numpy()
-        sizes[style.name] = len(labels)
+        truth = outputs["label"].numpy()
+        sizes[style.name] = len(truth)
         scores[style.name] = {
-            v: classification_metrics(labels, run_variant(model, outputs, VARIANTS[v]), model.labels)[
-                "macro_f1_truth"
-            ]
-            for v in args.variants
+            name: classification_metrics(truth, labels, model.labels)["macro_f1_truth"]
+            for name, labels in predict(model, outputs, chosen).items()
         }
-    print(format_table(scores, args.variants, sizes))
+    print(format_table(scores, chosen, sizes, reference))
     if args.json:
         args.json.write_text(json.dumps({"checkpoint": str(ckpt), "scores": scores}, indent=1) + "\n")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return score_styles(
+        argv,
+        __doc__,
+        "target_statistics.py",
+        "variants",
+        VARIANTS,
+        lambda model, outputs, chosen: {v: run_variant(model, outputs, VARIANTS[v]) for v in chosen},
+        reference=STEP,
+    )
 
 
 if __name__ == "__main__":
