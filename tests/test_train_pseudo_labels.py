@@ -150,6 +150,27 @@ def test_selection_trains_identically_whatever_the_target_label_column_holds(dom
             )
 
 
+def test_zeroshot_labels_keep_to_the_declared_classes(domains) -> None:
+    """The aligned encoder's zero-shot labels (computed once): with target_classes, only those classes,
+    their confidence a softmax over them alone; without, any class."""
+    from kcdp_core.config import tiny
+
+    root, src, tgt = domains
+    n = len(list(tgt.rglob("*.png")))
+    train = {"setting": "da", "epochs": 2, "seed": 2, "pseudo_labels": "zeroshot"}
+    _, free = _train(tiny().replace(train=train), src, tgt, root / "run_zeroshot")
+    classes = ["anger", "sadness"]  # not the class the tiny classifier gives every image
+    config = tiny().replace(train=train | {"target_classes": classes})
+    _, kept = _train(config, src, tgt, root / "run_zeroshot_classes")
+    allowed = {config.labels.index(c) for c in classes}
+    assert [r["how"] for r in free] == [r["how"] for r in kept] == ["zeroshot", "zeroshot"]
+    assert free[0]["cliea"] == free[1]["cliea"] and len(free[0]["cliea"]) == n  # computed once
+    assert set(free[0]["cliea"]) - allowed  # left alone, it names another class
+    for row in kept:
+        assert set(row["cliea"]) <= allowed
+        assert all(0.5 <= c <= 1.0 for c in row["confidence"])  # the larger of two probabilities
+
+
 def test_batch_mode_logs_what_the_batches_used_and_refuses_selection(domains) -> None:
     from kcdp_core.config import tiny
     from kcdp_core.train.trainer import Trainer
