@@ -80,19 +80,16 @@ def after_step(model, outputs: dict) -> dict:
     with adapted(model, outputs, VARIANTS[STEP]) as forward:
         for batch in batches(outputs, BATCH):
             out = forward(batch)
-            k, mask = batch["k"], batch["k_mask"]
-            v = out.features
-            found["a"].append(
-                model.head.fuse(
-                    torch.cat([v, pool_knowledge(k, mask)], 1) if model.head.config.use_knowledge else v
-                )
-            )
+            v, k, mask = out.features, batch["k"], batch["k_mask"]
+            x = torch.cat([v, pool_knowledge(k, mask)], 1) if model.head.config.use_knowledge else v
+            found["a"].append(model.head.fuse(x))
             found["logits"].append(out.logits)
-            found["cliea"].append(model.cliea_scores(out.features, k, mask))
+            found["cliea"].append(model.cliea_scores(v, k, mask))
     return {name: torch.cat(parts) for name, parts in found.items()}
 
 
 def predict(model, outputs: dict, chosen: list[str]) -> dict[str, np.ndarray]:
+    """Each chosen labeller's labels of a style's images."""
     found = after_step(model, outputs)
     return {name: LABELLERS[name](found["a"], found["logits"], found["cliea"]).numpy() for name in chosen}
 

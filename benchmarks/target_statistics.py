@@ -17,7 +17,7 @@ the image branch. The variants (VARIANTS): none; the FPN and the image tail (kcd
 the two alone; the step plus statistics of the frozen image encoder (EfficientNet-Lite0) the tail reads
 from: all of its BatchNorms, shared by the whole image and the face view as the module runs both, or
 one set per view (the exported face encoder is a graph of its own), and per view the stem's only or
-those of the four stages below the tail. A change to the encoder's statistics would also change the
+those of the four stages below the tail; the step with the image tail's statistics one set per view. A change to the encoder's statistics would also change the
 retrieval captioner's embedding; the knowledge is kept as cached here (an upper bound for an export
 with one trunk pass). Prints a table: per style, the mean, and each variant's change against the step
 with its worst style.
@@ -134,8 +134,10 @@ def adapted(model, outputs: dict, variant: Variant) -> Iterator[Callable[[dict],
     encoder = model.image_encoder
     if variant.encoder and model.image_tail is None:
         raise ValueError("the encoder's variants need a model with an image tail (perception.image_tail)")
+    if variant.tail_per_view and not model.face_view:
+        raise ValueError("the tail's statistics per view need a model with a face view (perception.face_view)")
     face_encoder = copy.deepcopy(encoder) if variant.per_view else encoder
-    face_tail = copy.deepcopy(model.image_tail) if variant.tail_per_view and model.face_view else model.image_tail
+    face_tail = copy.deepcopy(model.image_tail) if variant.tail_per_view else model.image_tail
     modules = {"fpn": model.fpn, "tail": model.image_tail}
     within = [batch_norms(modules[name]) for name in variant.head if modules[name] is not None]
     if face_tail is not model.image_tail:

@@ -107,3 +107,9 @@ def test_the_tail_per_view_keeps_the_whole_images_statistics_apart_from_the_face
             assert torch.allclose(batch_norms(model.image_tail)[0].running_mean, whole, atol=1e-5) is same
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert ts.run_variant(model, outputs, ts.VARIANTS["fpn+tail per view"]).shape == (len(outputs["label"]),)
+
+
+def test_the_tail_per_view_is_refused_without_a_face_view(setup):
+    ts, model, style, cache = setup
+    with pytest.raises(ValueError, match="face view"):
+        ts.run_variant(model, ts.frozen_outputs(model, style, cache), ts.VARIANTS["fpn+tail per view"])
