@@ -135,7 +135,9 @@ def adapted(model, outputs: dict, variant: Variant) -> Iterator[Callable[[dict],
     if variant.encoder and model.image_tail is None:
         raise ValueError("the encoder's variants need a model with an image tail (perception.image_tail)")
     if variant.tail_per_view and not model.face_view:
-        raise ValueError("the tail's statistics per view need a model with a face view (perception.face_view)")
+        raise ValueError(
+            "the tail's statistics per view need a model with a face view (perception.face_view)"
+        )
     face_encoder = copy.deepcopy(encoder) if variant.per_view else encoder
     face_tail = copy.deepcopy(model.image_tail) if variant.tail_per_view else model.image_tail
     modules = {"fpn": model.fpn, "tail": model.image_tail}
@@ -212,6 +214,57 @@ def format_table(
     return "\n".join(lines) + "\n"
 
 
+def paired_bootstrap(
+    truths: dict[str, np.ndarray],
+    predictions: dict[str, dict[str, np.ndarray]],
+    reference: str,
+    labels: tuple[str, ...],
+    rounds: int = 1000,
+    seed: int = 0,
+) -> dict[str, dict]:
+    """How sure each change against `reference` is: the images of every style resampled `rounds` times
+    (the same draw for every name: paired). Per name: the 95% interval of the mean change over the
+    styles, in points, and the styles whose own change is below (above) zero in 97.5% of the draws."""
+    from kcdp_core.train.evaluate import classification_metrics
+
+    def f1(truth: np.ndarray, predicted: np.ndarray) -> float:
+        return classification_metrics(truth, predicted, labels)["macro_f1_truth"]
+
+    rng = np.random.default_rng(seed)
+    names = list(next(iter(predictions.values())))
+    changes = {name: np.zeros((rounds, len(truths))) for name in names}  # [draw, style] in points
+    for j, (style, truth) in enumerate(truths.items()):
+        for r in range(rounds):
+            draw = rng.integers(0, len(truth), len(truth))
+            base = f1(truth[draw], predictions[style][reference][draw])
+            for name in names:
+                changes[name][r, j] = 100 * (f1(truth[draw], predictions[style][name][draw]) - base)
+    styles = list(truths)
+    out = {}
+    for name, c in changes.items():
+        low, high = np.percentile(c, [2.5, 97.5], axis=0)
+        out[name] = {
+            "interval": tuple(float(x) for x in np.percentile(c.mean(1), [2.5, 97.5])),
+            "below": [s for s, h in zip(styles, high, strict=True) if h < 0],
+            "above": [s for s, lo in zip(styles, low, strict=True) if lo > 0],
+        }
+    return out
+
+
+def format_bootstrap(sure: dict[str, dict], names: list[str], reference: str) -> str:
+    """Two table rows for paired_bootstrap(): the mean change's interval, and the styles surely below
+    and above `reference`."""
+    intervals = [f"{sure[n]['interval'][0]:+.1f} to {sure[n]['interval'][1]:+.1f}" for n in names]
+    counts = [f"{len(sure[n]['below'])} / {len(sure[n]['above'])}" for n in names]
+    return (
+        f"| change against {reference}, 95% interval (paired bootstrap over images) | "
+        + " | ".join(intervals)
+        + " |\n| styles surely below / above it (97.5% of the draws) | "
+        + " | ".join(counts)
+        + " |\n"
+    )
+
+
 def score_styles(
     argv: list[str] | None,
     doc: str,
@@ -226,11 +279,16 @@ def score_styles(
     against `reference`. --`option` picks among the keys of `choices`."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--model", default="kcdp:default_model", help="checkpoint (default: the shipped one)")
-    parser.add_argument("--styles", nargs="+", type=Path, required=True, help="style folders of class folders")
+    parser.add_argument(
+        "--styles", nargs="+", type=Path, required=True, help="style folders of class folders"
+    )
     parser.add_argument(f"--{option}", nargs="+", default=list(choices), choices=list(choices))
     parser.add_argument("--cache", type=Path, required=True, help="folder for the frozen outputs")
     parser.add_argument("--json", type=Path, help="also write the scores here")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument(
+        "--rounds", type=int, default=1000, help="paired bootstrap draws over each style's images (0: none)"
+    )
     args = parser.parse_args(argv)
     chosen = getattr(args, option)
 
@@ -251,18 +309,24 @@ def score_styles(
     cache = args.cache / hashlib.sha256((ckpt / "model.safetensors").read_bytes()).hexdigest()[:16]
     print(f"command: {recorded_command(script)}\nmachine: {machine()}\ncheckpoint: {ckpt}")
     scores: dict[str, dict[str, float]] = {}
-    sizes: dict[str, int] = {}
+    truths: dict[str, np.ndarray] = {}
+    predictions: dict[str, dict[str, np.ndarray]] = {}
     for style in tqdm(args.styles, desc="styles", unit="style"):
         outputs = frozen_outputs(model, style, cache)
-        truth = outputs["label"].numpy()
-        sizes[style.name] = len(truth)
+        truths[style.name] = truth = outputs["label"].numpy()
+        predictions[style.name] = predict(model, outputs, chosen)
         scores[style.name] = {
             name: classification_metrics(truth, labels, model.labels)["macro_f1_truth"]
-            for name, labels in predict(model, outputs, chosen).items()
+            for name, labels in predictions[style.name].items()
         }
-    print(format_table(scores, chosen, sizes, reference))
+    table = format_table(scores, chosen, {s: len(t) for s, t in truths.items()}, reference)
+    report: dict = {"checkpoint": str(ckpt), "scores": scores}
+    if args.rounds and reference in chosen:
+        report["bootstrap"] = paired_bootstrap(truths, predictions, reference, model.labels, args.rounds)
+        table += format_bootstrap(report["bootstrap"], chosen, reference)
+    print(table)
     if args.json:
-        args.json.write_text(json.dumps({"checkpoint": str(ckpt), "scores": scores}, indent=1) + "\n")
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
     return 0
 
 

@@ -75,25 +75,13 @@ def test_the_command_scores_every_labeller_per_style(setup, capsys):
     ckpt = model.save_pretrained(tmp / "ckpt")
     out = tmp / "scores.json"
     labellers = ["head", "centroids", "neighbours 5"]
-    assert (
-        tl.main(
-            [
-                "--model",
-                str(ckpt),
-                "--styles",
-                str(style),
-                "--cache",
-                str(tmp / "cache"),
-                "--labellers",
-                *labellers,
-                "--json",
-                str(out),
-            ]
-        )
-        == 0
-    )
-    scores = json.loads(out.read_text())["scores"]["style"]
+    argv = ["--model", str(ckpt), "--styles", str(style), "--cache", str(tmp / "cache")]
+    assert tl.main([*argv, "--labellers", *labellers, "--json", str(out), "--rounds", "50"]) == 0
+    report = json.loads(out.read_text())
+    scores = report["scores"]["style"]
     assert sorted(scores) == sorted(labellers) and all(0.0 <= s <= 1.0 for s in scores.values())
+    assert report["bootstrap"]["head"] == {"interval": [0.0, 0.0], "below": [], "above": []}
     table = capsys.readouterr().out
     assert f"| style ({4 * len(model.labels)}) | {scores['head']:.3f} |" in table
     assert "| change against head (worst style) | +0.0 (style +0.0) |" in table
+    assert "| change against head, 95% interval (paired bootstrap over images) | +0.0 to +0.0 |" in table

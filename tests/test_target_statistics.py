@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from accuracy_script import load_script
@@ -113,3 +114,24 @@ def test_the_tail_per_view_is_refused_without_a_face_view(setup):
     ts, model, style, cache = setup
     with pytest.raises(ValueError, match="face view"):
         ts.run_variant(model, ts.frozen_outputs(model, style, cache), ts.VARIANTS["fpn+tail per view"])
+
+
+def test_the_paired_bootstrap_tells_a_sure_change_from_none():
+    ts = load_script("target_statistics")
+    labels = ("anger", "happiness", "sadness")
+    truth = np.array([0, 1, 2] * 20)
+    wrong = (truth + 1) % 3
+    half = np.where(np.arange(60) < 30, truth, wrong)
+    truths = {"a": truth, "b": truth}
+    predictions = {
+        "a": {"ref": truth, "same": truth, "worse": wrong, "mixed": half},
+        "b": {"ref": half, "same": half, "worse": half, "mixed": truth},
+    }
+    sure = ts.paired_bootstrap(truths, predictions, "ref", labels, rounds=200)
+    assert sure["same"] == {"interval": (0.0, 0.0), "below": [], "above": []}
+    assert sure["worse"]["below"] == ["a"] and sure["worse"]["above"] == []
+    assert sure["worse"]["interval"][1] < 0  # a whole style wrong: the mean surely falls
+    assert sure["mixed"]["below"] == ["a"] and sure["mixed"]["above"] == ["b"]
+    assert sure["mixed"]["interval"][0] < 0 < sure["mixed"]["interval"][1]  # one up, one down: not sure
+    rows = ts.format_bootstrap(sure, ["ref", "same", "worse"], "ref")
+    assert "| styles surely below / above it (97.5% of the draws) | 0 / 0 | 0 / 0 | 1 / 0 |" in rows
