@@ -235,7 +235,7 @@ def paired_bootstrap(
     names = list(next(iter(predictions.values())))
     changes = {name: np.zeros((rounds, len(truths))) for name in names}  # [draw, style] in points
     for j, (style, truth) in enumerate(truths.items()):
-        for _ in range(rounds):
+        for r in range(rounds):
             draw = rng.integers(0, len(truth), len(truth))
             base = f1(truth[draw], predictions[style][reference][draw])
             for name in names:
