@@ -74,15 +74,12 @@ def after_step(model, outputs: dict) -> dict:
     """The head's fused inputs a, logits and CLIEA's scores of every image, after kcdp-adapt's step."""
     import torch
 
-    from kcdp_core.model.head import pool_knowledge
-
     found: dict[str, list] = {"a": [], "logits": [], "cliea": []}
     with adapted(model, outputs, VARIANTS[STEP]) as forward:
         for batch in batches(outputs, BATCH):
             out = forward(batch)
             v, k, mask = out.features, batch["k"], batch["k_mask"]
-            x = torch.cat([v, pool_knowledge(k, mask)], 1) if model.head.config.use_knowledge else v
-            found["a"].append(model.head.fuse(x))
+            found["a"].append(model.head.fused(v, k, mask))
             found["logits"].append(out.logits)
             found["cliea"].append(model.cliea_scores(v, k, mask))
     return {name: torch.cat(parts) for name, parts in found.items()}

@@ -37,12 +37,16 @@ class PredictionHead(nn.Module):
         else:
             raise ValueError(f"unknown classifier {config.classifier!r} (moe or linear)")
 
+    def fused(self, v: torch.Tensor, k: torch.Tensor, k_mask: torch.Tensor) -> torch.Tensor:
+        """a [B, fused_dim]: what the classifier reads."""
+        x = torch.cat([v, pool_knowledge(k, k_mask)], dim=1) if self.config.use_knowledge else v
+        return self.fuse(x)
+
     def forward(
         self, v: torch.Tensor, k: torch.Tensor, k_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(logits [B, C], balance loss (scalar; 0 for linear), router probabilities [B, E] or None)."""
-        x = torch.cat([v, pool_knowledge(k, k_mask)], dim=1) if self.config.use_knowledge else v
-        a = self.fuse(x)
+        a = self.fused(v, k, k_mask)
         if self.moe is not None:
             return self.moe(a)
         logits = self.linear(a)
