@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +15,14 @@ from kcdp_core.data.avatar_key import load_training_styles
 from kcdp_core.data.cli import main as data_main
 from kcdp_core.data.procedural_faces import (
     GEOMETRY,
+    appearance_in_style,
     build_procedural,
     draw_face,
     face_rng,
     render_face,
     sample_appearance,
     sample_expression,
+    sample_style,
 )
 from kcdp_core.portable.labels import EMOJI7
 
@@ -150,6 +153,57 @@ def test_the_command_writes_class_folders_an_index_and_a_sheet(tmp_path, capsys)
     assert data_main(["procedural", "--out", str(out), "--per-class", "0"]) == 2
     assert data_main(["procedural", "--out", str(out), "--contact-sheet", str(out / "s.png")]) == 2
     assert "outside --out" in capsys.readouterr().err
+
+
+def test_a_style_fixes_the_look_and_its_faces_vary_within_it():
+    style = sample_style(3)
+    assert sample_style(3) == style and sample_style(4) != style
+    looks = [appearance_in_style(style, face_rng("happiness", n, style.number)) for n in range(60)]
+    kept = ("rendering", "background", "ink", "outline", "stroke", "head_aspect", "eye_style", "nose_style")
+    assert all(getattr(lk, name) == getattr(style.look, name) for lk in looks for name in kept)
+    assert {lk.skin for lk in looks} == set(style.skins) and {lk.hair_style for lk in looks} == set(
+        style.hair_styles
+    )
+    assert len({lk.rotation for lk in looks}) == 60 and max(abs(lk.rotation) for lk in looks) <= 6
+    a, expr = render_face("anger", 2, 48, style)
+    assert _png(render_face("anger", 2, 48, style)[0]) == _png(a)
+    # the style draws its own face: another geometry than the face of that number with a look of its own
+    assert render_face("anger", 2, 48)[1] != expr and _png(
+        render_face("anger", 2, 48, sample_style(4))[0]
+    ) != _png(a)
+
+
+def test_faces_of_one_style_are_closer_than_faces_of_two():
+    def colours(number: int) -> np.ndarray:  # each face's mean colour
+        style = sample_style(number)
+        return np.array(
+            [
+                np.asarray(render_face(label, n, 48, style)[0], float).mean((0, 1))
+                for label in EMOJI7
+                for n in range(3)
+            ]
+        )
+
+    per_style = [colours(n) for n in range(6)]
+    within = np.mean([np.linalg.norm(c - c.mean(0), axis=1).mean() for c in per_style])
+    centres = np.array([c.mean(0) for c in per_style])
+    across = np.linalg.norm(centres - centres.mean(0), axis=1).mean()
+    assert across > 2 * within, (across, within)
+
+
+def test_the_command_writes_one_folder_per_style(tmp_path):
+    out, sheet = tmp_path / "styles", tmp_path / "sheet.png"
+    argv = ["procedural", "--out", str(out), "--per-class", "2", "--size", "40", "--workers", "1"]
+    assert data_main([*argv, "--styles", "2", "--style-start", "5", "--contact-sheet", str(sheet)]) == 0
+    assert sorted(p.name for p in (out / "domains").iterdir()) == ["procedural-5", "procedural-6"]
+    for name in ("procedural-5", "procedural-6"):
+        assert sorted(p.name for p in (out / "domains" / name).iterdir() if p.is_dir()) == sorted(EMOJI7)
+    report = json.loads((out / "domains" / "procedural-6" / "report.json").read_text())
+    assert report["style"]["number"] == 6 and report["per_class"] == 2
+    assert sheet.is_file() and sheet.stat().st_size > 1000
+    first = _digest(out)
+    assert data_main([*argv, "--styles", "2", "--style-start", "5"]) == 0 and _digest(out) == first
+    assert data_main([*argv, "--styles", "0"]) == 2
 
 
 def test_procedural_faces_are_on_the_list_of_training_styles():

@@ -6,7 +6,7 @@
                       [--seed-start 0] [--emoji EMOJI_DIR] [--key CSV]
                       [--styles benchmark|extra|labelled|heldout] [--contact-sheet PNG]
     kcdp-data procedural --out DIR [--per-class 300] [--size 128] [--seed-start 0] [--workers N]
-                         [--contact-sheet PNG]
+                         [--contact-sheet PNG] [--styles K [--style-start 0]]
 
 Exit status: 0 built, 1 a package could not be fetched/verified or images failed, 2 usage errors.
 """
@@ -80,6 +80,14 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     f.add_argument("--seed-start", type=int, default=0, help="first face number: fresh faces for a test set")
     f.add_argument("--workers", type=int, default=None, help="render processes (default min(2, cores))")
+    f.add_argument(
+        "--styles",
+        type=int,
+        default=None,
+        help="draw K styles, each face of one sharing its look: DIR/domains/procedural-<n>/<label>/ (targets "
+        "for label-free adaptation that no model has seen)",
+    )
+    f.add_argument("--style-start", type=int, default=0, help="number of the first style (0)")
     f.add_argument(
         "--contact-sheet",
         type=Path,
@@ -172,25 +180,39 @@ def _avatars(args: argparse.Namespace) -> int:
 
 
 def _procedural(args: argparse.Namespace) -> int:
-    from kcdp_core.data.procedural_faces import build_procedural, contact_sheet
+    from kcdp_core.data.procedural_faces import (
+        build_procedural,
+        build_styles,
+        contact_sheet,
+        styles_contact_sheet,
+    )
 
     if args.contact_sheet and args.contact_sheet.resolve().is_relative_to(args.out.resolve()):
         print("kcdp-data: error: --contact-sheet must lie outside --out", file=sys.stderr)
         return 2
+    options = {
+        "per_class": args.per_class,
+        "size": args.size,
+        "seed_start": args.seed_start,
+        "workers": args.workers,
+    }
     try:
-        res = build_procedural(
-            args.out, per_class=args.per_class, size=args.size, seed_start=args.seed_start, workers=args.workers
-        )
+        if args.styles is None:
+            results = [build_procedural(args.out, **options)]
+        else:
+            results = build_styles(args.out, args.styles, args.style_start, **options)
     except OSError as e:
         print(f"kcdp-data: error: {e}", file=sys.stderr)
         return 1
     except ValueError as e:
         print(f"kcdp-data: error: {e}", file=sys.stderr)
         return 2
-    print(" ".join(f"{label} {n}" for label, n in res.counts.items()))
+    for res in results:
+        print(f"{res.out.name}: " + " ".join(f"{label} {n}" for label, n in res.counts.items()))
     if args.contact_sheet:
-        print(f"contact sheet: {contact_sheet(args.out, args.contact_sheet)}")
-    print(f"built {args.out} in {res.seconds:.1f} s")
+        sheet = contact_sheet if args.styles is None else styles_contact_sheet
+        print(f"contact sheet: {sheet(args.out, args.contact_sheet)}")
+    print(f"built {args.out} in {sum(res.seconds for res in results):.1f} s")
     return 0
 
 

@@ -9,12 +9,19 @@ earrings, blush, freckles), pose (scale, position, rotation, a turn of the head)
 colour, line art, edge drawing, grayscale, duotone). Pure numpy + PIL, deterministic by
 (class, seed): `render_face("anger", 7)` is the same image on every machine.
 
+A `Style` fixes most of that look for a set of faces, as a sticker or avatar set does: its number
+draws one rendering, palette, head, eyes, brows, nose and outline, and its faces vary only in what an
+avatar generator's seeds vary (skin and hair colour among the style's three, hair among its two,
+accessories, pose). Styles are drawn targets with known labels that no model here has seen: a fresh
+selection set for label-free adaptation (`--styles`).
+
 Coordinates are in face units: the head is centred at (0, 0) with half-width 1, y points down.
 
     kcdp-data procedural --out DIR --per-class N [--size 128] [--seed-start S] [--contact-sheet PNG]
+                         [--styles K [--style-start S]]
 
 writes DIR/<label>/<n>.png, DIR/index.csv (path, label, seed and the geometry of every face) and
-DIR/report.json.
+DIR/report.json; with --styles, one such folder per style, DIR/domains/procedural-<number>/.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -177,6 +184,7 @@ HAIR = [(30, 25, 25), (80, 50, 30), (150, 95, 50), (230, 190, 100), (200, 70, 40
 BRIGHT = [(230, 60, 60), (60, 140, 230), (60, 180, 90), (250, 160, 40), (150, 80, 200), (240, 100, 170)]
 LIGHT = [(255, 250, 235), (235, 245, 255), (255, 235, 240), (240, 255, 235), (255, 255, 255)]
 RENDERINGS = ("flat", "flat", "flat", "lineart", "lineart", "edges", "gray", "duotone")
+HAIR_STYLES = ("none", "cap", "fringe", "spikes", "long", "bun")
 
 
 @dataclass(frozen=True)
@@ -246,7 +254,7 @@ def sample_appearance(rng: np.random.Generator) -> Appearance:
         head_squareness=float(rng.uniform(2.0, 4.5)),
         chin_taper=float(rng.uniform(0.0, 0.35)),
         ears=bool(rng.random() < 0.5),
-        hair_style=str(rng.choice(["none", "cap", "fringe", "spikes", "long", "bun"])),
+        hair_style=str(rng.choice(HAIR_STYLES)),
         hat=bool(rng.random() < 0.15),
         glasses=bool(rng.random() < 0.15),
         earrings=bool(rng.random() < 0.15),
@@ -267,6 +275,53 @@ def sample_appearance(rng: np.random.Generator) -> Appearance:
         rotation=float(rng.uniform(-18, 18)),
         yaw=float(rng.uniform(-0.35, 0.35)),
         duotone=(_pick(rng, [(20, 30, 80), (60, 20, 40), (10, 60, 50), (0, 0, 0)]), _pick(rng, LIGHT)),
+    )
+
+
+@dataclass(frozen=True)
+class Style:
+    """A drawn style: the look its faces share, and the few choices that vary between them."""
+
+    number: int
+    look: Appearance  # rendering, background, ink, outline, head, eyes, brows, nose, mouth place
+    skins: tuple[tuple[int, int, int], ...]
+    hairs: tuple[tuple[int, int, int], ...]
+    hair_styles: tuple[str, ...]
+    accessories: float  # chance of each accessory (hat, glasses, earrings) on a face
+
+
+def sample_style(number: int) -> Style:
+    """Style `number`, the same on every machine (its own generator, apart from every face's)."""
+    rng = np.random.default_rng([int(number), 0x7374796C])
+    fantasy = rng.random() < 0.35
+    return Style(
+        number=int(number),
+        look=sample_appearance(rng),
+        skins=tuple(_jitter(rng, _pick(rng, FANTASY if fantasy else SKIN)) for _ in range(3)),
+        hairs=tuple(_jitter(rng, _pick(rng, HAIR + BRIGHT[:2])) for _ in range(3)),
+        hair_styles=tuple(str(h) for h in rng.choice(HAIR_STYLES, 2, replace=False)),
+        accessories=float(rng.choice([0.0, 0.15, 0.3])),
+    )
+
+
+def appearance_in_style(style: Style, rng: np.random.Generator) -> Appearance:
+    """One face's look in `style`: what an avatar generator's seeds change, the rest the style's. The pose
+    varies less than across styles (a style draws its heads alike)."""
+    base = style.look
+    return replace(
+        base,
+        bg=_jitter(rng, base.bg, 12),
+        skin=style.skins[int(rng.integers(len(style.skins)))],
+        hair=style.hairs[int(rng.integers(len(style.hairs)))],
+        hair_style=style.hair_styles[int(rng.integers(len(style.hair_styles)))],
+        hat=bool(rng.random() < style.accessories),
+        glasses=bool(rng.random() < style.accessories),
+        earrings=bool(rng.random() < style.accessories),
+        scale=base.scale * float(rng.uniform(0.95, 1.05)),
+        dx=base.dx + float(rng.uniform(-0.02, 0.02)),
+        dy=base.dy + float(rng.uniform(-0.02, 0.02)),
+        rotation=float(rng.uniform(-6, 6)),
+        yaw=float(rng.uniform(-0.15, 0.15)),
     )
 
 
@@ -618,18 +673,23 @@ def draw_face(e: Expression, look: Appearance, size: int = 128) -> Image.Image:
     return img
 
 
-def face_rng(label: str, seed: int) -> np.random.Generator:
-    """The generator of one face: fixed by (class, seed), independent of any other face."""
-    return np.random.default_rng([EMOJI7.index(label), int(seed), 0x6B636470])
+def face_rng(label: str, seed: int, style: int | None = None) -> np.random.Generator:
+    """The generator of one face: fixed by (class, seed[, style]), independent of any other face."""
+    key = [EMOJI7.index(label), int(seed), 0x6B636470]
+    return np.random.default_rng(key if style is None else [*key, int(style)])
 
 
-def render_face(label: str, seed: int, size: int = 128) -> tuple[Image.Image, Expression]:
-    """The face number `seed` of class `label`, and its expression geometry."""
+def render_face(
+    label: str, seed: int, size: int = 128, style: Style | None = None
+) -> tuple[Image.Image, Expression]:
+    """The face number `seed` of class `label` (in `style`, or with a look of its own), and its
+    expression geometry."""
     if label not in EMOJI7:
         raise ValueError(f"unknown class {label!r}: expected one of {EMOJI7}")
-    rng = face_rng(label, seed)
+    rng = face_rng(label, seed, None if style is None else style.number)
     expression = sample_expression(label, rng)
-    return draw_face(expression, sample_appearance(rng), size), expression
+    look = sample_appearance(rng) if style is None else appearance_in_style(style, rng)
+    return draw_face(expression, look, size), expression
 
 
 # ---------------------------------------------------------------------------------------------
@@ -645,9 +705,9 @@ class ProceduralBuildResult:
     seconds: float = 0.0
 
 
-def _render_to(job: tuple[str, int, int, str]) -> dict:
-    label, seed, size, root = job
-    image, expression = render_face(label, seed, size)
+def _render_to(job: tuple[str, int, int, str, Style | None]) -> dict:
+    label, seed, size, root, style = job
+    image, expression = render_face(label, seed, size, style)
     path = Path(label) / f"{seed}.png"
     target = Path(root) / path
     tmp = target.with_suffix(".tmp")
@@ -663,9 +723,11 @@ def build_procedural(
     seed_start: int = 0,
     workers: int | None = None,
     labels: tuple[str, ...] = EMOJI7,
+    style: Style | None = None,
 ) -> ProceduralBuildResult:
-    """DIR/<label>/<seed>.png for seeds seed_start .. seed_start + per_class - 1 of every class, with
-    DIR/index.csv (the geometry of every face) and DIR/report.json. A rebuild replaces the class folders."""
+    """DIR/<label>/<seed>.png for seeds seed_start .. seed_start + per_class - 1 of every class (in
+    `style`, or each face with a look of its own), with DIR/index.csv (the geometry of every face) and
+    DIR/report.json. A rebuild replaces the class folders."""
     if per_class < 1 or size < 32:
         raise ValueError("--per-class must be >= 1 and --size >= 32")
     unknown = [label for label in labels if label not in EMOJI7]
@@ -677,7 +739,11 @@ def build_procedural(
         shutil.rmtree(out / label, ignore_errors=True)
     for label in labels:
         (out / label).mkdir(parents=True, exist_ok=True)
-    jobs = [(label, n, size, str(out)) for label in labels for n in range(seed_start, seed_start + per_class)]
+    jobs = [
+        (label, n, size, str(out), style)
+        for label in labels
+        for n in range(seed_start, seed_start + per_class)
+    ]
     workers = workers if workers is not None else min(2, os.cpu_count() or 1)
     if workers <= 1 or len(jobs) < 64:
         rows = [_render_to(j) for j in jobs]
@@ -697,6 +763,7 @@ def build_procedural(
         "per_class": per_class,
         "seed_start": seed_start,
         "license": "Apache-2.0 (drawn by kcdp_core.data.procedural_faces)",
+        "style": None if style is None else asdict(style),
         "seconds": round(result.seconds, 1),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -722,3 +789,59 @@ def contact_sheet(out: str | Path, path: str | Path, per_row: int = 10, thumb: i
     if not rows:
         raise ValueError(f"{out}: no class folders with faces")
     return image_grid(rows, path, names, header="kcdp-data procedural: one row per class", label_width=90)
+
+
+def style_folder(number: int) -> str:
+    return f"procedural-{number}"
+
+
+def build_styles(
+    out: str | Path,
+    styles: int,
+    style_start: int = 0,
+    per_class: int = 30,
+    size: int = 128,
+    seed_start: int = 0,
+    workers: int | None = None,
+) -> list[ProceduralBuildResult]:
+    """OUT/domains/procedural-<n>/ for styles n = style_start .. style_start + styles - 1, each a
+    build_procedural folder of its style (the layout of `kcdp-data avatars`: one target per style)."""
+    if styles < 1 or style_start < 0:
+        raise ValueError("--styles must be >= 1 and --style-start >= 0")
+    return [
+        build_procedural(
+            Path(out) / "domains" / style_folder(n),
+            per_class,
+            size,
+            seed_start,
+            workers,
+            style=sample_style(n),
+        )
+        for n in range(style_start, style_start + styles)
+    ]
+
+
+def styles_contact_sheet(out: str | Path, path: str | Path, per_class: int = 2, thumb: int = 64) -> Path:
+    """One row per style folder under OUT/domains: its first `per_class` faces of every class, in class order."""
+    from kcdp_core.pretrain.figures import image_grid
+
+    rows, names = [], []
+    for folder in sorted(
+        (Path(out) / "domains").glob(style_folder("*")), key=lambda p: int(p.name.split("-")[-1])
+    ):
+        row = []
+        for label in EMOJI7:
+            files = sorted((folder / label).glob("*.png"), key=lambda p: int(p.stem))[:per_class]
+            row += [
+                np.asarray(Image.open(f).convert("RGB").resize((thumb, thumb), Image.LANCZOS)) for f in files
+            ]
+        if row:
+            rows.append(row)
+            names.append(folder.name)
+    if not rows:
+        raise ValueError(f"{out}: no style folders under domains/")
+    header = (
+        f"kcdp-data procedural --styles: one row per style, {per_class} faces of each class in order {EMOJI7}"
+    )
+    between_classes = tuple(per_class * (i + 1) - 1 for i in range(len(EMOJI7) - 1))
+    return image_grid(rows, path, names, header=header, label_width=110, separators=between_classes)
