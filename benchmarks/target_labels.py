@@ -13,7 +13,8 @@ labeller (LABELLERS) labels the style's images from what the adapted model compu
 - head, cliea: the classification head's and CLIEA's argmax (what kcdp-adapt predicts and trains on);
 - centroids (SHOT's self-supervised labels, Liang et al. 2020): class centroids in the head's fused space
   weighted by the head's (or CLIEA's) probabilities; each image to its nearest centroid (cosine); the
-  centroids of those labels; nearest centroid again. A class nobody is nearest to drops out;
+  centroids of those labels; nearest centroid again. A class nobody is nearest to drops out. "centroids
+  in v" does the same in the FPN's output space, before the knowledge joins it;
 - neighbours (neighbourhood consistency, as NRC, Yang et al. 2021): the mean of the head's probabilities over
   each image's k nearest images in the same space, itself included.
 
@@ -59,27 +60,31 @@ def neighbours(features, probs, k: int):
     return probs[nearest].mean(1).argmax(1)
 
 
-# name -> labeller(head's fused inputs, head's logits, CLIEA's scores) -> labels
+# name -> labeller(what after_step found: the head's fused inputs a, the FPN's output v, the head's
+# logits, CLIEA's scores) -> labels
 LABELLERS: dict[str, Callable] = {
-    "head": lambda a, logits, cliea: logits.argmax(1),
-    "cliea": lambda a, logits, cliea: cliea.argmax(1),
-    "centroids": lambda a, logits, cliea: centroids(a, logits.softmax(1)),
-    "centroids from cliea": lambda a, logits, cliea: centroids(a, cliea.softmax(1)),
-    "neighbours 5": lambda a, logits, cliea: neighbours(a, logits.softmax(1), 5),
-    "neighbours 15": lambda a, logits, cliea: neighbours(a, logits.softmax(1), 15),
+    "head": lambda f: f["logits"].argmax(1),
+    "cliea": lambda f: f["cliea"].argmax(1),
+    "centroids": lambda f: centroids(f["a"], f["logits"].softmax(1)),
+    "centroids from cliea": lambda f: centroids(f["a"], f["cliea"].softmax(1)),
+    "centroids in v": lambda f: centroids(f["v"], f["logits"].softmax(1)),
+    "neighbours 5": lambda f: neighbours(f["a"], f["logits"].softmax(1), 5),
+    "neighbours 15": lambda f: neighbours(f["a"], f["logits"].softmax(1), 15),
 }
 
 
 def after_step(model, outputs: dict) -> dict:
-    """The head's fused inputs a, logits and CLIEA's scores of every image, after kcdp-adapt's step."""
+    """The head's fused inputs a, the FPN's output v, the logits and CLIEA's scores of every image, after
+    kcdp-adapt's step."""
     import torch
 
-    found: dict[str, list] = {"a": [], "logits": [], "cliea": []}
+    found: dict[str, list] = {"a": [], "v": [], "logits": [], "cliea": []}
     with adapted(model, outputs, VARIANTS[STEP]) as forward:
         for batch in batches(outputs, BATCH):
             out = forward(batch)
             v, k, mask = out.features, batch["k"], batch["k_mask"]
             found["a"].append(model.head.fused(v, k, mask))
+            found["v"].append(v)
             found["logits"].append(out.logits)
             found["cliea"].append(model.cliea_scores(v, k, mask))
     return {name: torch.cat(parts) for name, parts in found.items()}
@@ -88,7 +93,7 @@ def after_step(model, outputs: dict) -> dict:
 def predict(model, outputs: dict, chosen: list[str]) -> dict[str, np.ndarray]:
     """Each chosen labeller's labels of a style's images."""
     found = after_step(model, outputs)
-    return {name: LABELLERS[name](found["a"], found["logits"], found["cliea"]).numpy() for name in chosen}
+    return {name: LABELLERS[name](found).numpy() for name in chosen}
 
 
 def main(argv: list[str] | None = None) -> int:

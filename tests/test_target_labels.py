@@ -64,9 +64,10 @@ def test_the_head_labeller_is_the_adapted_models_prediction_and_the_model_is_lef
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     n = len(outputs["label"])
     assert found["a"].shape == (n, model.config.head.fused_dim)
+    assert found["v"].ndim == 2 and found["v"].shape[0] == n
     assert found["cliea"].shape == found["logits"].shape == (n, len(model.labels))
     step = ts.run_variant(model, outputs, ts.VARIANTS[ts.STEP])
-    assert (tl.LABELLERS["head"](found["a"], found["logits"], found["cliea"]).numpy() == step).all()
+    assert (tl.LABELLERS["head"](found).numpy() == step).all()
 
 
 def test_the_command_scores_every_labeller_per_style(setup, capsys):
@@ -74,7 +75,7 @@ def test_the_command_scores_every_labeller_per_style(setup, capsys):
     tl = load_script("target_labels")
     ckpt = model.save_pretrained(tmp / "ckpt")
     out = tmp / "scores.json"
-    labellers = ["head", "centroids", "neighbours 5"]
+    labellers = ["head", "centroids", "centroids in v", "neighbours 5"]
     argv = ["--model", str(ckpt), "--styles", str(style), "--cache", str(tmp / "cache")]
     assert tl.main([*argv, "--labellers", *labellers, "--json", str(out), "--rounds", "50"]) == 0
     report = json.loads(out.read_text())
