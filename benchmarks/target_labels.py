@@ -13,8 +13,10 @@ labeller (LABELLERS) labels the style's images from what the adapted model compu
 - head, cliea: the classification head's and CLIEA's argmax (what kcdp-adapt predicts and trains on);
 - centroids (SHOT's self-supervised labels, Liang et al. 2020): class centroids in the head's fused space
   weighted by the head's (or CLIEA's) probabilities; each image to its nearest centroid (cosine); the
-  centroids of those labels; nearest centroid again. A class nobody is nearest to drops out. "centroids
-  in v" does the same in the FPN's output space, before the knowledge joins it;
+  centroids of those labels; nearest centroid again (kcdp_core.train.centroid_labels). A class nobody is
+  nearest to drops out. "centroids in v" does the same in the FPN's output space, before the knowledge
+  joins it, and "head refit on centroids in v" is its buildable form, what kcdp-adapt's last step does:
+  a copy of the head trained on those labels, then its argmax;
 - neighbours (neighbourhood consistency, as NRC, Yang et al. 2021): the mean of the head's probabilities over
   each image's k nearest images in the same space, itself included.
 
@@ -30,25 +32,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from kcdp_core.train.centroid_labels import centroid_labels
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from target_statistics import BATCH, STEP, VARIANTS, adapted, batches, score_styles  # noqa: E402
-
-
-def centroids(features, probs, steps: int = 2):
-    """[N] labels: nearest class centroid (cosine); the first centroids weighted by `probs` [N, C], each
-    of the `steps` - 1 others the mean of the labels the last gave. A class with no image drops out."""
-    from torch.nn.functional import normalize, one_hot
-
-    f = normalize(features, dim=1)
-    weights = probs
-    for _ in range(steps):
-        alive = weights.sum(0) > 0
-        centres = normalize(weights.T @ f, dim=1)
-        similarity = (f @ centres.T).masked_fill(~alive, float("-inf"))
-        labels = similarity.argmax(1)
-        weights = one_hot(labels, probs.shape[1]).to(f.dtype)
-    return labels
 
 
 def neighbours(features, probs, k: int):
@@ -60,34 +49,51 @@ def neighbours(features, probs, k: int):
     return probs[nearest].mean(1).argmax(1)
 
 
+def refit(found: dict):
+    """The buildable form of "centroids in v": a copy of the head trained on those labels, its argmax."""
+    import copy
+
+    from kcdp_core.train.centroid_labels import TargetFeatures, refit_head
+
+    head = copy.deepcopy(found["head"])
+    features = TargetFeatures(found["v"], found["k"], found["k_mask"], found["logits"])
+    refit_head(head, features, LABELLERS["centroids in v"](found))
+    with torch.no_grad():
+        return head(found["v"], found["k"], found["k_mask"])[0].argmax(1)
+
+
 # name -> labeller(what after_step found: the head's fused inputs a, the FPN's output v, the head's
-# logits, CLIEA's scores) -> labels
+# logits, CLIEA's scores, the knowledge k and its mask, a copy of the adapted head) -> labels
 LABELLERS: dict[str, Callable] = {
     "head": lambda f: f["logits"].argmax(1),
     "cliea": lambda f: f["cliea"].argmax(1),
-    "centroids": lambda f: centroids(f["a"], f["logits"].softmax(1)),
-    "centroids from cliea": lambda f: centroids(f["a"], f["cliea"].softmax(1)),
-    "centroids in v": lambda f: centroids(f["v"], f["logits"].softmax(1)),
+    "centroids": lambda f: centroid_labels(f["a"], f["logits"].softmax(1)),
+    "centroids from cliea": lambda f: centroid_labels(f["a"], f["cliea"].softmax(1)),
+    "centroids in v": lambda f: centroid_labels(f["v"], f["logits"].softmax(1)),
+    "head refit on centroids in v": refit,
     "neighbours 5": lambda f: neighbours(f["a"], f["logits"].softmax(1), 5),
     "neighbours 15": lambda f: neighbours(f["a"], f["logits"].softmax(1), 15),
 }
 
 
 def after_step(model, outputs: dict) -> dict:
-    """The head's fused inputs a, the FPN's output v, the logits and CLIEA's scores of every image, after
-    kcdp-adapt's step."""
-    import torch
+    """The head's fused inputs a, the FPN's output v, the logits, CLIEA's scores, k and k_mask of every
+    image, and a copy of the head, after kcdp-adapt's step."""
+    import copy
 
-    found: dict[str, list] = {"a": [], "v": [], "logits": [], "cliea": []}
+    found: dict[str, list] = {"a": [], "v": [], "logits": [], "cliea": [], "k": [], "k_mask": []}
     with adapted(model, outputs, VARIANTS[STEP]) as forward:
         for batch in batches(outputs, BATCH):
             out = forward(batch)
             v, k, mask = out.features, batch["k"], batch["k_mask"]
             found["a"].append(model.head.fused(v, k, mask))
             found["v"].append(v)
+            found["k"].append(k)
+            found["k_mask"].append(mask)
             found["logits"].append(out.logits)
             found["cliea"].append(model.cliea_scores(v, k, mask))
-    return {name: torch.cat(parts) for name, parts in found.items()}
+        head = copy.deepcopy(model.head)
+    return {name: torch.cat(parts) for name, parts in found.items()} | {"head": head}
 
 
 def predict(model, outputs: dict, chosen: list[str]) -> dict[str, np.ndarray]:

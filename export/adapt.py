@@ -21,9 +21,9 @@ EXIT_DROP = 3
 EPILOG = """\
 How --minutes is kept: the first pass of the starting model over the target and the source check
 set measures the seconds per image on this machine; a training step (one source and one target
-batch) is priced from it, a reserve is kept for AdaBN, the after-diagnostics and the export, and
-the run trains the fixed number of epochs (4, --epochs) on the most source images per class and
-style that fit what is left. The plan is printed, saved in the work folder (a --resume trains
+batch) is priced from it, a reserve is kept for AdaBN, the head refit, the after-diagnostics and
+the export, and the run trains the fixed number of epochs (4, --epochs) on the most source images
+per class and style that fit what is left. The plan is printed, saved in the work folder (a --resume trains
 exactly it) and recorded in adaptation.json. --per-class skips the budget.
 
 Exit status: 0 exported; 1 failed; 2 usage error; 3 the source check set lost more than --max-drop
@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="export even past --max-drop")
     p.add_argument(
+        "--no-refit",
+        action="store_true",
+        help="keep the adapted head's own answers (default: the head refit on the target's centroid labels)",
+    )
+    p.add_argument(
         "--resume", action="store_true", help="continue the killed (or finished) run of these arguments"
     )
     p.add_argument(
@@ -135,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         target_weight=args.target_weight,
         seed=args.seed,
         max_drop=args.max_drop,
+        refit=not args.no_refit,
         work=args.work,
         resume=args.resume,
         progress=not args.quiet,

@@ -99,6 +99,10 @@ def test_diagnostics_are_recorded(adapted) -> None:
     assert d["source_check_drop_points"]["accuracy"] == pytest.approx(
         100 * (d["source_check_before"]["accuracy"] - d["source_check_after"]["accuracy"]), abs=0.01
     )
+    refit = d["refit"]  # the last step: the head refit on the target's centroid labels
+    assert sum(refit["labels"].values()) == 14 and 0 <= refit["relabelled"] <= 1
+    assert 0.5 <= refit["head_fits_labels"] <= 1
+    assert Path(report["work"], "refit", "model.safetensors").is_file()
     assert report["plan"]["epochs"] == 2 and report["plan"]["per_class"] == 3
     assert report["time_s"]["total"] >= report["time_s"]["training"] > 0
     manifest = json.loads((root / "export" / "manifest.json").read_text())
@@ -139,6 +143,19 @@ def test_a_source_check_drop_past_the_limit_exits_3_and_exports_nothing(adapted,
     assert not out.exists()
 
 
+def test_without_the_refit_the_same_training_exports_the_adapted_head(adapted) -> None:
+    from kcdp_export.adapt import main
+
+    root, src, target, start = adapted
+    out = root / "export_no_refit"
+    # The refit comes after training and is not in the run's key: --resume finds the finished run.
+    assert main(_args(target, out, start, src, "--no-refit", "--resume")) == 0
+    plain, refit = (json.loads((d / "adaptation.json").read_text()) for d in (out, root / "export"))
+    assert plain["work"] == refit["work"] and plain["diagnostics"]["refit"] is None
+    assert plain["diagnostics"]["pseudo_labels_per_epoch"] == refit["diagnostics"]["pseudo_labels_per_epoch"]
+    assert (out / "perception.onnx").read_bytes() != (root / "export" / "perception.onnx").read_bytes()
+
+
 def test_declared_classes_bound_the_pseudo_labels_and_the_export(adapted) -> None:
     from kcdp_export.adapt import main
 
@@ -149,7 +166,7 @@ def test_declared_classes_bound_the_pseudo_labels_and_the_export(adapted) -> Non
     assert report["target"]["classes"] == classes and report["target"]["classes_declared"]
     d = report["diagnostics"]
     named = [row["cliea"] for row in d["pseudo_labels_per_epoch"]]
-    named += [d[side]["predicted"] for side in ("target_before", "target_after")]
+    named += [d[side]["predicted"] for side in ("target_before", "target_after")] + [d["refit"]["labels"]]
     for histogram in named:
         assert sum(histogram.values()) == 14 and {c for c, n in histogram.items() if n} <= set(classes)
     manifest = json.loads((out / "manifest.json").read_text())

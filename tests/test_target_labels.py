@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -11,6 +12,7 @@ from model_tiny import tiny_config, tiny_foundation
 from train_data import make_domain
 
 from kcdp_core.model.kcdp import KCDPModel
+from kcdp_core.train.centroid_labels import centroid_labels, refit_head, target_features
 
 
 def _two_clusters() -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,12 +32,35 @@ def _two_clusters() -> tuple[torch.Tensor, torch.Tensor]:
     return features, probs
 
 
-def test_centroids_relabel_a_point_by_its_cluster():
-    tl = load_script("target_labels")
+def test_centroids_relabel_a_point_by_its_cluster_and_a_class_without_weight_drops_out():
     features, probs = _two_clusters()
     assert probs.argmax(1).tolist() == [0, 0, 1, 1, 1, 1]
-    assert tl.centroids(features, probs).tolist() == [0, 0, 0, 1, 1, 1]
-    assert tl.centroids(features, probs, steps=1).tolist() == [0, 0, 0, 1, 1, 1]
+    assert centroid_labels(features, probs).tolist() == [0, 0, 0, 1, 1, 1]
+    assert centroid_labels(features, probs, steps=1).tolist() == [0, 0, 0, 1, 1, 1]
+    # class 0 declared absent (probability 0 everywhere): its cluster goes to the nearest class left
+    declared = probs.clone()
+    declared[:, 0] = 0
+    labels = centroid_labels(features, declared / declared.sum(1, keepdim=True))
+    assert 0 not in labels.tolist() and labels[3:].tolist() == [1, 1, 1]
+
+
+def test_the_head_refit_learns_the_labels_deterministically_and_leaves_the_rest(setup):
+    model, style, tmp = setup
+    ts = load_script("target_statistics")
+    outputs = ts.frozen_outputs(model, style, tmp / "cache")
+    found = target_features(model, ts.batches(outputs, 8))
+    n = len(outputs["label"])
+    assert found.v.shape[0] == found.logits.shape[0] == n
+    labels = centroid_labels(found.v, found.logits.softmax(1))
+    assert (labels == found.logits.argmax(1)).float().mean() < 0.5  # the head has them to learn
+    heads = [copy.deepcopy(model.head) for _ in range(2)]
+    fits = [refit_head(head, found, labels, steps=300, lr=1e-2, seed=3) for head in heads]
+    assert fits[0] == fits[1] and fits[0] > 0.9
+    assert all(torch.equal(a, b) for a, b in zip(*(h.state_dict().values() for h in heads), strict=True))
+    assert not all(
+        torch.equal(a, b)
+        for a, b in zip(heads[0].state_dict().values(), model.head.state_dict().values(), strict=True)
+    )
 
 
 def test_neighbours_take_the_mean_of_the_nearest_predictions():

@@ -3,7 +3,10 @@
 The method is KCDP's DA setting, started from a trained checkpoint instead of fresh heads
 (`TrainConfig.init_checkpoint`): the checkpoint's labelled sources train beside the unlabelled
 target, CLIEA labels the target once per epoch (per class the most confident share, no class above
-an equal share), and AdaBN gives the result the target's BatchNorm statistics.
+an equal share), and AdaBN gives the result the target's BatchNorm statistics. Last, the head alone is
+refit on the target's class centroids in the FPN's output space (kcdp_core.train.centroid_labels): the
+labels the target's own clusters give, better than the head's or CLIEA's on drawn styles no decision
+had seen (benchmarks/RESULTS.md, "kcdp-adapt").
 
 - Target: every image under the folder, in any layout. Its labels are never read: the images are
   ordered by content hash, so folder and file names cannot change what is trained.
@@ -13,8 +16,8 @@ an equal share), and AdaBN gives the result the target's BatchNorm statistics.
   for the recipe, avatars of seeds the starting model never saw; otherwise a stratified share.
 - Budget: the seconds per image of the first pass over target + check set (the "before"
   diagnostics) price a training step; the epochs are fixed (4 unless given) and the source images
-  per class and style are the most that fit the minutes left after a reserve for AdaBN, the "after"
-  diagnostics and the export. The plan is saved, so a resumed run trains exactly what was planned.
+  per class and style are the most that fit the minutes left after a reserve for AdaBN, the head
+  refit, the "after" diagnostics and the export. The plan is saved, so a resumed run trains exactly what was planned.
 - Diagnostics, all without target labels: the predicted-class histogram, mean confidence,
   CLIEA-head agreement and the share of target predictions changed from the starting model, the
   pseudo-label histogram of every epoch, and the check set's accuracy / macro-F1 before and after
@@ -460,6 +463,7 @@ class AdaptOptions:
     target_weight: float = 0.3
     seed: int = 0
     max_drop: float = 5.0  # check-set points (accuracy or macro-F1) the adaptation may lose
+    refit: bool = True  # the last step: the head refit on the target's centroid labels
     work: Path | None = None
     resume: bool = False
     progress: bool = True
@@ -488,7 +492,7 @@ def resolve_model(model: str) -> Path:
 def _run_key(options: AdaptOptions, model_dir: Path, target: TargetSet) -> str:
     """What decides the training: the same key finds the same work folder (for --resume)."""
     fields = asdict(options)
-    for name in ("target", "work", "resume", "progress", "max_drop", "model"):
+    for name in ("target", "work", "resume", "progress", "max_drop", "model", "refit"):  # after training
         fields.pop(name)
     fields["sources"] = [str(Path(s).resolve()) for s in options.sources]
     fields["weights"] = hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
@@ -627,6 +631,9 @@ def adapt(options: AdaptOptions, log: Callable[[str], None] = print) -> AdaptRes
     elapsed = time.time() - t0
     plan = _plan(run, len(target_ds) + len(check_ds), seconds_per_image, knowledge_spi, cached, elapsed)
     final, trained_s = _train(run, plan)
+    refit = None
+    if options.refit:
+        final, refit = _refit(run, KCDPModel.from_pretrained(final), target_ds, absent)
 
     adapted = KCDPModel.from_pretrained(final)
     after_view = target_view(adapted, target_ds, absent=absent)
@@ -661,6 +668,7 @@ def adapt(options: AdaptOptions, log: Callable[[str], None] = print) -> AdaptRes
             "target_before": summarize(start_view, run.names),
             "target_after": summarize(after_view, run.names, start_view),
             "pseudo_labels_per_epoch": history,
+            "refit": refit,
             "source_check_before": check_before,
             "source_check_after": check_after,
             "source_check_drop_points": drop,
@@ -721,8 +729,9 @@ def _plan(
     options, tc = run.options, run.start.config.train
     n_target = len(run.target.paths)
     if not run.resuming and run.state.is_main_process:
-        # the export, then AdaBN and the after-diagnostics (about three passes over target + check set)
-        reserve = EXPORT_SECONDS + 3 * images * seconds_per_image
+        # the export, then AdaBN, the head refit and the after-diagnostics (about four passes over
+        # target + check set)
+        reserve = EXPORT_SECONDS + 4 * images * seconds_per_image
         left = None if options.minutes is None else 60.0 * options.minutes - elapsed - reserve
         plan = plan_budget(
             run.pool, n_target, seconds_per_image, left, tc.batch_size, tc.val_fraction,
@@ -763,6 +772,28 @@ def _train(run: _Run, plan: Plan) -> tuple[Path, float]:
     return Path(init), spent
 
 
+def _refit(run: _Run, model, dataset, absent) -> tuple[Path, dict]:
+    """The head refit on the target's centroid labels in v (kcdp_core.train.centroid_labels), saved as
+    work/refit; (that checkpoint, what the step did). Under several processes the first one does it."""
+    from kcdp_core.train.centroid_labels import centroid_labels, refit_head, target_features
+    from kcdp_core.train.pseudo_labels import declared
+
+    out = run.work / "refit"
+    if run.state.is_main_process:
+        found = target_features(model, _loader(dataset, 32))
+        labels = centroid_labels(found.v, declared(found.logits, absent).softmax(1))
+        fits = refit_head(model.head, found, labels, seed=run.options.seed)
+        model.save_pretrained(out)
+        report = {
+            "labels": _histogram(labels.numpy(), run.names),
+            "relabelled": round(float((labels != found.logits.argmax(1)).float().mean()), 4),
+            "head_fits_labels": round(fits, 4),
+        }
+        (out / "refit.json").write_text(json.dumps(report, indent=1) + "\n")
+    run.state.wait_for_everyone()
+    return out, json.loads((out / "refit.json").read_text())
+
+
 def format_report(report: dict) -> str:
     """The diagnostics as a few lines a user reads without labels."""
     d = report["diagnostics"]
@@ -782,6 +813,12 @@ def format_report(report: dict) -> str:
         lines.append(
             f"round {row['round']} epoch {row['epoch']}: pseudo-labels kept {row['kept']} "
             f"({100 * row['kept_share']:.0f}% of the target)"
+        )
+    if d.get("refit"):
+        r = d["refit"]
+        lines.append(
+            f"head refit on the target's centroid labels {r['labels']}: {100 * r['relabelled']:.1f}% of the "
+            f"target relabelled from the adapted head, {100 * r['head_fits_labels']:.1f}% of the labels fit"
         )
     lines.append(
         f"source check set ({cb['images']} labelled images held aside): accuracy {cb['accuracy']:.3f} -> "
