@@ -590,6 +590,7 @@ class _Run:
     work: Path
     resuming: bool = False
     pool: SourcePool | None = None
+    table: object = None  # the KnowledgeTable every dataset of the run reads its k from
 
     @property
     def plan_file(self) -> Path:
@@ -633,7 +634,7 @@ def adapt(options: AdaptOptions, log: Callable[[str], None] = print) -> AdaptRes
     final, trained_s = _train(run, plan)
     refit = None
     if options.refit:
-        final, refit = _refit(run, KCDPModel.from_pretrained(final), target_ds, absent)
+        final, refit = _refit(run, KCDPModel.from_pretrained(final), target_ds, plan, absent)
 
     adapted = KCDPModel.from_pretrained(final)
     after_view = target_view(adapted, target_ds, absent=absent)
@@ -712,7 +713,9 @@ def _datasets(run: _Run):
     images whose knowledge is cached)."""
     from kcdp_core.train.knowledge import KnowledgeTable
 
-    table = KnowledgeTable(run.start.config, run.start.text_encoder, progress=run.options.progress)
+    run.table = table = KnowledgeTable(
+        run.start.config, run.start.text_encoder, progress=run.options.progress
+    )
     cached = {p for paths in run.pool.train.values() for p in paths if table.cached(p)}
     check = run.pool.check
     tic = time.time()
@@ -729,9 +732,9 @@ def _plan(
     options, tc = run.options, run.start.config.train
     n_target = len(run.target.paths)
     if not run.resuming and run.state.is_main_process:
-        # the export, then AdaBN, the head refit and the after-diagnostics (about four passes over
-        # target + check set)
-        reserve = EXPORT_SECONDS + 4 * images * seconds_per_image
+        # the export, then AdaBN, the head refit (a pass over the target, two over a source sample of
+        # about its size) and the after-diagnostics: about six passes over target + check set
+        reserve = EXPORT_SECONDS + 6 * images * seconds_per_image
         left = None if options.minutes is None else 60.0 * options.minutes - elapsed - reserve
         plan = plan_budget(
             run.pool, n_target, seconds_per_image, left, tc.batch_size, tc.val_fraction,
@@ -772,21 +775,40 @@ def _train(run: _Run, plan: Plan) -> tuple[Path, float]:
     return Path(init), spent
 
 
-def _refit(run: _Run, model, dataset, absent) -> tuple[Path, dict]:
-    """The head refit on the target's centroid labels in v (kcdp_core.train.centroid_labels), saved as
-    work/refit; (that checkpoint, what the step did). Under several processes the first one does it."""
+def _refit(run: _Run, model, target_ds, plan: Plan, absent) -> tuple[Path, dict]:
+    """The head refit on the target's centroid labels in v (kcdp_core.train.centroid_labels) beside the
+    run's labelled source sample, so that it keeps what it knew (alone on the target it cost the source
+    check set 5-6 points), saved as work/refit; (that checkpoint, what the step did). The source images
+    are read with their own BatchNorm statistics, as the check set is. Under several processes the first
+    one does it."""
+    import copy
+
+    import torch
+
     from kcdp_core.train.centroid_labels import centroid_labels, refit_head, target_features
     from kcdp_core.train.pseudo_labels import declared
+    from kcdp_core.train.target_bn import recompute_statistics
 
     out = run.work / "refit"
     if run.state.is_main_process:
-        found = target_features(model, _loader(dataset, 32))
+        found = target_features(model, _loader(target_ds, 32))
         labels = centroid_labels(found.v, declared(found.logits, absent).softmax(1))
-        fits = refit_head(model.head, found, labels, seed=run.options.seed)
+        rows = run.pool.subsample(plan.per_class)
+        source_ds = _plain_dataset(
+            run.table, [r.path for r in rows], [run.names.index(r.label) for r in rows]
+        )
+        reader = copy.deepcopy(model)
+        recompute_statistics(
+            reader, _loader(source_ds, 32), within=list(reader.statistics_modules().values())
+        )
+        both = found.joined(target_features(reader, _loader(source_ds, 32)))
+        truth = torch.tensor([run.names.index(r.label) for r in rows])
+        fits = refit_head(model.head, both, torch.cat([labels, truth]), seed=run.options.seed)
         model.save_pretrained(out)
         report = {
             "labels": _histogram(labels.numpy(), run.names),
             "relabelled": round(float((labels != found.logits.argmax(1)).float().mean()), 4),
+            "source_images": len(rows),
             "head_fits_labels": round(fits, 4),
         }
         (out / "refit.json").write_text(json.dumps(report, indent=1) + "\n")

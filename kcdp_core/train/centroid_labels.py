@@ -14,7 +14,7 @@ the target are never read.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
@@ -46,6 +46,12 @@ class TargetFeatures:
     k: torch.Tensor  # [N, T, D]
     k_mask: torch.Tensor  # [N, T]
     logits: torch.Tensor  # [N, C]
+
+    def joined(self, other: TargetFeatures) -> TargetFeatures:
+        """These images followed by `other`'s."""
+        return TargetFeatures(
+            *(torch.cat([getattr(self, f.name), getattr(other, f.name)]) for f in fields(self))
+        )
 
 
 @torch.no_grad()
