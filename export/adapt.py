@@ -90,9 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="export even past --max-drop")
     p.add_argument(
-        "--no-refit",
+        "--refit",
         action="store_true",
-        help="keep the adapted head's own answers (default: the head refit on the target's centroid labels)",
+        help="last, refit the head on the target's class centroids beside the source sample: more on the "
+        "target, at a cost to the source check set (off by default)",
     )
     p.add_argument(
         "--resume", action="store_true", help="continue the killed (or finished) run of these arguments"
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         target_weight=args.target_weight,
         seed=args.seed,
         max_drop=args.max_drop,
-        refit=not args.no_refit,
+        refit=args.refit,
         work=args.work,
         resume=args.resume,
         progress=not args.quiet,
