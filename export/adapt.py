@@ -23,8 +23,8 @@ How --minutes is kept: the first pass of the starting model over the target and 
 set measures the seconds per image on this machine; a training step (one source and one target
 batch) is priced from it, a reserve is kept for AdaBN, the head refit, the after-diagnostics and
 the export, and the run trains the fixed number of epochs (4, --epochs) on the most source images
-per class and style that fit what is left. The plan is printed, saved in the work folder (a --resume trains
-exactly it) and recorded in adaptation.json. --per-class skips the budget.
+per class and style that fit what is left. The plan is printed, saved in the work folder (a
+--resume trains exactly it) and recorded in adaptation.json. --per-class skips the budget.
 
 Exit status: 0 exported; 1 failed; 2 usage error; 3 the source check set lost more than --max-drop
 points (nothing exported; --force --resume exports the finished run without training again).

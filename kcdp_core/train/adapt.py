@@ -18,7 +18,8 @@ the head's or CLIEA's on drawn styles no decision had seen, at a cost to the sou
 - Budget: the seconds per image of the first pass over target + check set (the "before"
   diagnostics) price a training step; the epochs are fixed (4 unless given) and the source images
   per class and style are the most that fit the minutes left after a reserve for AdaBN, the head
-  refit, the "after" diagnostics and the export. The plan is saved, so a resumed run trains exactly what was planned.
+  refit, the "after" diagnostics and the export. The plan is saved, so a resumed run trains exactly
+  what was planned.
 - Diagnostics, all without target labels: the predicted-class histogram, mean confidence,
   CLIEA-head agreement and the share of target predictions changed from the starting model, the
   pseudo-label histogram of every epoch, and the check set's accuracy / macro-F1 before and after

@@ -1,4 +1,4 @@
-"""Class centroids of the target in the FPN's output space, and the head refit on them: kcdp-adapt's last step.
+"""Class centroids of the target in the FPN's output space, and the head refit on them (`kcdp-adapt --refit`).
 
 After the target statistics step the adapted head's argmax is what kcdp-adapt answered, and CLIEA's
 labels are no better (benchmarks/RESULTS.md, "kcdp-adapt"). The target's own structure is: SHOT's
@@ -7,8 +7,8 @@ head's probabilities, give each image its nearest centroid (cosine), recompute t
 labels and assign again. In v, the FPN's pooled output before the knowledge joins it, these labels beat
 the head's argmax on drawn styles no decision had seen (`kcdp-data procedural --styles`). They are
 transductive (every image labelled from all of them); an export needs a head, so the head alone (fuse and
-classifier; everything below it frozen, the statistics kept) is trained on them. Images only: labels of
-the target are never read.
+classifier; everything below it frozen, the statistics kept) is trained on them, beside labelled source
+images so that it keeps what it knew. Images only: labels of the target are never read.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn.functional import cross_entropy, normalize, one_hot
 
-REFIT_STEPS = 100  # full-batch Adam steps; fixed before they were measured (session 24's rule R3)
+REFIT_STEPS = 100  # full-batch Adam steps, fixed before the refit was first scored (not tuned)
 REFIT_LR = 1e-3
 
 
