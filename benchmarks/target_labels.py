@@ -15,8 +15,8 @@ labeller (LABELLERS) labels the style's images from what the adapted model compu
   weighted by the head's (or CLIEA's) probabilities; each image to its nearest centroid (cosine); the
   centroids of those labels; nearest centroid again (kcdp_core.train.centroid_labels). A class nobody is
   nearest to drops out. "centroids in v" does the same in the FPN's output space, before the knowledge
-  joins it, and "head refit on centroids in v" is its buildable form, what kcdp-adapt's last step does:
-  a copy of the head trained on those labels, then its argmax;
+  joins it, and "head refit on centroids in v" is its buildable form: a copy of the head trained on those
+  labels, then its argmax (`kcdp-adapt --refit` trains it with a labelled source sample beside them);
 - neighbours (neighbourhood consistency, as NRC, Yang et al. 2021): the mean of the head's probabilities over
   each image's k nearest images in the same space, itself included.
 
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kcdp_core.train.centroid_labels import centroid_labels
+from kcdp_core.train.centroid_labels import TargetFeatures, centroid_labels, refit_head
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from target_statistics import BATCH, STEP, VARIANTS, adapted, batches, score_styles  # noqa: E402
@@ -52,8 +52,6 @@ def neighbours(features, probs, k: int):
 def refit(found: dict):
     """The buildable form of "centroids in v": a copy of the head trained on those labels, its argmax."""
     import copy
-
-    from kcdp_core.train.centroid_labels import TargetFeatures, refit_head
 
     head = copy.deepcopy(found["head"])
     features = TargetFeatures(found["v"], found["k"], found["k_mask"], found["logits"])
