@@ -466,7 +466,7 @@ class AdaptOptions:
     seed: int = 0
     max_drop: float = 5.0  # check-set points (accuracy or macro-F1) the adaptation may lose
     # A last step, the head refit on the target's centroid labels: off by default, as it cost the source
-    # check set more than max_drop on one of two fresh styles (benchmarks/RESULTS.md, "kcdp-adapt").
+    # check set more than max_drop on one of four fresh styles (benchmarks/RESULTS.md, "kcdp-adapt").
     refit: bool = False
     work: Path | None = None
     resume: bool = False
