@@ -79,19 +79,18 @@ def after_step(model, outputs: dict) -> dict:
     image, and a copy of the head, after kcdp-adapt's step."""
     import copy
 
-    found: dict[str, list] = {"a": [], "v": [], "logits": [], "cliea": [], "k": [], "k_mask": []}
+    found: dict[str, list] = {"a": [], "v": [], "logits": [], "cliea": []}
     with adapted(model, outputs, VARIANTS[STEP]) as forward:
         for batch in batches(outputs, BATCH):
             out = forward(batch)
             v, k, mask = out.features, batch["k"], batch["k_mask"]
             found["a"].append(model.head.fused(v, k, mask))
             found["v"].append(v)
-            found["k"].append(k)
-            found["k_mask"].append(mask)
             found["logits"].append(out.logits)
             found["cliea"].append(model.cliea_scores(v, k, mask))
         head = copy.deepcopy(model.head)
-    return {name: torch.cat(parts) for name, parts in found.items()} | {"head": head}
+    given = {"k": outputs["k"], "k_mask": outputs["k_mask"], "head": head}  # the batches' order is outputs'
+    return {name: torch.cat(parts) for name, parts in found.items()} | given
 
 
 def predict(model, outputs: dict, chosen: list[str]) -> dict[str, np.ndarray]:

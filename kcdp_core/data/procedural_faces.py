@@ -770,6 +770,10 @@ def build_procedural(
     return result
 
 
+def _thumbnail(path: Path, side: int) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB").resize((side, side), Image.LANCZOS))
+
+
 def contact_sheet(out: str | Path, path: str | Path, per_row: int = 10, thumb: int = 96) -> Path:
     """One row per class (the first `per_row` faces of each folder), as a PNG."""
     from kcdp_core.pretrain.figures import image_grid
@@ -779,12 +783,7 @@ def contact_sheet(out: str | Path, path: str | Path, per_row: int = 10, thumb: i
         folder = Path(out) / label
         files = sorted(folder.glob("*.png"), key=lambda p: int(p.stem))[:per_row] if folder.is_dir() else []
         if files:
-            rows.append(
-                [
-                    np.asarray(Image.open(f).convert("RGB").resize((thumb, thumb), Image.LANCZOS))
-                    for f in files
-                ]
-            )
+            rows.append([_thumbnail(f, thumb) for f in files])
             names.append(label)
     if not rows:
         raise ValueError(f"{out}: no class folders with faces")
@@ -832,9 +831,7 @@ def styles_contact_sheet(out: str | Path, path: str | Path, per_class: int = 2, 
         row = []
         for label in EMOJI7:
             files = sorted((folder / label).glob("*.png"), key=lambda p: int(p.stem))[:per_class]
-            row += [
-                np.asarray(Image.open(f).convert("RGB").resize((thumb, thumb), Image.LANCZOS)) for f in files
-            ]
+            row += [_thumbnail(f, thumb) for f in files]
         if row:
             rows.append(row)
             names.append(folder.name)

@@ -399,20 +399,29 @@ def summarize(view: TargetView, names: Sequence[str], start: TargetView | None =
     return out
 
 
+def _reading(model, dataset, batch_size: int = 32):
+    """A copy of `model` with the statistics a checkpoint keeps recomputed on `dataset`: the model as it
+    reads that domain (the source check set, the source sample), the model itself unchanged."""
+    import copy
+
+    from kcdp_core.train.target_bn import recompute_statistics
+
+    model = copy.deepcopy(model)
+    recompute_statistics(
+        model, _loader(dataset, batch_size), within=list(model.statistics_modules().values())
+    )
+    return model
+
+
 def check_metrics(model, dataset, names: Sequence[str], batch_size: int = 32) -> dict:
     """Accuracy and macro-F1 on the labelled check set, the model reading it with the check set's own
     BatchNorm statistics (a copy of the model is changed, not the model). The adapted model carries
     the target's statistics (AdaBN) for the target; on the source they would measure the domain
     gap, not what the weights forgot (measured on toon-head: macro-F1 .66 with the target's, .79
     with the source's, from .83 before)."""
-    import copy
-
     from kcdp_core.train.evaluate import classification_metrics, predict
-    from kcdp_core.train.target_bn import recompute_statistics
 
-    model = copy.deepcopy(model)
-    kept = list(model.statistics_modules().values())
-    recompute_statistics(model, _loader(dataset, batch_size), within=kept)
+    model = _reading(model, dataset, batch_size)
     preds = predict(model, _loader(dataset, batch_size))
     m = classification_metrics(preds.labels, preds.predicted, names)
     return {"images": m["n"], "accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4)}
@@ -785,29 +794,20 @@ def _refit(run: _Run, model, target_ds, plan: Plan, absent) -> tuple[Path, dict]
     check set 5-6 points), saved as work/refit; (that checkpoint, what the step did). The source images
     are read with their own BatchNorm statistics, as the check set is. Under several processes the first
     one does it."""
-    import copy
-
     import torch
 
     from kcdp_core.train.centroid_labels import centroid_labels, refit_head, target_features
     from kcdp_core.train.pseudo_labels import declared
-    from kcdp_core.train.target_bn import recompute_statistics
 
     out = run.work / "refit"
     if run.state.is_main_process:
         found = target_features(model, _loader(target_ds, 32))
         labels = centroid_labels(found.v, declared(found.logits, absent).softmax(1))
         rows = run.pool.subsample(plan.per_class)
-        source_ds = _plain_dataset(
-            run.table, [r.path for r in rows], [run.names.index(r.label) for r in rows]
-        )
-        reader = copy.deepcopy(model)
-        recompute_statistics(
-            reader, _loader(source_ds, 32), within=list(reader.statistics_modules().values())
-        )
-        both = found.joined(target_features(reader, _loader(source_ds, 32)))
-        truth = torch.tensor([run.names.index(r.label) for r in rows])
-        fits = refit_head(model.head, both, torch.cat([labels, truth]), seed=run.options.seed)
+        truth = [run.names.index(r.label) for r in rows]
+        source_ds = _plain_dataset(run.table, [r.path for r in rows], truth)
+        both = found.joined(target_features(_reading(model, source_ds), _loader(source_ds, 32)))
+        fits = refit_head(model.head, both, torch.cat([labels, torch.tensor(truth)]), seed=run.options.seed)
         model.save_pretrained(out)
         report = {
             "labels": _histogram(labels.numpy(), run.names),
