@@ -129,6 +129,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "adapt_consistency": ("da", {"train": adapt_regime(consistency=1.0)}),
     # the target statistics step alone: one epoch at learning rate 0, then AdaBN
     "adabn_from_uc": ("da", {"train": adapt_regime(1, lr=0.0, head_lr=0.0)}),
+    # kcdp-adapt --refit: another row's adapted run (REFITS) with its head refit on the target's centroid
+    # labels beside the task's labelled source (kcdp_core.train.adapt.refit_to_target); no training
+    "adapt_refit_from_uc": ("da", {"train": adapt_regime()}),
     # Not DA: an upper bound. The left-out style's labels are read (oracle_task), KCDP (UC) trains.
     "oracle": ("uc", {}),
 }
@@ -139,6 +142,8 @@ STARTS_FROM = {
     "adapt_consistency": "kcdp_uc",
     "adabn_from_uc": "kcdp_uc",
 }
+# variant -> the variant whose adapted run (same task, same seed) it refits
+REFITS = {"adapt_refit_from_uc": "adapt_from_uc"}
 
 # a row of several tables: the same runs, the same label
 NO_TARGET_BN_ROW = ("da_no_target_bn", "  KCDP (DA) without AdaBN (BatchNorm statistics of the source)")
@@ -210,6 +215,10 @@ TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
             (
                 "adapt_from_uc",
                 "  kcdp-adapt's regime (4 epochs, lr 5e-6 / head 2.5e-5, lambda2 .3, AdaBN) from the KCDP (UC) run",
+            ),
+            (
+                "adapt_refit_from_uc",
+                "  the same + the head refit on the target's centroids in v beside the source (kcdp-adapt --refit)",
             ),
             ("adapt_from_da", "  kcdp-adapt's regime from the KCDP (DA) run (a second self-training round)"),
             (
@@ -535,6 +544,9 @@ def config_for(variant: str, args: argparse.Namespace, seed: int, task: Task | N
     """The run's config; a STARTS_FROM variant needs its `task` (whose run it starts from)."""
     from kcdp_core.config import preset
 
+    if variant in REFITS:  # trained as the run it refits
+        return config_for(REFITS[variant], args, seed, task)
+
     setting, sections = VARIANTS[variant]
     config = preset(args.preset)
     train = {"setting": setting, "seed": seed, "epochs": args.epochs, **sections.get("train", {})}
@@ -701,13 +713,16 @@ def run_one(variant: str, task: Task, eval_sets: list[Path], run_dir: Path, seed
     config = config_for(variant, args, seed, task)
     log = lambda m: print(f"    [{run_dir.name}] {m}", file=sys.stderr, flush=True)  # noqa: E731
     t0 = time.time()
-    da = config.train.setting == "da"
-    trainer = Trainer(
-        config, task.source, run_dir, target=task.target if da else None, progress=False, log=log
-    )
-    res = trainer.run(resume=True)
+    da = config.train.setting == "da" and variant not in REFITS
+    if variant in REFITS:
+        res, model = _refit(run_name(REFITS[variant], task, seed, args), task, run_dir, seed)
+    else:
+        trainer = Trainer(
+            config, task.source, run_dir, target=task.target if da else None, progress=False, log=log
+        )
+        res = trainer.run(resume=True)
+        model = KCDPModel.from_pretrained(run_dir / "best")
     seconds = time.time() - t0
-    model = KCDPModel.from_pretrained(run_dir / "best")
     for eval_data in todo:
         t1 = time.time()
         ds = load_dataset(model, eval_data)
@@ -726,6 +741,23 @@ def run_one(variant: str, task: Task, eval_sets: list[Path], run_dir: Path, seed
         log(
             f"target acc {m['accuracy']:.3f} macro-F1 {m['macro_f1']:.3f} ({seconds:.0f}s, {res.epochs_run} epochs)"
         )
+
+
+def _refit(adapted: Path, task: Task, run_dir: Path, seed: int):
+    """The adapted run's best checkpoint with its head refit (kcdp-adapt --refit) on the task's target
+    images (labels never read) beside its labelled source, saved as run_dir/best; (a result stub, model)."""
+    from types import SimpleNamespace
+
+    from kcdp_core.model.kcdp import KCDPModel
+    from kcdp_core.train.adapt import refit_to_target
+    from kcdp_core.train.evaluate import load_dataset
+
+    model = KCDPModel.from_pretrained(adapted / "best")
+    target = load_dataset(model, task.target, with_labels=False)
+    report = refit_to_target(model, target, load_dataset(model, task.source), seed=seed)
+    model.save_pretrained(run_dir / "best")
+    (run_dir / "best" / "refit.json").write_text(json.dumps(report, indent=1) + "\n")
+    return SimpleNamespace(best_epoch=None, best_val_macro_f1=None, epochs_run=0), model
 
 
 def _init_worker(threads: int) -> None:
@@ -927,6 +959,7 @@ def build_table(table: str, args: argparse.Namespace) -> str:
     task_keys = list(dict.fromkeys(t.key for t in tasks))
     trained = [v for v, _ in rows if v in VARIANTS]
     # a row that starts from another variant's runs trains after them (they train even if not a row)
+    trained = list(dict.fromkeys([REFITS[v] for v in trained if v in REFITS] + trained))
     trained = list(dict.fromkeys([STARTS_FROM[v] for v in trained if v in STARTS_FROM] + trained))
     # One job per run folder: a UC run serves every task with its source (scored on each target).
     jobs: dict[Path, tuple] = {}
@@ -946,8 +979,9 @@ def build_table(table: str, args: argparse.Namespace) -> str:
         )
     if trained:
         warm_knowledge(trained, [t for v in trained for t in tasks_of(v)], args)
-        for later in (False, True):
-            execute([j for j in jobs.values() if (j[0] in STARTS_FROM) == later], args)
+        wave = lambda v: 2 if v in REFITS else int(v in STARTS_FROM)  # noqa: E731 (after the runs they read)
+        for w in range(3):
+            execute([j for j in jobs.values() if wave(j[0]) == w], args)
     # per row, per task: accuracy and macro-F1 over seeds (and folds)
     cells: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
     seconds: dict[str, list[float]] = {}
@@ -967,7 +1001,8 @@ def build_table(table: str, args: argparse.Namespace) -> str:
                     run_dir = run_name(variant, task, seed, args)
                     res.append(json.loads(result_file(run_dir, task.eval_data).read_text()))
                     seconds.setdefault(variant, []).append(res[-1]["train_seconds"])
-                    if VARIANTS[variant][0] == "da":  # from the run's log (report code may be newer)
+                    # from the run's log (report code may be newer); a refit has no log of its own
+                    if VARIANTS[variant][0] == "da" and variant not in REFITS:
                         report = pseudo_label_report(run_dir, task.target, task.eval_data, labels)
                         pseudo.setdefault(variant, []).append(report)
             cells[variant][task.key][0].extend(r["accuracy"] for r in res)

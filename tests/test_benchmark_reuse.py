@@ -126,6 +126,9 @@ def test_an_adapt_row_trains_kcdp_adapts_regime_from_its_own_tasks_start(tmp_pat
     assert config.train == cmd.train
     assert (config.train.lr, config.train.lambda2, config.train.setting) == (5e-6, 0.3, "da")
     assert acc.config_for("kcdp_da", args, 2, task).train.lr != config.train.lr
+    # the refit row trains nothing of its own: it refits the adapt row's run of the same task and seed
+    assert acc.config_for("adapt_refit_from_uc", args, 2, task) == config
+    assert acc.REFITS["adapt_refit_from_uc"] == "adapt_from_uc"
     # the consistency row differs by its term only; AdaBN alone trains nothing (lr 0) for one epoch
     cons = acc.config_for("adapt_consistency", args, 2, task).train
     assert (

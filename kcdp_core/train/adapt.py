@@ -788,33 +788,40 @@ def _train(run: _Run, plan: Plan) -> tuple[Path, float]:
     return Path(init), spent
 
 
-def _refit(run: _Run, model, target_ds, plan: Plan, absent) -> tuple[Path, dict]:
-    """The head refit on the target's centroid labels in v (kcdp_core.train.centroid_labels) beside the
-    run's labelled source sample, so that it keeps what it knew (alone on the target it cost the source
-    check set 5-6 points), saved as work/refit; (that checkpoint, what the step did). The source images
-    are read with their own BatchNorm statistics, as the check set is. Under several processes the first
-    one does it."""
+def refit_to_target(model, target_ds, source_ds, absent=None, seed: int = 0) -> dict:
+    """The head refit (in place) on the target's centroid labels in v (kcdp_core.train.centroid_labels)
+    beside the labelled `source_ds`, so that it keeps what it knew (alone on the target it cost the source
+    check set 5-6 points); what the step did. The source images are read with their own BatchNorm
+    statistics, as the check set is; the target's labels are never read."""
     import torch
 
     from kcdp_core.train.centroid_labels import centroid_labels, refit_head, target_features
     from kcdp_core.train.pseudo_labels import declared
 
+    found = target_features(model, _loader(target_ds, 32))
+    labels = centroid_labels(found.v, declared(found.logits, absent).softmax(1))
+    truth = torch.tensor([r.label for r in source_ds.records])
+    both = found.joined(target_features(_reading(model, source_ds), _loader(source_ds, 32)))
+    fits = refit_head(model.head, both, torch.cat([labels, truth]), seed=seed)
+    return {
+        "labels": _histogram(labels.numpy(), model.config.labels),
+        "relabelled": round(float((labels != found.logits.argmax(1)).float().mean()), 4),
+        "source_images": len(truth),
+        "head_fits_labels": round(fits, 4),
+    }
+
+
+def _refit(run: _Run, model, target_ds, plan: Plan, absent) -> tuple[Path, dict]:
+    """refit_to_target beside the run's labelled source sample, saved as work/refit; (that checkpoint,
+    what the step did). Under several processes the first one does it."""
     out = run.work / "refit"
     if run.state.is_main_process:
-        found = target_features(model, _loader(target_ds, 32))
-        labels = centroid_labels(found.v, declared(found.logits, absent).softmax(1))
         rows = run.pool.subsample(plan.per_class)
-        truth = [run.names.index(r.label) for r in rows]
-        source_ds = _plain_dataset(run.table, [r.path for r in rows], truth)
-        both = found.joined(target_features(_reading(model, source_ds), _loader(source_ds, 32)))
-        fits = refit_head(model.head, both, torch.cat([labels, torch.tensor(truth)]), seed=run.options.seed)
+        source_ds = _plain_dataset(
+            run.table, [r.path for r in rows], [run.names.index(r.label) for r in rows]
+        )
+        report = refit_to_target(model, target_ds, source_ds, absent, seed=run.options.seed)
         model.save_pretrained(out)
-        report = {
-            "labels": _histogram(labels.numpy(), run.names),
-            "relabelled": round(float((labels != found.logits.argmax(1)).float().mean()), 4),
-            "source_images": len(rows),
-            "head_fits_labels": round(fits, 4),
-        }
         (out / "refit.json").write_text(json.dumps(report, indent=1) + "\n")
     run.state.wait_for_everyone()
     return out, json.loads((out / "refit.json").read_text())
