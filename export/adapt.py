@@ -91,9 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="export even past --max-drop")
     p.add_argument(
         "--refit",
-        action="store_true",
-        help="last, refit the head on the target's class centroids beside the source sample: more on the "
-        "target, at a cost to the source check set (off by default)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="last, refit the head on the target's class centroids beside the source sample (default: on; "
+        "--no-refit exports the adapted head as it is)",
     )
     p.add_argument(
         "--resume", action="store_true", help="continue the killed (or finished) run of these arguments"

@@ -99,7 +99,7 @@ def test_diagnostics_are_recorded(adapted) -> None:
     assert d["source_check_drop_points"]["accuracy"] == pytest.approx(
         100 * (d["source_check_before"]["accuracy"] - d["source_check_after"]["accuracy"]), abs=0.01
     )
-    assert d["refit"] is None  # off unless asked for
+    assert d["refit"]["source_images"] == 3 * len(EMOJI7)  # on by default
     assert report["plan"]["epochs"] == 2 and report["plan"]["per_class"] == 3
     assert report["time_s"]["total"] >= report["time_s"]["training"] > 0
     manifest = json.loads((root / "export" / "manifest.json").read_text())
@@ -140,14 +140,15 @@ def test_a_source_check_drop_past_the_limit_exits_3_and_exports_nothing(adapted,
     assert not out.exists()
 
 
-def test_the_refit_asked_for_refits_the_head_of_the_same_training(adapted) -> None:
+def test_the_refit_refits_the_head_of_the_same_training(adapted) -> None:
     from kcdp_export.adapt import main
 
     root, src, target, start = adapted
-    out = root / "export_refit"
+    out = root / "export_plain"
     # The refit comes after training and is not in the run's key: --resume finds the finished run.
-    assert main(_args(target, out, start, src, "--refit", "--resume")) == 0
-    refit, plain = (json.loads((d / "adaptation.json").read_text()) for d in (out, root / "export"))
+    assert main(_args(target, out, start, src, "--no-refit", "--resume")) == 0
+    refit, plain = (json.loads((d / "adaptation.json").read_text()) for d in (root / "export", out))
+    assert plain["diagnostics"]["refit"] is None
     assert refit["work"] == plain["work"]
     assert refit["diagnostics"]["pseudo_labels_per_epoch"] == plain["diagnostics"]["pseudo_labels_per_epoch"]
     r = refit["diagnostics"]["refit"]  # the head refit on the target's centroid labels and the source sample
@@ -162,7 +163,7 @@ def test_declared_classes_bound_the_pseudo_labels_and_the_export(adapted) -> Non
 
     root, src, target, start = adapted
     out, classes = root / "export_classes", ["happiness", "sadness", "surprise"]
-    assert main(_args(target, out, start, src, "--classes", *classes, "--refit")) == 0
+    assert main(_args(target, out, start, src, "--classes", *classes)) == 0
     report = json.loads((out / "adaptation.json").read_text())
     assert report["target"]["classes"] == classes and report["target"]["classes_declared"]
     d = report["diagnostics"]
