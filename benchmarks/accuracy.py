@@ -218,7 +218,7 @@ TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
             ),
             (
                 "adapt_refit_from_uc",
-                "  the same + the head refit on the target's centroids in v beside the source (kcdp-adapt --refit)",
+                "  the same + the head refit on the target's centroids in v beside the source (kcdp-adapt's last step)",
             ),
             ("adapt_from_da", "  kcdp-adapt's regime from the KCDP (DA) run (a second self-training round)"),
             (
