@@ -129,7 +129,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "adapt_consistency": ("da", {"train": adapt_regime(consistency=1.0)}),
     # the target statistics step alone: one epoch at learning rate 0, then AdaBN
     "adabn_from_uc": ("da", {"train": adapt_regime(1, lr=0.0, head_lr=0.0)}),
-    # kcdp-adapt --refit: another row's adapted run (REFITS) with its head refit on the target's centroid
+    # kcdp-adapt's refit: another row's adapted run (REFITS) with its head refit on the target's centroid
     # labels beside the task's labelled source (kcdp_core.train.adapt.refit_to_target); no training
     "adapt_refit_from_uc": ("da", {"train": adapt_regime()}),
     # Not DA: an upper bound. The left-out style's labels are read (oracle_task), KCDP (UC) trains.
@@ -744,7 +744,7 @@ def run_one(variant: str, task: Task, eval_sets: list[Path], run_dir: Path, seed
 
 
 def _refit(adapted: Path, task: Task, run_dir: Path, seed: int):
-    """The adapted run's best checkpoint with its head refit (kcdp-adapt --refit) on the task's target
+    """The adapted run's best checkpoint with its head refit (kcdp-adapt's last step) on the task's target
     images (labels never read) beside its labelled source, saved as run_dir/best; (a result stub, model)."""
     from types import SimpleNamespace
 
