@@ -130,8 +130,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # the target statistics step alone: one epoch at learning rate 0, then AdaBN
     "adabn_from_uc": ("da", {"train": adapt_regime(1, lr=0.0, head_lr=0.0)}),
     # kcdp-adapt's refit: another row's adapted run (REFITS) with its head refit on the target's centroid
-    # labels beside the task's labelled source (kcdp_core.train.adapt.refit_to_target); no training
-    "adapt_refit_from_uc": ("da", {"train": adapt_regime()}),
+    # labels beside the task's labelled source (kcdp_core.train.adapt.refit_to_target); no training, its
+    # config is the run's it refits (config_for)
+    "adapt_refit_from_uc": ("da", {}),
     # Not DA: an upper bound. The left-out style's labels are read (oracle_task), KCDP (UC) trains.
     "oracle": ("uc", {}),
 }

@@ -16,7 +16,7 @@ labeller (LABELLERS) labels the style's images from what the adapted model compu
   centroids of those labels; nearest centroid again (kcdp_core.train.centroid_labels). A class nobody is
   nearest to drops out. "centroids in v" does the same in the FPN's output space, before the knowledge
   joins it, and "head refit on centroids in v" is its buildable form: a copy of the head trained on those
-  labels, then its argmax (kcdp-adapt's refit, on by default, trains it with a labelled source sample beside them);
+  labels, then its argmax (kcdp-adapt's last step trains it with a labelled source sample beside them);
 - neighbours (neighbourhood consistency, as NRC, Yang et al. 2021): the mean of the head's probabilities over
   each image's k nearest images in the same space, itself included.
 

@@ -644,9 +644,10 @@ def adapt(options: AdaptOptions, log: Callable[[str], None] = print) -> AdaptRes
     elapsed = time.time() - t0
     plan = _plan(run, len(target_ds) + len(check_ds), seconds_per_image, knowledge_spi, cached, elapsed)
     final, trained_s = _train(run, plan)
+    rows = run.pool.subsample(plan.per_class)  # the source sample that trained (and calibrates the export)
     refit = None
     if options.refit:
-        final, refit = _refit(run, KCDPModel.from_pretrained(final), target_ds, plan, absent)
+        final, refit = _refit(run, KCDPModel.from_pretrained(final), target_ds, rows, absent)
 
     adapted = KCDPModel.from_pretrained(final)
     after_view = target_view(adapted, target_ds, absent=absent)
@@ -657,7 +658,6 @@ def adapt(options: AdaptOptions, log: Callable[[str], None] = print) -> AdaptRes
         for r in range(options.rounds)
         for row in pseudo_label_history(work / f"round{r + 1}" / "metrics.jsonl", run.names)
     ]
-    rows = run.pool.subsample(plan.per_class)
     report = {
         "model": options.model if options.model.startswith("kcdp:") else str(model_dir),
         "target": {
@@ -810,12 +810,11 @@ def refit_to_target(model, target_ds, source_ds, absent=None, seed: int = 0) -> 
     }
 
 
-def _refit(run: _Run, model, target_ds, plan: Plan, absent) -> tuple[Path, dict]:
-    """refit_to_target beside the run's labelled source sample, saved as work/refit; (that checkpoint,
-    what the step did). Under several processes the first one does it."""
+def _refit(run: _Run, model, target_ds, rows, absent) -> tuple[Path, dict]:
+    """refit_to_target beside the run's labelled source sample `rows`, saved as work/refit; (that
+    checkpoint, what the step did). Under several processes the first one does it."""
     out = run.work / "refit"
     if run.state.is_main_process:
-        rows = run.pool.subsample(plan.per_class)
         source_ds = _plain_dataset(
             run.table, [r.path for r in rows], [run.names.index(r.label) for r in rows]
         )
