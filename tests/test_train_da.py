@@ -120,3 +120,42 @@ def test_init_checkpoint_starts_from_trained_weights_and_consistency_trains(doma
     rows = [json.loads(x) for x in (root / "run_consistency" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["consistency"] >= 0 for r in rows if r["kind"] == "step")
     assert any(not plain[n].equal(both[n]) for n in plain)
+
+
+def test_refined_pseudo_labels_are_the_centroids_of_cliea_and_read_no_target_label(domains) -> None:
+    """pseudo_refine "centroids": each epoch's labels are the class centroids' in v from CLIEA's
+    probabilities, their confidence CLIEA's probability of them; the target's labels stay unread."""
+    from kcdp_core.config import tiny
+    from kcdp_core.train.centroid_labels import centroid_labels
+    from kcdp_core.train.trainer import Trainer
+
+    root, src, tgt = domains
+    train = {"setting": "da", "epochs": 1, "seed": 6, "pseudo_labels": "epoch", "pseudo_select": "class_quota"}
+    config = tiny().replace(train={**train, "pseudo_refine": "centroids"})
+    trainer = Trainer(config, src, root / "run_refine_probe", target=tgt, progress=False, log=lambda m: None)
+    trainer._build()
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    refined = trainer._epoch_pseudo_labels(model)
+    trainer.tc = config.replace(train={"pseudo_refine": "none"}).train  # the same model, CLIEA's labels
+    plain = trainer._epoch_pseudo_labels(model)
+    loader = torch.utils.data.DataLoader(trainer.target_plain, batch_size=8)
+    model.eval()
+    with torch.no_grad():
+        features, probs = [], []
+        for b in loader:
+            v = model(b["pixels"], b["k"], b["k_mask"], face=b.get("face")).features
+            features.append(v)
+            probs.append(model.cliea_scores(v, b["k"], b["k_mask"]).softmax(1))
+    features, probs = torch.cat(features), torch.cat(probs)
+    expected = centroid_labels(features, probs)
+    assert refined.cliea.equal(expected) and plain.cliea.equal(probs.argmax(1))
+    assert torch.allclose(refined.confidence, probs.gather(1, expected[:, None])[:, 0], atol=1e-6)
+    assert refined.head.equal(plain.head) and not refined.cliea.equal(plain.cliea)
+
+    true = write_manifest(tgt, root / "target_true_r.csv")
+    shuffled = write_manifest(tgt, root / "target_shuffled_r.csv", shuffle_labels=True)
+    a = _train(config.replace(train={"epochs": 2}), src, true, root / "run_refine_true")
+    b = _train(config.replace(train={"epochs": 2}), src, shuffled, root / "run_refine_shuffled")
+    assert all(a[n].equal(b[n]) for n in a)
+    with pytest.raises(ValueError, match="pseudo_refine"):
+        Trainer(tiny().replace(train={"setting": "da", "pseudo_refine": "centroids"}), src, root / "x", target=tgt)
