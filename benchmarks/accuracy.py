@@ -127,14 +127,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "adapt_from_uc": ("da", {"train": adapt_regime()}),
     "adapt_from_da": ("da", {"train": adapt_regime()}),
     "adapt_consistency": ("da", {"train": adapt_regime(consistency=1.0)}),
-    "adapt_centroids_from_uc": ("da", {"train": adapt_regime(pseudo_refine="centroids")}),
     # the target statistics step alone: one epoch at learning rate 0, then AdaBN
     "adabn_from_uc": ("da", {"train": adapt_regime(1, lr=0.0, head_lr=0.0)}),
     # kcdp-adapt's refit: another row's adapted run (REFITS) with its head refit on the target's centroid
     # labels beside the task's labelled source (kcdp_core.train.adapt.refit_to_target); no training, its
     # config is the run's it refits (config_for)
     "adapt_refit_from_uc": ("da", {}),
-    "adapt_centroids_refit_from_uc": ("da", {}),
     # Not DA: an upper bound. The left-out style's labels are read (oracle_task), KCDP (UC) trains.
     "oracle": ("uc", {}),
 }
@@ -143,11 +141,10 @@ STARTS_FROM = {
     "adapt_from_uc": "kcdp_uc",
     "adapt_from_da": "kcdp_da",
     "adapt_consistency": "kcdp_uc",
-    "adapt_centroids_from_uc": "kcdp_uc",
     "adabn_from_uc": "kcdp_uc",
 }
 # variant -> the variant whose adapted run (same task, same seed) it refits
-REFITS = {"adapt_refit_from_uc": "adapt_from_uc", "adapt_centroids_refit_from_uc": "adapt_centroids_from_uc"}
+REFITS = {"adapt_refit_from_uc": "adapt_from_uc"}
 
 # a row of several tables: the same runs, the same label
 NO_TARGET_BN_ROW = ("da_no_target_bn", "  KCDP (DA) without AdaBN (BatchNorm statistics of the source)")
@@ -224,11 +221,6 @@ TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
                 "adapt_refit_from_uc",
                 "  the same + the head refit on the target's centroids in v beside the source (kcdp-adapt's last step)",
             ),
-            (
-                "adapt_centroids_from_uc",
-                "  kcdp-adapt's regime from the KCDP (UC) run, CLIEA's labels refined by the target's centroids in v",
-            ),
-            ("adapt_centroids_refit_from_uc", "  the same + the head refit (kcdp-adapt's last step)"),
             ("adapt_from_da", "  kcdp-adapt's regime from the KCDP (DA) run (a second self-training round)"),
             (
                 "adapt_consistency",

@@ -69,13 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="which pseudo-labels train: per class the most confident share, no class above an equal "
         "share (class_quota, default), in the predicted proportions (class_fraction), or all",
     )
-    p.add_argument(
-        "--pseudo-refine",
-        choices=("none", "centroids"),
-        default="none",
-        help="CLIEA's labels each epoch as they are (none, default) or refined by the target's class "
-        "centroids in the FPN's output space (centroids)",
-    )
     p.add_argument("--lr", type=float, help="learning rate of the pretrained parts (default 5e-6)")
     p.add_argument("--head-lr", type=float, help="learning rate of the heads (default 2.5e-5)")
     p.add_argument(
@@ -144,7 +137,6 @@ def main(argv: list[str] | None = None) -> int:
         consistency=args.consistency,
         classes=tuple(args.classes) if args.classes else None,
         pseudo_select=args.pseudo_select,
-        pseudo_refine=args.pseudo_refine,
         lr=args.lr,
         head_lr=args.head_lr,
         target_weight=args.target_weight,

@@ -162,9 +162,6 @@ class TrainConfig:
     pseudo_fraction: float = 0.5
     pseudo_fraction_end: float | None = None
     pseudo_agreement: bool = False
-    # "epoch": refine the epoch's labels by class centroids in v, the FPN's output (SHOT's labels,
-    # kcdp_core.train.centroid_labels), the labeller's probabilities their first weights; CLIEA still labels.
-    pseudo_refine: Literal["none", "centroids"] = "none"
     # Epochs of source-only training before the target loss starts (CLIEA untrained before).
     pseudo_warmup_epochs: int = 0
     grad_accum: int = 1
@@ -204,7 +201,6 @@ class TrainConfig:
         "pseudo_fraction",
         "pseudo_fraction_end",
         "pseudo_agreement",
-        "pseudo_refine",
         "pseudo_warmup_epochs",
         "target_bn",
         "consistency_weight",

@@ -465,7 +465,6 @@ class AdaptOptions:
     # TrainConfig.pseudo_select: class_quota caps every predicted class at an equal share, which also
     # fills classes the target may not have; class_fraction keeps the predicted proportions.
     pseudo_select: str = "class_quota"
-    pseudo_refine: str = "none"  # TrainConfig.pseudo_refine
     lr: float | None = None
     head_lr: float | None = None
     # lambda2, the weight of the pseudo-labelled target loss. The defaults here and below are a gentle
@@ -517,7 +516,6 @@ def adapt_regime(
     epochs: int = DEFAULT_EPOCHS,
     *,
     pseudo_select: str = "class_quota",
-    pseudo_refine: str = "none",
     consistency: float = 0.0,
     target_weight: float = 0.3,
     lr: float | None = None,
@@ -531,7 +529,6 @@ def adapt_regime(
         "epochs": epochs,
         "pseudo_labels": "epoch",
         "pseudo_select": pseudo_select,
-        "pseudo_refine": pseudo_refine,
         "pseudo_fraction": 0.3,
         "pseudo_fraction_end": 0.8,
         "pseudo_warmup_epochs": 0,
@@ -546,8 +543,7 @@ def adapt_regime(
 def adapt_config(start: KCDPConfig, options: AdaptOptions, plan: Plan, init: str) -> KCDPConfig:
     """The starting model's config in the adapt regime, trained from `init`."""
     regime = adapt_regime(
-        plan.epochs, pseudo_select=options.pseudo_select, pseudo_refine=options.pseudo_refine,
-        consistency=options.consistency,
+        plan.epochs, pseudo_select=options.pseudo_select, consistency=options.consistency,
         target_weight=options.target_weight, lr=options.lr, head_lr=options.head_lr,
     )  # fmt: skip
     train = {**regime, "seed": options.seed, "init_checkpoint": init, "target_classes": options.classes}
@@ -679,7 +675,6 @@ def adapt(options: AdaptOptions, log: Callable[[str], None] = print) -> AdaptRes
             "rounds": options.rounds,
             "consistency_weight": options.consistency,
             "pseudo_select": options.pseudo_select,
-            "pseudo_refine": options.pseudo_refine,
         },
         "time_s": {"training": round(trained_s, 1), "total_before_export": round(time.time() - t0, 1)},
         "diagnostics": {

@@ -31,7 +31,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from kcdp_core.config import KCDPConfig, TrainConfig
-from kcdp_core.train.centroid_labels import centroid_labels
 from kcdp_core.train.datasets import (
     AugmentConfig,
     EpochSampler,
@@ -272,8 +271,6 @@ class Trainer:
                 f"pseudo_select {self.tc.pseudo_select!r} selects over the whole target: "
                 "use pseudo_labels 'epoch' (or 'zeroshot')"
             )
-        if self.tc.pseudo_refine != "none" and self.tc.pseudo_labels != "epoch":
-            raise ValueError("pseudo_refine refines CLIEA's labels over the whole target: use pseudo_labels 'epoch'")
         if self.tc.pseudo_agreement and self.tc.pseudo_labels == "zeroshot":
             raise ValueError("pseudo_agreement compares CLIEA with the head: not with zero-shot labels")
         self.absent = (
@@ -462,11 +459,10 @@ class Trainer:
     # -- pseudo-labels -------------------------------------------------------------------
     @torch.no_grad()
     def _epoch_pseudo_labels(self, model) -> TargetPredictions:
-        """CLIEA argmax and confidence (or, with pseudo_refine "centroids", the class centroids' labels in
-        v and CLIEA's probability of them), and the head's argmax, over the whole (un-augmented) target
+        """CLIEA argmax and confidence, and the head's argmax, over the whole (un-augmented) target
         with the current model."""
         loader = torch.utils.data.DataLoader(self.target_plain, batch_size=self.tc.batch_size)
-        probs, features, heads = [], [], []
+        labels, confs, heads = [], [], []
         was = model.training
         model.eval()
         device = self.accelerator.device
@@ -476,17 +472,12 @@ class Trainer:
                 face = batch["face"].to(device) if "face" in batch else None
                 out = model(batch["pixels"].to(device), k, m, face=face)
                 scores = declared(model.cliea_scores(out.features, k, m), self.absent)
-            probs.append(scores.float().softmax(dim=-1).cpu())
-            features.append(out.features.float().cpu())
+            conf, y = scores.float().softmax(dim=-1).max(dim=-1)
+            labels.append(y.cpu())
+            confs.append(conf.cpu())
             heads.append(declared(out.logits, self.absent).argmax(dim=-1).cpu())
         model.train(was)
-        p = torch.cat(probs)
-        if self.tc.pseudo_refine == "centroids":
-            y = centroid_labels(torch.cat(features), p)
-            conf = p.gather(1, y[:, None])[:, 0]
-        else:
-            conf, y = p.max(dim=-1)
-        return TargetPredictions(y, conf, torch.cat(heads))
+        return TargetPredictions(torch.cat(labels), torch.cat(confs), torch.cat(heads))
 
     def _log_pseudo_labels(self, epoch: int, pred: TargetPredictions, keep: torch.Tensor, how: str) -> None:
         """The epoch's pseudo-labels per target image (in target order), for reports scored outside
