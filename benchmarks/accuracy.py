@@ -755,7 +755,7 @@ def _refit(adapted: Path, task: Task, run_dir: Path, seed: int):
 
     model = KCDPModel.from_pretrained(adapted / "best")
     target = load_dataset(model, task.target, with_labels=False)
-    report = refit_to_target(model, target, load_dataset(model, task.source), seed=seed)
+    report, _ = refit_to_target(model, target, load_dataset(model, task.source), seed=seed)
     model.save_pretrained(run_dir / "best")
     (run_dir / "best" / "refit.json").write_text(json.dumps(report, indent=1) + "\n")
     return SimpleNamespace(best_epoch=None, best_val_macro_f1=None, epochs_run=0), model

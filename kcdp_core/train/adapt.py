@@ -365,22 +365,24 @@ def target_view(model, dataset, batch_size: int = 32, absent=None) -> TargetView
     """The predictions over the target; `absent` ([C] bool): labels outside the declared classes."""
     import torch
 
-    from kcdp_core.train.pseudo_labels import declared
-
-    heads, confs, cliea = [], [], []
+    parts = []
     model.eval()
     with torch.no_grad():
         for batch in _loader(dataset, batch_size):
             out = model(batch["pixels"], batch["k"], batch["k_mask"], face=batch.get("face"))
-            conf, head = declared(out.logits, absent).float().softmax(dim=-1).max(dim=-1)
-            heads.append(head.numpy())
-            confs.append(conf.numpy())
-            if model.cliea is not None:
-                scores = model.cliea_scores(out.features, batch["k"], batch["k_mask"])
-                cliea.append(declared(scores, absent).argmax(dim=-1).numpy())
-            else:
-                cliea.append(np.full(len(head), -1))
-    return TargetView(np.concatenate(heads), np.concatenate(confs), np.concatenate(cliea))
+            parts.append(_view(model, out.logits, out.features, batch["k"], batch["k_mask"], absent))
+    return TargetView(*(np.concatenate(p) for p in zip(*parts, strict=True)))
+
+
+def _view(model, logits, features, k, k_mask, absent) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(head argmax, its confidence, CLIEA argmax) of images the model gave `logits` and v `features`."""
+    from kcdp_core.train.pseudo_labels import declared
+
+    conf, head = declared(logits, absent).float().softmax(dim=-1).max(dim=-1)
+    if model.cliea is None:
+        return head.numpy(), conf.numpy(), np.full(len(head), -1)
+    cliea = declared(model.cliea_scores(features, k, k_mask), absent).argmax(dim=-1)
+    return head.numpy(), conf.numpy(), cliea.numpy()
 
 
 def _histogram(labels: np.ndarray, names: Sequence[str]) -> dict[str, int]:
@@ -645,12 +647,13 @@ def adapt(options: AdaptOptions, log: Callable[[str], None] = print) -> AdaptRes
     plan = _plan(run, len(target_ds) + len(check_ds), seconds_per_image, knowledge_spi, cached, elapsed)
     final, trained_s = _train(run, plan)
     rows = run.pool.subsample(plan.per_class)  # the source sample that trained (and calibrates the export)
-    refit = None
-    if options.refit:
-        final, refit = _refit(run, KCDPModel.from_pretrained(final), target_ds, rows, absent)
+    refit = after_view = None
+    if options.refit:  # the refit's own pass over the target gives the view after it
+        final, refit, after_view = _refit(run, KCDPModel.from_pretrained(final), target_ds, rows, absent)
 
     adapted = KCDPModel.from_pretrained(final)
-    after_view = target_view(adapted, target_ds, absent=absent)
+    if after_view is None:
+        after_view = target_view(adapted, target_ds, absent=absent)
     check_after = check_metrics(adapted, check_ds, run.names)
     drop = {k: round(100 * (check_before[k] - check_after[k]), 2) for k in ("accuracy", "macro_f1")}
     history = [
@@ -787,11 +790,12 @@ def _train(run: _Run, plan: Plan) -> tuple[Path, float]:
     return Path(init), spent
 
 
-def refit_to_target(model, target_ds, source_ds, absent=None, seed: int = 0) -> dict:
+def refit_to_target(model, target_ds, source_ds, absent=None, seed: int = 0) -> tuple[dict, TargetView]:
     """The head refit (in place) on the target's centroid labels in v (kcdp_core.train.centroid_labels)
     beside the labelled `source_ds`, so that it keeps what it knew (alone on the target it cost the source
-    check set 5-6 points); what the step did. The source images are read with their own BatchNorm
-    statistics, as the check set is; the target's labels are never read."""
+    check set 5-6 points); (what the step did, the refit model's view of the target: only the head
+    changed, so v and k of the pass before it serve). The source images are read with their own
+    BatchNorm statistics, as the check set is; the target's labels are never read."""
     import torch
 
     from kcdp_core.train.centroid_labels import centroid_labels, refit_head, target_features
@@ -802,27 +806,32 @@ def refit_to_target(model, target_ds, source_ds, absent=None, seed: int = 0) -> 
     truth = torch.tensor([r.label for r in source_ds.records])
     both = found.joined(target_features(_reading(model, source_ds), _loader(source_ds, 32)))
     fits = refit_head(model.head, both, torch.cat([labels, truth]), seed=seed)
-    return {
+    with torch.no_grad():
+        logits = model.head(found.v, found.k, found.k_mask)[0]
+        view = TargetView(*_view(model, logits, found.v, found.k, found.k_mask, absent))
+    report = {
         "labels": _histogram(labels.numpy(), model.config.labels),
         "relabelled": round(float((labels != found.logits.argmax(1)).float().mean()), 4),
         "source_images": len(truth),
         "head_fits_labels": round(fits, 4),
     }
+    return report, view
 
 
-def _refit(run: _Run, model, target_ds, rows, absent) -> tuple[Path, dict]:
+def _refit(run: _Run, model, target_ds, rows, absent) -> tuple[Path, dict, TargetView | None]:
     """refit_to_target beside the run's labelled source sample `rows`, saved as work/refit; (that
-    checkpoint, what the step did). Under several processes the first one does it."""
-    out = run.work / "refit"
+    checkpoint, what the step did, its view of the target). Under several processes the first one does
+    it, and only it has the view."""
+    out, view = run.work / "refit", None
     if run.state.is_main_process:
         source_ds = _plain_dataset(
             run.table, [r.path for r in rows], [run.names.index(r.label) for r in rows]
         )
-        report = refit_to_target(model, target_ds, source_ds, absent, seed=run.options.seed)
+        report, view = refit_to_target(model, target_ds, source_ds, absent, seed=run.options.seed)
         model.save_pretrained(out)
         (out / "refit.json").write_text(json.dumps(report, indent=1) + "\n")
     run.state.wait_for_everyone()
-    return out, json.loads((out / "refit.json").read_text())
+    return out, json.loads((out / "refit.json").read_text()), view
 
 
 def format_report(report: dict) -> str:
