@@ -195,6 +195,37 @@ def test_a_declared_class_the_model_lacks_is_refused_before_any_work(adapted, ca
     assert "joy" in err and "happiness" in err and not out.exists()
 
 
+def test_resume_on_a_folder_of_another_run_stops_and_keeps_it(adapted, capsys) -> None:
+    from kcdp_export.adapt import main
+
+    root, src, target, start = adapted
+    work = Path(json.loads((root / "export" / "adaptation.json").read_text())["work"])
+    before = {p: p.read_bytes() for p in work.rglob("*") if p.is_file()}
+    out = root / "export_other"
+    assert main(_args(target, out, start, src, "--lr", "1e-3", "--work", str(work), "--resume")) == 1
+    err = capsys.readouterr().err
+    assert str(work) in err and "differs in lr" in err and "without --resume" in err
+    assert not out.exists()
+    assert {p: p.read_bytes() for p in work.rglob("*") if p.is_file()} == before
+
+
+def test_an_option_at_its_default_leaves_the_run_key_and_resume_alone() -> None:
+    from kcdp_core.train.adapt import _mismatch, _run_key
+
+    fields = {"epochs": None, "lr": None, "seed": 0, "weights": "w", "target": "t", "sources": []}
+    key = _run_key(fields)
+    # a later version's option, at its default: same key, and a saved run without it resumes
+    assert _run_key(fields | {"rounds": 1}) == key
+    assert _mismatch({"key": key, "fields": fields}, fields | {"rounds": 1}, key) == []
+    # set away from its default, or a saved value that changed: named
+    assert _run_key(fields | {"rounds": 2}) != key
+    assert _mismatch({"key": key, "fields": fields}, fields | {"rounds": 2}, key) == ["rounds"]
+    assert _mismatch({"key": key, "fields": fields | {"seed": 1}}, fields, key) == ["seed"]
+    assert _mismatch({"key": key, "fields": fields}, fields | {"target": "u"}, key) == ["target"]
+    # a plan.json of an earlier version (no fields): its key alone decides
+    assert _mismatch({"key": key}, fields, key) == [] and _mismatch({"key": "x"}, fields, key) != []
+
+
 SLOW_ADAPT = (
     slowed_training_steps(0.5)
     + """

@@ -503,15 +503,42 @@ def resolve_model(model: str) -> Path:
     return folder
 
 
-def _run_key(options: AdaptOptions, model_dir: Path, target: TargetSet) -> str:
-    """What decides the training: the same key finds the same work folder (for --resume)."""
-    fields = asdict(options)
-    for name in ("target", "work", "resume", "progress", "max_drop", "model", "refit"):  # after training
-        fields.pop(name)
+# Applied after training, or only naming where it runs: not part of what a work folder holds.
+_AFTER_TRAINING = ("target", "work", "resume", "progress", "max_drop", "model", "refit")
+
+
+def _run_fields(options: AdaptOptions, model_dir: Path, target: TargetSet) -> dict:
+    """What decides the training, as saved in plan.json: every option but those applied after it,
+    the starting weights and the target's images."""
+    fields = {k: v for k, v in asdict(options).items() if k not in _AFTER_TRAINING}
     fields["sources"] = [str(Path(s).resolve()) for s in options.sources]
     fields["weights"] = hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
     fields["target"] = target.digest
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json.loads(json.dumps(fields, default=str))  # as plan.json will hold them
+
+
+def _defaults() -> dict:
+    return json.loads(json.dumps(asdict(AdaptOptions(Path("."))), default=str))
+
+
+def _run_key(fields: dict) -> str:
+    """The work folder's name under the cache. Options at their defaults leave it out, so that an
+    option added by a later version does not move the runs of an earlier one (a changed default is
+    caught by the fields plan.json keeps, see _mismatch)."""
+    defaults = _defaults()
+    keyed = {k: v for k, v in fields.items() if k not in defaults or v != defaults[k]}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _mismatch(saved: dict, fields: dict, key: str) -> list[str]:
+    """What differs between a saved run (plan.json) and this one: [] when --resume may continue it.
+    An option the saved run predates ran as its default."""
+    if "fields" not in saved:  # written before plan.json kept its fields
+        return [] if saved.get("key") == key else ["the arguments or kcdp-adapt's version"]
+    old, defaults = saved["fields"], _defaults()
+    return sorted(
+        k for k in old.keys() | fields.keys() if old.get(k, defaults.get(k)) != fields.get(k, defaults.get(k))
+    )
 
 
 def adapt_regime(
@@ -600,6 +627,7 @@ class _Run:
     start: object  # the starting KCDPModel
     names: list[str]
     target: TargetSet
+    fields: dict  # what decides the training (_run_fields)
     key: str
     work: Path
     resuming: bool = False
@@ -633,9 +661,10 @@ def adapt(options: AdaptOptions, log: Callable[[str], None] = print) -> AdaptRes
         log = _silent  # one voice under `accelerate launch`
     for problem in target.skipped:
         log(f"skipped {problem}")
-    key = _run_key(options, model_dir, target)
+    fields = _run_fields(options, model_dir, target)
+    key = _run_key(fields)
     work = Path(options.work) if options.work else cache_root() / "adapt" / "runs" / key
-    run = _Run(options, log, state, model_dir, start, list(start.config.labels), target, key, work)
+    run = _Run(options, log, state, model_dir, start, list(start.config.labels), target, fields, key, work)
     _prepare(run)
     target_ds, check_ds, knowledge_spi, cached = _datasets(run)
 
@@ -700,11 +729,18 @@ def adapt(options: AdaptOptions, log: Callable[[str], None] = print) -> AdaptRes
 
 def _prepare(run: _Run) -> None:
     """The work folder (kept for --resume of the same arguments, else emptied) and the labelled
-    sources (built on first use). Under several processes the first one does it, the others wait."""
+    sources (built on first use). Under several processes the first one does it, the others wait.
+    --resume never empties a folder that holds another run: it stops and says what differs."""
     options, log = run.options, run.log
     with run.state.main_process_first():
         saved = json.loads(run.plan_file.read_text()) if run.plan_file.is_file() else None
-        run.resuming = saved is not None and options.resume and saved["key"] == run.key
+        differs = _mismatch(saved, run.fields, run.key) if saved is not None else None
+        if options.resume and differs:
+            raise AdaptError(
+                f"{run.work}: --resume: this folder holds another run (differs in {', '.join(differs)}); "
+                "rerun with that run's arguments, or without --resume to start afresh (empties the folder)"
+            )
+        run.resuming = options.resume and differs == []
         if run.state.is_main_process:
             if run.resuming:
                 log(f"--resume: continuing {run.work}")
@@ -759,7 +795,9 @@ def _plan(
         write_manifest(run.pool.subsample(plan.per_class), run.work / "source.csv")
         write_manifest(run.target.paths, run.work / "target.csv")
         # written last: a plan.json means the run's inputs are all there (what --resume relies on)
-        run.plan_file.write_text(json.dumps({"key": run.key, "plan": asdict(plan)}, indent=1) + "\n")
+        run.plan_file.write_text(
+            json.dumps({"key": run.key, "fields": run.fields, "plan": asdict(plan)}, indent=1) + "\n"
+        )
     run.state.wait_for_everyone()
     plan = Plan(**json.loads(run.plan_file.read_text())["plan"])
     run.log(
