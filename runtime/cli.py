@@ -7,7 +7,8 @@ torch or kcdp_export) where the training install is present, else the message sa
 Arguments may be files, directories (searched recursively for images: PNG, JPEG, GIF, WebP, BMP,
 TIFF, SVG) or glob patterns. With --json, one JSON object per image and line: {"image", "label",
 "scores", "caption", "triplets", "latency_ms"} (and "frames" for an animation) or {"image",
-"error"}. Exit status 0 if every image succeeded, 1 if any failed, 2 for usage errors (including a
+"error"}. With --pack the images are answered together as one style's (kcdp_runtime.packs): each
+result adds "image_label" (its answer alone) and "pack" (how many were answered together). Exit status 0 if every image succeeded, 1 if any failed, 2 for usage errors (including a
 model that cannot be loaded), 141 when the reader of the output went away (`| head -1`).
 """
 
@@ -26,6 +27,7 @@ from pathlib import Path
 from kcdp_core.portable.constants import IMAGE_SUFFIXES
 from kcdp_core.portable.images import MAX_FRAMES
 from kcdp_runtime.manifest import ModelError, is_checkpoint
+from kcdp_runtime.packs import PACK_MIN
 
 DEFAULT_MODEL = Path(__file__).parent / "default_model"
 # The shell's status for a writer whose reader closed the pipe (128 + SIGPIPE).
@@ -133,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="frames classified per animated GIF/WebP/PNG, spread through it (1: the first frame only)",
     )  # fmt: skip
     parser.add_argument("--classes", nargs="+", metavar="LABEL", help=CLASSES_HELP)
+    parser.add_argument(
+        "--pack", action="store_true",
+        help=f"the images are one style's (a sticker pack, an avatar set): answer them together "
+        f"(at least {PACK_MIN} readable images; the results come after all of them ran)",
+    )  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no log line on stderr")
     return parser
 
@@ -169,6 +176,8 @@ def _classify(args: argparse.Namespace) -> int:
     pipe.max_frames = args.max_frames
     # a retrieval captioner's caption is the bank's nearest, not a description of the image: say so
     caption_is = "nearest bank caption" if getattr(pipe.captioner, "name", "") == "retrieval" else "caption"
+    if args.pack:
+        return _classify_pack(pipe, args, caption_is)
     failed = False
     pending: list[str] = []
 
@@ -191,6 +200,20 @@ def _classify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _classify_pack(pipe, args: argparse.Namespace, caption_is: str) -> int:
+    """Every image named, run as one pack; the results printed in argument order."""
+    entries = list(expand_inputs(args.images))
+    results = iter(pipe.run([n for n, e in entries if e is None], batch_size=args.batch_size, pack=True))
+    failed = alone = False
+    for name, error in entries:
+        result = {"image": name, "error": error} if error is not None else next(results)
+        failed |= _emit(result, args.json, caption_is)
+        alone |= result.get("pack") == 0
+    if alone:
+        print(f"kcdp-infer: --pack: fewer than {PACK_MIN} readable images, each was answered alone", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def _emit(result: dict, as_json: bool, caption_is: str = "caption") -> bool:
     """Print one result; True if it is an error."""
     if as_json:
@@ -198,11 +221,14 @@ def _emit(result: dict, as_json: bool, caption_is: str = "caption") -> bool:
     elif "error" in result:
         print(f"error: {result['error']}", file=sys.stderr, flush=True)
     else:
-        score = result["scores"][result["label"]]
+        alone = result.get("image_label", result["label"])
+        answer = f"{alone} ({result['scores'][alone]:.2f})"
+        if result.get("pack"):  # the pack's answer, then the image's own
+            answer = f"{result['label']} (pack of {result['pack']}; alone {answer})"
         frames = result.get("frames")
         seen = f"  ({len(frames['classified'])} of {frames['count']} frames)" if frames else ""
         print(
-            f"{result['image']}: {result['label']} ({score:.2f}){seen}  "
+            f"{result['image']}: {answer}{seen}  "
             f"{caption_is}: {result['caption']!r}  {result['latency_ms']['total']:.1f} ms",
             flush=True,
         )

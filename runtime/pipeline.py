@@ -44,6 +44,7 @@ from kcdp_runtime.captioner import (
     load_bank,
 )
 from kcdp_runtime.manifest import Manifest, ModelError, TokenizerSpec, graph_digest, load_manifest
+from kcdp_runtime.packs import answer_as_pack, unit
 from kcdp_runtime.parsed_captions import ParsedCaptions
 from kcdp_runtime.sessions import SessionConfig, create_session, describe
 
@@ -82,6 +83,7 @@ class _Item:
     knowledge: _Knowledge | None = None
     error: str | None = None
     probs: np.ndarray | None = None
+    view: np.ndarray | None = None  # what a pack's centroids are placed in (kcdp_runtime.packs)
     latency: dict[str, float] = field(default_factory=dict)
 
 
@@ -316,21 +318,34 @@ class Pipeline:
         names: Sequence[str] | None = None,
         batch_size: int = 8,
         captions: Sequence[str] | None = None,
+        pack: bool = False,
     ) -> list[dict[str, Any]]:
         """One dict per image, in order: {"image", "label", "scores", "caption", "triplets",
-        "latency_ms"} (an animation adds "frames") or {"image", "error"}: what `kcdp-infer --json` prints."""
+        "latency_ms"} (an animation adds "frames") or {"image", "error"}: what `kcdp-infer --json` prints.
+        pack=True: the images are one style's, answered together (kcdp_runtime.packs); each result then
+        adds "image_label", its answer alone, and "pack", the images answered together (0: too few to
+        answer as a pack, each answered alone)."""
         if names is None:
             names = [str(i) if not isinstance(i, bytes) else f"<bytes {n}>" for n, i in enumerate(images)]
-        results: list[dict[str, Any]] = []
+        answered: list[tuple[dict[str, Any], np.ndarray | None]] = []
         for start in range(0, len(images), max(1, batch_size)):
             chunk = slice(start, start + max(1, batch_size))
             given = list(captions[chunk]) if captions is not None else None
-            results.extend(self._run_batch(list(images[chunk]), list(names[chunk]), given))
+            answered.extend(self._run_batch(list(images[chunk]), list(names[chunk]), given))
+        results = [result for result, _ in answered]
+        if pack:
+            together = answer_as_pack(results, [view for _, view in answered], self.labels)
+            readable = sum("error" not in r for r in results)
+            for r in results:
+                if "error" not in r:
+                    r.setdefault("image_label", r["label"])
+                    r["pack"] = readable if together else 0
         return results
 
     def _run_batch(
         self, images: list[ImageInput], names: list[str], captions: list[str] | None
-    ) -> list[dict[str, Any]]:
+    ) -> list[tuple[dict[str, Any], np.ndarray | None]]:
+        """(result, view) per image; the view of an animation is its frames' mean."""
         # One item per classified frame: a still image is one, an animation up to max_frames.
         groups: list[tuple[list[_Item], Frames | None]] = []
         for name, source in zip(names, images, strict=True):
@@ -357,7 +372,7 @@ class Pipeline:
                 faces = self._face_thread.submit(encode_images, self.sessions["face_encoder"], feed)
             self._knowledge(ok)
             self._perceive(ok, faces)
-        return [self._result(group, frames) for group, frames in groups]
+        return [(self._result(group, frames), _view(group)) for group, frames in groups]
 
     def _preprocessed(self, name: str, img: Image.Image) -> _Item:
         pixels, face = preprocess_views(
@@ -470,16 +485,21 @@ class Pipeline:
         arrays |= self._image_inputs(items, arrays["pixels"], faces)
         feed = {name: arrays[name].astype(dtype) for name, dtype in self._perception_inputs.items()}
         wanted = "probs" if "probs" in self._perception_outputs else "logits"
-        out = self.sessions["perception"].run([wanted], feed)[0].astype(np.float64)
+        views = [name for name in self._image_views if name in arrays]
+        extra = [] if views or "features" not in self._perception_outputs else ["features"]
+        out, *features = self.sessions["perception"].run([wanted, *extra], feed)
+        out = out.astype(np.float64)
         if wanted == "logits":
             out = np.exp(out - out.max(axis=1, keepdims=True))
             out /= out.sum(axis=1, keepdims=True)
         if self._answered is not None:  # the softmax over the answered classes alone; the floor keeps a
             out = np.maximum(out, 1e-30) * self._answered  # distribution when they all underflowed
             out /= out.sum(axis=1, keepdims=True)
+        # a pack's view: what the image branch hands perception (perception's features without one)
+        view = np.hstack([unit(arrays[n].astype(np.float32)) for n in views]) if views else features[0]
         _share(items, "perception", t0)
-        for item, probs in zip(items, out, strict=True):
-            item.probs = probs
+        for item, probs, v in zip(items, out, view, strict=True):
+            item.probs, item.view = probs, v
 
     def _image_inputs(
         self, items: list[_Item], pixels: np.ndarray, faces: Future | None
@@ -582,6 +602,11 @@ def parser_required(manifest: Manifest, captioner: Captioner) -> bool:
     if not isinstance(captioner, RetrievalCaptioner):
         return True
     return not (captioner.bank_triplets and captioner.top_k == 1 and None not in captioner.bank.triplets)
+
+
+def _view(group: list[_Item]) -> np.ndarray | None:
+    """An image's view for a pack: its frames' mean (None for an image that could not be read)."""
+    return None if group[0].error is not None else np.mean([item.view for item in group], axis=0)
 
 
 def _ms(t0: float) -> float:

@@ -47,3 +47,22 @@ def test_latency_bench_reports_stages_and_appends_results(export, tmp_path, caps
         and "Command: `kcdp-bench latency" in text
     )
     assert figure.stat().st_size > 1000
+
+
+def test_accuracy_bench_scores_alone_and_in_packs(export, tmp_path, capsys):
+    colours = {"anger": RED, "sadness": BLUE, "happiness": YELLOW}
+    for label, colour in colours.items():
+        (tmp_path / label).mkdir()
+        for n in range(6):
+            shade = tuple(max(0, v - 5 * n) for v in colour)
+            Image.new("RGB", (40, 30), shade).save(tmp_path / label / f"{n}.png")
+    assert main(["accuracy", "--model", str(export), "--data", str(tmp_path)]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["images"] == 18 and plain["accuracy"] == 1.0 and plain["macro_f1"] == 1.0
+    assert main(["accuracy", "--model", str(export), "--data", str(tmp_path), "--pack", "all"]) == 0
+    packed = json.loads(capsys.readouterr().out)
+    assert packed["pack"] == "all" and packed["packs_answered_alone"] == 0
+    assert packed["accuracy_alone"] == plain["accuracy"] and packed["macro_f1"] == 1.0
+    assert main(["accuracy", "--model", str(export), "--data", str(tmp_path), "--pack", "8"]) == 0
+    small = json.loads(capsys.readouterr().out)  # two packs of 9: below 16, each answered alone
+    assert small["pack"] == 8 and small["packs_answered_alone"] == 18 and small["accuracy"] == 1.0

@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("--model", required=True)
     acc.add_argument("--data", required=True)
     acc.add_argument("--batch-size", type=int, default=8)
+    acc.add_argument(
+        "--pack", metavar="SIZE|all",
+        help="answer the images in seeded random packs of SIZE (or all as one), as kcdp-infer --pack; the "
+        "answers alone are scored too (*_alone)",
+    )  # fmt: skip
     # latency --ckpt times the PyTorch engine in a process of its own through this
     timing = sub.add_parser("_eager-time", help=argparse.SUPPRESS)
     timing.add_argument("--ckpt", required=True)

@@ -28,16 +28,33 @@ def accuracy(args: argparse.Namespace) -> int:
                 truth.append(label_dir.name)
     if not paths:
         raise SystemExit(f"kcdp-bench: {folder}: no DIR/<label>/<image> files")
-    results = pipe.run(paths, batch_size=args.batch_size)
-    pred = [r.get("label") for r in results]
-    acc = float(np.mean([p == t for p, t in zip(pred, truth, strict=True)]))
+    if args.pack:  # seeded packs (every one of at least the size asked), each answered together
+        results: list[dict] = [{}] * len(paths)
+        size = len(paths) if args.pack == "all" else int(args.pack)
+        order = np.random.default_rng(0).permutation(len(paths))
+        for pack in np.array_split(order, max(1, len(paths) // size)):
+            answered = pipe.run([paths[n] for n in pack], batch_size=args.batch_size, pack=True)
+            for n, result in zip(pack, answered, strict=True):
+                results[n] = result
+    else:
+        results = pipe.run(paths, batch_size=args.batch_size)
+    out = {"model": str(args.model), "images": len(paths), **_scores([r.get("label") for r in results], truth),
+           "errors": sum(1 for r in results if "error" in r)}  # fmt: skip
+    if args.pack:
+        alone = _scores([r.get("image_label") for r in results], truth)
+        out |= {"pack": args.pack if args.pack == "all" else size, "packs_answered_alone": sum(r.get("pack") == 0 for r in results)}
+        out |= {f"{k}_alone": v for k, v in alone.items()}
+    print(json.dumps(out))
+    return 0
+
+
+def _scores(pred: list[str | None], truth: list[str]) -> dict[str, float]:
+    """Accuracy and macro-F1 over the classes the truth holds."""
     f1s = []
     for label in sorted(set(truth)):
         tp = sum(p == label and t == label for p, t in zip(pred, truth, strict=True))
         fp = sum(p == label and t != label for p, t in zip(pred, truth, strict=True))
         fn = sum(p != label and t == label for p, t in zip(pred, truth, strict=True))
         f1s.append(2 * tp / max(1, 2 * tp + fp + fn))
-    out = {"model": str(args.model), "images": len(paths), "accuracy": acc, "macro_f1": float(np.mean(f1s)),
-           "errors": sum(1 for r in results if "error" in r)}  # fmt: skip
-    print(json.dumps(out))
-    return 0
+    acc = float(np.mean([p == t for p, t in zip(pred, truth, strict=True)]))
+    return {"accuracy": acc, "macro_f1": float(np.mean(f1s))}
