@@ -5,7 +5,8 @@ upload (fields `image` / `images`) or a JSON body with base64 images ({"image": 
 {"images": ["<base64>", ...]}), told apart by Content-Type. Both feed one queue; a micro-batcher
 collects up to --max-batch images or waits --max-wait-ms after the first, then runs ONE pipeline
 call in a worker thread, so concurrent clients share batched ONNX runs while the event loop keeps
-accepting requests. Bodies over --max-body-mb are refused with 413 by Content-Length or while they
+accepting requests. POST /v1/pack takes a batch's body and answers its images together, as one
+style's (kcdp_runtime.packs), in one pipeline call on the same thread. Bodies over --max-body-mb are refused with 413 by Content-Length or while they
 stream in (chunked uploads too); an image not answered within --timeout seconds gets 504. Every
 response carries X-Request-ID (the client's, or one made here), and so does every log line written
 while the request runs. GET /health, GET /metrics (Prometheus), GET /openapi.json and /docs.
@@ -71,6 +72,8 @@ class Result(BaseModel):
     triplets: list[list[str]]
     latency_ms: dict[str, float]
     frames: Frames | None = None  # animated images only
+    image_label: str | None = None  # /v1/pack only: the image's answer alone
+    pack: int | None = None  # /v1/pack only: images answered together (0: too few, each alone)
 
 
 class ErrorEntry(BaseModel):
@@ -202,6 +205,15 @@ class MicroBatcher:
             for job, result in zip(jobs, results, strict=True):
                 if not job.future.done():
                     job.future.set_result(result)
+
+    async def run_pack(self, images: list[bytes], names: list[str]) -> list[dict[str, Any]]:
+        """One style's images answered together (Pipeline.run(pack=True)): one pipeline call on the
+        worker thread, after the batches queued before it."""
+        loop = asyncio.get_running_loop()
+        call = functools.partial(self.pipeline.run, images, names, self.config.max_batch, pack=True)
+        results = await asyncio.wait_for(loop.run_in_executor(self.executor, call), self.config.timeout_s)
+        self.metrics.batch(results)
+        return results
 
 
 class BodyLimit:
@@ -443,31 +455,28 @@ def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> Any:
         openapi_extra=_openapi_body("images", True, BatchJSON),
     )
     async def batch(request: Request) -> Any:
-        if _body_kind(request, "'images' (repeated)") == "json":
-            body = await _json_body(request)
-            images = body.get("images") if isinstance(body, dict) else None
-            if not isinstance(images, list) or not images:
-                raise _problem(422, 'the JSON body needs "images": ["<base64>", ...] (a non-empty list)')
-            names = body.get("names") or [f"image{i}" for i in range(len(images))]
-            if not isinstance(names, list) or len(names) != len(images):
-                raise _problem(422, f'"names" must be a list of {len(images)} strings, one per image')
-            _check_count(len(images), config)
-            payloads = [(decode_base64(b, str(n)), str(n)) for b, n in zip(images, names, strict=True)]
-        else:
-            async with request.form() as form:
-                uploads = form.getlist("images")
-                if not uploads:
-                    sent = ", ".join(repr(k) for k in form) or "none"
-                    raise _problem(422, f"multipart field 'images' is missing (fields sent: {sent}); /v1/classify takes 'image'")  # fmt: skip
-                _check_count(len(uploads), config)
-                payloads = []
-                for i, upload in enumerate(uploads):
-                    if (problem := _upload_error(upload, "images")) is not None:
-                        payloads.append((f"images[{i}]: {problem}", f"images[{i}]"))
-                    else:
-                        payloads.append((await upload.read(), upload.filename or f"image{i}"))
+        payloads = await _batch_payloads(request, config)
         results = await asyncio.gather(*(classify_bytes(d, n) for d, n in payloads))
         return {"results": list(results)}
+
+    @app.post(
+        "/v1/pack",
+        response_model=BatchResponse,
+        response_model_exclude_none=True,
+        responses={**errors, 422: {"model": Problem, "description": "a field missing or of the wrong type"}},
+        summary="Classify one style's images together (kcdp-infer --pack): the body of /v1/batch, 16 images or more",
+        openapi_extra=_openapi_body("images", True, BatchJSON),
+    )
+    async def pack(request: Request) -> Any:
+        payloads = await _batch_payloads(request, config)
+        readable = [(d, n) for d, n in payloads if isinstance(d, bytes)]
+        try:
+            answered = iter(await batcher.run_pack([d for d, _ in readable], [n for _, n in readable]))
+        except asyncio.TimeoutError:
+            raise _problem(504, f"{len(readable)} images not classified within {config.timeout_s} s") from None
+        results = [next(answered) if isinstance(d, bytes) else {"image": n, "error": d} for d, n in payloads]
+        metrics.images.labels(outcome="error").inc(len(payloads) - len(readable))
+        return {"results": results}
 
     @app.get("/health", response_model=Health)
     async def health() -> Any:
@@ -483,6 +492,34 @@ def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> Any:
 
     endpoints.update(route.path for route in app.routes)
     return app
+
+
+async def _batch_payloads(request: Request, config: ServeConfig) -> list[tuple[bytes | str, str]]:
+    """(image bytes, or the error of an upload that could not be read; name) per image of a /v1/batch
+    or /v1/pack body."""
+    if _body_kind(request, "'images' (repeated)") == "json":
+        body = await _json_body(request)
+        images = body.get("images") if isinstance(body, dict) else None
+        if not isinstance(images, list) or not images:
+            raise _problem(422, 'the JSON body needs "images": ["<base64>", ...] (a non-empty list)')
+        names = body.get("names") or [f"image{i}" for i in range(len(images))]
+        if not isinstance(names, list) or len(names) != len(images):
+            raise _problem(422, f'"names" must be a list of {len(images)} strings, one per image')
+        _check_count(len(images), config)
+        return [(decode_base64(b, str(n)), str(n)) for b, n in zip(images, names, strict=True)]
+    async with request.form() as form:
+        uploads = form.getlist("images")
+        if not uploads:
+            sent = ", ".join(repr(k) for k in form) or "none"
+            raise _problem(422, f"multipart field 'images' is missing (fields sent: {sent}); /v1/classify takes 'image'")  # fmt: skip
+        _check_count(len(uploads), config)
+        payloads: list[tuple[bytes | str, str]] = []
+        for i, upload in enumerate(uploads):
+            if (problem := _upload_error(upload, "images")) is not None:
+                payloads.append((f"images[{i}]: {problem}", f"images[{i}]"))
+            else:
+                payloads.append((await upload.read(), upload.filename or f"image{i}"))
+        return payloads
 
 
 def _check_count(n: int, config: ServeConfig) -> None:

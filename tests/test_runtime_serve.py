@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -97,6 +98,31 @@ def test_classify_batch_health_metrics_openapi(pipe):
         schema = client.get("/openapi.json").json()
         assert {"/v1/classify", "/v1/batch", "/health", "/metrics"} <= set(schema["paths"])
         assert "Result" in schema["components"]["schemas"]
+
+
+def test_pack_answers_one_style_together(pipe):
+    from kcdp_runtime.packs import PACK_MIN
+
+    shades = [png_bytes(Image.new("RGB", (24, 24), (230 - 4 * i, 20, 20 + 4 * i))) for i in range(PACK_MIN)]
+    alone = pipe.run(shades)
+    files = [("images", (f"{i}.png", d, "image/png")) for i, d in enumerate(shades)]
+    with TestClient(create_app(pipe)) as client:
+        r = client.post("/v1/pack", files=[*files[:3], ("images", ("x.png", b"", "image/png")), *files[3:]])
+        results = r.json()["results"]
+        assert r.status_code == 200 and len(results) == PACK_MIN + 1 and "empty file" in results[3]["error"]
+        del results[3]
+        for got, ref in zip(results, alone, strict=True):
+            assert got["pack"] == PACK_MIN and got["image_label"] == ref["label"]
+            assert got["label"] in pipe.labels and got["scores"] == ref["scores"]
+        body = {"images": [base64.b64encode(d).decode() for d in shades[:3]], "names": ["a", "b", "c"]}
+        few = client.post("/v1/pack", json=body).json()["results"]  # too few: each answered alone
+        assert [(x["image"], x["pack"], x["label"]) for x in few] == [
+            (n, 0, ref["label"]) for n, ref in zip("abc", alone, strict=False)
+        ]
+        assert "/v1/pack" in client.get("/openapi.json").json()["paths"]
+        samples = parse_metrics(client.get("/metrics").text)
+        assert samples[("kcdp_images_total", (("outcome", "ok"),))] == PACK_MIN + 3
+        assert samples[("kcdp_images_total", (("outcome", "error"),))] == 1
 
 
 def test_request_size_limit_and_timeout(pipe):
