@@ -8,8 +8,9 @@ Arguments may be files, directories (searched recursively for images: PNG, JPEG,
 TIFF, SVG) or glob patterns. With --json, one JSON object per image and line: {"image", "label",
 "scores", "caption", "triplets", "latency_ms"} (and "frames" for an animation) or {"image",
 "error"}. With --pack the images are answered together as one style's (kcdp_runtime.packs): each
-result adds "image_label" (its answer alone) and "pack" (how many were answered together). Exit status 0 if every image succeeded, 1 if any failed, 2 for usage errors (including a
-model that cannot be loaded), 141 when the reader of the output went away (`| head -1`).
+result adds "image_label" (its answer alone) and "pack" (how many were answered together). Exit
+status 0 if every image succeeded, 1 if any failed, 2 for usage errors (including a model that
+cannot be loaded), 141 when the reader of the output went away (`| head -1`).
 """
 
 from __future__ import annotations

@@ -486,8 +486,7 @@ class Pipeline:
         feed = {name: arrays[name].astype(dtype) for name, dtype in self._perception_inputs.items()}
         wanted = "probs" if "probs" in self._perception_outputs else "logits"
         views = [name for name in self._image_views if name in arrays]
-        extra = [] if views or "features" not in self._perception_outputs else ["features"]
-        out, *features = self.sessions["perception"].run([wanted, *extra], feed)
+        out, *features = self.sessions["perception"].run([wanted] + ([] if views else ["features"]), feed)
         out = out.astype(np.float64)
         if wanted == "logits":
             out = np.exp(out - out.max(axis=1, keepdims=True))
