@@ -41,9 +41,9 @@ def accuracy(args: argparse.Namespace) -> int:
     out = {"model": str(args.model), "images": len(paths), **_scores([r.get("label") for r in results], truth),
            "errors": sum(1 for r in results if "error" in r)}  # fmt: skip
     if args.pack:
-        alone = _scores([r.get("image_label") for r in results], truth)
-        out |= {"pack": args.pack if args.pack == "all" else size, "packs_answered_alone": sum(r.get("pack") == 0 for r in results)}
-        out |= {f"{k}_alone": v for k, v in alone.items()}
+        out["pack"] = args.pack if args.pack == "all" else size
+        out["packs_answered_alone"] = sum(r.get("pack") == 0 for r in results)  # images, in packs under 16
+        out |= {f"{k}_alone": v for k, v in _scores([r.get("image_label") for r in results], truth).items()}
     print(json.dumps(out))
     return 0
 
