@@ -66,3 +66,6 @@ def test_accuracy_bench_scores_alone_and_in_packs(export, tmp_path, capsys):
     assert main(["accuracy", "--model", str(export), "--data", str(tmp_path), "--pack", "8"]) == 0
     small = json.loads(capsys.readouterr().out)  # two packs of 9: below 16, each answered alone
     assert small["pack"] == 8 and small["packs_answered_alone"] == 18 and small["accuracy"] == 1.0
+    with pytest.raises(SystemExit):
+        main(["accuracy", "--model", str(export), "--data", str(tmp_path), "--pack", "0"])
+    assert "a pack size is a whole number of images or 'all', got '0'" in capsys.readouterr().err

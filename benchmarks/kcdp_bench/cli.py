@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("--data", required=True)
     acc.add_argument("--batch-size", type=int, default=8)
     acc.add_argument(
-        "--pack", metavar="SIZE|all",
+        "--pack", metavar="SIZE|all", type=_pack_size,
         help="answer the images in seeded random packs of SIZE (or all as one), as kcdp-infer --pack; the "
         "answers alone are scored too (*_alone)",
     )  # fmt: skip
@@ -59,6 +59,12 @@ COMMANDS = {"latency": latency, "accuracy": accuracy, "_eager-time": eager_time}
 
 
 @names_missing_extra("kcdp-bench")
+def _pack_size(text: str) -> str | int:
+    if text == "all" or (text.isdigit() and int(text) >= 1):
+        return text if text == "all" else int(text)
+    raise argparse.ArgumentTypeError(f"a pack size is a whole number of images or 'all', got {text!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv

@@ -30,7 +30,7 @@ def accuracy(args: argparse.Namespace) -> int:
         raise SystemExit(f"kcdp-bench: {folder}: no DIR/<label>/<image> files")
     if args.pack:  # seeded packs (every one of at least the size asked), each answered together
         results: list[dict] = [{}] * len(paths)
-        size = len(paths) if args.pack == "all" else int(args.pack)
+        size = len(paths) if args.pack == "all" else args.pack
         order = np.random.default_rng(0).permutation(len(paths))
         for pack in np.array_split(order, max(1, len(paths) // size)):
             answered = pipe.run([paths[n] for n in pack], batch_size=args.batch_size, pack=True)
@@ -41,7 +41,7 @@ def accuracy(args: argparse.Namespace) -> int:
     out = {"model": str(args.model), "images": len(paths), **_scores([r.get("label") for r in results], truth),
            "errors": sum(1 for r in results if "error" in r)}  # fmt: skip
     if args.pack:
-        out["pack"] = args.pack if args.pack == "all" else size
+        out["pack"] = args.pack
         out["packs_answered_alone"] = sum(r.get("pack") == 0 for r in results)  # images, in packs under 16
         out |= {f"{k}_alone": v for k, v in _scores([r.get("image_label") for r in results], truth).items()}
     print(json.dumps(out))
