@@ -2,12 +2,13 @@
 
 A model meets a new drawing style with every image of it shifted the same way, so alone each image is
 often read wrongly, while the style's images still cluster by expression. A pack's answer is SHOT's
-self-supervised labelling (Liang et al. 2020, as kcdp-adapt's refit uses it), with no training: class
-centroids of the pack's image views weighted by the model's probabilities, each image to the nearest
-(cosine), the centroids recomputed from those labels and assigned once more. The image view is what
-the image branch hands perception (the image and face encoders' features, each unit length, side by
-side; perception's features for a model without one). Chosen on drawn styles no model had seen:
-+12.0 points of macro-F1 in packs of 32 and +18.2 with the whole style (benchmarks/RESULTS.md, "Packs").
+self-supervised labelling (kcdp_core.portable.centroids, as kcdp-adapt's refit uses it), with no
+training: class centroids of the pack's image views weighted by the model's probabilities, each image
+to the nearest (cosine), the centroids recomputed from those labels and assigned once more. The image
+view is what the image branch hands perception (the image and face encoders' features, each of unit
+length, side by side; perception's features for a model without one). Chosen on drawn styles no model
+had seen: +11.2 points of macro-F1 in packs of 32 and +18.2 as whole styles (benchmarks/RESULTS.md,
+"Packs").
 """
 
 from __future__ import annotations
@@ -16,26 +17,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from kcdp_core.portable.centroids import centroid_labels
+
 # Below this many readable images a pack is answered image by image (its smallest measured size: 16).
 PACK_MIN = 16
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to length 1 (a zero row stays zero)."""
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-def centroid_labels(views: np.ndarray, probs: np.ndarray, steps: int = 2) -> np.ndarray:
-    """[N] label indices: the nearest class centroid (cosine) of `views` [N, F], the first centroids
-    weighted by `probs` [N, C], each later one the mean of the labels the last gave. A class without
-    weight (one the model may not answer) is never given."""
-    views, weights = unit(views.astype(np.float64)), probs.astype(np.float64)
-    for _ in range(steps):
-        similarity = views @ unit(weights.T @ views).T
-        similarity[:, weights.sum(0) <= 0] = -np.inf
-        labels = similarity.argmax(1)
-        weights = np.eye(probs.shape[1])[labels]
-    return labels
 
 
 def answer_as_pack(results: list[dict], views: Sequence[np.ndarray | None], labels: Sequence[str]) -> bool:

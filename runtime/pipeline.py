@@ -31,6 +31,7 @@ from PIL import Image
 from tokenizers import Tokenizer
 
 from kcdp_core.portable.assemble import assemble_batch, knowledge_texts
+from kcdp_core.portable.centroids import unit
 from kcdp_core.portable.images import MAX_FRAMES, Frames, ImageError, load_frames, preprocess_views
 from kcdp_core.portable.labels import answered
 from kcdp_runtime.bank_knowledge import FILE, BankKnowledge
@@ -44,7 +45,7 @@ from kcdp_runtime.captioner import (
     load_bank,
 )
 from kcdp_runtime.manifest import Manifest, ModelError, TokenizerSpec, graph_digest, load_manifest
-from kcdp_runtime.packs import answer_as_pack, unit
+from kcdp_runtime.packs import answer_as_pack
 from kcdp_runtime.parsed_captions import ParsedCaptions
 from kcdp_runtime.sessions import SessionConfig, create_session, describe
 

@@ -11,8 +11,9 @@ from PIL import Image
 from runtime_export import build_fake_export
 from runtime_images import BLUE, RED, YELLOW, png_bytes
 
+from kcdp_core.portable.centroids import centroid_labels
 from kcdp_runtime.cli import main
-from kcdp_runtime.packs import PACK_MIN, answer_as_pack, centroid_labels
+from kcdp_runtime.packs import PACK_MIN, answer_as_pack
 from kcdp_runtime.pipeline import Pipeline
 
 LABELS = ["a", "b", "c"]

@@ -18,7 +18,9 @@ from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
-from torch.nn.functional import cross_entropy, normalize, one_hot
+from torch.nn.functional import cross_entropy
+
+from kcdp_core.portable.centroids import centroid_labels as portable_centroid_labels
 
 # Full-batch Adam steps. 100 fit the source sample and cost one fresh style's source check set 5.4 points;
 # 10 cost at most 1.1 on six more while the target gained 4.9-22.7 (benchmarks/RESULTS.md, "kcdp-adapt").
@@ -27,17 +29,13 @@ REFIT_LR = 1e-3
 
 
 def centroid_labels(features: torch.Tensor, probs: torch.Tensor, steps: int = 2) -> torch.Tensor:
-    """[N] labels: nearest class centroid (cosine); the first centroids weighted by `probs` [N, C], each
-    of the `steps` - 1 others the mean of the labels the last gave. A class with no weight drops out
-    (a class the target was declared to lack, with probability 0, is never given)."""
-    f = normalize(features.float(), dim=1)
-    weights = probs.float()
-    for _ in range(steps):
-        alive = weights.sum(0) > 0
-        centres = normalize(weights.T @ f, dim=1)
-        labels = (f @ centres.T).masked_fill(~alive, float("-inf")).argmax(1)
-        weights = one_hot(labels, probs.shape[1]).float()
-    return labels
+    """[N] labels (kcdp_core.portable.centroids, on the device of `features`): nearest class centroid
+    (cosine), the first centroids weighted by `probs` [N, C]. A class with no weight drops out (a class
+    the target was declared to lack, with probability 0, is never given)."""
+    labels = portable_centroid_labels(
+        features.detach().float().cpu().numpy(), probs.detach().float().cpu().numpy(), steps
+    )
+    return torch.from_numpy(labels).to(features.device)
 
 
 @dataclass
