@@ -447,13 +447,17 @@ def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> Any:
             return JSONResponse(result, status_code=422)
         return result
 
+    several = {  # /v1/batch and /v1/pack: the same body, the same answer
+        "response_model": BatchResponse,
+        "response_model_exclude_none": True,
+        "responses": {**errors, 422: {"model": Problem, "description": "a field missing or of the wrong type"}},
+        "openapi_extra": _openapi_body("images", True, BatchJSON),
+    }
+
     @app.post(
         "/v1/batch",
-        response_model=BatchResponse,
-        response_model_exclude_none=True,
-        responses={**errors, 422: {"model": Problem, "description": "a field missing or of the wrong type"}},
         summary="Classify several images: multipart fields `images`, or JSON {\"images\": [\"<base64>\", ...]}",
-        openapi_extra=_openapi_body("images", True, BatchJSON),
+        **several,
     )
     async def batch(request: Request) -> Any:
         payloads = await _batch_payloads(request, config)
@@ -462,11 +466,8 @@ def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> Any:
 
     @app.post(
         "/v1/pack",
-        response_model=BatchResponse,
-        response_model_exclude_none=True,
-        responses={**errors, 422: {"model": Problem, "description": "a field missing or of the wrong type"}},
         summary="Classify one style's images together (kcdp-infer --pack): the body of /v1/batch, 16 images or more",
-        openapi_extra=_openapi_body("images", True, BatchJSON),
+        **several,
     )
     async def pack(request: Request) -> Any:
         payloads = await _batch_payloads(request, config)
