@@ -332,7 +332,7 @@ class Pipeline:
         for start in range(0, len(images), max(1, batch_size)):
             chunk = slice(start, start + max(1, batch_size))
             given = list(captions[chunk]) if captions is not None else None
-            answered.extend(self._run_batch(list(images[chunk]), list(names[chunk]), given))
+            answered.extend(self._run_batch(list(images[chunk]), list(names[chunk]), given, pack))
         results = [result for result, _ in answered]
         if pack:
             together = answer_as_pack(results, [view for _, view in answered], self.labels)
@@ -344,9 +344,10 @@ class Pipeline:
         return results
 
     def _run_batch(
-        self, images: list[ImageInput], names: list[str], captions: list[str] | None
+        self, images: list[ImageInput], names: list[str], captions: list[str] | None, views: bool = False
     ) -> list[tuple[dict[str, Any], np.ndarray | None]]:
-        """(result, view) per image; the view of an animation is its frames' mean."""
+        """(result, view) per image; views=False (answers alone): every view None. The view of an
+        animation is its frames' mean."""
         # One item per classified frame: a still image is one, an animation up to max_frames.
         groups: list[tuple[list[_Item], Frames | None]] = []
         for name, source in zip(names, images, strict=True):
@@ -372,8 +373,8 @@ class Pipeline:
                 feed = {"face": np.stack([i.face for i in ok])}
                 faces = self._face_thread.submit(encode_images, self.sessions["face_encoder"], feed)
             self._knowledge(ok)
-            self._perceive(ok, faces)
-        return [(self._result(group, frames), _view(group)) for group, frames in groups]
+            self._perceive(ok, faces, views)
+        return [(self._result(group, frames), _view(group) if views else None) for group, frames in groups]
 
     def _preprocessed(self, name: str, img: Image.Image) -> _Item:
         pixels, face = preprocess_views(
@@ -469,7 +470,7 @@ class Pipeline:
                 item.latency.setdefault("text_encoder", 0.0)
         return [item for item, _ in rest]
 
-    def _perceive(self, items: list[_Item], faces: Future | None) -> None:
+    def _perceive(self, items: list[_Item], faces: Future | None, views: bool = False) -> None:
         """Perception (kadap first when split); its time includes any wait for the face thread (`faces`)."""
         t0 = time.perf_counter()
         arrays = {
@@ -486,8 +487,11 @@ class Pipeline:
         arrays |= self._image_inputs(items, arrays["pixels"], faces)
         feed = {name: arrays[name].astype(dtype) for name, dtype in self._perception_inputs.items()}
         wanted = "probs" if "probs" in self._perception_outputs else "logits"
-        views = [name for name in self._image_views if name in arrays]
-        out, *features = self.sessions["perception"].run([wanted] + ([] if views else ["features"]), feed)
+        # a pack's views (only when answering one): what the image branch hands perception, or
+        # perception's own features for a model without an image branch
+        image_views = [name for name in self._image_views if name in arrays] if views else []
+        extra = ["features"] if views and not image_views else []
+        out, *features = self.sessions["perception"].run([wanted, *extra], feed)
         out = out.astype(np.float64)
         if wanted == "logits":
             out = np.exp(out - out.max(axis=1, keepdims=True))
@@ -495,11 +499,13 @@ class Pipeline:
         if self._answered is not None:  # the softmax over the answered classes alone; the floor keeps a
             out = np.maximum(out, 1e-30) * self._answered  # distribution when they all underflowed
             out /= out.sum(axis=1, keepdims=True)
-        # a pack's view: what the image branch hands perception (perception's features without one)
-        view = np.hstack([unit(arrays[n].astype(np.float32)) for n in views]) if views else features[0]
         _share(items, "perception", t0)
-        for item, probs, v in zip(items, out, view, strict=True):
-            item.probs, item.view = probs, v
+        for item, probs in zip(items, out, strict=True):
+            item.probs = probs
+        if views:
+            found = [unit(arrays[n].astype(np.float32)) for n in image_views] or features
+            for item, v in zip(items, np.hstack(found), strict=True):
+                item.view = v
 
     def _image_inputs(
         self, items: list[_Item], pixels: np.ndarray, faces: Future | None
