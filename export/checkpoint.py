@@ -1,7 +1,7 @@
 """A training checkpoint run by the runtime's own Pipeline, eagerly in PyTorch (`kcdp-infer --model CKPT`).
 
 The export's graphs are replaced by sessions that call the checkpoint's torch modules with the same
-named inputs and outputs (kcdp_export.graphs: image_encoder, face_encoder, kadap and perception;
+named inputs and outputs (kcdp_export.graphs: image_encoder, face_encoder, latents, kadap and perception;
 text_encoder: input_ids, attention_mask -> token_states), and the manifest by one built from the
 checkpoint's config. Everything else (preprocessing, captioners, parser, knowledge assembly, batching,
 errors, JSON) is the Pipeline's, so a checkpoint and its export print the same results. Tokens come from the checkpoint's

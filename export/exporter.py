@@ -403,7 +403,7 @@ def _end_to_end_variant(run: ExportRun) -> None:
         reduced_kinds = {options.precision, "int8-weights", "fp16-weights"}
         order = [
             n
-            for n in ("text_encoder", "face_encoder", "image_encoder", "perception", "kadap")
+            for n in ("text_encoder", "face_encoder", "image_encoder", "latents", "perception", "kadap")
             if precision.get(n) in reduced_kinds
         ]
         attempts = []
@@ -626,10 +626,10 @@ def _real_feeds(
     if real.face is not None:
         feeds["face_encoder"] = list(validate.batched({"face": real.face}, 16))
     feeds["perception"] = list(validate.batched(real.perception_feeds(), 16))
-    kadap = next((g for g in graphs if g.name == "kadap"), None)
-    if kadap is not None:  # a split perception starts from what kadap computes
-        feeds["kadap"] = feeds["perception"]
-        feeds["perception"] = [f | kadap.run_torch(f) for f in feeds["perception"]]
+    for graph in (g for g in graphs if g.name in ("latents", "kadap")):
+        # a split perception: each graph starts from what the one before it computes
+        feeds[graph.name] = feeds["perception"]
+        feeds["perception"] = [f | graph.run_torch(f) for f in feeds["perception"]]
     # each graph's own inputs only (the int8 calibration reader feeds everything it is given)
     return {g.name: [{n: f[n] for n in g.input_names} for f in feeds[g.name]] for g in graphs}
 

@@ -5,10 +5,11 @@ argmax is a label, and the tolerance parity is held to.
 The graphs: text_encoder (token ids + mask -> token states), image_encoder (pixels -> retrieval
 embedding [+ the image tail's features]; absent for sd15), perception (pixels + knowledge [+ the image
 view the model fuses into v, an output of the image encoder graph] -> logits, probs, features v).
-A model with a face view has two more: face_encoder (the face view -> the tail's features of it) and
-kadap (pixels + knowledge -> the FPN's pooled levels, all of perception that no image view enters);
-its perception graph is the rest (pooled levels + knowledge + image views -> logits, probs, features),
-so that the runtime runs the face encoder beside the image encoder's caption, the knowledge and kadap.
+A model with a face view has three more: face_encoder (the face view -> the tail's features of it),
+latents (pixels -> the VAE encoder's latents) and kadap (latents + knowledge -> the FPN's pooled levels,
+all of perception that no image view enters); its perception graph is the rest (pooled levels +
+knowledge + image views -> logits, probs, features), so that the runtime runs what needs only the pixels
+(latents, the face encoder) on a second core beside the image encoder's caption, the knowledge and kadap.
 """
 
 from __future__ import annotations
@@ -159,22 +160,34 @@ class PerceptionModule(nn.Module):
         return out.logits, out.probs, out.features
 
 
+class LatentsModule(nn.Module):
+    """The first graph of a split perception: pixels -> the VAE encoder's latents."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.kadap.encode(pixels)
+
+
 class KadapModule(nn.Module):
-    """The first half of a split perception: pixels + k -> pooled levels."""
+    """The second graph of a split perception: latents + k -> pooled levels."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
     def forward(
-        self, pixels: torch.Tensor, knowledge: torch.Tensor, knowledge_mask: torch.Tensor
+        self, latents: torch.Tensor, knowledge: torch.Tensor, knowledge_mask: torch.Tensor
     ) -> torch.Tensor:
-        return self.model.pooled_levels(pixels, knowledge, knowledge_mask)
+        return self.model.pooled_from_latents(latents, knowledge, knowledge_mask)
 
 
 def split_perception(model: nn.Module) -> bool:
-    """Whether perception is exported as kadap + perception: for a model with a face view, whose face
-    encoder then runs beside kadap (split, perception costs one more session call)."""
+    """Whether perception is exported as latents + kadap + perception: for a model with a face view,
+    whose face encoder then runs on a second core beside the knowledge and kadap (each split costs one
+    more session call)."""
     return bool(model.face_view)
 
 
@@ -301,33 +314,49 @@ def face_encoder_graph(model: nn.Module) -> GraphConfig:
     )
 
 
-def kadap_graph(model: nn.Module, size: int, length: int, dim: int) -> GraphConfig:
-    """The first half of a split perception (split_perception): pixels + knowledge -> pooled levels."""
+def latents_graph(model: nn.Module, size: int) -> GraphConfig:
+    """The first graph of a split perception (split_perception): pixels -> the VAE encoder's latents."""
+    return GraphConfig(
+        name="latents",
+        module=LatentsModule(model).eval(),
+        inputs=[TensorSpec("pixels", (BATCH, 3, size, size))],
+        outputs=[TensorSpec("latents", (BATCH, *model.kadap.latent_shape(size)))],
+        dummy=image_dummy(size),
+        quantization="static",
+        quantize_ops=PERCEPTION_QUANTIZE_OPS,
+    )
+
+
+def kadap_graph(model: nn.Module, size: int, length: int, dim: int, latents: GraphConfig) -> GraphConfig:
+    """The second graph of a split perception: `latents`' output + knowledge -> pooled levels."""
+    inputs = _perception_inputs(size, length, dim)
+    inputs[0] = latents.outputs[0]
     return GraphConfig(
         name="kadap",
         module=KadapModule(model).eval(),
-        inputs=_perception_inputs(size, length, dim),
+        inputs=inputs,
         outputs=[TensorSpec("pooled_levels", (BATCH, int(model.fpn.pooled_dim)))],
-        dummy=perception_dummy(size, length, dim),
+        dummy=_after(latents, perception_dummy(size, length, dim)),
         quantization="static",
         quantize_ops=PERCEPTION_QUANTIZE_OPS,
     )
 
 
 def perception_graph(
-    model: nn.Module, size: int, length: int, dim: int, num_labels: int, kadap: GraphConfig | None = None
+    model: nn.Module, size: int, length: int, dim: int, num_labels: int, before: Sequence[GraphConfig] = ()
 ) -> GraphConfig:
     """`model` is a KCDPModel (LoRA already merged for export). A model that fuses image views into v
     takes them as inputs: the runtime has them from the image and face encoder graphs already. Given
-    `kadap` (split_perception), the graph starts from kadap's pooled levels instead of pixels."""
+    the graphs `before` it (split_perception: latents, kadap), the graph starts from kadap's pooled
+    levels instead of pixels."""
     views = image_view_specs(model)
     inputs = [*_perception_inputs(size, length, dim), *views]
     dummy = perception_dummy(size, length, dim, views)
-    if kadap is not None:
-        inputs[0], dummy = kadap.outputs[0], _pooled_dummy(kadap, dummy)
+    for graph in before:
+        inputs[0], dummy = graph.outputs[0], _after(graph, dummy)
     return GraphConfig(
         name="perception",
-        module=PerceptionModule(model, from_pooled=kadap is not None).eval(),
+        module=PerceptionModule(model, from_pooled=bool(before)).eval(),
         inputs=inputs,
         outputs=[
             TensorSpec("logits", (BATCH, num_labels)),
@@ -342,11 +371,13 @@ def perception_graph(
 
 
 def perception_graphs(model: nn.Module, size: int, length: int, dim: int) -> list[GraphConfig]:
-    """The graphs of perception in export order: kadap then the rest for a split model
-    (split_perception), else the one perception graph."""
-    kadap = kadap_graph(model, size, length, dim) if split_perception(model) else None
-    rest = perception_graph(model, size, length, dim, len(model.labels), kadap)
-    return [rest] if kadap is None else [kadap, rest]
+    """The graphs of perception in export order, each reading what the one before computes: latents,
+    kadap and the rest for a split model (split_perception), else the one perception graph."""
+    if not split_perception(model):
+        return [perception_graph(model, size, length, dim, len(model.labels))]
+    latents = latents_graph(model, size)
+    kadap = kadap_graph(model, size, length, dim, latents)
+    return [latents, kadap, perception_graph(model, size, length, dim, len(model.labels), [latents, kadap])]
 
 
 # Only the weighted ops: int8 Add/Mul/Softmax/Sigmoid cost more in (de)quantize nodes than they save
@@ -363,11 +394,12 @@ def _perception_inputs(size: int, length: int, dim: int) -> list[TensorSpec]:
     ]
 
 
-def _pooled_dummy(kadap: GraphConfig, dummy: DummyFn) -> DummyFn:
-    """Random perception feeds with the pooled levels kadap computes from the random pixels."""
+def _after(graph: GraphConfig, dummy: DummyFn) -> DummyFn:
+    """Random feeds (`dummy`) with what `graph` computes from them (a split perception's next graph
+    reads it)."""
 
     def make(batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         feeds = dummy(batch, rng)
-        return feeds | kadap.run_torch({n: feeds[n] for n in kadap.input_names})
+        return feeds | graph.run_torch({n: feeds[n] for n in graph.input_names})
 
     return make

@@ -290,6 +290,12 @@ def load_manifest(folder: str | Path, verify: Literal["sha256", "presence", "non
             f"{path}: the model reads a face view but graphs.face_encoder is missing "
             "(an export older than the face encoder graph: export the checkpoint again with kcdp-export)"
         )
+    kadap = manifest.graphs.get("kadap")
+    if kadap is not None and "latents" in kadap.inputs and "latents" not in manifest.graphs:
+        raise ModelError(
+            f"{path}: graphs.kadap reads latents but graphs.latents is missing (an incomplete manifest: "
+            "export the checkpoint again with kcdp-export)"
+        )
     if verify != "none":
         verify_files(manifest, hashes=verify == "sha256")
     return manifest

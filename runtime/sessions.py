@@ -58,9 +58,12 @@ class SessionConfig:
     # ...and these graphs' batch-1 copies run on one intra-op thread: the int8 perception graph at
     # batch 1 is a chain of ~1,500 small ops, where handing each op to a second thread costs more
     # than it saves (measured, default model v4, quiet 2-core machine: p50 9.7 ms on one thread vs
-    # 10.6-11.3 ms on two; the image encoder is the other way round: 3.1 vs 2.4-2.6 ms). kadap is the
-    # UNet half of a split perception; the face encoder runs on a thread of its own beside it (Pipeline).
-    single_thread_batch_one: tuple[str, ...] = ("perception", "kadap", "face_encoder")
+    # 10.6-11.3 ms on two). The second core runs the latents and face encoder graphs beside the
+    # image encoder and kadap (Pipeline); v6's image encoder is faster on one thread even alone
+    # (2.1-2.3 vs 2.4-2.6 ms, 2026-12-07, Intel Xeon).
+    single_thread_batch_one: tuple[str, ...] = (
+        "image_encoder", "face_encoder", "latents", "kadap", "perception"
+    )  # fmt: skip
 
 
 _LEVELS = {

@@ -164,8 +164,10 @@ def test_the_image_view_flows_from_the_image_encoder_graph_into_perception(model
     if face is not None:  # a graph of its own, beside the image encoder: the same width as its features
         assert list(graphs["image_encoder"]["inputs"]) == ["pixels"] and list(face["inputs"]) == ["face"]
         assert perception["face_features"] == face["outputs"]["face_features"] == encoder["image_features"]
-        # perception split: kadap reads the pixels, the rest starts from its pooled levels
-        assert list(graphs["kadap"]["inputs"]) == ["pixels", "knowledge", "knowledge_mask"]
+        # perception split: latents reads the pixels, kadap its latents, the rest kadap's pooled levels
+        assert list(graphs["latents"]["inputs"]) == ["pixels"]
+        assert list(graphs["kadap"]["inputs"]) == ["latents", "knowledge", "knowledge_mask"]
+        assert graphs["kadap"]["inputs"]["latents"] == graphs["latents"]["outputs"]["latents"]
         assert "pixels" not in perception
         assert perception["pooled_levels"] == graphs["kadap"]["outputs"]["pooled_levels"]
 
@@ -184,6 +186,63 @@ def test_an_export_of_a_face_view_model_without_its_face_encoder_says_export_aga
     del data["graphs"]["face_encoder"]
     (tmp_path / "export" / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(ModelError, match="graphs.face_encoder is missing .*kcdp-export"):
+        Pipeline.from_pretrained(tmp_path / "export")
+
+
+def test_what_needs_only_the_pixels_runs_on_the_second_thread(model):
+    """A split perception: the VAE encoder (latents) and the face encoder run beside the caption, the
+    knowledge and kadap, which run on the calling thread."""
+    import threading
+
+    from kcdp_runtime.pipeline import Pipeline
+
+    root, images = model
+    pipe = Pipeline.from_pretrained(root / "export")
+    if "latents" not in pipe.sessions:
+        pytest.skip("perception in one graph")
+    threads: dict[str, set[str]] = {}
+
+    class Recorded:
+        def __init__(self, name, session):
+            self.name, self.session = name, session
+
+        def __getattr__(self, attr):
+            return getattr(self.session, attr)
+
+        def run(self, *args, **kwargs):
+            threads.setdefault(self.name, set()).add(threading.current_thread().name.split("_")[0])
+            return self.session.run(*args, **kwargs)
+
+    before = pipe.run(images, batch_size=1)
+    pipe.sessions = {name: Recorded(name, s) for name, s in pipe.sessions.items()}
+    pipe.captioner.session = pipe.sessions["image_encoder"]
+    after = pipe.run(images, batch_size=1)
+    main = threading.current_thread().name
+    assert threads == {
+        "latents": {"kcdp-side"},
+        "face_encoder": {"kcdp-side"},
+        "image_encoder": {main},
+        "kadap": {main},
+        "perception": {main},
+    }
+    answers = [[(r.get("label"), r.get("scores"), r.get("error")) for r in rs] for rs in (before, after)]
+    assert answers[0] == answers[1]
+
+
+def test_an_export_without_its_latents_graph_says_export_again(model, tmp_path):
+    import shutil
+
+    from kcdp_runtime.manifest import ModelError
+    from kcdp_runtime.pipeline import Pipeline
+
+    root, _ = model
+    data = json.loads((root / "export" / "manifest.json").read_text())
+    if "latents" not in data["graphs"]:
+        pytest.skip("perception in one graph")
+    shutil.copytree(root / "export", tmp_path / "export")
+    del data["graphs"]["latents"]
+    (tmp_path / "export" / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ModelError, match="graphs.latents is missing .*kcdp-export"):
         Pipeline.from_pretrained(tmp_path / "export")
 
 

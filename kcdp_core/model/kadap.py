@@ -70,7 +70,17 @@ class KADAP(nn.Module):
 
     def forward(self, pixels: torch.Tensor, k: torch.Tensor, k_mask: torch.Tensor) -> list[torch.Tensor]:
         """h_i for each feature level, coarse to fine: [B, C_i (+2L), H_i, W_i]."""
-        latents = self.encode(pixels)
+        return self.from_latents(self.encode(pixels), k, k_mask)
+
+    def latent_shape(self, size: int) -> tuple[int, int, int]:
+        """encode's output for pixels of side `size`: (channels, height, width)."""
+        side = size // 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return int(self.vae.config.latent_channels), side, side
+
+    def from_latents(
+        self, latents: torch.Tensor, k: torch.Tensor, k_mask: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """forward after the VAE encoder (what needs only the pixels), from encode's latents."""
         if self.config.add_noise:
             noise = torch.randn_like(latents)
             latents = self.scheduler.add_noise(latents, noise, self.timestep.expand(latents.shape[0]))

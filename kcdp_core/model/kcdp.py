@@ -224,7 +224,13 @@ class KCDPModel(nn.Module):
 
     def pooled_levels(self, pixels: torch.Tensor, k: torch.Tensor, k_mask: torch.Tensor) -> torch.Tensor:
         """The UNet's levels, pooled by the FPN: all of perception that the image view does not enter."""
-        return self.fpn.pool(self.kadap(pixels, k, k_mask))
+        return self.pooled_from_latents(self.kadap.encode(pixels), k, k_mask)
+
+    def pooled_from_latents(
+        self, latents: torch.Tensor, k: torch.Tensor, k_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """pooled_levels from the VAE encoder's latents (KADAP.encode)."""
+        return self.fpn.pool(self.kadap.from_latents(latents, k, k_mask))
 
     def from_pooled_levels(
         self, pooled: torch.Tensor, k: torch.Tensor, k_mask: torch.Tensor, image_view: torch.Tensor | None
