@@ -32,7 +32,7 @@ from tokenizers import Tokenizer
 
 from kcdp_core.portable.assemble import assemble_batch, knowledge_texts
 from kcdp_core.portable.centroids import unit
-from kcdp_core.portable.images import MAX_FRAMES, Frames, ImageError, load_frames, preprocess_views
+from kcdp_core.portable.images import MAX_FRAMES, Frames, ImageError, load_frames, preprocess
 from kcdp_core.portable.labels import answered
 from kcdp_runtime.bank_knowledge import FILE, BankKnowledge
 from kcdp_runtime.captioner import (
@@ -57,8 +57,6 @@ IMAGE_VIEWS = {
     "image_features": ("image_encoder", "image_features"),
     "face_features": ("face_encoder", "face_features"),
 }
-# graphs run on the second thread -> the _Item field each reads
-_SIDE_INPUTS = {"latents": "pixels", "face_encoder": "face"}
 GRAPHS = ("image_encoder", "face_encoder", "text_encoder", "latents", "kadap", "perception")
 STAGES = ("preprocess", "caption", "parse", "text_encoder", "assemble", "perception")
 ImageInput = str | Path | bytes
@@ -81,7 +79,6 @@ class _Item:
     name: str
     image: Image.Image | None = None
     pixels: np.ndarray | None = None
-    face: np.ndarray | None = None  # the face view, for a model that reads one
     caption: Caption | None = None
     knowledge: _Knowledge | None = None
     error: str | None = None
@@ -223,7 +220,7 @@ class Pipeline:
         # kadap for it. A batch runs the VAE here: each graph of a batch uses every core, and one beside
         # the image encoder only competes with it (v6, 2 cores: +1.2 ms per image at batch 8).
         wanted = {"latents": "latents" in sessions, "face_encoder": "face_features" in self._image_views}
-        self._side_graphs = {graph: field for graph, field in _SIDE_INPUTS.items() if wanted[graph]}
+        self._side_graphs = {graph for graph, runs in wanted.items() if runs}
         self._side_thread = ThreadPoolExecutor(1, thread_name_prefix="kcdp-side")
         self.provider_line = describe(sessions, session_config)
 
@@ -377,18 +374,23 @@ class Pipeline:
         return [(self._result(group, frames), _view(group) if views else None) for group, frames in groups]
 
     def _start_side(self, items: list[_Item], graph: str) -> dict[str, Future]:
-        """`graph` (if this model runs it on the second thread) started on the items' pixels or faces."""
+        """`graph` started on the second thread, if this model runs it there for these items."""
         if graph not in self._side_graphs or (graph == "latents" and len(items) > 1):
             return {}
-        field = self._side_graphs[graph]
-        feed = {field: np.stack([getattr(i, field) for i in items])}
-        return {graph: self._side_thread.submit(encode_images, self.sessions[graph], feed)}
+        return {graph: self._side_thread.submit(self._side_run, graph, items)}
+
+    def _side_run(self, graph: str, items: list[_Item]) -> dict[str, np.ndarray]:
+        """`graph`'s outputs for the items, its input made here: the face view is cropped on this thread
+        too (Pillow resizes without holding the GIL)."""
+        if graph == "latents":
+            feed = {"pixels": np.stack([i.pixels for i in items])}
+        else:
+            view = (self.face_view, self.resize_filter, self.face_box)
+            feed = {"face": np.stack([preprocess(i.image, *view) for i in items])}
+        return encode_images(self.sessions[graph], feed)
 
     def _preprocessed(self, name: str, img: Image.Image) -> _Item:
-        pixels, face = preprocess_views(
-            img, self.image_size, self.face_view, self.resize_filter, self.face_box
-        )
-        return _Item(name, img, pixels, face)
+        return _Item(name, img, preprocess(img, self.image_size, self.resize_filter))
 
     def _caption(self, items: list[_Item], given: list[str] | None) -> None:
         t0 = time.perf_counter()

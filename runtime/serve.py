@@ -539,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=8, help="images per pipeline call")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="wait for more images after the first")
     p.add_argument("--max-body-mb", type=float, default=10.0, help="request size limit (MiB)")
-    p.add_argument("--max-images", type=int, default=64, help="images per /v1/batch request")
+    p.add_argument("--max-images", type=int, default=64, help="images per /v1/batch or /v1/pack request")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds before an image gets 504")
     p.add_argument(
         "--max-frames", type=int, default=MAX_FRAMES,

@@ -10,26 +10,29 @@ from PIL import Image, ImageDraw
 CALIBRATION_LABELS = ("anger", "happiness", "sadness", "surprise")
 
 
-def tiny_checkpoint(folder: Path, foundation: Path) -> tuple[Path, float]:
+def tiny_checkpoint(folder: Path, foundation: Path, perception: dict | None = None) -> tuple[Path, float]:
     """A tiny KCDPModel checkpoint with non-zero LoRA (B is zero at init, which would make the merge
-    check vacuous). Returns (ckpt, max abs logit change the LoRA causes)."""
+    check vacuous), `perception` overriding the preset's. Returns (ckpt, max abs logit change the
+    LoRA causes)."""
     import torch
 
     from kcdp_core.config import tiny
     from kcdp_core.model.kcdp import KCDPModel
 
     torch.manual_seed(1)  # before the model: its random heads must not depend on which tests ran first
-    model = KCDPModel.from_config(tiny(foundation=str(foundation))).eval()
+    config = tiny(foundation=str(foundation))
+    model = KCDPModel.from_config(config.replace(perception=perception) if perception else config).eval()
     pixels = torch.rand(2, 3, 64, 64)
+    face = torch.rand(2, 3, model.face_view, model.face_view) if model.face_view else None
     k, mask = (
         torch.from_numpy(a) for a in model.encode_knowledge(["grinning face", "crying face"], [[], []])
     )
     with torch.no_grad():
-        before = model(pixels, k, mask).logits
+        before = model(pixels, k, mask, face=face).logits
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.3)
-        after = model(pixels, k, mask).logits
+        after = model(pixels, k, mask, face=face).logits
     model.save_pretrained(folder)
     return folder, float((after - before).abs().max())
 
@@ -53,10 +56,10 @@ def calibration_images(folder: Path, per_label: int = 2) -> Path:
     return folder
 
 
-def tiny_export_inputs(root: Path) -> tuple[Path, float, Path]:
+def tiny_export_inputs(root: Path, perception: dict | None = None) -> tuple[Path, float, Path]:
     """Under root: a tiny foundation, a checkpoint on it (tiny_checkpoint) and calibration images.
     Returns (ckpt, the LoRA's logit effect, calibration folder)."""
     from kcdp_core.model.foundation import build_tiny_foundation
 
-    ckpt, lora_effect = tiny_checkpoint(root / "ckpt", build_tiny_foundation(root / "foundation"))
+    ckpt, lora_effect = tiny_checkpoint(root / "ckpt", build_tiny_foundation(root / "foundation"), perception)
     return ckpt, lora_effect, calibration_images(root / "calib")

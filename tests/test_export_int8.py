@@ -61,3 +61,24 @@ def test_int8_reports_accuracy_change_and_parity(exported):
     # The bank knowledge ships as per-channel int8, close to the fp32 text encoder's k.
     know = m["caption_bank"]["knowledge"]
     assert know["dtype"] == "int8" and know["text_encoder_shipped"] and 0 < know["max_abs_diff"] < 0.1
+
+
+def test_a_split_perception_is_quantized_graph_by_graph_and_checked_end_to_end(tmp_path):
+    """A model with a face view: latents, kadap and the rest of perception each calibrated on what the
+    graph before it computes from the real images, and the chain checked end to end."""
+    import onnx
+
+    from kcdp_export.exporter import ExportOptions, export_checkpoint
+
+    ckpt, _, calib = tiny_export_inputs(tmp_path, perception={"image_tail": 2, "face_view": 48})
+    options = ExportOptions(precision="int8", calibration=calib, int8_max_drop=100.0, min_agreement=0.0)
+    m = export_checkpoint(ckpt, tmp_path / "export", options)
+    graphs = m["graphs"]
+    assert graphs["kadap"]["inputs"]["latents"] == graphs["latents"]["outputs"]["latents"]
+    for name in ("latents", "kadap", "perception"):
+        assert graphs[name]["precision"] == "int8" and m["parity"][name]["passed"]
+        ops = {node.op_type for node in onnx.load(str(tmp_path / "export" / f"{name}.onnx")).graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert m["parity"]["latents"]["n_real"] == m["parity"]["kadap"]["n_real"] == 8
+    int8 = m["end_to_end"]["int8"]
+    assert int8["n"] == 8 and int8["graphs"]["latents"] == "int8" and 0.0 <= int8["label_agreement"] <= 1.0
