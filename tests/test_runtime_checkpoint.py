@@ -229,6 +229,41 @@ def test_what_needs_only_the_pixels_runs_on_the_second_thread(model):
     assert answers[0] == answers[1]
 
 
+def test_an_export_made_before_the_latents_graph_still_runs(model, tmp_path):
+    """Exports before 2026-12-07 begin kadap with the VAE encoder (pixels + k -> pooled levels): the
+    runtime still reads them, with the answers of the split layout."""
+    import shutil
+
+    import onnx
+    from onnx.compose import add_prefix, merge_models
+
+    from kcdp_runtime.pipeline import Pipeline
+
+    root, images = model
+    data = json.loads((root / "export" / "manifest.json").read_text())
+    if "latents" not in data["graphs"]:
+        pytest.skip("perception in one graph")
+    old = tmp_path / "export"
+    shutil.copytree(root / "export", old)
+    vae = add_prefix(onnx.load(old / "latents.onnx"), "vae", rename_inputs=False, rename_outputs=False)
+    whole = merge_models(vae, onnx.load(old / "kadap.onnx"), io_map=[("latents", "latents")])
+    onnx.save(whole, old / "kadap.onnx")
+    (old / "latents.onnx").unlink()
+    latents = data["graphs"].pop("latents")
+    kadap = data["graphs"]["kadap"]
+    rest = {n: d for n, d in kadap["inputs"].items() if n != "latents"}
+    kadap["inputs"] = {"pixels": latents["inputs"]["pixels"], **rest}
+    data["files"].pop("latents.onnx")
+    data["files"].pop("kadap.onnx")  # not checked (a file outside `files` is read as it is)
+    (old / "manifest.json").write_text(json.dumps(data))
+    before, now = Pipeline.from_pretrained(old), Pipeline.from_pretrained(root / "export")
+    assert "latents" not in before.sessions
+    assert [i.name for i in before.sessions["kadap"].get_inputs()][0] == "pixels"
+    for batch in (1, 3):
+        answers = [[(r.get("label"), r.get("scores")) for r in p.run(images, batch_size=batch)] for p in (before, now)]  # fmt: skip
+        assert answers[0] == answers[1]
+
+
 def test_an_export_without_its_latents_graph_says_export_again(model, tmp_path):
     import shutil
 
