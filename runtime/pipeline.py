@@ -377,11 +377,12 @@ class Pipeline:
         """`graph` started on the second thread, if this model runs it there for these items."""
         if graph not in self._side_graphs or (graph == "latents" and len(items) > 1):
             return {}
-        return {graph: self._side_thread.submit(self._side_run, graph, items)}
+        return {graph: self._side_thread.submit(self._pixels_graph, graph, items)}
 
-    def _side_run(self, graph: str, items: list[_Item]) -> dict[str, np.ndarray]:
-        """`graph`'s outputs for the items, its input made here: the face view is cropped on this thread
-        too (Pillow resizes without holding the GIL)."""
+    def _pixels_graph(self, graph: str, items: list[_Item]) -> dict[str, np.ndarray]:
+        """The outputs of `graph`, which reads only the pixels (latents, face_encoder), for the items; its
+        input made on the calling thread: on the second one, the face view is cropped there too (Pillow
+        resizes without holding the GIL)."""
         if graph == "latents":
             feed = {"pixels": np.stack([i.pixels for i in items])}
         else:
@@ -491,11 +492,9 @@ class Pipeline:
         }
         kadap = self.sessions.get("kadap")
         if kadap is not None:  # a split perception: its UNet half, while the face encoder runs
-            if "latents" in side:
-                arrays["latents"] = side["latents"].result()["latents"]
-            elif "latents" in self.sessions:  # a batch: its VAE encoder here, before kadap
-                pixels = {"pixels": arrays["pixels"]}
-                arrays["latents"] = encode_images(self.sessions["latents"], pixels)["latents"]
+            if "latents" in self.sessions:  # a batch runs its VAE encoder here, before kadap
+                done = side["latents"].result() if "latents" in side else self._pixels_graph("latents", items)
+                arrays["latents"] = done["latents"]
             feed = {
                 i.name: arrays[i.name].astype(_NP_TYPES.get(i.type, np.float32)) for i in kadap.get_inputs()
             }
