@@ -2,7 +2,7 @@
 by view (the whole image, or a crop around where drawn faces sit) and input size.
 
     python benchmarks/view_probe.py --avatars $DATA/avatars --labelled-avatars $DATA/avatars_labelled \
-        [--per-class 60] [--views full centre] [--sizes 96 128] [--no-write]
+        [--per-class 60] [--views full centre] [--sizes 96 128] [--renders original gray lines] [--no-write]
 
 For every style of the list (the five benchmark avatar styles and six labelled human-face styles by
 default: training styles only, never a held-out one) the aligned image encoder's embedding of the
@@ -11,7 +11,10 @@ beforehand) on features standardised per style:
 - inside the style: 5-fold cross-validated macro-F1 (can the input separate its expressions at all?);
 - across styles: fitted on every other style of the list, scored on this one (leave one style out).
 The encoder is convolutional, so it reads larger inputs without retraining (the resolution question
-asked before paying for a pretraining run). Writes RESULTS.md between the accuracy:view_probe markers.
+asked before paying for a pretraining run). --renders asks whether redrawing every image the same way
+(grey levels, or its edges as line art) would carry the expression across styles better than its
+colours do: an input normalisation, asked before training one. Writes RESULTS.md between the
+accuracy:view_probe markers.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import machine, publish, recorded_command  # noqa: E402
@@ -29,12 +33,20 @@ from probes import COMMITTED, extract, model_for, probe, within_style  # noqa: E
 
 from kcdp_core.data.avatar_key import check_trainable  # noqa: E402
 from kcdp_core.portable.images import FACE_BOX, crop_box  # noqa: E402
+from kcdp_core.train.style_augment import edge_drawing  # noqa: E402
 
 BENCHMARK_STYLES = ("avataaars", "open-peeps", "fun-emoji", "big-smile", "moods")
 LABELLED_STYLES = ("adventurer", "big-ears", "croodles", "dylan", "lorelei", "notionists")
 # The crop of each view, as fractions of the side (left, top, right, bottom); "centre" is the face view
 # a model reads with perception.face_view.
 VIEWS = {"full": (0.0, 0.0, 1.0, 1.0), "centre": FACE_BOX}
+# How every image of a view is redrawn before the encoder reads it (after the crop).
+RENDERS = {
+    "original": lambda img: img,
+    "gray": lambda img: ImageOps.grayscale(img.convert("RGB")).convert("RGB"),
+    # the style augmentation's line art at a fixed threshold (40) and stroke (1 px)
+    "lines": lambda img: edge_drawing(img.convert("RGB")),
+}
 
 
 def crop(img, box: tuple[float, float, float, float]):
@@ -42,16 +54,17 @@ def crop(img, box: tuple[float, float, float, float]):
     return img if box == VIEWS["full"] else crop_box(img, box)
 
 
-def view_folder(folder: Path, per_class: int, box: tuple[float, float, float, float], out: Path) -> Path:
-    """The first `per_class` images of every class folder, cropped to `box`, as PNG files under out/."""
-    from PIL import Image
-
+def view_folder(
+    folder: Path, per_class: int, box: tuple[float, float, float, float], out: Path, render: str = "original"
+) -> Path:
+    """The first `per_class` images of every class folder, cropped to `box` and redrawn by `render`, as
+    PNG files under out/."""
     for label_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
         (out / label_dir.name).mkdir(parents=True, exist_ok=True)
         for f in sorted(label_dir.glob("*.png"))[:per_class]:
             target = out / label_dir.name / f.name
             if not target.exists():
-                crop(Image.open(f), box).save(target)
+                RENDERS[render](crop(Image.open(f), box)).save(target)
     return out
 
 
@@ -79,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-class", type=int, default=60, help="images per class and style (60)")
     p.add_argument("--views", nargs="+", choices=sorted(VIEWS), default=["full", "centre"])
     p.add_argument("--sizes", nargs="+", type=int, default=[96, 128], help="input sizes in px (96 128)")
+    p.add_argument("--renders", nargs="+", choices=list(RENDERS), default=["original"], help="(original)")
     p.add_argument(
         "--combined",
         action="append",
@@ -105,13 +119,18 @@ def main(argv: list[str] | None = None) -> int:
     styles = list(sources)
 
     work = Path(args.work) / f"n{args.per_class}"  # the crops and embeddings of this many per class
-    feats: dict[str, dict] = {}  # "view@size" -> per style {"emb", "y"}
+    feats: dict[str, dict] = {}  # "view@size" (or "view/render@size") -> per style {"emb", "y"}
     for view in args.views:
-        folders = {
-            s: view_folder(f, args.per_class, VIEWS[view], work / view / s) for s, f in sources.items()
-        }
-        for size in args.sizes:
-            feats[f"{view}@{size}"] = cached_embeddings(folders, size, work / f"{view}@{size}.npz")
+        for render in args.renders:
+            name = view if render == "original" else f"{view}/{render}"
+            folders = {
+                s: view_folder(f, args.per_class, VIEWS[view], work / name / s, render)
+                for s, f in sources.items()
+            }
+            for size in args.sizes:
+                feats[f"{name}@{size}"] = cached_embeddings(
+                    folders, size, work / f"{name.replace('/', '-')}@{size}.npz"
+                )
     for combined in args.combined or []:
         parts = combined.split("+")
         if any(part not in feats for part in parts):
@@ -139,7 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         "style, features standardised per style, logistic regression C = 0.1. Cells: macro-F1 inside the style "
         "(5-fold) / across styles (fitted on the other styles of the table). Views: "
         + "; ".join(f"{v} = {VIEWS[v]}" for v in args.views)
-        + " (the box of the image kept: left, top, right, bottom, as fractions of its sides)",
+        + " (the box of the image kept: left, top, right, bottom, as fractions of its sides)"
+        + (
+            ""
+            if args.renders == ["original"]
+            else "; view/gray: grey levels, view/lines: the edges as 1 px "
+            "dark strokes on white (grey-level step > 40), redrawn after the crop"
+        ),
         "",
         "| view @ input | " + " | ".join(styles) + " | mean inside | mean across |",
         "|---|" + "---|" * len(styles) + "---:|---:|",

@@ -26,6 +26,28 @@ def test_centre_view_crops_the_box_and_full_keeps_the_image(tmp_path):
     assert all(Image.open(out / f).size == (70, 70) for f in files)
 
 
+def test_a_render_redraws_every_crop_grey_or_as_line_art(tmp_path):
+    vp = load_script("view_probe")
+    src = tmp_path / "style" / "happiness"
+    src.mkdir(parents=True)
+    img = Image.new("RGB", (100, 100), (240, 200, 40))
+    img.paste((20, 20, 120), (30, 30, 70, 70))  # a blue square: edges inside the crop
+    img.save(src / "a.png")
+    grey = np.asarray(
+        Image.open(
+            vp.view_folder(src.parent, 1, vp.VIEWS["full"], tmp_path / "g", "gray") / "happiness/a.png"
+        )
+    )
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+    lines = np.asarray(
+        Image.open(
+            vp.view_folder(src.parent, 1, vp.VIEWS["full"], tmp_path / "l", "lines") / "happiness/a.png"
+        )
+    )
+    assert set(np.unique(lines)) == {0, 255} and lines[50, 50].tolist() == [255, 255, 255]
+    assert (lines[28:32, 35:65] == 0).any()  # the square's edge is a stroke
+
+
 def test_across_styles_scores_the_left_out_style_from_the_others():
     vp = load_script("view_probe")
     rng = np.random.default_rng(0)

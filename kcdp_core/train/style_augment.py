@@ -28,10 +28,13 @@ def flat_fills(img: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 def line_art(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     """Fills removed: dark strokes on the edges of the drawing, 1-3 px wide, on white."""
+    return edge_drawing(img, threshold=int(rng.integers(20, 60)), width=int(rng.integers(0, 2)) * 2 + 1)
+
+
+def edge_drawing(img: Image.Image, threshold: int = 40, width: int = 1) -> Image.Image:
+    """Dark strokes `width` px wide (odd) where the grey level changes by more than `threshold`, on white."""
     edges = ImageOps.grayscale(img).filter(ImageFilter.FIND_EDGES)
-    threshold = int(rng.integers(20, 60))
     lines = edges.point(lambda v: 0 if v > threshold else 255)
-    width = int(rng.integers(0, 2)) * 2 + 1  # 1 or 3 px
     if width > 1:
         lines = lines.filter(ImageFilter.MinFilter(width))
     # FIND_EDGES marks the frame itself: keep it white.
