@@ -27,10 +27,9 @@ from pathlib import Path
 
 from kcdp_core.portable.constants import IMAGE_SUFFIXES
 from kcdp_core.portable.images import MAX_FRAMES
-from kcdp_runtime.manifest import ModelError, is_checkpoint
+from kcdp_runtime.manifest import ModelError, default_model, is_checkpoint
 from kcdp_runtime.packs import PACK_MIN
 
-DEFAULT_MODEL = Path(__file__).parent / "default_model"
 # The shell's status for a writer whose reader closed the pipe (128 + SIGPIPE).
 BROKEN_PIPE_STATUS = 141
 
@@ -104,14 +103,7 @@ def checkpoint_opener():
 
 
 def resolve_model(model: str | None) -> Path:
-    if model is not None:
-        return Path(model)
-    if not (DEFAULT_MODEL / "manifest.json").is_file():
-        raise ModelError(
-            f"no default model in this installation ({DEFAULT_MODEL} has no manifest.json); "
-            "pass --model EXPORT_FOLDER"
-        )
-    return DEFAULT_MODEL
+    return Path(model) if model is not None else default_model()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,6 +30,9 @@ from kcdp_core.portable.labels import answered
 FORMAT = "kcdp-export"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+# The export that ships inside the package: what kcdp-infer, kcdp-serve and Pipeline.from_pretrained()
+# load when no model is named.
+DEFAULT_MODEL = Path(__file__).parent / "default_model"
 
 
 class ModelError(ValueError):
@@ -237,6 +240,16 @@ def _plain(value: Any) -> Any:
 # -- reading ---------------------------------------------------------------------------------------
 def is_export(folder: str | Path) -> bool:
     return (Path(folder) / MANIFEST).is_file()
+
+
+def default_model() -> Path:
+    """The embedded default model's export folder; ModelError where an installation lacks it."""
+    if not is_export(DEFAULT_MODEL):
+        raise ModelError(
+            f"no default model in this installation ({DEFAULT_MODEL} has no {MANIFEST}); "
+            "name an export folder (kcdp-infer --model EXPORT_FOLDER)"
+        )
+    return DEFAULT_MODEL
 
 
 def is_checkpoint(folder: str | Path) -> bool:

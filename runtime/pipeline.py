@@ -44,7 +44,14 @@ from kcdp_runtime.captioner import (
     encode_images,
     load_bank,
 )
-from kcdp_runtime.manifest import Manifest, ModelError, TokenizerSpec, graph_digest, load_manifest
+from kcdp_runtime.manifest import (
+    Manifest,
+    ModelError,
+    TokenizerSpec,
+    default_model,
+    graph_digest,
+    load_manifest,
+)
 from kcdp_runtime.packs import answer_as_pack
 from kcdp_runtime.parsed_captions import ParsedCaptions
 from kcdp_runtime.sessions import SessionConfig, create_session, describe
@@ -228,14 +235,16 @@ class Pipeline:
     @classmethod
     def from_pretrained(
         cls,
-        folder: str | Path,
+        folder: str | Path | None = None,
         session_config: SessionConfig | None = None,
         verify: Literal["sha256", "presence", "none"] = "sha256",
         knowledge_cache_size: int = 4096,
         parse_cache: bool = True,
     ) -> Pipeline:
-        """Load an export folder (manifest.json + ONNX graphs); see kcdp_runtime.manifest for checks."""
+        """Load an export folder (manifest.json + ONNX graphs; None: the embedded default model); see
+        kcdp_runtime.manifest for checks."""
         config = session_config or SessionConfig()
+        folder = default_model() if folder is None else folder
         manifest = load_manifest(folder, verify=verify)
         sessions = {}
         for name in GRAPHS:

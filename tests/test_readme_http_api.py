@@ -14,29 +14,16 @@ from typing import Any
 
 import pytest
 from live_server import live_server
+from readme_sections import code_blocks, section
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "HTTP API"
 HOST = "localhost:8000"  # where the README's examples send their requests
 
 
-def section(text: str, title: str) -> str:
-    """The Markdown section under a heading named title, down to the next heading of its level or above."""
-    lines = text.splitlines()
-    for i, line in enumerate(lines):
-        m = re.match(r"^(#+) (.*)$", line)
-        if m and m.group(2).strip() == title:
-            level = len(m.group(1))
-            end = next(
-                (j for j in range(i + 1, len(lines)) if re.match(rf"^#{{1,{level}}} ", lines[j])), len(lines)
-            )
-            return "\n".join(lines[i:end])
-    raise AssertionError(f"README.md has no section {title!r}")
-
-
 def examples(text: str) -> list[tuple[str, Any]]:
     """(curl command, the JSON response shown right after its code block or None), in order."""
-    blocks = re.findall(r"```(\w+)\n(.*?)```", text, flags=re.DOTALL)
+    blocks = code_blocks(text)
     out: list[tuple[str, Any]] = []
     for n, (lang, body) in enumerate(blocks):
         if lang != "bash":

@@ -142,7 +142,7 @@ def test_declared_classes_are_the_only_answers(export, pipe, tmp_path):
 
 
 def test_the_shipped_manifest_reads_into_the_schema_and_writes_back_unchanged():
-    from kcdp_runtime.cli import DEFAULT_MODEL
+    from kcdp_runtime.manifest import DEFAULT_MODEL
 
     manifest = load_manifest(DEFAULT_MODEL, verify="none")
     assert manifest.to_dict() == json.loads((DEFAULT_MODEL / "manifest.json").read_text())
