@@ -18,6 +18,7 @@ import importlib.util
 import io
 import json
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -229,6 +230,9 @@ class Pipeline:
         wanted = {"latents": "latents" in sessions, "face_encoder": "face_features" in self._image_views}
         self._side_graphs = {graph for graph, runs in wanted.items() if runs}
         self._side_thread = ThreadPoolExecutor(1, thread_name_prefix="kcdp-side")
+        # run() from several threads: one call at a time (the knowledge memo, the parser and the
+        # parse memo are shared state; onnxruntime already spreads one call over the cores).
+        self._run_lock = threading.Lock()
         self.provider_line = describe(sessions, session_config)
 
     # -- loading ----------------------------------------------------------------------------------
@@ -333,14 +337,15 @@ class Pipeline:
         "latency_ms"} (an animation adds "frames") or {"image", "error"}: what `kcdp-infer --json` prints.
         pack=True: the images are one style's, answered together (kcdp_runtime.packs); each result then
         adds "image_label", its answer alone, and "pack", the images answered together (0: too few to
-        answer as a pack, each answered alone)."""
+        answer as a pack, each answered alone). Calls from several threads run one at a time."""
         if names is None:
             names = [str(i) if not isinstance(i, bytes) else f"<bytes {n}>" for n, i in enumerate(images)]
-        answered: list[tuple[dict[str, Any], np.ndarray | None]] = []
-        for start in range(0, len(images), max(1, batch_size)):
-            chunk = slice(start, start + max(1, batch_size))
-            given = list(captions[chunk]) if captions is not None else None
-            answered.extend(self._run_batch(list(images[chunk]), list(names[chunk]), given, pack))
+        with self._run_lock:
+            answered: list[tuple[dict[str, Any], np.ndarray | None]] = []
+            for start in range(0, len(images), max(1, batch_size)):
+                chunk = slice(start, start + max(1, batch_size))
+                given = list(captions[chunk]) if captions is not None else None
+                answered.extend(self._run_batch(list(images[chunk]), list(names[chunk]), given, pack))
         results = [result for result, _ in answered]
         if pack:
             together = answer_as_pack(results, [view for _, view in answered], self.labels)

@@ -60,6 +60,42 @@ def test_bad_image_in_a_batch_leaves_the_others(pipe):
     assert out[0]["label"] == "anger" and out[2]["label"] == "sadness"
 
 
+
+def test_calls_from_several_threads_run_one_at_a_time_with_the_answers_of_one_thread(export):
+    import threading
+    import time
+
+    pipe = Pipeline.from_pretrained(export, knowledge_cache_size=1)  # every call evicts: shared state moves
+    images = [_img(c) for c in (RED, BLUE, YELLOW, (90, 200, 90))]
+    alone = [r["scores"] for r in pipe.run(images, batch_size=1)]
+    inside, most = [0], [0]
+    run_batch = pipe._run_batch
+
+    def counted(*args, **kwargs):
+        inside[0] += 1
+        most[0] = max(most[0], inside[0])
+        time.sleep(0.005)  # time for another thread to come in, were it let in
+        try:
+            return run_batch(*args, **kwargs)
+        finally:
+            inside[0] -= 1
+
+    pipe._run_batch = counted
+    got: dict[int, list] = {}
+
+    def worker(t: int) -> None:
+        order = [(t + k) % len(images) for k in range(len(images))]
+        got[t] = [(j, pipe.run([images[j]], batch_size=1)[0]["scores"]) for j in order * 3]
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most[0] == 1
+    assert sorted(got) == [0, 1, 2, 3]
+    assert all(scores == alone[j] for answers in got.values() for j, scores in answers)
+
 def test_bank_triplets_or_parser(pipe):
     """Bank triplets are used when the manifest vouches for them; a bank line without any is parsed."""
     out = pipe.run([_img(RED)], captions=["an angry red face"])[0]
