@@ -67,7 +67,8 @@ IMAGE_VIEWS = {
 }
 GRAPHS = ("image_encoder", "face_encoder", "text_encoder", "latents", "kadap", "perception")
 STAGES = ("preprocess", "caption", "parse", "text_encoder", "assemble", "perception")
-ImageInput = str | Path | bytes
+# A file, its bytes, or an image already decoded (kcdp_core.portable.images.load_frames).
+ImageInput = str | Path | bytes | Image.Image | np.ndarray
 Triplet = tuple[str, str, str]
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
              "tensor(int32)": np.int32, "tensor(double)": np.float64}  # fmt: skip
@@ -339,7 +340,10 @@ class Pipeline:
         adds "image_label", its answer alone, and "pack", the images answered together (0: too few to
         answer as a pack, each answered alone). Calls from several threads run one at a time."""
         if names is None:
-            names = [str(i) if not isinstance(i, bytes) else f"<bytes {n}>" for n, i in enumerate(images)]
+            names = [
+                str(i) if isinstance(i, str | Path) else f"<{type(i).__name__} {n}>"
+                for n, i in enumerate(images)
+            ]
         with self._run_lock:
             answered: list[tuple[dict[str, Any], np.ndarray | None]] = []
             for start in range(0, len(images), max(1, batch_size)):

@@ -113,6 +113,25 @@ def test_animation_scores_the_mean_of_its_frames(pipe):
     assert result["latency_ms"]["perception"] > 0 and "frames" not in stills[0]
 
 
+def test_decoded_images_answer_as_their_files_and_a_wrong_array_is_named(pipe):
+    rgba = Image.new("RGBA", (30, 20), (*RED, 255))
+    rgba.paste((0, 0, 0, 0), (0, 0, 30, 6))  # a transparent band: composited on white, as a PNG is
+    files = pipe.run([png_bytes(rgba), png_bytes(Image.new("RGB", (24, 24), BLUE))])
+    decoded = pipe.run(
+        [rgba, np.asarray(rgba), np.zeros((2, 2, 3), np.float32), Image.new("RGB", (24, 24), BLUE)]
+    )
+    assert decoded[0]["image"] == "<Image 0>" and decoded[1]["image"] == "<ndarray 1>"
+    for got in (decoded[0], decoded[1]):
+        assert got["scores"] == files[0]["scores"] and got["label"] == "anger"
+    assert decoded[2] == {
+        "image": "<ndarray 2>",
+        "error": "<ndarray 2>: an array of float32 with shape (2, 2, 3); expected uint8 H x W (grey), "
+        "H x W x 3 (RGB) or H x W x 4 (RGBA)",
+    }
+    assert decoded[3]["scores"] == files[1]["scores"]  # the images after it still run
+    assert np.array_equal(np.asarray(load_image(np.full((8, 8), 90, np.uint8))), np.full((8, 8, 3), 90))
+
+
 def test_reported_caption_is_the_bank_row_whose_knowledge_was_used(export, tmp_path):
     """The caption the runtime reports must be the one its knowledge k came from (the default model's
     README example showed a caption that looked wrong: it was the nearest bank caption, used as is)."""

@@ -62,7 +62,7 @@ class Frames:
         return self.count > 1
 
 
-def load_image(source: str | Path | bytes, name: str | None = None) -> Image.Image:
+def load_image(source: str | Path | bytes | Image.Image | np.ndarray, name: str | None = None) -> Image.Image:
     """Open an image file (or bytes) as RGB: first frame, EXIF-rotated, transparency on white.
 
     Raises ImageError naming the file and the problem for anything that is not a usable image.
@@ -71,14 +71,28 @@ def load_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
 
 
 def load_frames(
-    source: str | Path | bytes, name: str | None = None, max_frames: int = MAX_FRAMES, svg_side: int = SVG_SIDE
+    source: str | Path | bytes | Image.Image | np.ndarray,
+    name: str | None = None,
+    max_frames: int = MAX_FRAMES,
+    svg_side: int = SVG_SIDE,
 ) -> Frames:
     """Open an image file (or bytes) as RGB frames: a still image gives one; an animation up to
     max_frames spread evenly through it (frame i * count // k, so the first frame is always one).
+    An image already decoded (a PIL image, or a uint8 array H x W, H x W x 3 or H x W x 4) is one frame.
 
     Raises ImageError naming the file and the problem for anything that is not a usable image.
     """
-    label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
+    label = name or (str(source) if isinstance(source, str | Path) else f"<{type(source).__name__}>")
+    if isinstance(source, np.ndarray):
+        channels_ok = source.ndim == 2 or (source.ndim == 3 and source.shape[2] in (3, 4))
+        if source.dtype != np.uint8 or not channels_ok:
+            raise ImageError(
+                f"{label}: an array of {source.dtype} with shape {source.shape}; "
+                "expected uint8 H x W (grey), H x W x 3 (RGB) or H x W x 4 (RGBA)"
+            )
+        source = Image.fromarray(source)
+    if isinstance(source, Image.Image):  # as its file would give it: EXIF-rotated, its current frame
+        return Frames([_checked(ImageOps.exif_transpose(source), label)], [0], 1)
     if isinstance(source, bytes):
         data = source
     else:
