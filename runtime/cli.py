@@ -32,13 +32,18 @@ from kcdp_runtime.packs import PACK_MIN
 
 # The shell's status for a writer whose reader closed the pipe (128 + SIGPIPE).
 BROKEN_PIPE_STATUS = 141
+# The image argument that stands for one image's bytes on standard input (`curl -s URL | kcdp-infer -`).
+STDIN = "-"
 
 
 def expand_inputs(args: list[str]) -> Iterator[tuple[str, str | None]]:
-    """(name, error or None) per image: directories are walked, globs expanded, order kept."""
+    """(name, error or None) per image: directories are walked, globs expanded, order kept; "-" is
+    standard input."""
     for arg in args:
         path = Path(arg)
-        if path.is_dir():
+        if arg == STDIN:
+            yield arg, None
+        elif path.is_dir():
             yield from _walk(path)
         elif path.exists() or not glob.has_magic(arg):
             yield arg, None  # a missing plain path gets its "no such file" from the loader
@@ -51,6 +56,11 @@ def expand_inputs(args: list[str]) -> Iterator[tuple[str, str | None]]:
                     yield from _walk(Path(match))
                 else:
                     yield match, None
+
+
+def _source(name: str) -> str | bytes:
+    """What the pipeline reads for an image argument: the file's name, or standard input's bytes."""
+    return sys.stdin.buffer.read() if name == STDIN else name
 
 
 def _walk(folder: Path) -> Iterator[tuple[str, str | None]]:
@@ -111,7 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kcdp-infer", description="Classify the emotion of images (torch-free, onnxruntime)."
     )
     parser.add_argument(
-        "images", nargs="+", metavar="IMAGE", help="image files, directories or glob patterns"
+        "images",
+        nargs="+",
+        metavar="IMAGE",
+        help="image files, directories, glob patterns, or - for one image read from standard input",
     )
     parser.add_argument(
         "--model",
@@ -177,7 +190,8 @@ def _classify(args: argparse.Namespace) -> int:
     def flush() -> None:
         nonlocal failed
         if pending:
-            for result in pipe.run(pending, batch_size=args.batch_size):
+            sources = [_source(name) for name in pending]
+            for result in pipe.run(sources, names=pending, batch_size=args.batch_size):
                 failed |= _emit(result, args.json, caption_is)
             pending.clear()
 
@@ -196,7 +210,8 @@ def _classify(args: argparse.Namespace) -> int:
 def _classify_pack(pipe, args: argparse.Namespace, caption_is: str) -> int:
     """Every image named, run as one pack; the results printed in argument order."""
     entries = list(expand_inputs(args.images))
-    results = iter(pipe.run([n for n, e in entries if e is None], batch_size=args.batch_size, pack=True))
+    names = [n for n, e in entries if e is None]
+    results = iter(pipe.run([_source(n) for n in names], names=names, batch_size=args.batch_size, pack=True))
     failed = alone = False
     for name, error in entries:
         result = {"image": name, "error": error} if error is not None else next(results)

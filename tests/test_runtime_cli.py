@@ -96,6 +96,25 @@ def test_directories_and_globs_expand(export, images, capsys):
     assert "no file matches" in out[-1]["error"]
 
 
+
+def test_a_dash_reads_one_image_from_standard_input(export, images, capsys, monkeypatch):
+    import io
+
+    _, good = images
+    red, blue = good["plain_red"][0], good["animated_gif"][0]  # the animation's answer: sadness
+
+    class Stdin:
+        buffer = io.BytesIO(red.read_bytes())
+
+    monkeypatch.setattr(sys, "stdin", Stdin)
+    assert main(["-", str(blue), "--model", str(export), "--json"]) == 0
+    out = _lines(capsys.readouterr().out)
+    assert [r["image"] for r in out] == ["-", str(blue)]
+    assert out[0]["label"] == "anger" and out[1]["label"] == "sadness" and "frames" not in out[0]
+    # standard input is read once: a second dash finds it empty, and says so
+    assert main(["-", "--model", str(export), "--json"]) == 1
+    assert _lines(capsys.readouterr().out) == [{"image": "-", "error": "-: empty file (0 bytes)"}]
+
 def test_classes_answers_only_those_labels(export, images, capsys):
     _, good = images
     path = str(good["plain_red"][0])  # anger, when anger may be answered
