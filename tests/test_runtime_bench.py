@@ -49,6 +49,20 @@ def test_latency_bench_reports_stages_and_appends_results(export, tmp_path, caps
     assert figure.stat().st_size > 1000
 
 
+
+def test_latency_bench_with_results_dash_writes_no_file(export, tmp_path, capsys, monkeypatch):
+    import kcdp_bench.latency as latency
+
+    monkeypatch.setattr(latency, "FIGURES", tmp_path / "figures")
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (32, 32), RED).save(images / "red.png")
+    argv = ["latency", "--model", str(export), "--images", str(images), "--count", "2", "--cold-repeats", "1",
+            "--batch-sizes", "1", "--no-int8", "--no-memo", "--results", "-", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["figure"] is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
+
 def test_accuracy_bench_scores_alone_and_in_packs(export, tmp_path, capsys):
     colours = {"anger": RED, "sadness": BLUE, "happiness": YELLOW}
     for label, colour in colours.items():

@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     lat.add_argument(
         "--results", default=str(RESULTS), help="markdown file the table is appended to ('-': none)"
     )
-    lat.add_argument("--figure", help=f"plot path (default {FIGURES}/latency_<preset>.png)")
+    lat.add_argument(
+        "--figure", help=f"plot path (default {FIGURES}/latency_<preset>.png; none with --results -)"
+    )
     lat.add_argument("--json", action="store_true", help="print the full report as JSON")
     acc = sub.add_parser("accuracy", help="accuracy and macro-F1 of an export on DIR/<label>/<image>")
     acc.add_argument("--model", required=True)

@@ -240,8 +240,10 @@ def latency(args: argparse.Namespace) -> int:
     report["load_average"] = (
         open("/proc/loadavg").read().split()[:3] if Path("/proc/loadavg").exists() else None
     )
-    figure = Path(args.figure) if args.figure else FIGURES / f"latency_{report['preset']}.png"
-    saved = plot(report, figure)
+    # the plot goes beside the tables: with --results - (a check, not a record) only where --figure says
+    default = None if args.results == "-" else FIGURES / f"latency_{report['preset']}.png"
+    figure = Path(args.figure) if args.figure else default
+    saved = plot(report, figure) if figure else None
     report["figure"] = str(saved) if saved else None
     text = markdown(report)
     if args.results != "-":
