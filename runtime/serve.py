@@ -2,7 +2,8 @@
 
 FastAPI on uvicorn. POST /v1/classify (one image) and POST /v1/batch (several) take a multipart
 upload (fields `image` / `images`) or a JSON body with base64 images ({"image": "<base64>"} /
-{"images": ["<base64>", ...]}), told apart by Content-Type. Both feed one queue; a micro-batcher
+{"images": ["<base64>", ...]}), told apart by Content-Type; /v1/classify also takes the image file
+itself as the body (Content-Type image/* or application/octet-stream, ?name= optional). Both feed one queue; a micro-batcher
 collects up to --max-batch images or waits --max-wait-ms after the first, then runs ONE pipeline
 call in a worker thread, so concurrent clients share batched ONNX runs while the event loop keeps
 accepting requests. POST /v1/pack takes a batch's body and answers its images together, as one
@@ -287,23 +288,31 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+# The Content-Type of a body that is one image file itself (image/* is taken too).
+RAW_TYPE = "application/octet-stream"
+
+
 def _problem(status: int, detail: str) -> HTTPException:
     """A request-level refusal, logged with the request's id (the body is {"detail": ...})."""
     log.warning("%d %s", status, detail)
     return HTTPException(status, detail)
 
 
-def _body_kind(request: Request, fields: str) -> str:
-    """'multipart' or 'json' by Content-Type; 415 naming both forms otherwise."""
+def _body_kind(request: Request, fields: str, raw: bool = False) -> str:
+    """'multipart', 'json' or (where one image is sent, `raw`) 'raw' by Content-Type; 415 naming the
+    forms otherwise."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         return "multipart"
     if content_type == "application/json" or content_type.endswith("+json"):
         return "json"
+    if raw and (content_type == RAW_TYPE or content_type.startswith("image/")):
+        return "raw"
+    also = f", or the image file itself as the body ({RAW_TYPE} or image/*)" if raw else ""
     raise _problem(
         415,
         f"Content-Type {content_type or '(none)'} is not accepted: send multipart/form-data with file "
-        f"field {fields}, or application/json with base64 images",
+        f"field {fields}, or application/json with base64 images{also}",
     )
 
 
@@ -339,17 +348,13 @@ def _upload_error(value: Any, field: str) -> str | None:
 def _openapi_body(field: str, many: bool, model: type) -> dict[str, Any]:
     item = {"type": "string", "format": "binary"}
     files = {"type": "array", "items": item} if many else item
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {"type": "object", "required": [field], "properties": {field: files}}
-                },
-                "application/json": {"schema": model.model_json_schema()},
-            },
-        }
+    content = {
+        "multipart/form-data": {"schema": {"type": "object", "required": [field], "properties": {field: files}}},
+        "application/json": {"schema": model.model_json_schema()},
     }
+    if not many:  # one image: its file as the body too
+        content |= {RAW_TYPE: {"schema": item}, "image/*": {"schema": item}}
+    return {"requestBody": {"required": True, "content": content}}
 
 
 def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> Any:
@@ -421,11 +426,15 @@ def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> Any:
             **errors,
             422: {"model": ErrorEntry, "description": 'not a usable image ({"detail"}: a field missing)'},
         },
-        summary="Classify one image: multipart field `image`, or JSON {\"image\": \"<base64>\"}",
+        summary="Classify one image: multipart field `image`, JSON {\"image\": \"<base64>\"}, or the file as the body",
         openapi_extra=_openapi_body("image", False, ClassifyJSON),
     )
     async def classify(request: Request) -> Any:
-        if _body_kind(request, "'image'") == "json":
+        kind = _body_kind(request, "'image'", raw=True)
+        if kind == "raw":
+            name = request.query_params.get("name") or "image"
+            data = await request.body()
+        elif kind == "json":
             body = await _json_body(request)
             if not isinstance(body, dict) or "image" not in body:
                 raise _problem(422, 'the JSON body needs "image": "<base64 of the image file>"')

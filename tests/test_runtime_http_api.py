@@ -65,6 +65,22 @@ def test_json_base64_matches_multipart(client):
     assert r.json()["results"][0]["image"] == "mine.png"
 
 
+
+def test_one_image_file_as_the_body(client):
+    r = client.post("/v1/classify", content=RED_PNG, headers={"content-type": "image/png"})
+    assert r.status_code == 200 and (r.json()["image"], r.json()["label"]) == ("image", "anger")
+    r = client.post(
+        "/v1/classify?name=blue.png", content=BLUE_PNG, headers={"content-type": "application/octet-stream"}
+    )
+    assert r.status_code == 200 and (r.json()["image"], r.json()["label"]) == ("blue.png", "sadness")
+    r = client.post("/v1/classify?name=junk.webp", content=b"junk", headers={"content-type": "image/webp"})
+    assert r.status_code == 422 and r.json() == {"image": "junk.webp", "error": "junk.webp: not an image (unrecognised format)"}
+    big = png_bytes(Image.effect_noise((64, 64), 50).convert("RGB"))  # over the fixture's 4000 bytes
+    r = client.post("/v1/classify", content=big, headers={"content-type": "image/png"})
+    assert r.status_code == 413 and "request body exceeds 4000 bytes" in r.json()["detail"]
+    body = client.get("/openapi.json").json()["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "application/json", "application/octet-stream", "image/*"} == set(body)
+
 @pytest.mark.parametrize(
     ("path", "kwargs", "status", "says"),
     [
@@ -72,7 +88,8 @@ def test_json_base64_matches_multipart(client):
         ("/v1/classify", {"json": {"image": "@@@"}}, 422, "image: not valid base64"),
         ("/v1/classify", {"json": {"image": 5}}, 422, "expected a base64 string, got int"),
         ("/v1/classify", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "not valid JSON"),
-        ("/v1/classify", {"content": RED_PNG, "headers": {"content-type": "image/png"}}, 415, "multipart/form-data"),
+        ("/v1/batch", {"content": RED_PNG, "headers": {"content-type": "image/png"}}, 415, "multipart/form-data"),
+        ("/v1/classify", {"content": b"hi", "headers": {"content-type": "text/plain"}}, 415, "the image file itself as the body"),
         ("/v1/classify", {"files": {"file": ("a.png", RED_PNG, "image/png")}}, 422, "field 'image' is missing (fields sent: 'file')"),
         ("/v1/classify", {"data": {"image": "abc"}, "files": {"x": ("x", b"x")}}, 422, "must be a file upload"),
         ("/v1/batch", {"files": {"image": ("a.png", RED_PNG, "image/png")}}, 422, "field 'images' is missing"),
@@ -80,7 +97,7 @@ def test_json_base64_matches_multipart(client):
         ("/v1/batch", {"json": {"images": ["a", "b"], "names": ["x"]}}, 422, "a list of 2 strings"),
         ("/v1/batch", {"json": {"images": [b64(RED_PNG)] * 4}}, 413, "4 images in one request; the limit is 3"),
     ],
-    ids=["json-no-image", "json-bad-b64", "json-not-str", "json-invalid", "raw-png", "multipart-wrong-field",
+    ids=["json-no-image", "json-bad-b64", "json-not-str", "json-invalid", "batch-raw-png", "classify-text", "multipart-wrong-field",
          "multipart-text-field", "batch-wrong-field", "batch-empty", "batch-names", "batch-too-many"],
 )  # fmt: skip
 def test_errors_name_the_problem(client, path, kwargs, status, says):
