@@ -122,15 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     feats: dict[str, dict] = {}  # "view@size" (or "view/render@size") -> per style {"emb", "y"}
     for view in args.views:
         for render in args.renders:
-            name = view if render == "original" else f"{view}/{render}"
+            name = view if render == "original" else f"{view}/{render}"  # the row's
+            stem = name.replace("/", "-")  # its crops' folder and embeddings' file
             folders = {
-                s: view_folder(f, args.per_class, VIEWS[view], work / name / s, render)
-                for s, f in sources.items()
+                s: view_folder(f, args.per_class, VIEWS[view], work / stem / s, render) for s, f in sources.items()
             }
             for size in args.sizes:
-                feats[f"{name}@{size}"] = cached_embeddings(
-                    folders, size, work / f"{name.replace('/', '-')}@{size}.npz"
-                )
+                feats[f"{name}@{size}"] = cached_embeddings(folders, size, work / f"{stem}@{size}.npz")
     for combined in args.combined or []:
         parts = combined.split("+")
         if any(part not in feats for part in parts):
