@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             name = view if render == "original" else f"{view}/{render}"  # the row's
             stem = name.replace("/", "-")  # its crops' folder and embeddings' file
             folders = {
-                s: view_folder(f, args.per_class, VIEWS[view], work / stem / s, render) for s, f in sources.items()
+                s: view_folder(f, args.per_class, VIEWS[view], work / stem / s, render)
+                for s, f in sources.items()
             }
             for size in args.sizes:
                 feats[f"{name}@{size}"] = cached_embeddings(folders, size, work / f"{stem}@{size}.npz")
