@@ -211,7 +211,8 @@ def _classify_pack(pipe, args: argparse.Namespace, caption_is: str) -> int:
     """Every image named, run as one pack; the results printed in argument order."""
     entries = list(expand_inputs(args.images))
     names = [n for n, e in entries if e is None]
-    results = iter(pipe.run([_source(n) for n in names], names=names, batch_size=args.batch_size, pack=True))
+    sources = [_source(n) for n in names]
+    results = iter(pipe.run(sources, names=names, batch_size=args.batch_size, pack=True))
     failed = alone = False
     for name, error in entries:
         result = {"image": name, "error": error} if error is not None else next(results)

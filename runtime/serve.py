@@ -3,10 +3,10 @@
 FastAPI on uvicorn. POST /v1/classify (one image) and POST /v1/batch (several) take a multipart
 upload (fields `image` / `images`) or a JSON body with base64 images ({"image": "<base64>"} /
 {"images": ["<base64>", ...]}), told apart by Content-Type; /v1/classify also takes the image file
-itself as the body (Content-Type image/* or application/octet-stream, ?name= optional). Both feed one queue; a micro-batcher
-collects up to --max-batch images or waits --max-wait-ms after the first, then runs ONE pipeline
-call in a worker thread, so concurrent clients share batched ONNX runs while the event loop keeps
-accepting requests. POST /v1/pack takes a batch's body and answers its images together, as one
+itself as the body (Content-Type image/* or application/octet-stream, ?name= optional). Both feed
+one queue; a micro-batcher collects up to --max-batch images or waits --max-wait-ms after the first,
+then runs ONE pipeline call in a worker thread, so concurrent clients share batched ONNX runs while
+the event loop keeps accepting requests. POST /v1/pack takes a batch's body and answers its images together, as one
 style's (kcdp_runtime.packs), in one pipeline call on the same thread. Bodies over --max-body-mb are
 refused with 413 by Content-Length or while they stream in (chunked uploads too); an image not
 answered within --timeout seconds gets 504. Every response carries X-Request-ID (the client's, or
