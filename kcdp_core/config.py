@@ -172,6 +172,9 @@ class TrainConfig:
     # Probability that a source image is first redrawn in another style (palette, flat fills,
     # line art, background, size in the frame: train/style_augment.py); 0 off.
     style_augment: float = 0.0
+    # The face view's box moved and scaled by up to this fraction of its side (train/datasets.py,
+    # moved_box); 0 off. A model without a face view ignores it.
+    face_box_jitter: float = 0.0
     num_workers: int = 0
     # Draw source batches class-balanced (with replacement): macro-F1 on skewed sets (happiness 19/44).
     balanced_sampling: bool = False

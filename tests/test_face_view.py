@@ -52,3 +52,28 @@ def test_dataset_gives_the_face_of_the_same_augmented_image(tmp_path):
     again = augment(augmented.images[0], np.random.default_rng([3, 0, 0]), AugmentConfig())
     assert torch.equal(item["pixels"], torch.from_numpy(preprocess(again, 64)))
     assert torch.equal(item["face"], torch.from_numpy(preprocess(again, 48, box=FACE_BOX)))
+
+
+def test_a_jittered_face_box_stays_square_inside_the_image_and_moves_only_the_face_view(tmp_path):
+    import torch
+
+    from kcdp_core.train.datasets import AugmentConfig, ImageKnowledgeDataset, Record, moved_box
+
+    rng = np.random.default_rng(0)
+    boxes = [moved_box(FACE_BOX, rng, 0.1) for _ in range(200)]
+    for left, top, right, bottom in boxes:
+        assert 0 <= left < right <= 1 and 0 <= top < bottom <= 1
+        assert abs((right - left) - (bottom - top)) < 1e-9 and 0.63 - 1e-9 <= right - left <= 0.77 + 1e-9
+    assert len({round(b[0], 3) for b in boxes}) > 50  # it moves
+    np.testing.assert_allclose(moved_box(FACE_BOX, rng, 0.0), FACE_BOX)
+
+    face_image().save(tmp_path / "0.png")
+    records, k, mask = (
+        [Record(tmp_path / "0.png", 0)],
+        np.zeros((1, 4, 8), np.float32),
+        np.ones((1, 4), np.float32),
+    )
+    fixed = ImageKnowledgeDataset(records, k, mask, 64, AugmentConfig(), seed=3, face_view=48)
+    moved = ImageKnowledgeDataset(records, k, mask, 64, AugmentConfig(face_box=0.1), seed=3, face_view=48)
+    assert torch.equal(moved[0]["pixels"], fixed[0]["pixels"])  # the whole image draws as before
+    assert not torch.equal(moved[0]["face"], fixed[0]["face"])

@@ -21,7 +21,7 @@ import torch
 from PIL import Image, ImageEnhance, ImageOps
 
 from kcdp_core.portable.constants import IMAGE_SUFFIXES
-from kcdp_core.portable.images import ImageError, load_image, preprocess_views
+from kcdp_core.portable.images import FACE_BOX, ImageError, load_image, preprocess_views
 from kcdp_core.train.style_augment import restyle
 
 UNLABELLED = -1
@@ -121,6 +121,9 @@ class AugmentConfig:
     grayscale: float = 0.2  # line art is monochrome: teach colour invariance
     # Probability of redrawing the image in another style first (train/style_augment.py).
     style: float = 0.0
+    # The face view's box moved and scaled by up to this fraction of its side (a new style draws its
+    # face elsewhere in the frame); 0: the fixed box.
+    face_box: float = 0.0
 
 
 def augment(img: Image.Image, rng: np.random.Generator, cfg: AugmentConfig) -> Image.Image:
@@ -142,6 +145,21 @@ def augment(img: Image.Image, rng: np.random.Generator, cfg: AugmentConfig) -> I
     if rng.random() < cfg.grayscale:
         img = ImageOps.grayscale(img).convert("RGB")
     return img
+
+
+Box = tuple[float, float, float, float]
+
+
+def moved_box(box: Box, rng: np.random.Generator, amount: float) -> Box:
+    """`box` (fractions of the side) scaled by 1 +- amount and moved by up to amount of its side each
+    way, kept square and inside the image."""
+    left, top, right, bottom = box
+    side = min(1.0, (right - left) * (1 + rng.uniform(-amount, amount)))
+    cx = (left + right) / 2 + rng.uniform(-amount, amount) * (right - left)
+    cy = (top + bottom) / 2 + rng.uniform(-amount, amount) * (bottom - top)
+    x0 = min(max(cx - side / 2, 0.0), 1.0 - side)
+    y0 = min(max(cy - side / 2, 0.0), 1.0 - side)
+    return (x0, y0, x0 + side, y0 + side)
 
 
 class ImageKnowledgeDataset(torch.utils.data.Dataset):
@@ -199,9 +217,9 @@ class ImageKnowledgeDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def views_of(self, img: Image.Image) -> dict[str, torch.Tensor]:
+    def views_of(self, img: Image.Image, face_box: Box = FACE_BOX) -> dict[str, torch.Tensor]:
         """pixels (and face) of a PIL image, as this dataset preprocesses it."""
-        pixels, face = preprocess_views(img, self.size, self.face_view)
+        pixels, face = preprocess_views(img, self.size, self.face_view, face_box=face_box)
         views = {"pixels": torch.from_numpy(pixels)}
         if face is not None:
             views["face"] = torch.from_numpy(face)
@@ -212,7 +230,9 @@ class ImageKnowledgeDataset(torch.utils.data.Dataset):
         if self.augment is None:
             return self._plain_cache[i]
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        return self.views_of(augment(self.images[i], rng, self.augment))
+        img = augment(self.images[i], rng, self.augment)
+        jitter = self.augment.face_box if self.face_view else 0.0
+        return self.views_of(img, moved_box(FACE_BOX, rng, jitter) if jitter > 0 else FACE_BOX)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {

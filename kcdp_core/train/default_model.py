@@ -225,6 +225,12 @@ def recipe_parser() -> argparse.ArgumentParser:
         help="probability of redrawing a source image in another style",
     )
     p.add_argument(
+        "--face-box-jitter",
+        type=float,
+        default=0.0,
+        help="with --face-view: move and scale the face box by up to this fraction of its side in training",
+    )
+    p.add_argument(
         "--image-tail",
         type=int,
         help="stages of the image encoder copied and trained (default: the preset's; more = more weights)",
@@ -267,7 +273,7 @@ def recipe_config(args: argparse.Namespace) -> KCDPConfig:
         train={
             "setting": "uc", "epochs": args.epochs, "seed": args.seed, "lr": args.lr,
             "head_lr": args.head_lr, "balanced_sampling": args.balanced, "style_augment": args.style_augment,
-            "balance_styles": args.balance_styles,
+            "balance_styles": args.balance_styles, "face_box_jitter": args.face_box_jitter,
         }
     )  # fmt: skip
     if args.image_tail is not None:

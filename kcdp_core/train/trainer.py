@@ -327,7 +327,7 @@ class Trainer:
         ks, ms = k[:n_src], mask[:n_src]
         kt, mt = k[n_src:], mask[n_src:]
         views = ImageKnowledgeDataset.for_config
-        aug = AugmentConfig(style=tc.style_augment) if tc.augment else None
+        aug = AugmentConfig(style=tc.style_augment, face_box=tc.face_box_jitter) if tc.augment else None
         self.train_ds = views(cfg, self.train_records, ks[train_idx], ms[train_idx], aug, tc.seed)
         self.val_ds = views(cfg, self.val_records, ks[val_idx], ms[val_idx]) if val_idx else None
         if self.target_records:
