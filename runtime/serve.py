@@ -6,12 +6,12 @@ upload (fields `image` / `images`) or a JSON body with base64 images ({"image": 
 itself as the body (Content-Type image/* or application/octet-stream, ?name= optional). Both feed
 one queue; a micro-batcher collects up to --max-batch images or waits --max-wait-ms after the first,
 then runs ONE pipeline call in a worker thread, so concurrent clients share batched ONNX runs while
-the event loop keeps accepting requests. POST /v1/pack takes a batch's body and answers its images together, as one
-style's (kcdp_runtime.packs), in one pipeline call on the same thread. Bodies over --max-body-mb are
-refused with 413 by Content-Length or while they stream in (chunked uploads too); an image not
-answered within --timeout seconds gets 504. Every response carries X-Request-ID (the client's, or
-one made here), and so does every log line written while the request runs. GET /health, GET /metrics
-(Prometheus), GET /openapi.json and /docs.
+the event loop keeps accepting requests. POST /v1/pack takes a batch's body and answers its images
+together, as one style's (kcdp_runtime.packs), in one pipeline call on the same thread. Bodies over
+--max-body-mb are refused with 413 by Content-Length or while they stream in (chunked uploads too);
+an image not answered within --timeout seconds gets 504. Every response carries X-Request-ID (the
+client's, or one made here), and so does every log line written while the request runs. GET /health,
+GET /metrics (Prometheus), GET /openapi.json and /docs.
 """
 
 from __future__ import annotations

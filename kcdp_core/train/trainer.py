@@ -36,7 +36,6 @@ from kcdp_core.train.datasets import (
     EpochSampler,
     ImageKnowledgeDataset,
     Record,
-    augment,
     load_records,
     split_validation,
 )
@@ -135,10 +134,8 @@ class TwoViews(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        ds = self.dataset
-        rng = np.random.default_rng([ds.seed, ds.epoch, i, 2])
-        second = ds.views_of(augment(ds.images[i], rng, ds.augment))
-        return {**ds[i], **{f"{name}2": view for name, view in second.items()}}
+        second = self.dataset.views(i, stream=(2,))
+        return {**self.dataset[i], **{f"{name}2": view for name, view in second.items()}}
 
 
 def load_initial_weights(model, checkpoint: str | Path) -> None:
