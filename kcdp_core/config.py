@@ -175,6 +175,10 @@ class TrainConfig:
     # The face view's box moved and scaled by up to this fraction of its side (train/datasets.py,
     # moved_box); 0 off. A model without a face view ignores it.
     face_box_jitter: float = 0.0
+    # Epochs at the start in which the pretrained weights (the UNet's LoRA, the image tail's copy) stay
+    # as they are and only the new modules train, then warm up and decay over the rest: LP-FT (Kumar
+    # et al. 2022; a random head's first gradients otherwise distort the pretrained features); 0 off.
+    pretrained_hold_epochs: int = 0
     num_workers: int = 0
     # Draw source batches class-balanced (with replacement): macro-F1 on skewed sets (happiness 19/44).
     balanced_sampling: bool = False

@@ -231,6 +231,12 @@ def recipe_parser() -> argparse.ArgumentParser:
         help="with --face-view: move and scale the face box by up to this fraction of its side in training",
     )
     p.add_argument(
+        "--hold-pretrained-epochs",
+        type=int,
+        default=0,
+        help="first epochs that train only the new modules, the pretrained ones held (LP-FT)",
+    )
+    p.add_argument(
         "--image-tail",
         type=int,
         help="stages of the image encoder copied and trained (default: the preset's; more = more weights)",
@@ -274,6 +280,7 @@ def recipe_config(args: argparse.Namespace) -> KCDPConfig:
             "setting": "uc", "epochs": args.epochs, "seed": args.seed, "lr": args.lr,
             "head_lr": args.head_lr, "balanced_sampling": args.balanced, "style_augment": args.style_augment,
             "balance_styles": args.balance_styles, "face_box_jitter": args.face_box_jitter,
+            "pretrained_hold_epochs": args.hold_pretrained_epochs,
         }
     )  # fmt: skip
     if args.image_tail is not None:

@@ -230,13 +230,17 @@ def _load_optimizer_state(
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
-def lr_lambda(warmup: int, total: int):
-    """Linear warm-up, then cosine decay to 0 (a picklable callable is not needed: state is epochs)."""
+def lr_lambda(warmup: int, total: int, hold: int = 0):
+    """0 for `hold` steps, then linear warm-up and cosine decay to 0 over the rest (a picklable callable
+    is not needed: state is epochs)."""
 
     def f(step: int) -> float:
+        if step < hold:
+            return 0.0
+        step -= hold
         if step < warmup:
             return (step + 1) / max(1, warmup)
-        progress = (step - warmup) / max(1, total - warmup)
+        progress = (step - warmup) / max(1, total - hold - warmup)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return f
@@ -361,13 +365,19 @@ class Trainer:
         for name, p in model.named_parameters():
             if p.requires_grad:
                 (pretrained if name.startswith(("kadap.", "image_tail.")) else other).append(p)
-        groups = [
-            g for g in ({"params": pretrained, "lr": tc.lr}, {"params": other, "lr": head_lr}) if g["params"]
-        ]
-        optimizer = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay)
-        self.total_steps = tc.epochs * math.ceil(self.steps_per_epoch / tc.grad_accum)
+        epoch_steps = math.ceil(self.steps_per_epoch / tc.grad_accum)
+        self.total_steps = tc.epochs * epoch_steps
         warmup = int(round(tc.warmup_ratio * self.total_steps))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, self.total_steps))
+        if not 0 <= tc.pretrained_hold_epochs < tc.epochs:
+            raise ValueError(f"train.pretrained_hold_epochs = {tc.pretrained_hold_epochs}: 0 to epochs - 1")
+        hold = tc.pretrained_hold_epochs * epoch_steps
+        groups, schedules = [], []
+        for params, lr, held in ((pretrained, tc.lr, hold), (other, head_lr, 0)):
+            if params:
+                groups.append({"params": params, "lr": lr})
+                schedules.append(lr_lambda(warmup, self.total_steps, held))
+        optimizer = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
 
         acc = self.accelerator
         if target_loader is not None:
