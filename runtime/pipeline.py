@@ -384,25 +384,26 @@ class Pipeline:
         good = [(item, n) for n, (group, _) in enumerate(groups) for item in group if item.error is None]
         ok = [item for item, _ in good]
         if ok:
-            side = self._start_side(ok, "latents")
-            self._caption(ok, [captions[n] for _, n in good] if captions is not None else None)
-            side |= self._start_side(ok, "face_encoder")
+            pixels = np.stack([item.pixels for item in ok])  # read by the caption, the VAE and perception
+            side = self._start_side(ok, pixels, "latents")
+            self._caption(ok, pixels, [captions[n] for _, n in good] if captions is not None else None)
+            side |= self._start_side(ok, pixels, "face_encoder")
             self._knowledge(ok)
-            self._perceive(ok, side, views)
+            self._perceive(ok, pixels, side, views)
         return [(self._result(group, frames), _view(group) if views else None) for group, frames in groups]
 
-    def _start_side(self, items: list[_Item], graph: str) -> dict[str, Future]:
+    def _start_side(self, items: list[_Item], pixels: np.ndarray, graph: str) -> dict[str, Future]:
         """`graph` started on the second thread, if this model runs it there for these items."""
         if graph not in self._side_graphs or (graph == "latents" and len(items) > 1):
             return {}
-        return {graph: self._side_thread.submit(self._pixels_graph, graph, items)}
+        return {graph: self._side_thread.submit(self._pixels_graph, graph, items, pixels)}
 
-    def _pixels_graph(self, graph: str, items: list[_Item]) -> dict[str, np.ndarray]:
+    def _pixels_graph(self, graph: str, items: list[_Item], pixels: np.ndarray) -> dict[str, np.ndarray]:
         """The outputs of `graph`, which reads only the pixels (latents, face_encoder), for the items; its
         input made on the calling thread: on the second one, the face view is cropped there too (Pillow
         resizes without holding the GIL)."""
         if graph == "latents":
-            feed = {"pixels": np.stack([i.pixels for i in items])}
+            feed = {"pixels": pixels}
         else:
             view = (self.face_view, self.resize_filter, self.face_box)
             feed = {"face": np.stack([preprocess(i.image, *view) for i in items])}
@@ -411,12 +412,11 @@ class Pipeline:
     def _preprocessed(self, name: str, img: Image.Image) -> _Item:
         return _Item(name, img, preprocess(img, self.image_size, self.resize_filter))
 
-    def _caption(self, items: list[_Item], given: list[str] | None) -> None:
+    def _caption(self, items: list[_Item], pixels: np.ndarray, given: list[str] | None) -> None:
         t0 = time.perf_counter()
         if given is not None:
             caps = [Caption(str(c)) for c in given]
         else:
-            pixels = np.stack([i.pixels for i in items])
             caps = self.captioner.caption([i.image for i in items], pixels)
         _share(items, "caption", t0)
         for item, cap in zip(items, caps, strict=True):
@@ -499,19 +499,25 @@ class Pipeline:
                 item.latency.setdefault("text_encoder", 0.0)
         return [item for item, _ in rest]
 
-    def _perceive(self, items: list[_Item], side: dict[str, Future], views: bool = False) -> None:
+    def _perceive(
+        self, items: list[_Item], pixels: np.ndarray, side: dict[str, Future], views: bool = False
+    ) -> None:
         """Perception (kadap first when split); its time includes any wait for the second thread's
         graphs (`side`: their outputs by graph name)."""
         t0 = time.perf_counter()
         arrays = {
-            "pixels": np.stack([i.pixels for i in items]),
+            "pixels": pixels,
             "knowledge": np.stack([i.knowledge.k for i in items]),
             "knowledge_mask": np.stack([i.knowledge.mask for i in items]),
         }
         kadap = self.sessions.get("kadap")
         if kadap is not None:  # a split perception: its UNet half, while the face encoder runs
             if "latents" in self.sessions:  # a batch runs its VAE encoder here, before kadap
-                done = side["latents"].result() if "latents" in side else self._pixels_graph("latents", items)
+                done = (
+                    side["latents"].result()
+                    if "latents" in side
+                    else self._pixels_graph("latents", items, pixels)
+                )
                 arrays["latents"] = done["latents"]
             feed = {
                 i.name: arrays[i.name].astype(_NP_TYPES.get(i.type, np.float32)) for i in kadap.get_inputs()
