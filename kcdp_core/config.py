@@ -112,6 +112,9 @@ class PerceptionConfig:
     face_view: int = 0
     # MixStyle in the image tail while training (kcdp_core/model/mixstyle.py): probability per batch; 0 off.
     mix_style: float = 0.0
+    # With image_tail: its BatchNorm layers keep the running statistics they were copied with (the
+    # pretraining corpus's, many styles) while training instead of re-estimating them on the source's few.
+    freeze_tail_statistics: bool = False
 
 
 @dataclass

@@ -22,7 +22,9 @@ from kcdp_core.model.mixstyle import MixStyle
 
 
 class ImageTail(nn.Module):
-    def __init__(self, encoder: ImageEncoder, stages: int, mix_style: float = 0.0):
+    def __init__(
+        self, encoder: ImageEncoder, stages: int, mix_style: float = 0.0, freeze_statistics: bool = False
+    ):
         super().__init__()
         chain = encoder.stages()
         if not 0 < stages < len(chain):
@@ -32,6 +34,15 @@ class ImageTail(nn.Module):
         self.dim = encoder.width
         # Training only: style statistics mixed at the tail's input and after its first stage.
         self.mix = MixStyle(p=mix_style) if mix_style > 0 else None
+        self.freeze_statistics = freeze_statistics
+
+    def train(self, mode: bool = True) -> ImageTail:
+        super().train(mode)
+        if self.freeze_statistics:  # BatchNorm normalises with its copied statistics and leaves them be
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def forward(self, trunk: torch.Tensor) -> torch.Tensor:
         """The frozen encoder's trunk map (ImageEncoder.trunk) -> pooled features [B, dim]."""

@@ -70,7 +70,9 @@ class KCDPModel(nn.Module):
                     f"(preset {config.preset!r} has none)"
                 )
             if p.image_tail:
-                self.image_tail = ImageTail(self.image_encoder, p.image_tail, p.mix_style)
+                self.image_tail = ImageTail(
+                    self.image_encoder, p.image_tail, p.mix_style, p.freeze_tail_statistics
+                )
         if p.face_view and self.image_tail is None:
             raise ValueError("perception.face_view is read by the image tail: set perception.image_tail")
         extra_dim = sum(self.image_inputs.values())

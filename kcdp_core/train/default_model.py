@@ -242,6 +242,11 @@ def recipe_parser() -> argparse.ArgumentParser:
         help="stages of the image encoder copied and trained (default: the preset's; more = more weights)",
     )
     p.add_argument(
+        "--freeze-tail-statistics",
+        action="store_true",
+        help="the image tail's BatchNorm keeps the statistics it was copied with (perception.freeze_tail_statistics)",
+    )
+    p.add_argument(
         "--face-view",
         type=int,
         help="side in pixels of the face view the image branch also reads (perception.face_view; 0 off)",
@@ -287,6 +292,8 @@ def recipe_config(args: argparse.Namespace) -> KCDPConfig:
         config = config.replace(perception={"image_tail": args.image_tail})
     if args.face_view is not None:
         config = config.replace(perception={"face_view": args.face_view})
+    if args.freeze_tail_statistics:
+        config = config.replace(perception={"freeze_tail_statistics": True})
     if args.no_knowledge:
         config = config.replace(
             knowledge={"use_caption": False, "use_triplets": False}, head={"use_knowledge": False}
