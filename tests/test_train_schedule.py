@@ -48,7 +48,7 @@ def test_held_pretrained_weights_train_only_after_the_hold(tmp_path, monkeypatch
     first_epoch = sum(1 for r in rows if r["kind"] == "step" and r["epoch"] == 1)
     assert 1 < first_epoch < len(lr)
     assert all(x == 0.0 for x in lr[: first_epoch - 1]) and lr[first_epoch - 1] > 0
-    # trained after the hold: the image tail left where it was copied from
+    # trained after the hold: the image tail no longer equals the stages it was copied from
     model = KCDPModel.from_pretrained(out)  # the last epoch
     start = ImageTail(model.image_encoder, 1).state_dict()
     assert any(
