@@ -274,6 +274,10 @@ class Trainer:
             )
         if self.tc.pseudo_agreement and self.tc.pseudo_labels == "zeroshot":
             raise ValueError("pseudo_agreement compares CLIEA with the head: not with zero-shot labels")
+        if not 0 <= self.tc.pretrained_hold_epochs < self.tc.epochs:
+            raise ValueError(
+                f"train.pretrained_hold_epochs = {self.tc.pretrained_hold_epochs}: 0 to epochs - 1"
+            )
         self.absent = (
             absent_labels(config.labels, self.tc.target_classes) if self.tc.setting == "da" else None
         )
@@ -368,8 +372,6 @@ class Trainer:
         epoch_steps = math.ceil(self.steps_per_epoch / tc.grad_accum)
         self.total_steps = tc.epochs * epoch_steps
         warmup = int(round(tc.warmup_ratio * self.total_steps))
-        if not 0 <= tc.pretrained_hold_epochs < tc.epochs:
-            raise ValueError(f"train.pretrained_hold_epochs = {tc.pretrained_hold_epochs}: 0 to epochs - 1")
         hold = tc.pretrained_hold_epochs * epoch_steps
         groups, schedules = [], []
         for params, lr, held in ((pretrained, tc.lr, hold), (other, head_lr, 0)):
