@@ -178,6 +178,13 @@ class TrainConfig:
     # The face view's box moved and scaled by up to this fraction of its side (train/datasets.py,
     # moved_box); 0 off. A model without a face view ignores it.
     face_box_jitter: float = 0.0
+    # Weight of a consistency term between each source image and the same image redrawn in another
+    # style (train/style_augment.py's restyle always, then the usual augmentation): the head's
+    # softmax on the first view, gradient-free, is the soft target of the redrawn one; 0 off. It asks
+    # for style invariance directly, as AugMix's consistency term (Hendrycks et al. 2020), instead of
+    # only showing restyled images with their labels. Costs a second forward and backward pass of
+    # every source batch.
+    style_consistency_weight: float = 0.0
     # Epochs at the start in which the pretrained weights (the UNet's LoRA, the image tail's copy) stay
     # as they are and only the new modules train, then warm up and decay over the rest: LP-FT (Kumar
     # et al. 2022; a random head's first gradients otherwise distort the pretrained features); 0 off.

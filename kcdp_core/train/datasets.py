@@ -225,14 +225,18 @@ class ImageKnowledgeDataset(torch.utils.data.Dataset):
             views["face"] = torch.from_numpy(face)
         return views
 
-    def views(self, i: int, stream: tuple[int, ...] = ()) -> dict[str, torch.Tensor]:
+    def views(
+        self, i: int, stream: tuple[int, ...] = (), how: AugmentConfig | None = None
+    ) -> dict[str, torch.Tensor]:
         """pixels (and face) of image i, augmented per epoch when the dataset augments; `stream` draws
-        another augmentation of it (a second view) from a random stream of its own."""
+        another augmentation of it (a second view) from a random stream of its own, `how` in another
+        way than the dataset's own augmentation."""
         if self.augment is None:
             return self._plain_cache[i]
+        how = how or self.augment
         rng = np.random.default_rng([self.seed, self.epoch, i, *stream])
-        img = augment(self.images[i], rng, self.augment)
-        jitter = self.augment.face_box if self.face_view else 0.0
+        img = augment(self.images[i], rng, how)
+        jitter = how.face_box if self.face_view else 0.0
         return self.views_of(img, moved_box(FACE_BOX, rng, jitter) if jitter > 0 else FACE_BOX)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:

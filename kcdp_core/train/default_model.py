@@ -231,6 +231,13 @@ def recipe_parser() -> argparse.ArgumentParser:
         help="with --face-view: move and scale the face box by up to this fraction of its side in training",
     )
     p.add_argument(
+        "--style-consistency",
+        type=float,
+        default=0.0,
+        help="weight of the consistency between each source image and it redrawn in another style "
+        "(train.style_consistency_weight)",
+    )
+    p.add_argument(
         "--hold-pretrained-epochs",
         type=int,
         default=0,
@@ -286,6 +293,7 @@ def recipe_config(args: argparse.Namespace) -> KCDPConfig:
             "head_lr": args.head_lr, "balanced_sampling": args.balanced, "style_augment": args.style_augment,
             "balance_styles": args.balance_styles, "face_box_jitter": args.face_box_jitter,
             "pretrained_hold_epochs": args.hold_pretrained_epochs,
+            "style_consistency_weight": args.style_consistency,
         }
     )  # fmt: skip
     if args.image_tail is not None:

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -121,11 +122,12 @@ def balance_keys(records: Sequence[Record], tc: TrainConfig) -> list[Hashable]:
 
 
 class TwoViews(torch.utils.data.Dataset):
-    """A target dataset whose items carry a second augmented view ("pixels2", "face2") of the same image,
-    drawn from its own (seed, epoch, index) stream: for the consistency term."""
+    """A dataset whose items carry a second augmented view ("pixels2", "face2") of the same image,
+    drawn from its own (seed, epoch, index) stream, augmented as `second` says (default: as the
+    dataset augments): for the consistency terms."""
 
-    def __init__(self, dataset: ImageKnowledgeDataset):
-        self.dataset = dataset
+    def __init__(self, dataset: ImageKnowledgeDataset, second: AugmentConfig | None = None):
+        self.dataset, self.second = dataset, second
 
     def set_epoch(self, epoch: int) -> None:
         self.dataset.set_epoch(epoch)
@@ -134,7 +136,7 @@ class TwoViews(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        second = self.dataset.views(i, stream=(2,))
+        second = self.dataset.views(i, stream=(2,), how=self.second)
         return {**self.dataset[i], **{f"{name}2": view for name, view in second.items()}}
 
 
@@ -274,6 +276,8 @@ class Trainer:
             )
         if self.tc.pseudo_agreement and self.tc.pseudo_labels == "zeroshot":
             raise ValueError("pseudo_agreement compares CLIEA with the head: not with zero-shot labels")
+        if self.tc.style_consistency_weight > 0 and not self.tc.augment:
+            raise ValueError("style_consistency_weight compares two augmented views: it needs augment")
         if not 0 <= self.tc.pretrained_hold_epochs < self.tc.epochs:
             raise ValueError(
                 f"train.pretrained_hold_epochs = {self.tc.pretrained_hold_epochs}: 0 to epochs - 1"
@@ -334,6 +338,8 @@ class Trainer:
         views = ImageKnowledgeDataset.for_config
         aug = AugmentConfig(style=tc.style_augment, face_box=tc.face_box_jitter) if tc.augment else None
         self.train_ds = views(cfg, self.train_records, ks[train_idx], ms[train_idx], aug, tc.seed)
+        if tc.style_consistency_weight > 0:
+            self.train_ds = TwoViews(self.train_ds, dataclasses.replace(aug, style=1.0))
         self.val_ds = views(cfg, self.val_records, ks[val_idx], ms[val_idx]) if val_idx else None
         if self.target_records:
             self.target_ds = views(cfg, self.target_records, kt, mt, aug, tc.seed + 1)
@@ -742,12 +748,23 @@ def training_step(
         out_t = model(tb["pixels"], tb["k"], tb["k_mask"], face=tb.get("face"))
         pseudo, keep = labeller.label(tb["index"], out_t, tb["k"], tb["k_mask"])
     loss, parts = total_loss(cfg, out_s, batch["label"], scores_s, out_t, pseudo, keep)
+    terms = {}
+    if "pixels2" in batch:
+        terms["style_consistency"] = (
+            cfg.train.style_consistency_weight,
+            view_consistency(model, out_s, batch),
+        )
     if target_batches is not None and "pixels2" in tb:
-        # The head's prediction on one view, gradient-free, is the soft target of the other view.
-        other = model(tb["pixels2"], tb["k"], tb["k_mask"], face=tb.get("face2"))
-        soft = out_t.logits.detach().float().softmax(dim=-1)
-        consistency = -(soft * other.logits.float().log_softmax(dim=-1)).sum(dim=-1).mean()
-        loss = loss + cfg.train.consistency_weight * consistency
-        parts = {**parts, "consistency": float(consistency.detach())}
-        parts["loss"] = float(loss.detach())
+        terms["consistency"] = (cfg.train.consistency_weight, view_consistency(model, out_t, tb))
+    for name, (weight, term) in terms.items():
+        loss = loss + weight * term
+        parts = {**parts, name: float(term.detach()), "loss": float(loss.detach())}
     return StepOutput(loss, parts, pseudo, keep)
+
+
+def view_consistency(model, first, batch: dict) -> torch.Tensor:
+    """Cross-entropy of the model on a batch's second views ("pixels2", "face2") against its softmax on
+    the first (`first`, that batch's output), gradient-free: the first view is the soft target."""
+    other = model(batch["pixels2"], batch["k"], batch["k_mask"], face=batch.get("face2"))
+    soft = first.logits.detach().float().softmax(dim=-1)
+    return -(soft * other.logits.float().log_softmax(dim=-1)).sum(dim=-1).mean()
