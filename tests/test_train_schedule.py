@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from train_data import make_domain
 
 
@@ -20,28 +19,23 @@ def test_lr_lambda_holds_then_warms_up_and_decays() -> None:
     assert held(7) < held(6)
 
 
-def test_held_pretrained_weights_train_only_after_the_hold(tmp_path, monkeypatch) -> None:
+def test_held_pretrained_weights_train_only_after_the_hold(tmp_path, monkeypatch, one_torch_thread) -> None:
     from kcdp_core.config import tiny
     from kcdp_core.model.image_tail import ImageTail
     from kcdp_core.model.kcdp import KCDPModel
     from kcdp_core.train.trainer import Trainer
 
     monkeypatch.setenv("KCDP_CACHE", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        src = make_domain(tmp_path / "src", (250, 200, 40), per_class=2, seed=0)
-        config = tiny().replace(
-            perception={"image_tail": 1}, train={"setting": "uc", "epochs": 2, "seed": 0, "batch_size": 4, "pretrained_hold_epochs": 1}
-        )  # fmt: skip
-        with pytest.raises(ValueError, match="pretrained_hold_epochs = 2"):
-            Trainer(
-                config.replace(train={"pretrained_hold_epochs": 2}), src, tmp_path / "bad", progress=False
-            ).run()
-        out = tmp_path / "run"
-        Trainer(config, src, out, progress=False, log=lambda m: None).run()
-    finally:
-        torch.set_num_threads(threads)
+    src = make_domain(tmp_path / "src", (250, 200, 40), per_class=2, seed=0)
+    config = tiny().replace(
+        perception={"image_tail": 1}, train={"setting": "uc", "epochs": 2, "seed": 0, "batch_size": 4, "pretrained_hold_epochs": 1}
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="pretrained_hold_epochs = 2"):
+        Trainer(
+            config.replace(train={"pretrained_hold_epochs": 2}), src, tmp_path / "bad", progress=False
+        ).run()
+    out = tmp_path / "run"
+    Trainer(config, src, out, progress=False, log=lambda m: None).run()
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     # each step logs the first group's (the pretrained one's) rate for the step after it
     lr = [r["lr"] for r in rows if r["kind"] == "step"]

@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from safetensors.torch import load_file
 from train_data import make_domain
 
@@ -32,30 +31,27 @@ def test_the_second_view_is_redrawn_and_the_first_is_the_plain_augmentation(tmp_
     assert two[0]["pixels2"].equal(item["pixels2"])  # a pure function of (seed, epoch, index)
 
 
-def test_style_consistency_is_logged_and_changes_what_is_trained(tmp_path, monkeypatch) -> None:
+def test_style_consistency_is_logged_and_changes_what_is_trained(
+    tmp_path, monkeypatch, one_torch_thread
+) -> None:
     from kcdp_core.config import tiny
     from kcdp_core.train.trainer import Trainer
 
     monkeypatch.setenv("KCDP_CACHE", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        src = make_domain(tmp_path / "src", (250, 200, 40), per_class=2, seed=0)
-        config = tiny().replace(train={"setting": "uc", "epochs": 1, "seed": 0, "batch_size": 4})
-        with pytest.raises(ValueError, match="needs augment"):
-            Trainer(
-                config.replace(train={"style_consistency_weight": 1.0, "augment": False}),
-                src,
-                tmp_path / "bad",
-            )
-        runs = {}
-        for name, weight in (("plain", 0.0), ("styled", 1.0)):
-            out = tmp_path / name
-            cfg = config.replace(train={"style_consistency_weight": weight})
-            Trainer(cfg, src, out, progress=False, log=lambda m: None).run()
-            runs[name] = load_file(str(out / "model.safetensors"))
-    finally:
-        torch.set_num_threads(threads)
+    src = make_domain(tmp_path / "src", (250, 200, 40), per_class=2, seed=0)
+    config = tiny().replace(train={"setting": "uc", "epochs": 1, "seed": 0, "batch_size": 4})
+    with pytest.raises(ValueError, match="needs augment"):
+        Trainer(
+            config.replace(train={"style_consistency_weight": 1.0, "augment": False}),
+            src,
+            tmp_path / "bad",
+        )
+    runs = {}
+    for name, weight in (("plain", 0.0), ("styled", 1.0)):
+        out = tmp_path / name
+        cfg = config.replace(train={"style_consistency_weight": weight})
+        Trainer(cfg, src, out, progress=False, log=lambda m: None).run()
+        runs[name] = load_file(str(out / "model.safetensors"))
     rows = [json.loads(x) for x in (tmp_path / "styled" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if r["kind"] == "step"]
     assert steps and all(r["style_consistency"] > 0 for r in steps)
