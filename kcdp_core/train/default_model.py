@@ -234,7 +234,7 @@ def recipe_parser() -> argparse.ArgumentParser:
         "--style-consistency",
         type=float,
         default=0.0,
-        help="weight of the consistency between each source image and it redrawn in another style "
+        help="weight of the consistency between each source image and itself redrawn in another style "
         "(train.style_consistency_weight)",
     )
     p.add_argument(

@@ -748,7 +748,7 @@ def training_step(
         out_t = model(tb["pixels"], tb["k"], tb["k_mask"], face=tb.get("face"))
         pseudo, keep = labeller.label(tb["index"], out_t, tb["k"], tb["k_mask"])
     loss, parts = total_loss(cfg, out_s, batch["label"], scores_s, out_t, pseudo, keep)
-    terms = {}
+    terms: dict[str, tuple[float, torch.Tensor]] = {}  # name: (weight, term)
     if "pixels2" in batch:
         terms["style_consistency"] = (
             cfg.train.style_consistency_weight,
