@@ -276,8 +276,13 @@ class Trainer:
             )
         if self.tc.pseudo_agreement and self.tc.pseudo_labels == "zeroshot":
             raise ValueError("pseudo_agreement compares CLIEA with the head: not with zero-shot labels")
-        if self.tc.style_consistency_weight > 0 and not self.tc.augment:
-            raise ValueError("style_consistency_weight compares two augmented views: it needs augment")
+        two_views = {  # the consistency terms' weights, as this setting reads them
+            "style_consistency_weight": self.tc.style_consistency_weight,
+            "consistency_weight": self.tc.consistency_weight if self.tc.setting == "da" else 0.0,
+        }
+        for name, weight in two_views.items():
+            if weight > 0 and not self.tc.augment:
+                raise ValueError(f"{name} compares two augmented views: it needs augment")
         if not 0 <= self.tc.pretrained_hold_epochs < self.tc.epochs:
             raise ValueError(
                 f"train.pretrained_hold_epochs = {self.tc.pretrained_hold_epochs}: 0 to epochs - 1"
@@ -344,8 +349,6 @@ class Trainer:
         if self.target_records:
             self.target_ds = views(cfg, self.target_records, kt, mt, aug, tc.seed + 1)
             if tc.setting == "da" and tc.consistency_weight > 0:
-                if aug is None:
-                    raise ValueError("consistency_weight compares two augmented views: it needs augment")
                 self.target_ds = TwoViews(self.target_ds)
             self.target_plain = views(cfg, self.target_records, kt, mt)
 
